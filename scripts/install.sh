@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install vlens with its test and web extras.
+# torch is installed first and pinned: on a CPU machine pip takes the 2.13.0 CPU build; on a GPU machine set
+# TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128") to choose a build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# shellcheck disable=SC2086
+.venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, transformers, vlens; print('vlens', vlens.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -1,0 +1,1 @@
+"""The ``vlens`` command line: thin typer wrappers over the library (one module per verb group)."""

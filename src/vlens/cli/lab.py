@@ -1,0 +1,32 @@
+"""``vlens lab``: run everything and write a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(root: typer.Typer) -> None:
+    root.command("lab")(lab)
+
+
+def lab(
+    out: Path = typer.Option(Path("vlens-lab"), "--out", "-o", help="Folder for report.html, report.md, "
+                             "manifest.json, figures/ and the raw runs."),
+    seed: int = typer.Option(0, help="Seed for data generation, sampling and training."),
+    quick: bool = typer.Option(False, help="Smaller datasets and fewer settings (for a fast look or tests)."),
+    only: list[str] = typer.Option(None, "--only", help="Run just these sections (repeatable), e.g. --only data."),
+):
+    """Run every part of vlens on the embedded data and models and write a lab report (offline).
+
+    Sections: data, then each capability vlens has (correspondences, captioning, retrieval, search).
+    Open OUT/report.html in a browser when it is done.
+    """
+    from vlens.errors import VlensError
+    from vlens.report.lab import run_lab
+
+    manifest = run_lab(out, seed=seed, quick=quick, only=only or None, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"report: {out / 'report.html'}  ({manifest['total_s']:.0f} s)")
+    if manifest["failed"]:
+        raise VlensError(f"section(s) failed: {', '.join(manifest['failed'])}; see {out / 'report.html'}")

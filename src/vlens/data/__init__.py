@@ -1,0 +1,117 @@
+"""Captioned image datasets behind one small interface.
+
+Every loader returns a :class:`CaptionDataset`: a list of :class:`Sample` (image path, captions, split,
+optional mask path). Formats (``load_dataset`` recognises them by content):
+
+- Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr30k.json``; ``restval`` joins ``train``),
+  also what ``vlens data make-shapes`` writes (``OUT/dataset.json``);
+- COCO captions JSON (``captions_*.json``: ``images`` + ``annotations``);
+- an image folder with ``metadata.jsonl`` or ``metadata.csv`` (Hugging Face imagefolder convention).
+
+Named image sets for the correspondence work: ``photos`` (scikit-image photos), ``shapes``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlens.errors import DatasetError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_path: Path
+    captions: tuple[str, ...]
+    split: str
+    id: str
+    mask_path: Path | None = None
+
+
+@dataclass
+class CaptionDataset:
+    samples: list[Sample]
+    format: str
+    source: Path
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    @property
+    def splits(self) -> dict[str, int]:
+        return dict(Counter(s.split for s in self.samples))
+
+    def split(self, name: str | None) -> CaptionDataset:
+        """The samples of one split (``None`` or ``"all"``: everything). Unknown split -> DatasetError."""
+        if name in (None, "all"):
+            return self
+        picked = [s for s in self.samples if s.split == name]
+        if not picked:
+            have = ", ".join(f"{k} ({v})" for k, v in sorted(self.splits.items())) or "none"
+            raise DatasetError(f"{self.source} has no '{name}' split; splits present: {have}. "
+                               "Pick one with --split.")
+        return CaptionDataset(picked, self.format, self.source, list(self.notes))
+
+    def limit(self, n: int | None) -> CaptionDataset:
+        if n is None or n >= len(self.samples):
+            return self
+        return CaptionDataset(self.samples[:n], self.format, self.source, list(self.notes))
+
+
+def detect_format(path) -> str:
+    """'karpathy', 'coco' or 'folder' from what is at ``path`` (a JSON file or a folder)."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p} does not exist. Give a dataset JSON, a folder with metadata.jsonl/csv, or "
+                           "a folder written by `vlens data make-shapes`.")
+    if p.is_dir():
+        if (p / "dataset.json").is_file():
+            return "karpathy"
+        if (p / "metadata.jsonl").is_file() or (p / "metadata.csv").is_file():
+            return "folder"
+        raise DatasetError(f"{p} is a folder without dataset.json, metadata.jsonl or metadata.csv; "
+                           "add a metadata file (columns file_name and text) or point at the JSON file.")
+    if p.suffix.lower() != ".json":
+        raise DatasetError(f"{p}: expected a .json file or a folder, got '{p.suffix or 'no suffix'}'")
+    head = _read_json(p)
+    if isinstance(head, dict) and isinstance(head.get("images"), list):
+        if "annotations" in head:
+            return "coco"
+        first = head["images"][0] if head["images"] else {}
+        if "sentences" in first or "filename" in first:
+            return "karpathy"
+    raise DatasetError(f"{p}: JSON is neither Karpathy split format (images[].sentences) nor COCO captions "
+                       "(images + annotations)")
+
+
+def load_dataset(path, images_root=None) -> CaptionDataset:
+    """Load any supported dataset; ``images_root`` overrides where image files are looked for."""
+    fmt = detect_format(path)
+    if fmt == "karpathy":
+        from vlens.data.karpathy import load_karpathy
+
+        return load_karpathy(path, images_root=images_root)
+    if fmt == "coco":
+        from vlens.data.coco import load_coco
+
+        return load_coco(path, images_root=images_root)
+    from vlens.data.folder import load_folder
+
+    return load_folder(path)
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {p}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None

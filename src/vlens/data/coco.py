@@ -1,0 +1,43 @@
+"""COCO captions JSON (``captions_train2017.json``): ``images[{id, file_name}]`` + ``annotations[{image_id, caption}]``.
+
+COCO files carry no split; it is taken from the file name (``captions_val2017.json`` -> ``val``). Images are
+looked for in ``images_root``, else a sibling folder named like the file (``val2017/``), else the JSON's folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from vlens.data import CaptionDataset, Sample, _read_json
+from vlens.errors import DatasetError
+
+
+def _guess_split(name: str) -> str:
+    for split in ("train", "val", "test"):
+        if split in name.lower():
+            return split
+    return "train"
+
+
+def load_coco(path, images_root=None) -> CaptionDataset:
+    p = Path(path)
+    data = _read_json(p)
+    try:
+        images, anns = data["images"], data["annotations"]
+    except (KeyError, TypeError):
+        raise DatasetError(f"{p}: COCO captions need 'images' and 'annotations'") from None
+    if images_root:
+        root = Path(images_root)
+    else:
+        m = re.search(r"(train|val|test)\d{4}", p.stem)
+        candidates = [p.parent / m.group(0), p.parent.parent / m.group(0)] if m else []
+        root = next((c for c in candidates if c.is_dir()), p.parent)
+    caps = defaultdict(list)
+    for a in anns:
+        caps[a["image_id"]].append(str(a.get("caption", "")).strip())
+    split = _guess_split(p.stem)
+    samples = [Sample(image_path=root / im["file_name"], captions=tuple(caps.get(im["id"], ())), split=split,
+                      id=str(im["id"])) for im in images]
+    return CaptionDataset(samples, "coco", p)

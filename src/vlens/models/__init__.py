@@ -1,0 +1,102 @@
+"""One resolver for every model: ``load(spec, kind)``.
+
+``spec``: a hub id (``facebook/dinov2-small``), a folder written by ``save_pretrained``, or ``builtin:NAME``.
+``kind``: ``backbone`` (ViT / DINO / DINOv2 patch features), ``captioner`` (BLIP), ``dual_encoder`` (CLIP).
+The same Hugging Face classes serve real checkpoints and our tiny ones.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlens.errors import ModelLoadError
+
+KINDS = ("backbone", "captioner", "dual_encoder")
+_ACCEPTS = {
+    "backbone": ("vit", "dinov2", "dinov2_with_registers", "dino", "deit"),
+    "captioner": ("blip",),
+    "dual_encoder": ("clip",),
+}
+DEFAULTS = {"backbone": "builtin:dino-tiny", "captioner": "builtin:blip-tiny", "dual_encoder": "builtin:clip-tiny"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    image_processor: Any
+    tokenizer: Any
+    spec: str
+    path: Path
+    source: str  # builtin | local | hub
+    kind: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def load_image_processor(folder: Path):
+    """The PIL image processor named in ``preprocessor_config.json`` (no torchvision needed)."""
+    import transformers
+
+    cfg_file = folder / "preprocessor_config.json"
+    if not cfg_file.is_file():
+        return None
+    name = json.loads(cfg_file.read_text()).get("image_processor_type", "ViTImageProcessor")
+    base = name.removesuffix("Fast").removesuffix("Pil")
+    cls = getattr(transformers, base + "Pil", None) or getattr(transformers, base, None)
+    if cls is None:
+        cls = transformers.ViTImageProcessorPil
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls.from_pretrained(folder)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' and huggingface_hub's progress bars and info logs (ours are enough)."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def model_type(folder: Path) -> str:
+    return json.loads((folder / "config.json").read_text()).get("model_type", "?")
+
+
+def load(spec: str | None, kind: str, *, attn_implementation: str | None = None) -> LoadedModel:
+    """Load a model of ``kind`` from ``spec`` (default: the embedded model for that kind)."""
+    if kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind '{kind}'; one of {', '.join(KINDS)}")
+    spec = spec or DEFAULTS[kind]
+    from vlens.models.hub import resolve
+
+    folder, source = resolve(spec)
+    mtype = model_type(folder)
+    if mtype not in _ACCEPTS[kind]:
+        want = {"backbone": "a ViT/DINO/DINOv2 backbone", "captioner": "a BLIP captioning model",
+                "dual_encoder": "a CLIP-style dual encoder"}[kind]
+        raise ModelLoadError(f"'{spec}' is a '{mtype}' model, but this needs {want}")
+    import transformers
+
+    quiet_transformers()
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    cls = {"backbone": transformers.AutoModel, "captioner": transformers.BlipForConditionalGeneration,
+           "dual_encoder": transformers.CLIPModel}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = cls.from_pretrained(folder, **kw)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot load weights from {folder}: {exc}") from None
+    model.eval()
+    tokenizer = None
+    if kind != "backbone":
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    return LoadedModel(model, load_image_processor(folder), tokenizer, spec, folder, source, kind)

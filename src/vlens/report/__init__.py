@@ -1,0 +1,1 @@
+"""``vlens lab``: run every section and write report.md, report.html and manifest.json."""

@@ -1,0 +1,38 @@
+"""Matplotlib helpers shared by report sections and commands (Agg backend, atomic saves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def save_fig(fig, path, dpi: int = 110) -> Path:
+    from vlens.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    plt().close(fig)
+    return Path(path)
+
+
+def image_grid(images, titles, path, cols: int = 4, cell: float = 2.6, fontsize: int = 7) -> Path:
+    """A grid of PIL images (or None for blank) with a title under each."""
+    pyplot = plt()
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = pyplot.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.5)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im, t in zip(axes.flat, images, titles):
+        if im is not None:
+            ax.imshow(im)
+        ax.set_title(t, fontsize=fontsize, wrap=True)
+    fig.tight_layout()
+    return save_fig(fig, path)

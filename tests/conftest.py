@@ -1,0 +1,81 @@
+"""Shared fixtures: offline hub, tiny models built once per session, a small shapes dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLENS_PROGRESS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _vlens_cache(tmp_path_factory):
+    """Keep the vlens cache (photos as PNG, small shapes sets) inside the test session."""
+    os.environ["VLENS_CACHE"] = str(tmp_path_factory.mktemp("vlens-cache"))
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A small target-style shapes dataset: 40 train / 8 val / 12 test at 64 px."""
+    from vlens.data.shapes import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes"), train=40, val=8, test=12, seed=0, size=64,
+                       progress=False)
+
+
+@pytest.fixture(scope="session")
+def shapes_captions(shapes_dir) -> list[str]:
+    from vlens.data import load_dataset
+
+    return [c for s in load_dataset(shapes_dir) for c in s.captions]
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    from vlens.models.tiny import save_tiny
+
+    return save_tiny("backbone", tmp_path_factory.mktemp("tiny-vit"), family="vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    from vlens.models.tiny import save_tiny
+
+    return save_tiny("backbone", tmp_path_factory.mktemp("tiny-dinov2"), family="dinov2")
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory, shapes_captions) -> Path:
+    from vlens.models.tiny import save_tiny
+
+    return save_tiny("captioner", tmp_path_factory.mktemp("tiny-blip"), texts=shapes_captions)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, shapes_captions) -> Path:
+    from vlens.models.tiny import save_tiny
+
+    return save_tiny("dual_encoder", tmp_path_factory.mktemp("tiny-clip"), texts=shapes_captions)
+
+
+@pytest.fixture
+def cli():
+    """Run the vlens CLI in-process: ``code, out, err = cli("data", "inspect", path)``."""
+    import contextlib
+    import io
+
+    from vlens.cli.main import main
+
+    def run(*args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    return run
