@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch, transformers, vlens; print('vlens', vlens.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+.venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
+.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -c "import torch, transformers, fastapi, faiss, vlens; print('vlens', vlens.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

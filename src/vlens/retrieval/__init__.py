@@ -1,0 +1,1 @@
+"""Image-text retrieval: dual encoders (CLIP), contrastive training, recall@K, search index."""
