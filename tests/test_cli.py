@@ -1,0 +1,62 @@
+"""The CLI: help, version, the data verbs, the one-line error path, and lazy imports."""
+
+import json
+import subprocess
+import sys
+import time
+
+from vlens import __version__
+
+
+def test_help_and_version(cli):
+    code, out, _ = cli("--help")
+    assert code == 0 and "lab" in out and "data" in out
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"vlens {__version__}"
+
+
+def test_cli_imports_stay_light():
+    code = ("import sys, time; t=time.time(); import vlens.cli.main; "
+            "print(int('torch' in sys.modules), int('transformers' in sys.modules), time.time()-t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["0", "0"], "vlens --help must not import torch or transformers"
+
+
+def test_help_is_fast():
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "vlens.cli.main", "--help"], capture_output=True, check=True)
+    assert time.time() - t0 < 3  # ~0.2 s here; generous for a loaded CI machine (benchmarks measure it)
+
+
+def test_data_inspect_text_and_json(cli, shapes_dir):
+    code, out, _ = cli("data", "inspect", shapes_dir)
+    assert code == 0 and "format      karpathy" in out and "train 40" in out and "unreadable  0" in out
+    code, out, _ = cli("data", "inspect", shapes_dir, "--json")
+    st = json.loads(out)
+    assert st["images"] == 60 and st["captions"] == 300 and st["splits"]["test"] == 12
+
+
+def test_make_shapes_cli(cli, tmp_path):
+    code, out, _ = cli("data", "make-shapes", tmp_path / "s", "--train", "3", "--val", "1", "--test", "1",
+                       "--size", "32", "--style", "pretrain")
+    assert code == 0 and "wrote 5 images" in out
+    assert json.loads((tmp_path / "s" / "dataset.json").read_text())["style"] == "pretrain"
+    code, _, err = cli("data", "make-shapes", tmp_path / "t", "--style", "cartoon")
+    assert code == 1 and err.startswith("error: unknown shapes style 'cartoon'")
+
+
+def test_error_path_is_one_line_without_traceback(cli, tmp_path):
+    code, out, err = cli("data", "inspect", tmp_path / "missing")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vlens.cli.main", "--debug", "data", "inspect", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "DatasetError" in r.stderr
+
+
+def test_usage_error_exit_code(cli):
+    code, _, err = cli("data", "nonsense")
+    assert code == 2 and "No such command" in err

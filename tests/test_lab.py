@@ -1,0 +1,39 @@
+"""vlens lab: the report files, the manifest, and a failing section that does not lose the others."""
+
+import json
+
+from vlens.report import lab
+from vlens.report.section import Section
+
+
+def test_lab_data_section_writes_report(tmp_path, cli):
+    code, out, err = cli("lab", "--out", tmp_path / "lab", "--quick", "--only", "data")
+    assert code == 0, err
+    html = (tmp_path / "lab" / "report.html").read_text()
+    md = (tmp_path / "lab" / "report.md").read_text()
+    assert "<h2 id='s0'>Data</h2>" in html and "## Data" in md and "figures/data_shapes.png" in md
+    man = json.loads((tmp_path / "lab" / "manifest.json").read_text())
+    assert man["sections"] == ["data"] and man["failed"] == [] and man["versions"]["torch"]
+    assert man["metrics"]["data"]["target"]["images"] == 180
+    for name in ("data_shapes.png", "data_photos.png", "data_shapes_pretrain.png"):
+        assert (tmp_path / "lab" / "figures" / name).stat().st_size > 1000
+
+
+def _ok(ctx):
+    s = Section("Fine")
+    s.table(["a", "b"], [["x", 1.234]])
+    return s
+
+
+def _boom(ctx):
+    raise RuntimeError("section exploded")
+
+
+def test_failing_section_is_reported_in_place(tmp_path, monkeypatch, cli):
+    monkeypatch.setattr(lab, "SECTIONS", [("boom", f"{__name__}:_boom"), ("ok", f"{__name__}:_ok")])
+    code, _, err = cli("lab", "--out", tmp_path, "--quick")
+    assert code == 1 and "section(s) failed: boom" in err
+    html = (tmp_path / "report.html").read_text()
+    assert "section exploded" in html and "<td>1.2</td>" in html
+    code, _, err = cli("lab", "--out", tmp_path, "--only", "nope")
+    assert code == 1 and "unknown section" in err
