@@ -1,0 +1,137 @@
+"""``vlens index build|update|info`` and ``vlens search``: a persistent, incremental image search index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vlens.cli._common import JSON_OPTION, echo_json
+
+app = typer.Typer(help="Build and maintain a search index of an image folder (FAISS vectors + SQLite metadata). "
+                       "Killing a build or update is safe: rerun it to finish.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="index")
+    root.command("search")(search_cmd)
+
+
+def _report(rep, json_out: bool, index: Path) -> None:
+    if json_out:
+        d = {k: getattr(rep, k) for k in ("total", "added", "changed", "removed", "renamed", "reused", "unchanged",
+                                          "embedded", "seconds", "embed_seconds")}
+        d.update(index=str(index), images_per_s=round(rep.images_per_s, 2),
+                 skipped=[{"path": p, "reason": r} for p, r in rep.skipped])
+        echo_json(d)
+    else:
+        typer.echo(rep.summary())
+
+
+@app.command("build")
+def build_cmd(
+    images: Path = typer.Argument(..., help="Folder of images to index (searched recursively; paths are stored "
+                                  "relative to it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to create. If it already indexes the same "
+                             "folder with the same model, the build resumes/updates instead."),
+    model: str = typer.Option("builtin:clip-tiny", "--model", "-m", help="Dual encoder: hub id (e.g. "
+                              "openai/clip-vit-base-patch32 when cached), save_pretrained folder or builtin:NAME."),
+    kind: str = typer.Option("flat", "--kind", help="flat = exact (default; fine up to ~1M images). ivf = "
+                             "inverted lists, hnsw = graph: approximate, for millions; their recall@10 against "
+                             "exact is measured and shown by `vlens index info`."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images embedded and committed together."),
+    captioner: str = typer.Option(None, "--captioner", help="Also caption each image with this BLIP model "
+                                  "(e.g. builtin:blip-tiny); captions show in results. Slower."),
+    nlist: int = typer.Option(0, "--nlist", help="IVF lists (0 = about 4*sqrt(N))."),
+    target_recall: float = typer.Option(0.95, "--target-recall", help="ANN search effort (nprobe / efSearch) "
+                                        "is raised until recall@10 against exact search reaches this."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing index at --out."),
+    json_out: bool = JSON_OPTION,
+):
+    """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
+    from vlens.retrieval.index import IndexConfig, build_index
+
+    cfg = IndexConfig(model=model, kind=kind, batch_size=batch_size, captioner=captioner, nlist=nlist,
+                      target_recall=target_recall)
+    rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True))
+    _report(rep, json_out, out)
+
+
+@app.command("update")
+def update_cmd(
+    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`."),
+    root: Path = typer.Option(None, "--root", help="The image folder moved: index this folder from now on."),
+    json_out: bool = JSON_OPTION,
+):
+    """Add new and changed files, drop deleted ones, follow renames; unchanged images are not re-embedded."""
+    from vlens.retrieval.index import update_index
+
+    rep = update_index(index, root=root, log=lambda m: typer.echo(m, err=True))
+    _report(rep, json_out, index)
+
+
+@app.command("info")
+def info_cmd(
+    index: Path = typer.Argument(..., help="An index folder."),
+    json_out: bool = JSON_OPTION,
+):
+    """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
+    from vlens.retrieval.index import ImageIndex
+
+    ix = ImageIndex(index)
+    info = ix.info()
+    ix.close()
+    if json_out:
+        echo_json(info)
+        return
+    ann = info["ann"]
+    lines = [f"index     {info['index']}", f"images    {info['count']} from {info['root']}",
+             f"model     {info['model']} ({info['dim']}-d, {info['metric']})",
+             f"kind      {info['kind']}" + (f" (nlist {ann['nlist']})" if ann.get("nlist") else "")]
+    if info["kind"] == "flat":
+        lines.append("recall@10 1.000 (exact search)")
+    elif ann.get("recall_at_10") is not None:
+        lines.append(f"recall@10 {ann['recall_at_10']:.3f} against exact search ({ann['recall_queries']} "
+                     f"queries, {ann['param']}={ann['value']})")
+    if info["captioner"]:
+        lines.append(f"captions  by {info['captioner']}")
+    lines += [f"on disk   {info['disk_bytes'] / 1e6:.1f} MB", f"updated   {info['updated']} "
+              f"(vlens {info['vlens_version']})"]
+    if info["stale"]:
+        lines.append("state     the FAISS file is behind the database (an interrupted run?): searches are exact "
+                     "until `vlens index update` rebuilds it")
+    if info["skipped"]:
+        lines.append(f"skipped   {len(info['skipped'])} unreadable file(s):")
+        lines += [f"  {s['path']}: {s['reason']}" for s in info["skipped"][:20]]
+    typer.echo("\n".join(lines))
+
+
+def search_cmd(
+    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`."),
+    query: str = typer.Argument(None, help="What to look for, in words, e.g. \"a white airplane\"."),
+    image: Path = typer.Option(None, "--image", "-i", help="Search with an image instead of words."),
+    k: int = typer.Option(5, "-k", "--top", help="How many results."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet PNG of the results here."),
+    json_out: bool = JSON_OPTION,
+):
+    """Find the images most similar to a text or an image query; prints rank, cosine similarity and path."""
+    from vlens.retrieval.search import Searcher, contact_sheet
+    from vlens.errors import ConfigError
+
+    if (query is None) == (image is None):
+        raise ConfigError("give a text QUERY or --image FILE (exactly one)")
+    s = Searcher(index)
+    hits = s.text(query, k) if query is not None else s.image(image, k)
+    if out is not None:
+        title = f'query: "{query}"' if query is not None else f"query image: {image.name}"
+        contact_sheet(hits, s.index.root, out, title=title, query_image=image)
+    if json_out:
+        echo_json({"index": str(index), "query": query, "image": str(image) if image else None,
+                   "root": str(s.index.root), "hits": hits, "sheet": str(out) if out else None})
+        return
+    if not hits:
+        typer.echo("no results (the index is empty)")
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:>3}  {h.score:+.4f}  {h.path}" + (f"  \"{h.caption}\"" if h.caption else ""))
+    if out is not None:
+        typer.echo(f"contact sheet: {out}")

@@ -1,0 +1,692 @@
+"""A persistent image index: vectors in FAISS, metadata (and a copy of every vector) in SQLite, a JSON manifest.
+
+An index is a folder::
+
+    manifest.json   model, dimension, metric, kind, indexed root, vlens version, ANN settings, measured recall@10
+    meta.sqlite     table ``images``: id, path (relative to the root), size, mtime_ns, sha256, caption, vector;
+                    table ``skipped``: unreadable files; table ``state``: a generation counter
+    vectors.faiss   the search structure, *derived* from meta.sqlite; ``vectors.json`` names the generation it holds
+    lock            held (``flock``) by the one process that writes
+
+Why it survives a kill at any moment: SQLite is the source of truth and every change is a transaction (a batch of
+embedded images is committed at once, or not at all). The FAISS file is rewritten atomically (temp + rename) after
+the database and is trusted only when its generation matches the database's; otherwise readers fall back to exact
+search straight from SQLite and the next ``update`` rebuilds it. A rerun recomputes what is missing from a diff of
+the folder against the database, so nothing is lost or duplicated (paths are UNIQUE, ids never reused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlens.errors import ConfigError, ImageLoadError, IndexError_
+
+FORMAT_VERSION = 1
+KINDS = ("flat", "ivf", "hnsw")
+MANIFEST, DB, FAISS_FILE, FAISS_STATE, LOCK = "manifest.json", "meta.sqlite", "vectors.faiss", "vectors.json", "lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    caption TEXT,
+    vector BLOB NOT NULL,
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_sha ON images(sha256);
+CREATE TABLE IF NOT EXISTS skipped (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO state VALUES ('generation', 0);
+"""
+
+
+@dataclass
+class IndexConfig:
+    """How an index is built; stored in the manifest so that ``update`` repeats it."""
+
+    model: str = "builtin:clip-tiny"
+    """Dual encoder (hub id, save_pretrained folder or builtin:NAME). Queries must use the same model."""
+    kind: str = "flat"
+    """flat: exact, best up to ~1M vectors. ivf: inverted lists, fast at millions. hnsw: graph, fastest queries,
+    slowest to build, rebuilt on every update (HNSW cannot delete)."""
+    batch_size: int = 32
+    """Images embedded (and committed) together; a kill loses at most one batch of work."""
+    captioner: str | None = None
+    """Optional captioning model; its caption is stored with each image and shown in results."""
+    nlist: int = 0
+    """IVF lists; 0 = about 4*sqrt(N)."""
+    hnsw_m: int = 32
+    """HNSW neighbours per node: more = better recall, more memory, slower build."""
+    target_recall: float = 0.95
+    """nprobe (IVF) / efSearch (HNSW) is raised until recall@10 against exact search reaches this."""
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown index kind '{self.kind}'; choose one of {', '.join(KINDS)} "
+                              "(flat = exact, the default)")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError("target recall must be in (0, 1]")
+
+
+@dataclass
+class UpdateReport:
+    """What a build or update did."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    renamed: int = 0
+    reused: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.total} images indexed", f"{self.added} added", f"{self.changed} changed",
+                 f"{self.removed} removed", f"{self.renamed} renamed", f"{self.unchanged} unchanged"]
+        line = ", ".join(parts) + f" in {self.seconds:.1f} s"
+        if self.embedded:
+            line += f" ({self.embedded} embedded, {self.images_per_s:.1f} images/s)"
+        if self.skipped:
+            line += f"\nskipped {len(self.skipped)} unreadable file(s):"
+            line += "".join(f"\n  {p}: {r}" for p, r in self.skipped[:10])
+            if len(self.skipped) > 10:
+                line += f"\n  ... and {len(self.skipped) - 10} more (vlens index info --json lists all)"
+        return line
+
+
+# ----------------------------------------------------------------------------------------------- files, lock
+
+
+def is_index(folder) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def read_manifest(folder) -> dict:
+    folder = Path(folder)
+    if not folder.exists():
+        raise IndexError_(f"no index at {folder}; create one with `vlens index build IMAGES_DIR --out {folder}`")
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise IndexError_(f"{folder} is not a vlens index (no {MANIFEST}); create one with "
+                          f"`vlens index build IMAGES_DIR --out {folder}`") from None
+    except json.JSONDecodeError as exc:
+        raise IndexError_(f"{folder / MANIFEST} is damaged ({exc}); rebuild with `vlens index build --force`") from None
+
+
+def write_manifest(folder, manifest: dict) -> None:
+    from vlens.runs import write_json
+
+    write_json(Path(folder) / MANIFEST, manifest)
+
+
+def connect(folder, readonly: bool = False) -> sqlite3.Connection:
+    """Open meta.sqlite (WAL: readers never block the writer, a kill never tears a transaction)."""
+    path = Path(folder) / DB
+    if readonly:
+        if not path.exists():
+            raise IndexError_(f"{folder} has no {DB}; rebuild it with `vlens index build --force`")
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+    else:
+        con = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.executescript(SCHEMA)
+    return con
+
+
+def generation(con: sqlite3.Connection) -> int:
+    row = con.execute("SELECT value FROM state WHERE key='generation'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _bump(con: sqlite3.Connection) -> None:
+    con.execute("UPDATE state SET value = value + 1 WHERE key='generation'")
+
+
+@contextlib.contextmanager
+def index_lock(folder, command: str = "vlens index") -> Iterator[None]:
+    """Hold the index's write lock, or fail at once naming the holder. The OS drops it if the holder dies."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise IndexError_(f"{folder} is being written by {holder}; wait for it to finish and retry "
+                              "(searching it meanwhile is fine)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({command}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
+    """Image files under ``root``: {relative posix path: (size, mtime_ns)}, plus files refused (links out)."""
+    from vlens.images import list_images
+
+    real_root = root.resolve()
+    found, refused = {}, []
+    for p in list_images(root):
+        rel = p.relative_to(root).as_posix()
+        if not p.resolve().is_relative_to(real_root):
+            refused.append((rel, "a link that points outside the indexed folder"))
+            continue
+        st = p.stat()
+        found[rel] = (st.st_size, st.st_mtime_ns)
+    return found, refused
+
+
+def safe_join(root: Path, rel: str) -> Path | None:
+    """``root / rel`` if it stays inside ``root`` (after resolving links), else None."""
+    if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+        return None
+    p = (root / rel).resolve()
+    return p if p.is_relative_to(root.resolve()) and p.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------- FAISS
+
+
+def _vectors(con: sqlite3.Connection, dim: int, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream (ids (n,), vectors (n, d)) from the database in id order, ``chunk`` rows at a time."""
+    last = -1
+    while True:
+        rows = con.execute("SELECT id, vector FROM images WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)).fetchall()
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)  # (n, d)
+        last = int(ids[-1])
+        yield ids, vecs
+
+
+def exact_topk(queries: np.ndarray, chunks: Iterable[tuple[np.ndarray, np.ndarray]], k: int):
+    """Brute-force inner-product top-k over streamed chunks: (Q, d) -> scores (Q, k), ids (Q, k), best first.
+
+    Never holds more than one chunk of the collection; used for recall ground truth and as the stale fallback.
+    """
+    q = np.ascontiguousarray(queries, np.float32)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.full((len(q), 0), -1, np.int64)
+    for ids, vecs in chunks:
+        s = q @ vecs.T                                                  # (Q, n)
+        all_s = np.concatenate([best_s, s], axis=1)                     # (Q, k' + n)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+        kk = min(k, all_s.shape[1])
+        top = np.argpartition(-all_s, kk - 1, axis=1)[:, :kk]           # (Q, kk) unordered
+        best_s = np.take_along_axis(all_s, top, 1)
+        best_i = np.take_along_axis(all_i, top, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    s, i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+    if s.shape[1] < k:  # fewer vectors than k: pad like FAISS does
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+    return s, i
+
+
+def auto_nlist(n: int) -> int:
+    """About 4*sqrt(N) lists, but at least 39 training points per list (FAISS's k-means minimum)."""
+    return int(max(1, min(round(4 * np.sqrt(max(n, 1))), n // 39)))
+
+
+def make_faiss(kind: str, dim: int, n: int, config: IndexConfig, train: np.ndarray | None = None):
+    """An empty FAISS index with ids (inner product on unit vectors = cosine similarity)."""
+    import faiss
+
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        h = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        h.hnsw.efConstruction = max(40, 2 * config.hnsw_m)
+        return faiss.IndexIDMap2(h)
+    nlist = config.nlist or auto_nlist(n)
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.own_fields = True
+    quantizer.this.disown()
+    ivf.train(np.ascontiguousarray(train if train is not None and len(train) else np.zeros((nlist, dim), np.float32)))
+    return ivf
+
+
+def set_search_param(index, kind: str, value: int) -> None:
+    import faiss
+
+    if kind == "ivf":
+        index.nprobe = int(value)
+    elif kind == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = int(value)
+
+
+def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: float, k: int = 10,
+         limit: int | None = None) -> tuple[int | None, float, list[dict]]:
+    """Raise nprobe / efSearch until recall@k against ``truth_ids`` (Q, k) reaches ``target``.
+
+    Returns (chosen value, its recall, the whole curve). Recall@k = |ANN top-k ∩ exact top-k| / k, averaged.
+    """
+    if kind == "flat":
+        return None, 1.0, []
+    values = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] if kind == "ivf" else [16, 32, 64, 128, 256, 512, 1024]
+    if kind == "ivf":
+        values = [v for v in values if v <= index.nlist] or [index.nlist]
+    if limit:
+        values = [v for v in values if v <= limit]
+    curve, chosen = [], None
+    for v in values:
+        set_search_param(index, kind, v)
+        t0 = time.perf_counter()
+        _, ids = index.search(queries, k)
+        ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
+        rec = recall_at_k(ids, truth_ids)
+        curve.append({"param": v, "recall_at_10": round(rec, 4), "ms_per_query": round(ms, 3)})
+        if rec >= target:
+            chosen = (v, rec)
+            break
+    if chosen is None:
+        chosen = (curve[-1]["param"], curve[-1]["recall_at_10"])
+    set_search_param(index, kind, chosen[0])
+    return chosen[0], float(chosen[1]), curve
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found_i ∩ truth_i| / |truth_i| (ids; -1 padding ignored)."""
+    hits = []
+    for f, t in zip(found, truth):
+        t = set(int(x) for x in t if x >= 0)
+        if t:
+            hits.append(len(t & set(int(x) for x in f if x >= 0)) / len(t))
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: IndexConfig, log=print) -> dict:
+    """(Re)build vectors.faiss from the database, tune ANN settings, write it atomically; returns ANN info."""
+    import faiss
+
+    from vlens.runs import atomic_path, write_json
+
+    dim, kind = int(manifest["dim"]), config.kind
+    gen = generation(con)
+    n = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    train = None
+    if kind == "ivf":
+        nlist = config.nlist or auto_nlist(n)
+        m = min(n, max(nlist * 64, 10_000))
+        rows = con.execute("SELECT vector FROM images ORDER BY random() LIMIT ?", (m,)).fetchall()
+        train = np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), dim) if rows else None
+    index = make_faiss(kind, dim, n, config, train)
+    for ids, vecs in _vectors(con, dim):
+        index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    ann = {"kind": kind, "count": int(index.ntotal)}
+    if kind != "flat" and n:
+        rng = np.random.default_rng(0)
+        qn = min(256, n)
+        qids = np.sort(rng.choice(n, qn, replace=False))
+        # Queries: stored vectors picked at random positions (by rank in id order).
+        all_ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM images ORDER BY id")), np.int64, n)
+        pick = all_ids[qids].tolist()
+        qrows = {}
+        for i in range(0, len(pick), 900):
+            part = pick[i:i + 900]
+            qrows.update(con.execute(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                     part).fetchall())
+        queries = np.stack([np.frombuffer(qrows[i], np.float32) for i in pick])  # (Q, d)
+        _, truth = exact_topk(queries, _vectors(con, dim), 10)
+        param, rec, curve = tune(index, kind, queries, truth, config.target_recall)
+        ann.update({"param": "nprobe" if kind == "ivf" else "efSearch", "value": param,
+                    "recall_at_10": round(rec, 4), "recall_queries": int(qn), "curve": curve})
+        if kind == "ivf":
+            ann["nlist"] = int(index.nlist)
+        if rec < config.target_recall:
+            log(f"warning: recall@10 {rec:.3f} is below the target {config.target_recall} at the largest setting")
+    elif kind == "flat":
+        ann["recall_at_10"] = 1.0
+    with atomic_path(folder / FAISS_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    write_json(folder / FAISS_STATE, {"generation": gen, **ann})
+    return ann
+
+
+def load_faiss(folder: Path, gen: int):
+    """The FAISS index if it matches database generation ``gen``, else None (stale or missing)."""
+    import faiss
+
+    from vlens.runs import read_json
+
+    try:
+        state = read_json(folder / FAISS_STATE)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None, None
+    if state.get("generation") != gen or not (folder / FAISS_FILE).is_file():
+        return None, state
+    index = faiss.read_index(str(folder / FAISS_FILE))
+    if state.get("value") is not None:
+        set_search_param(index, state["kind"], state["value"])
+    return index, state
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _default_embedder(model: str) -> tuple[Callable[[list], np.ndarray], int]:
+    from vlens.retrieval.model import DualEncoder
+
+    enc = DualEncoder.from_spec(model)
+    return enc.encode_images, enc.dim
+
+
+def _captioner_fn(spec: str) -> Callable[[list], list[str]]:
+    try:
+        from vlens.caption import Captioner, DecodeSettings
+    except ImportError:
+        raise ConfigError("captioning is not available in this vlens install (vlens.caption is missing); "
+                          "build without --captioner") from None
+    cap = Captioner.from_spec(spec)
+    settings = DecodeSettings()
+    return lambda images: [c[0].text if c else "" for c in cap.caption(images, settings)]
+
+
+def _model_spec(model: str) -> str:
+    """Store local model folders as absolute paths so the index works from any working directory."""
+    p = Path(model).expanduser()
+    return str(p.resolve()) if not model.startswith("builtin:") and p.exists() else model
+
+
+def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bool = False, embedder=None,
+                progress: bool = True, log=print) -> UpdateReport:
+    """Create an index of every image under ``images_dir`` in folder ``out`` (or resume an unfinished one).
+
+    ``embedder``: optional ``(fn(list[PIL]) -> (n, d) unit float32, d)`` to reuse a loaded model.
+    An existing index for the same folder and model is resumed/updated; a different one needs ``force``.
+    """
+    config = config or IndexConfig()
+    config.check()
+    root, out = Path(images_dir).expanduser(), Path(out).expanduser()
+    if not root.is_dir():
+        raise IndexError_(f"{root} is not a folder; give the folder of images to index")
+    config.model = _model_spec(config.model)
+    if config.captioner:
+        config.captioner = _model_spec(config.captioner)
+    if out.exists() and any(out.iterdir()) and not is_index(out) and not (out / DB).exists():
+        raise IndexError_(f"{out} exists and is not a vlens index; choose an empty or new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with index_lock(out, "vlens index build"):
+        if is_index(out) and not force:
+            m = read_manifest(out)
+            same = (m.get("root") == str(root.resolve()) and m.get("model") == config.model
+                    and m.get("kind") == config.kind)
+            if not same:
+                raise IndexError_(f"{out} already holds an index of {m.get('root')} with {m.get('model')} "
+                                  f"({m.get('kind')}); use --force to replace it or choose another --out")
+            config = IndexConfig(**{**m.get("config", {}), "batch_size": config.batch_size})
+        elif force:
+            for name in (MANIFEST, DB, DB + "-wal", DB + "-shm", FAISS_FILE, FAISS_STATE):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+        if embedder is None:
+            embedder = _default_embedder(config.model)
+        encode, dim = embedder
+        con = connect(out)
+        if not is_index(out):
+            from vlens import __version__
+
+            now = time.strftime("%Y-%m-%dT%H:%M:%S")
+            write_manifest(out, {"format": FORMAT_VERSION, "vlens_version": __version__, "model": config.model,
+                                 "dim": int(dim), "metric": "cosine", "kind": config.kind,
+                                 "root": str(root.resolve()), "created": now, "updated": now,
+                                 "config": asdict(config), "count": 0, "ann": {}})
+        return _sync(out, con, config, encode, progress=progress, log=log)
+
+
+def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print) -> UpdateReport:
+    """Bring an index up to date with its folder: embed new and changed files, drop deleted ones."""
+    folder = Path(index_dir).expanduser()
+    manifest = read_manifest(folder)
+    config = IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
+                            if k in IndexConfig.__dataclass_fields__})
+    with index_lock(folder, "vlens index update"):
+        if root is not None:
+            root = Path(root).expanduser()
+            if not root.is_dir():
+                raise IndexError_(f"{root} is not a folder")
+            manifest["root"] = str(root.resolve())
+            write_manifest(folder, manifest)
+        if not Path(manifest["root"]).is_dir():
+            raise IndexError_(f"the indexed folder {manifest['root']} is gone; if it moved, run "
+                              f"`vlens index update {folder} --root NEW_FOLDER`")
+        if embedder is None:
+            embedder = _default_embedder(manifest["model"])
+        encode, dim = embedder
+        if int(dim) != int(manifest["dim"]):
+            raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
+                              f"{manifest['dim']}-d; rebuild with `vlens index build --force`")
+        return _sync(folder, connect(folder), config, encode, progress=progress, log=log)
+
+
+def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *, progress: bool,
+          log) -> UpdateReport:
+    """Diff the folder against the database, apply it in crash-safe transactions, rebuild FAISS."""
+    from vlens.images import load_image
+    from vlens.runs import progress as bar
+
+    t0 = time.time()
+    manifest = read_manifest(folder)
+    root, dim = Path(manifest["root"]), int(manifest["dim"])
+    rep = UpdateReport()
+    disk, refused = scan(root)
+    db = {p: (i, s, m, h) for i, p, s, m, h in con.execute("SELECT id, path, size, mtime_ns, sha256 FROM images")}
+    skipped_db = {p: (s, m) for p, s, m in con.execute("SELECT path, size, mtime_ns FROM skipped")}
+
+    removed = {p: db[p] for p in db.keys() - disk.keys()}
+    todo, touched = [], []
+    for p, (size, mtime) in sorted(disk.items()):
+        old = db.get(p)
+        if old is not None and (old[1], old[2]) == (size, mtime):
+            rep.unchanged += 1
+            continue
+        if old is None and skipped_db.get(p) == (size, mtime):
+            continue  # still the same unreadable file
+        sha = file_sha256(root / p)
+        if old is not None and old[3] == sha:  # touched, content unchanged
+            touched.append((size, mtime, old[0]))
+            rep.unchanged += 1
+            continue
+        todo.append((p, size, mtime, sha, old))
+
+    # Renames: a new path whose content equals a removed row's takes over that row (same id, no re-embedding).
+    removed_by_sha = {}
+    for p, (i, _s, _m, h) in removed.items():
+        removed_by_sha.setdefault(h, []).append(p)
+    renames, rest = [], []
+    for item in todo:
+        p, size, mtime, sha, old = item
+        if old is None and removed_by_sha.get(sha):
+            src = removed_by_sha[sha].pop()
+            renames.append((p, size, mtime, removed.pop(src)[0]))
+        else:
+            rest.append(item)
+    with con:  # one transaction: deletions, renames, touches, forgotten skips
+        con.executemany("DELETE FROM images WHERE id = ?", [(v[0],) for v in removed.values()])
+        con.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", renames)
+        con.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", touched)
+        con.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in skipped_db.keys() - disk.keys()])
+        _bump(con)
+    rep.removed, rep.renamed = len(removed), len(renames)
+
+    captioner = _captioner_fn(config.captioner) if config.captioner and rest else None
+    it = bar(range(0, len(rest), config.batch_size), total=-(-len(rest) // config.batch_size),
+             desc="embedding", disable=None if progress else True)
+    for start in it:
+        batch = rest[start:start + config.batch_size]
+        rows, bad, reuse, images, to_embed = [], [], [], [], []
+        for item in batch:
+            p, size, mtime, sha, old = item
+            twin = con.execute("SELECT vector, caption FROM images WHERE sha256 = ? AND path != ? LIMIT 1",
+                               (sha, p)).fetchone()
+            if twin is not None:  # same content already indexed under another path: copy its vector
+                reuse.append((item, twin[0], twin[1]))
+                continue
+            try:
+                images.append(load_image(root / p))
+                to_embed.append(item)
+            except ImageLoadError as exc:
+                bad.append((p, size, mtime, exc.reason))
+        te = time.time()
+        vecs = encode(images) if images else np.zeros((0, dim), np.float32)  # (n, d)
+        caps = captioner(images) if captioner and images else [None] * len(images)
+        rep.embed_seconds += time.time() - te
+        rep.embedded += len(images)
+        if vecs.shape[1:] != (dim,):
+            raise IndexError_(f"the model returned {vecs.shape[1:]} vectors, the index holds {dim}-d")
+        now = time.time()
+        for (p, size, mtime, sha, _old), v, c in zip(to_embed, vecs, caps):
+            rows.append((p, size, mtime, sha, c, np.ascontiguousarray(v, np.float32).tobytes(), now))
+        for (p, size, mtime, sha, _old), blob, c in reuse:
+            rows.append((p, size, mtime, sha, c, blob, now))
+        with con:  # one transaction per batch: all of it lands, or none of it
+            olds = [(item[0],) for item in batch if item[4] is not None]
+            con.executemany("DELETE FROM images WHERE path = ?", olds)
+            con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", bad)
+            con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
+            _bump(con)
+        for item in batch:
+            if any(item[0] == b[0] for b in bad):
+                continue
+            if item[4] is None:
+                rep.added += 1
+            else:
+                rep.changed += 1
+        rep.reused += len(reuse)
+    rep.skipped = sorted(refused + [(p, r) for p, r in con.execute("SELECT path, reason FROM skipped")])
+
+    ann = build_faiss(folder, con, manifest, config, log=log)
+    manifest = read_manifest(folder)
+    rep.total = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    manifest.update({"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "count": int(rep.total), "ann": ann,
+                     "skipped": len(rep.skipped)})
+    write_manifest(folder, manifest)
+    con.close()
+    rep.seconds = time.time() - t0
+    return rep
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class ImageIndex:
+    """An index opened for searching. Cheap to open; never writes; safe to read while another process updates."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder).expanduser()
+        self.manifest = read_manifest(self.folder)
+        self.root = Path(self.manifest["root"])
+        self.dim = int(self.manifest["dim"])
+        self.con = connect(self.folder, readonly=True)
+        self._load()
+
+    def _load(self) -> None:
+        self.generation = generation(self.con)
+        self.faiss, self.state = load_faiss(self.folder, self.generation)
+        # Stale (killed between the database and the FAISS write, or mid-update): exact search from SQLite.
+        self.stale = self.faiss is None
+
+    def refresh(self) -> bool:
+        """Pick up another process's update; returns True if anything changed."""
+        if generation(self.con) == self.generation and not self.stale:
+            return False
+        self.manifest = read_manifest(self.folder)
+        self.root = Path(self.manifest["root"])
+        self._load()
+        return True
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    def __len__(self) -> int:
+        return int(self.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, d) unit queries -> scores (Q, k), ids (Q, k) (id -1 where fewer than k images)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        if q.shape[1] != self.dim:
+            raise IndexError_(f"query vectors are {q.shape[1]}-d, the index holds {self.dim}-d "
+                              f"(built with {self.model})")
+        if self.faiss is not None:
+            return self.faiss.search(q, k)
+        return exact_topk(q, _vectors(self.con, self.dim), k)
+
+    def rows(self, ids: Iterable[int]) -> dict[int, dict]:
+        ids = [int(i) for i in ids if i >= 0]
+        out = {}
+        for i in range(0, len(ids), 900):
+            part = ids[i:i + 900]
+            for r in self.con.execute("SELECT id, path, size, mtime_ns, sha256, caption FROM images "
+                                      f"WHERE id IN ({','.join('?' * len(part))})", part):
+                out[r[0]] = {"id": r[0], "path": r[1], "size": r[2], "mtime_ns": r[3], "sha256": r[4],
+                             "caption": r[5]}
+        return out
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        r = self.con.execute("SELECT vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return None if r is None else np.frombuffer(r[0], np.float32).copy()
+
+    def file(self, image_id: int) -> Path | None:
+        """The image file for ``image_id``, or None; never a path outside the indexed folder."""
+        r = self.con.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return None if r is None else safe_join(self.root, r[0])
+
+    def info(self) -> dict:
+        skipped = self.con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {"index": str(self.folder), "root": str(self.root), "model": self.model, "dim": self.dim,
+                "metric": self.manifest.get("metric"), "kind": self.manifest.get("kind"), "count": len(self),
+                "generation": self.generation, "stale": self.stale, "ann": self.manifest.get("ann", {}),
+                "captioner": self.manifest.get("config", {}).get("captioner"),
+                "vlens_version": self.manifest.get("vlens_version"), "created": self.manifest.get("created"),
+                "updated": self.manifest.get("updated"), "disk_bytes": size,
+                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+
+    def close(self) -> None:
+        self.con.close()
