@@ -51,6 +51,21 @@ def test_blip(vocab_size: int = 1000, bos_token_id: int = 2, eos_token_id: int =
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
+def blip_tiny(vocab_size: int = 400, bos_token_id: int = 2, eos_token_id: int = 3, pad_token_id: int = 0,
+              sep_token_id: int = 3, image_size: int = 128, patch_size: int = 16):
+    """The embedded ``builtin:blip-tiny`` (~1.3M parameters, ~5 MB): 128 px, 64 patches, width 128,
+    4 vision layers, 3 text layers with cross-attention. Small enough to train on 2 CPU cores in minutes."""
+    from transformers import BlipConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=256, encoder_hidden_size=128, max_position_embeddings=48,
+                bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                sep_token_id=sep_token_id, decoder_start_token_id=bos_token_id)
+    vision = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                  image_size=image_size, patch_size=patch_size)
+    return BlipConfig(text_config=text, vision_config=vision, projection_dim=128)
+
+
 def test_clip(vocab_size: int = 1000, eos_token_id: int = 3, pad_token_id: int = 0, bos_token_id: int = 2,
               image_size: int = 32, patch_size: int = 8):
     from transformers import CLIPConfig
@@ -69,6 +84,7 @@ PRESETS = {
     "vit-tiny": vit_tiny,
     "vit-small": vit_small,
     "test-blip": test_blip,
+    "blip-tiny": blip_tiny,
     "test-clip": test_clip,
 }
 

@@ -1,0 +1,254 @@
+"""Caption images with any BLIP captioning checkpoint (``BlipForConditionalGeneration``).
+
+>>> cap = Captioner.from_spec("builtin:blip-tiny")          # cached per spec
+>>> cap.caption([img1, img2], DecodeSettings(strategy="sample", top_k=50, temperature=0.7, n=3, seed=0))
+[[Caption(text='a red circle on the left', ...), ...], [...]]
+
+The image is encoded once per batch; Hugging Face ``generate`` on BLIP's text decoder runs greedy / beam /
+sampling exactly as ``BlipForConditionalGeneration.generate`` would (BOS first, then the prompt tokens). On top
+of that we remove the prompt on token ids, and score every caption with one teacher-forced pass: its
+log-probability under the model (temperature 1, no filtering), which ranks sampled captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlens.errors import ConfigError
+
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How to turn model probabilities into captions."""
+
+    strategy: str = "greedy"
+    """greedy: the most probable token at each step (one caption); beam: keep num_beams partial captions;
+    sample: draw tokens at random from the (filtered, temperature-scaled) distribution."""
+    num_beams: int = 3
+    """beam only: partial captions kept per image (3-5 is the usual choice)."""
+    length_penalty: float = 1.0
+    """beam only: >1 favours longer captions, <1 shorter ones (score = log p / length**penalty)."""
+    top_k: int | None = 50
+    """sample only: draw from the k most probable tokens (None: no top-k limit). Small k = safer captions."""
+    top_p: float = 1.0
+    """sample only: nucleus sampling, draw from the smallest set of tokens holding this much probability."""
+    temperature: float = 1.0
+    """sample only: <1 sharpens the distribution (closer to greedy), >1 flattens it (more varied, more errors).
+    0 means greedy."""
+    repetition_penalty: float = 1.0
+    """>1 discourages repeating tokens already in the caption (1 = off)."""
+    min_new_tokens: int = 0
+    max_new_tokens: int = 30
+    n: int = 1
+    """captions per image (sample: n independent draws ranked by log-probability; beam: the n best beams)."""
+    prompt: str | None = None
+    """text the caption must continue, e.g. "a picture of"; removed from the output (None: no prompt)."""
+    seed: int | None = None
+    """makes sampling reproducible (same seed, same images, same batch size -> same captions)."""
+    batch_size: int = 16
+
+    def replace(self, **changes) -> DecodeSettings:
+        return dataclasses.replace(self, **changes)
+
+    def validated(self) -> tuple[DecodeSettings, list[str]]:
+        """Check ranges; return settings with implied changes applied and notes that say what changed."""
+        s, notes = self, []
+        if s.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{s.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if s.prompt is not None and not s.prompt.strip():
+            raise ConfigError("the prompt is empty; give some words (e.g. --prompt 'a picture of') or leave "
+                              "--prompt out to caption without one")
+        if s.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (got {s.temperature}); below 1 is more conservative, "
+                              "above 1 more varied")
+        if s.top_k is not None and s.top_k <= 0:
+            raise ConfigError(f"top-k must be a positive number of tokens (got {s.top_k}); leave it out for no "
+                              "top-k limit")
+        if not 0 < s.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1] (got {s.top_p}); 1 turns nucleus sampling off")
+        if s.num_beams < 1:
+            raise ConfigError(f"--num-beams must be >= 1 (got {s.num_beams})")
+        if s.n < 1:
+            raise ConfigError(f"--n must be >= 1 (got {s.n})")
+        if s.max_new_tokens < 1 or s.min_new_tokens < 0 or s.min_new_tokens > s.max_new_tokens:
+            raise ConfigError("need 0 <= min-new-tokens <= max-new-tokens and max-new-tokens >= 1")
+        if s.repetition_penalty <= 0:
+            raise ConfigError("repetition penalty must be > 0 (1 = off)")
+        if s.batch_size < 1:
+            raise ConfigError("batch size must be >= 1")
+        if s.strategy == "sample" and s.temperature == 0:
+            s = s.replace(strategy="greedy")
+            notes.append("temperature 0 means always taking the most probable token: decoding greedily")
+        if s.strategy == "greedy" and s.n > 1:
+            raise ConfigError("greedy decoding gives one caption per image; use --strategy sample or beam for "
+                              f"--n {s.n}")
+        if s.strategy == "beam" and s.num_beams < s.n:
+            s = s.replace(num_beams=s.n)
+            notes.append(f"--n {s.n} needs at least {s.n} beams: using --num-beams {s.n}")
+        return s, notes
+
+
+@dataclass
+class Caption:
+    """One caption: text without the prompt, its token ids, and its log-probability under the model."""
+
+    text: str
+    token_ids: list[int]
+    logprob: float
+    """sum of log p(token) over the caption and its end token (temperature 1, no filtering)."""
+    mean_logprob: float
+    """``logprob`` per token: comparable across lengths; used to rank sampled captions."""
+    settings: DecodeSettings = field(repr=False)
+
+
+_CACHE: dict[tuple[str, str], Captioner] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class Captioner:
+    """A loaded BLIP captioner. Build it with :meth:`from_spec` (cached) or from a ``LoadedModel``."""
+
+    def __init__(self, loaded, device: str = "cpu"):
+        import torch
+
+        self.loaded = loaded
+        self.model = loaded.model.to(device).eval()
+        self.device = torch.device(device)
+        self.tokenizer = loaded.tokenizer
+        self.image_processor = loaded.image_processor
+        tc = self.model.config.text_config
+        self.bos_id, self.sep_id, self.pad_id = tc.bos_token_id, tc.sep_token_id, tc.pad_token_id
+        self.eos_ids = {i for i in (tc.sep_token_id, tc.eos_token_id) if i is not None}
+        self.context = int(tc.max_position_embeddings)
+        self._lock = threading.Lock()  # one generate at a time per model (the web app calls from threads)
+
+    @classmethod
+    def from_spec(cls, spec: str | None = None, device: str = "auto") -> Captioner:
+        """Load (once per process) the captioner for ``spec``: hub id, local folder or ``builtin:NAME``."""
+        import torch
+
+        from vlens.models import DEFAULTS, load
+
+        spec = spec or DEFAULTS["captioner"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        key = (str(spec), device)
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = cls(load(spec, "captioner"), device=device)
+            return _CACHE[key]
+
+    @property
+    def spec(self) -> str:
+        return self.loaded.spec
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    # ---- prompt handling -------------------------------------------------------------------------------
+    def prefix_ids(self, prompt: str | None) -> list[int]:
+        """BOS followed by the prompt's tokens (no trailing [SEP]), as BLIP's ``generate`` conditions on them."""
+        if prompt is None:
+            return [self.bos_id]
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if ids and ids[0] in (self.tokenizer.cls_token_id, self.bos_id):
+            ids = ids[1:]
+        if ids and ids[-1] in (self.tokenizer.sep_token_id, self.sep_id):
+            ids = ids[:-1]
+        return [self.bos_id, *ids]
+
+    def prepare(self, settings: DecodeSettings) -> tuple[DecodeSettings, list[str]]:
+        """Validate ``settings`` against this model (prompt and caption must fit in its context)."""
+        s, notes = settings.validated()
+        prefix = len(self.prefix_ids(s.prompt))
+        if prefix >= self.context - 1:
+            raise ConfigError(f"the prompt is {prefix - 1} tokens but this model reads at most {self.context} "
+                              "tokens including the caption; use a shorter prompt")
+        if prefix + s.max_new_tokens > self.context:
+            room = self.context - prefix
+            notes.append(f"max-new-tokens lowered from {s.max_new_tokens} to {room} to fit the model's "
+                         f"{self.context}-token context")
+            s = s.replace(max_new_tokens=room, min_new_tokens=min(s.min_new_tokens, room))
+        return s, notes
+
+    def generate_kwargs(self, s: DecodeSettings) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
+                                  repetition_penalty=s.repetition_penalty, num_return_sequences=s.n)
+        if s.strategy == "greedy":
+            kw.update(do_sample=False, num_beams=1)
+        elif s.strategy == "beam":
+            kw.update(do_sample=False, num_beams=s.num_beams, length_penalty=s.length_penalty,
+                      early_stopping=True)
+        else:
+            kw.update(do_sample=True, num_beams=1, top_k=s.top_k or 0, top_p=s.top_p, temperature=s.temperature)
+        return kw
+
+    # ---- captioning --------------------------------------------------------------------------------------
+    def pixel_values(self, images):
+        """RGB PIL images -> (B, 3, S, S) model input."""
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+
+    def caption(self, images, settings: DecodeSettings | None = None) -> list[list[Caption]]:
+        """Captions for each image (a list of ``settings.n`` per image, best first)."""
+        import torch
+
+        s, _ = self.prepare(settings or DecodeSettings())
+        images = list(images)
+        out: list[list[Caption]] = []
+        with self._lock, torch.random.fork_rng(devices=[]), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
+            for start in range(0, len(images), s.batch_size):
+                out += self._caption_batch(images[start:start + s.batch_size], s)
+        return out
+
+    def _caption_batch(self, images, s: DecodeSettings) -> list[list[Caption]]:
+        import torch
+
+        from vlens.caption.decode import caption_targets, strip_prompt, token_logprobs
+
+        b = len(images)
+        image_embeds = self.model.vision_model(pixel_values=self.pixel_values(images)).last_hidden_state  # (B, L, D)
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
+        prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
+        input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
+        seqs = self.model.text_decoder.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.sep_id,
+            pad_token_id=self.pad_id, encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
+            **self.generate_kwargs(s))  # (B * n, P + new)
+        ids = strip_prompt(seqs.cpu(), len(prefix), self.eos_ids, self.pad_id)
+        # score each caption once, teacher-forced: log p(caption, end | image, prompt) at temperature 1
+        seq, mask = caption_targets(len(prefix), ids, self.sep_id, self.pad_id, prefix.cpu())
+        enc = image_embeds.repeat_interleave(s.n, dim=0)  # (B * n, L, D), the order generate returns
+        logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=enc,
+                                         encoder_attention_mask=image_mask.repeat_interleave(s.n, 0)).logits
+        total, count = token_logprobs(logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device))  # (B*n,)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        caps = [Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s)
+                for t, i, lp, c in zip(texts, ids, total.tolist(), count.tolist())]
+        per_image = [caps[k * s.n:(k + 1) * s.n] for k in range(b)]
+        if s.strategy == "sample" and s.n > 1:
+            per_image = [sorted(c, key=lambda x: x.mean_logprob, reverse=True) for c in per_image]
+        return per_image
+
+
+def caption_files(captioner: Captioner, paths, settings: DecodeSettings, skips=None):
+    """Caption image files: yields ``(path, captions)``; unreadable files go to ``skips`` (a ``SkipLog``)."""
+    from vlens.images import load_images_safely
+
+    pending: list = []
+    for path, img in load_images_safely(paths, skips):
+        pending.append((path, img))
+        if len(pending) == settings.batch_size:
+            yield from zip([p for p, _ in pending], captioner.caption([i for _, i in pending], settings))
+            pending = []
+    if pending:
+        yield from zip([p for p, _ in pending], captioner.caption([i for _, i in pending], settings))

@@ -1,0 +1,300 @@
+"""Train or fine-tune a BLIP captioner on a captioned dataset (the command behind ``vlens caption train``).
+
+- a new model from a preset (``--preset blip-tiny``) gets a WordPiece tokenizer trained on the dataset's captions;
+  an existing one (``--model SPEC``) is fine-tuned with its own tokenizer;
+- every training caption is ``BOS + prompt + caption + SEP``; the loss counts only caption and SEP tokens, so the
+  prompt conditions the caption without being learnt;
+- AdamW (no decay on norms/biases), linear warm-up then cosine learning rate, gradient clipping;
+- one epoch = every training image once with one of its captions drawn at random (seeded per epoch);
+- after each epoch: greedy captions on the validation split scored with BLEU-4 and CIDEr; the best epoch by
+  CIDEr is saved as a ``save_pretrained`` folder (``OUT/best``) that ``--model OUT/best`` loads;
+- ``OUT/last.pt`` (atomic, RNG states included) lets ``--resume`` continue after a kill at the next epoch;
+- runs the same under ``python``, ``accelerate launch`` and ``torchrun`` (validation on the main process).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vlens.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    """dataset path (Karpathy/COCO JSON or folder) with train and val splits."""
+    out: str
+    """run folder: config.json, history.jsonl, metrics.json, last.pt, best/ (the trained model)."""
+    model: str | None = None
+    """model to fine-tune (hub id, folder, builtin:NAME); leave empty and give preset for a new model."""
+    preset: str | None = None
+    """new model from a preset in vlens.models.presets (blip-tiny, test-blip)."""
+    prompt: str | None = None
+    """text put before every caption and masked out of the loss (e.g. "a picture of")."""
+    epochs: int = 10
+    lr: float = 1e-3
+    """peak learning rate; 1e-3 suits a new tiny model, 1e-5 fine-tuning BLIP-base."""
+    wd: float = 0.05
+    batch_size: int = 32
+    warmup_epochs: float = 1.0
+    final_lr_ratio: float = 0.02
+    """cosine schedule ends at lr * final_lr_ratio."""
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    image_size: int = 128
+    """preset only: model input side in pixels."""
+    vocab_size: int = 400
+    """preset only: WordPiece vocabulary size cap (the shapes grammar needs ~60)."""
+    max_train: int | None = None
+    """use only the first N training images (quick experiments)."""
+    val_limit: int = 100
+    """validation images captioned after each epoch."""
+    seed: int = 0
+    resume: bool = False
+    mixed_precision: str = "auto"
+
+    def check(self) -> None:
+        if bool(self.model) == bool(self.preset):
+            raise ConfigError("give exactly one of --model SPEC (fine-tune) or --preset NAME (new model)")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.wd < 0 or self.grad_accum < 1:
+            raise ConfigError("need --epochs >= 1, --batch-size >= 1, --lr > 0, --wd >= 0")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ConfigError("the prompt is empty; leave --prompt out to train without one")
+
+
+class CaptionPairs:
+    """Dataset of (image, caption): item i is image i with a caption drawn by ``(seed, epoch, i)``."""
+
+    def __init__(self, samples, seed: int):
+        self.samples, self.seed, self.epoch = list(samples), seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        from vlens.images import load_image
+
+        s = self.samples[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return load_image(s.image_path), s.captions[int(rng.integers(len(s.captions)))]
+
+
+class Collate:
+    """(image, caption) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask (B,T-1)."""
+
+    def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int):
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+        self.prefix, self.sep_id, self.pad_id, self.max_len = prefix, sep_id, pad_id, max_len
+
+    def __call__(self, batch):
+        import torch
+
+        images, captions = zip(*batch)
+        pixel_values = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        room = self.max_len - len(self.prefix) - 1
+        caps = [ids[:room] for ids in self.tokenizer(list(captions), add_special_tokens=False)["input_ids"]]
+        p = len(self.prefix)
+        t = p + max(len(c) for c in caps) + 1
+        input_ids = torch.full((len(caps), t), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(input_ids)
+        for i, c in enumerate(caps):
+            row = [*self.prefix, *c, self.sep_id]
+            input_ids[i, :len(row)] = torch.tensor(row)
+            attn[i, :len(row)] = 1
+        # target j (token j+1) is learnt only if it is a caption/SEP token: not BOS/prompt, not padding
+        loss_mask = attn[:, 1:].bool().clone()  # (B, T-1)
+        loss_mask[:, :p - 1] = False
+        return pixel_values, input_ids, attn, loss_mask
+
+
+def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
+    """Next-token cross-entropy over the masked positions. logits (B,T,V), input_ids (B,T), loss_mask (B,T-1)."""
+    import torch.nn.functional as F
+
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    target = input_ids[:, 1:].reshape(-1)  # (B*(T-1),)
+    keep = loss_mask.reshape(-1)
+    return F.cross_entropy(pred[keep].float(), target[keep], label_smoothing=label_smoothing)
+
+
+def build_new(cfg: TrainConfig, captions: list[str]):
+    """A fresh model from ``cfg.preset`` with a tokenizer trained on ``captions`` (and the prompt)."""
+    import transformers
+
+    from vlens.models.presets import get_preset
+    from vlens.models.tokenizer import train_wordpiece
+
+    texts = captions + ([cfg.prompt] if cfg.prompt else [])
+    tok = train_wordpiece(texts, vocab_size=cfg.vocab_size)
+    config = get_preset(cfg.preset, vocab_size=len(tok), image_size=cfg.image_size)
+    model = transformers.BlipForConditionalGeneration(config)
+    size = {"height": cfg.image_size, "width": cfg.image_size}
+    proc = transformers.BlipImageProcessorPil(size=size)
+    return model, tok, proc
+
+
+def _save_folder(model, tokenizer, processor, folder: Path) -> None:
+    """``save_pretrained`` into ``folder`` atomically (write a sibling, then swap)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def validate(model, tokenizer, processor, samples, prompt: str | None, batch_size: int = 32) -> dict:
+    """Greedy captions on ``samples`` -> BLEU-4 and CIDEr (x100; Python tokenisation, no JVM per epoch)."""
+    from vlens.caption.captioner import Captioner, DecodeSettings
+    from vlens.caption.metrics import score_captions
+    from vlens.images import load_image
+    from vlens.models import LoadedModel
+
+    was_training = model.training
+    cap = Captioner(LoadedModel(model, processor, tokenizer, "training", Path("."), "local", "captioner"),
+                    device=str(next(model.parameters()).device))
+    preds = cap.caption([load_image(s.image_path) for s in samples],
+                        DecodeSettings(prompt=prompt, batch_size=batch_size))
+    model.train(was_training)
+    scores = score_captions({s.id: p[0].text for s, p in zip(samples, preds)},
+                            {s.id: list(s.captions) for s in samples}, metrics=("BLEU-4", "CIDEr"),
+                            tokenizer="python")
+    return {"val_BLEU-4": scores["BLEU-4"], "val_CIDEr": scores["CIDEr"], "example": preds[0][0].text}
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run training; return the final metrics (also in ``OUT/metrics.json``)."""
+    import torch
+    import transformers
+
+    from vlens.caption.captioner import Captioner
+    from vlens.data import load_dataset
+    from vlens.models import LoadedModel, load, load_image_processor
+    from vlens.runs import RunDir, atomic_write_text, progress, read_json, seed_everything, to_jsonable
+    from vlens.training import (
+        cosine_schedule,
+        load_checkpoint,
+        make_accelerator,
+        param_groups,
+        save_checkpoint,
+    )
+
+    cfg.check()
+    out = Path(cfg.out)
+    ckpt_path = out / "last.pt"
+    if (out / "metrics.json").exists() and not cfg.resume and ckpt_path.exists():
+        raise ConfigError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
+    ds = load_dataset(cfg.data)
+    train_set = ds.split("train").limit(cfg.max_train)
+    val_set = ds.split("val").limit(cfg.val_limit)
+    acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision)
+    seed_everything(cfg.seed)
+    run = RunDir(out, cfg) if acc.is_main_process else None
+
+    assets = out / "assets"  # config + tokenizer + processor: enough to rebuild the model for --resume
+    resume = cfg.resume and ckpt_path.exists()
+    if resume:
+        config = transformers.BlipConfig.from_pretrained(assets)
+        model = transformers.BlipForConditionalGeneration(config)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(assets)
+        processor = load_image_processor(assets)
+    elif cfg.preset:
+        model, tokenizer, processor = build_new(cfg, [c for s in train_set for c in s.captions])
+    else:
+        loaded = load(cfg.model, "captioner")
+        model, tokenizer, processor = loaded.model, loaded.tokenizer, loaded.image_processor
+    if not resume and acc.is_main_process:
+        model.config.save_pretrained(assets)
+        tokenizer.save_pretrained(assets)
+        processor.save_pretrained(assets)
+    model.train()
+
+    probe = Captioner(LoadedModel(model, processor, tokenizer, "training", assets, "local", "captioner"))
+    prefix = probe.prefix_ids(cfg.prompt)
+    collate = Collate(processor, tokenizer, prefix, probe.sep_id, probe.pad_id, probe.context)
+    pairs = CaptionPairs(train_set.samples, cfg.seed)
+    steps_per_epoch = math.ceil(len(pairs) / (cfg.batch_size * acc.num_processes * cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs
+    lrs = cosine_schedule(cfg.lr, cfg.lr * cfg.final_lr_ratio, total, int(cfg.warmup_epochs * steps_per_epoch),
+                          warmup_start=cfg.lr * 0.01)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98))
+
+    start_epoch, step, best, history = 0, 0, -1.0, []
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
+        log(f"resuming from {ckpt_path}: epoch {start_epoch + 1}/{cfg.epochs}, step {step}")
+    model, optimizer = acc.prepare(model, optimizer)
+    log(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(pairs)} images, "
+        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs ({acc.num_processes} process(es), {acc.device})")
+
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        pairs.epoch = epoch
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(pairs, order.tolist()),
+                                             batch_size=cfg.batch_size, collate_fn=collate, shuffle=False)
+        loader = acc.prepare(loader)
+        model.train()
+        losses = []
+        for pixel_values, input_ids, attn, loss_mask in progress(loader, desc=f"epoch {epoch + 1}"):
+            with acc.accumulate(model):
+                for g in optimizer.param_groups:
+                    g["lr"] = float(lrs[min(step, total - 1)])
+                input_ids = input_ids.clone()
+                input_ids[:, 0] = probe.bos_id
+                logits = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attn).logits
+                loss = caption_loss(logits, input_ids, loss_mask, cfg.label_smoothing)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip:
+                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                step += 1
+            losses.append(float(loss.detach()))
+        acc.wait_for_everyone()
+        entry = {"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / max(len(losses), 1),
+                 "lr": float(lrs[min(step, total) - 1]), "elapsed_s": round(time.time() - t0, 1)}
+        if acc.is_main_process:
+            raw = acc.unwrap_model(model)
+            entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt))
+            if entry["val_CIDEr"] > best:
+                best = entry["val_CIDEr"]
+                entry["best"] = True
+                _save_folder(raw, tokenizer, processor, out / "best")
+            history.append(entry)
+            atomic_write_text(out / "history.jsonl", "".join(
+                __import__("json").dumps(to_jsonable(h)) + "\n" for h in history))
+            save_checkpoint(ckpt_path, model=raw.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
+                            step=step, best=best, history=history, config=asdict(cfg))
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}  val BLEU-4 "
+                f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}{'  (best)' if entry.get('best') else ''}"
+                f"  [{entry['elapsed_s']:.0f} s]  e.g. \"{entry['example']}\"")
+        acc.wait_for_everyone()
+
+    metrics = {}
+    if acc.is_main_process:
+        best_entry = max(history, key=lambda h: h["val_CIDEr"]) if history else {}
+        prev = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
+        metrics = {"best_epoch": best_entry.get("epoch"), "val_BLEU-4": best_entry.get("val_BLEU-4"),
+                   "val_CIDEr": best_entry.get("val_CIDEr"), "final_train_loss": history[-1]["train_loss"]
+                   if history else None, "epochs": cfg.epochs, "train_images": len(pairs),
+                   "train_time_s": round(prev.get("train_time_s", 0) + time.time() - t0, 1),
+                   "model_dir": str(out / "best")}
+        run.write_metrics(metrics)
+    return metrics
