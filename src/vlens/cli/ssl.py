@@ -1,0 +1,137 @@
+"""``vlens ssl``: self-supervised DINO training of a ViT backbone, and a probe that compares backbones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vlens.cli._common import JSON_OPTION, echo_json
+
+app = typer.Typer(help="Self-supervised learning: train a ViT with DINO on your images (`train`), compare backbones "
+                       "on the shapes segmentation probe (`probe`).", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="ssl")
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint.pt, log.jsonl, loss_curve.png, metrics.json, "
+                             "backbone/ (the trained backbone, loadable with --model OUT/backbone)."),
+    images: list[str] = typer.Option(["photos"], "--images", help="Training images: photos (scikit-image's), "
+                                     "photos:matching, shapes, shapes:pretrain, or a folder. Repeat to mix."),
+    preset: str = typer.Option("dino-tiny", help="Backbone shape: dino-tiny (128 wide, 4 layers, patch 8; the "
+                               "builtin), vit-tiny, vit-small, test-vit (tests). See vlens.models.presets."),
+    epochs: int = typer.Option(100, help="Passes over --samples-per-epoch crop-sets."),
+    samples_per_epoch: int = typer.Option(0, help="Images (each multi-cropped) per epoch; 0 = one pass over the "
+                                          "images. Raise it for small image sets (e.g. 512 for the 18 photos)."),
+    batch_size: int = typer.Option(32, help="Images per process per step; the global batch is this x processes."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate after warm-up (AdamW). Halve it if the loss spikes."),
+    min_lr: float = typer.Option(1e-6, help="Learning rate at the end of the cosine decay."),
+    warmup_epochs: int = typer.Option(10, help="Epochs of linear learning-rate warm-up."),
+    weight_decay: float = typer.Option(0.04, help="Weight decay at the start (cosine to --weight-decay-end)."),
+    weight_decay_end: float = typer.Option(0.4, help="Weight decay at the end."),
+    momentum_teacher: float = typer.Option(0.996, help="Teacher EMA momentum at the start (cosine to 1). Use ~0.99 "
+                                           "for short runs so the teacher keeps up, 0.9995 for long ones."),
+    teacher_temp: float = typer.Option(0.04, help="Teacher temperature (sharpening); keep <= 0.07."),
+    warmup_teacher_temp: float = typer.Option(0.04, help="Teacher temperature at the start of its warm-up."),
+    warmup_teacher_temp_epochs: int = typer.Option(0, help="Epochs to go from --warmup-teacher-temp to "
+                                                   "--teacher-temp."),
+    student_temp: float = typer.Option(0.1, help="Student temperature."),
+    center_momentum: float = typer.Option(0.9, help="Momentum of the output centre (anti-collapse)."),
+    clip_grad: float = typer.Option(3.0, help="Max gradient norm (0 = no clipping)."),
+    freeze_last_layer: int = typer.Option(1, help="Epochs with the head's last layer frozen (avoids early collapse)."),
+    out_dim: int = typer.Option(1024, help="Head outputs (prototypes). Small data: 512-4096."),
+    global_size: int = typer.Option(96, help="Global crop side in px (the teacher's input)."),
+    local_size: int = typer.Option(48, help="Local crop side in px."),
+    n_local: int = typer.Option(6, help="Local crops per image (0 = two global views only)."),
+    global_scale: tuple[float, float] = typer.Option((0.25, 1.0), help="Area fraction range (of the image after "
+                                                     "--max-side) cut for a global crop. Match it to the scale "
+                                                     "you will use the features at."),
+    local_scale: tuple[float, float] = typer.Option((0.05, 0.25), help="Area fraction range for local crops."),
+    max_side: int = typer.Option(512, help="Shrink images once so the longer side is at most this (px)."),
+    processor_size: int = typer.Option(0, help="Input size saved in the image processor (0 = --global-size)."),
+    seed: int = typer.Option(0, help="Seeds weights and every crop; same seed + settings = same run."),
+    checkpoint_every: int = typer.Option(50, help="Steps between atomic checkpoints."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly (the saved "
+                                "settings win over flags)."),
+    stop_after: int = typer.Option(0, help="Stop after this many steps of this invocation (resume later)."),
+    workers: int = typer.Option(0, help="DataLoader processes for cropping; 0 is best on 2 cores."),
+    threads: int = typer.Option(0, help="torch CPU threads per process (0 = torch's default, all cores). Use 1 "
+                                "on a busy machine or with several processes per machine."),
+    config: Path = typer.Option(None, "--config", help="JSON file of settings (e.g. a previous run's config.json); "
+                                "flags given explicitly override it."),
+    json_out: bool = JSON_OPTION,
+):
+    """Train a ViT backbone with DINO (self-distillation, no labels) and save it with save_pretrained.
+
+    Example (the builtin:dino-tiny recipe is in its MODEL_CARD.md):
+
+      vlens ssl train --images photos --epochs 20 --samples-per-epoch 256 --out runs/dino
+    """
+    from vlens.ssl.train import DINOConfig, load_config, train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
+    cfg = load_config(config) if config else DINOConfig()
+    crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale"}
+    for name, value in ctx.params.items():
+        if name in ("config", "json_out", "threads"):
+            continue
+        if config and name not in given and name != "out":
+            continue
+        if name in crop_fields:
+            setattr(cfg.crops, name, tuple(value) if isinstance(value, list | tuple) else value)
+        elif name == "out":
+            cfg.out = str(value)
+        elif name == "images":
+            cfg.images = list(value)
+        else:
+            setattr(cfg, name, value)
+    metrics = train(cfg, log=lambda m: typer.echo(m, err=json_out))
+    if json_out:
+        echo_json(metrics)
+    else:
+        typer.echo(f"{metrics['steps']}/{metrics['total_steps']} steps, final loss {metrics['final_loss']}, "
+                   f"{metrics['wall_time_s']:.0f} s ({metrics['images_per_s']} images/s) -> {out}")
+
+
+@app.command("probe")
+def probe_cmd(
+    models: list[str] = typer.Option(["builtin:dino-tiny", "random:builtin:dino-tiny", "pixels"], "--model",
+                                     help="Backbones to compare: a model spec, random:<spec> (same architecture, "
+                                     "random weights), or pixels (raw pixel patches). Repeat."),
+    hub: list[str] = typer.Option(["facebook/dinov2-small", "facebook/dino-vits16"], "--hub",
+                                  help="Hub models added when already in the Hugging Face cache (never downloaded)."),
+    data: Path = typer.Option(None, "--data", help="A shapes dataset folder (vlens data make-shapes); default: a "
+                              "small generated one."),
+    size: int = typer.Option(128, help="Images are resized to this side before feature extraction."),
+    train_images: int = typer.Option(120, help="Training images for the probes."),
+    test_images: int = typer.Option(40, help="Test images."),
+    k: int = typer.Option(10, help="Neighbours of the kNN probe."),
+    out: Path = typer.Option(None, "--out", help="Write results.json and table.md here."),
+    json_out: bool = JSON_OPTION,
+):
+    """Compare backbones on the shapes masks: linear and kNN probes of patch features -> patch-level mIoU."""
+    from vlens.ssl.probe import ProbeConfig, format_table, run_probe
+
+    cfg = ProbeConfig(models=list(models), hub=list(hub), data=str(data) if data else None, size=size,
+                      train_images=train_images, test_images=test_images, k=k)
+    res = run_probe(cfg, log=lambda m: typer.echo(m, err=True))
+    table = format_table(res)
+    if out:
+        from vlens.runs import RunDir, atomic_write_text, write_json
+
+        run = RunDir(out, cfg)
+        write_json(run.file("results.json"), res)
+        atomic_write_text(run.file("table.md"), table + "\n")
+    if json_out:
+        echo_json(res)
+    else:
+        typer.echo(table)

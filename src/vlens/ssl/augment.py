@@ -1,0 +1,142 @@
+"""DINO multi-crop augmentation written with PIL, NumPy and torch (no torchvision).
+
+Each image gives ``2`` global crops (large area, ``global_size`` px) and ``n_local`` local crops (small area,
+``local_size`` px). Every crop is a random resized crop with a horizontal flip, colour jitter, random grayscale,
+Gaussian blur and (on the second global crop) solarisation, then normalised with the ImageNet mean/std.
+
+Randomness comes from a ``numpy.random.Generator`` built from ``(seed, epoch, position)``, never from global
+state, so the crops of a sample are the same however many workers or processes there are and after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MultiCropConfig:
+    """Multi-crop settings. Defaults suit small images on a CPU: 96 px global, 48 px local crops."""
+
+    global_size: int = 96
+    """Side of the 2 global crops (px). The teacher sees only these."""
+    local_size: int = 48
+    """Side of the local crops (px); they teach local-to-global correspondence."""
+    n_local: int = 6
+    """Number of local crops per image (0 disables multi-crop: plain 2-view DINO)."""
+    global_scale: tuple[float, float] = (0.25, 1.0)
+    """Area fraction range of the source image covered by a global crop."""
+    local_scale: tuple[float, float] = (0.05, 0.25)
+    """Area fraction range for local crops (should end where global_scale starts)."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Aspect-ratio range of a crop before it is resized to a square."""
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    """Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)."""
+    gray_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    """Blur probability for global crop 1, global crop 2 and local crops (DINO's values)."""
+    solarize_p: float = 0.2
+    """Solarisation probability for the second global crop."""
+
+
+def rng_for(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of one sample: independent streams for every (seed, epoch, position)."""
+    return np.random.default_rng([int(seed), int(epoch), int(position)])
+
+
+def random_resized_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+                       rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A crop box (left, top, right, bottom) covering a random area fraction in ``scale`` with a random aspect
+    ratio in ``ratio`` (log-uniform), like torchvision's RandomResizedCrop; falls back to a central crop."""
+    area = width * height
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        ar = math.exp(rng.uniform(*log_r))
+        w = int(round(math.sqrt(target * ar)))
+        h = int(round(math.sqrt(target / ar)))
+        if 0 < w <= width and 0 < h <= height:
+            x0 = int(rng.integers(0, width - w + 1))
+            y0 = int(rng.integers(0, height - h + 1))
+            return x0, y0, x0 + w, y0 + h
+    in_ratio = width / height  # fallback: the largest central crop within the ratio range
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    x0, y0 = (width - w) // 2, (height - h) // 2
+    return x0, y0, x0 + w, y0 + h
+
+
+def shift_hue(img: Image.Image, turns: float) -> Image.Image:
+    """Rotate the hue of an RGB image by ``turns`` of the colour circle (HSV, hue channel wraps around)."""
+    h, s, v = img.convert("HSV").split()
+    shift = int(round(turns * 256)) % 256  # PIL stores hue as 0..255 for one full turn
+    h = h.point(lambda x: (x + shift) % 256)
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.2,
+                 hue=0.1) -> Image.Image:
+    """Brightness, contrast, saturation and hue changes in a random order (torchvision's ColorJitter, in PIL)."""
+    for op in rng.permutation(4):
+        if op == 0:
+            img = ImageEnhance.Brightness(img).enhance(rng.uniform(1 - brightness, 1 + brightness))
+        elif op == 1:
+            img = ImageEnhance.Contrast(img).enhance(rng.uniform(1 - contrast, 1 + contrast))
+        elif op == 2:
+            img = ImageEnhance.Color(img).enhance(rng.uniform(1 - saturation, 1 + saturation))
+        else:
+            img = shift_hue(img, rng.uniform(-hue, hue))
+    return img
+
+
+def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(3, 1, 1)
+    return (x - m) / s
+
+
+def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float, solarize_p: float,
+         rng: np.random.Generator) -> torch.Tensor:
+    """One augmented, normalised crop (3, size, size). PIL does the pixel work: on small crops its C loops are
+    ~100x faster than launching torch ops."""
+    box = random_resized_box(img.width, img.height, scale, cfg.ratio, rng)
+    crop = img.resize((size, size), Image.BICUBIC, box=box)
+    if rng.random() < cfg.flip_p:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    if rng.random() < cfg.jitter_p:
+        crop = color_jitter(crop, rng)
+    if rng.random() < cfg.gray_p:
+        crop = crop.convert("L").convert("RGB")
+    if rng.random() < blur_p:
+        # DINO's sigma range 0.1-2.0 is for 224 px crops; scale it to this crop size
+        crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 2.0) * size / 224))
+    if rng.random() < solarize_p:
+        crop = ImageOps.solarize(crop, 128)
+    x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+    return normalize(x).contiguous()
+
+
+def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator) -> list[torch.Tensor]:
+    """2 global crops then ``n_local`` local crops, each (3, S, S), from one RGB image."""
+    g1, g2, loc = cfg.blur_p
+    out = [view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng),
+           view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)]
+    out += [view(img, cfg.local_size, cfg.local_scale, cfg, loc, 0.0, rng) for _ in range(cfg.n_local)]
+    return out
+
+
+def collate_crops(samples: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """B samples of V crops -> V tensors of (B, 3, S_v, S_v)."""
+    return [torch.stack([s[v] for s in samples]) for v in range(len(samples[0]))]

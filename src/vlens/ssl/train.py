@@ -1,0 +1,444 @@
+"""The DINO training loop: data -> multi-crop -> student/teacher -> loss -> schedules -> checkpoints -> backbone.
+
+Runs unchanged as ``python -m vlens.cli.main ssl train`` or under ``torchrun`` / ``accelerate launch`` (DDP; each
+process takes a disjoint slice of every global batch, the centre is all-reduced, the teacher is an EMA of the
+synchronised student so it stays identical everywhere). Everything random is keyed by ``(seed, epoch, position)``
+so ``--resume`` after a kill continues exactly as if the run had never stopped.
+
+Run folder: ``config.json``, ``checkpoint.pt`` (atomic, every ``checkpoint_every`` steps), ``log.jsonl`` (one line
+per step), ``loss_curve.png``, ``metrics.json`` and ``backbone/`` (the teacher's backbone, ``save_pretrained``
+plus the image processor and ``MODEL_CARD.md``), loadable with ``vlens.models.load(path, "backbone")``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlens.errors import ConfigError
+from vlens.ssl.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig
+
+
+@dataclass
+class DINOConfig:
+    """Settings of one DINO run. Defaults suit a small image set on a CPU (a few thousand steps of a tiny ViT)."""
+
+    out: str = "runs/dino"
+    images: list[str] = field(default_factory=lambda: ["photos"])
+    """Image sets: ``photos``, ``photos:matching``, ``shapes``, ``shapes:pretrain`` or folders; mixed uniformly."""
+    preset: str = "dino-tiny"
+    """Backbone shape from ``vlens.models.presets`` (``test-vit`` for tests, ``dino-tiny``, ``vit-tiny``, ...)."""
+    epochs: int = 100
+    samples_per_epoch: int = 0
+    """Crops-sets per epoch; 0 = one pass over the images (at least one global batch). Small image sets want a
+    larger value so that schedules measured in epochs stay meaningful."""
+    batch_size: int = 32
+    """Images per process per step (each gives 2 global + n_local crops)."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate (reached after the warm-up). Not rescaled by batch size: set it directly."""
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    """Linear learning-rate warm-up; DINO is unstable without it."""
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    """Weight decay follows a cosine from weight_decay to weight_decay_end (higher late = flatter features)."""
+    momentum_teacher: float = 0.996
+    """Teacher EMA momentum at the start; a cosine raises it to 1.0. Lower (0.99) for short runs or small batches
+    so the teacher moves; higher (0.9995) for long runs."""
+    teacher_temp: float = 0.04
+    """Teacher softmax temperature after warm-up: lower = sharper targets. Above 0.07 tends to collapse."""
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    """Linear warm-up of the teacher temperature from warmup_teacher_temp; use it if the loss stalls early."""
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    """Momentum of the centre subtracted from teacher outputs (prevents collapse to one prototype)."""
+    clip_grad: float = 3.0
+    """Clip the global gradient norm to this (0 disables)."""
+    freeze_last_layer: int = 1
+    """Epochs during which the head's last layer is not updated (avoids early collapse)."""
+    out_dim: int = 1024
+    """Number of prototypes (head outputs). DINO uses 65536 on ImageNet; small data needs far fewer."""
+    head_hidden_dim: int = 512
+    head_bottleneck_dim: int = 128
+    head_layers: int = 3
+    norm_last_layer: bool = True
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    processor_size: int = 0
+    """Input size written into the saved image processor; 0 = the global crop size."""
+    max_side: int = 512
+    """Images are shrunk once so their longer side is at most this (crops are cut from the shrunk image)."""
+    seed: int = 0
+    checkpoint_every: int = 50
+    """Steps between atomic checkpoints (and log / curve updates)."""
+    resume: bool = False
+    """Continue from ``out/checkpoint.pt`` if it exists (settings are taken from the checkpoint)."""
+    stop_after: int = 0
+    """Stop this invocation after this many steps (checkpointed; resume later). 0 = run to the end."""
+    workers: int = 0
+    """DataLoader worker processes for cropping (0 = in the training process; best on 2 cores)."""
+    mixed_precision: str = "auto"
+
+
+def load_config(path) -> DINOConfig:
+    """A DINOConfig from a JSON file (a run's ``config.json`` works too)."""
+    data = json.loads(Path(path).read_text())
+    data = data.get("config", data)
+    crops = MultiCropConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in data.pop("crops", {}).items()})
+    known = set(DINOConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown DINO setting(s) in {path}: {', '.join(unknown)}")
+    return DINOConfig(**data, crops=crops)
+
+
+def build_backbone(preset: str, image_size: int):
+    """A fresh HF backbone (ViTModel without pooler, or Dinov2Model) from a preset name."""
+    import transformers
+
+    from vlens.models.presets import get_preset
+
+    cfg = get_preset(preset, image_size=image_size)
+    if cfg.model_type == "vit":
+        return transformers.ViTModel(cfg, add_pooling_layer=False)
+    if cfg.model_type == "dinov2":
+        return transformers.Dinov2Model(cfg)
+    raise ConfigError(f"preset '{preset}' is a '{cfg.model_type}' model; DINO needs a ViT or DINOv2 preset")
+
+
+def image_processor(size: int):
+    import transformers
+
+    return transformers.ViTImageProcessorPil(size={"height": size, "width": size}, resample=3,
+                                             image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+
+
+class CropDataset:
+    """Map-style dataset: item ``(epoch, position)`` -> the multi-crop list of image ``order[epoch][position]``.
+
+    Images are read lazily; up to ``cache_limit`` shrunk images are kept in memory (small sets are read once).
+    """
+
+    def __init__(self, paths: list[Path], crops: MultiCropConfig, seed: int, samples_per_epoch: int,
+                 max_side: int = 512, cache_limit: int = 2048):
+        self.paths, self.crops, self.seed = list(paths), crops, seed
+        self.samples_per_epoch, self.max_side, self.cache_limit = samples_per_epoch, max_side, cache_limit
+        self._cache: dict[int, object] = {}
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Image index of every position of an epoch: concatenated shuffles, so each image appears evenly."""
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch, 7])
+            reps = -(-self.samples_per_epoch // len(self.paths))
+            self._orders = {epoch: np.concatenate([rng.permutation(len(self.paths)) for _ in range(reps)])}
+        return self._orders[epoch]
+
+    def image(self, i: int):
+        if i in self._cache:
+            return self._cache[i]
+        from PIL import Image
+
+        from vlens.images import load_image
+
+        img = load_image(self.paths[i])
+        if max(img.size) > self.max_side:
+            s = self.max_side / max(img.size)
+            img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.BICUBIC)
+        if len(self._cache) < self.cache_limit:
+            self._cache[i] = img
+        return img
+
+    def __getitem__(self, key):
+        from vlens.ssl.augment import multi_crop, rng_for
+
+        epoch, pos = key
+        img = self.image(int(self.order(epoch)[pos]))
+        return multi_crop(img, self.crops, rng_for(self.seed, epoch, pos))
+
+    def __len__(self):
+        return self.samples_per_epoch
+
+
+def step_positions(step: int, steps_per_epoch: int, batch: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """The (epoch, position) keys this process handles at ``step``: rank r takes the r-th slice of the global
+    batch, so ranks never see the same sample and the union is the same for any world size."""
+    epoch, it = divmod(step, steps_per_epoch)
+    start = it * batch * world + rank * batch
+    return [(epoch, p) for p in range(start, start + batch)]
+
+
+class _StepSampler:
+    """Yields the keys of steps ``start..end-1`` for one process (a DataLoader batch = one step)."""
+
+    def __init__(self, start, end, steps_per_epoch, batch, rank, world):
+        self.args = (start, end, steps_per_epoch, batch, rank, world)
+
+    def __iter__(self):
+        start, end, spe, batch, rank, world = self.args
+        for step in range(start, end):
+            yield step_positions(step, spe, batch, rank, world)
+
+    def __len__(self):
+        return self.args[1] - self.args[0]
+
+
+def _resolve_images(specs: list[str]) -> list[Path]:
+    from vlens.data.photos import image_set
+
+    paths: list[Path] = []
+    for spec in specs:
+        paths += image_set(spec)
+    if not paths:
+        raise ConfigError("no training images; pass --images photos|shapes|DIR")
+    return paths
+
+
+def _checksum(module) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in module.state_dict().values()
+                         if p.is_floating_point()))
+
+
+def train(cfg: DINOConfig, log=print) -> dict:
+    """Train DINO as configured; returns the metrics dict (also written to ``out/metrics.json``)."""
+    import torch
+
+    from vlens.runs import RunDir, seed_everything, write_json
+    from vlens.ssl import dino
+    from vlens.training import cosine_schedule, load_checkpoint, make_accelerator, param_groups, save_checkpoint
+
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = None
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        keep = {"resume": True, "stop_after": cfg.stop_after, "out": cfg.out, "workers": cfg.workers}
+        cfg = load_config_dict(ckpt["config"])
+        for k, v in keep.items():
+            setattr(cfg, k, v)
+    _validate(cfg)
+
+    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed_everything(cfg.seed)  # identical initial weights on every process
+    paths = _resolve_images(cfg.images)
+    samples = cfg.samples_per_epoch or len(paths)
+    samples = max(samples, cfg.batch_size * world)
+    spe = samples // (cfg.batch_size * world)  # steps per epoch
+    total = spe * cfg.epochs
+    run = RunDir(out, cfg) if accelerator.is_main_process and ckpt is None else None
+
+    backbone = build_backbone(cfg.preset, cfg.crops.global_size)
+    head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
+                         cfg.head_layers, cfg.norm_last_layer)
+    student = dino.MultiCropNet(backbone, head)
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay))
+
+    lr_s = cosine_schedule(cfg.lr, cfg.min_lr, total, cfg.warmup_epochs * spe)
+    wd_s = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total)
+    mom_s = cosine_schedule(cfg.momentum_teacher, 1.0, total)
+    tt_s = dino.teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs,
+                                      cfg.epochs, spe)
+    center = torch.zeros(1, cfg.out_dim)
+    start, history, elapsed = 0, [], 0.0
+    if ckpt is not None:
+        student.load_state_dict(ckpt["student"])
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        center = ckpt["center"]
+        start, history, elapsed = ckpt["step"], ckpt["history"], ckpt.get("elapsed_s", 0.0)
+        log(f"resumed from {ckpt_path} at step {start}/{total}")
+    student, optimizer = accelerator.prepare(student, optimizer)
+    teacher.to(accelerator.device)
+    center = center.to(accelerator.device)
+    raw_student = accelerator.unwrap_model(student)
+
+    end = total if not cfg.stop_after else min(total, start + cfg.stop_after)
+    data = CropDataset(paths, cfg.crops, cfg.seed, samples, cfg.max_side)
+    from torch.utils.data import DataLoader
+
+    from vlens.ssl.augment import collate_crops
+
+    loader = DataLoader(data, batch_sampler=_StepSampler(start, end, spe, cfg.batch_size, rank, world),
+                        collate_fn=collate_crops, num_workers=cfg.workers)
+    if accelerator.is_main_process:
+        log(f"DINO: {len(paths)} images, {world} process(es) x batch {cfg.batch_size}, {spe} steps/epoch, "
+            f"{cfg.epochs} epochs = {total} steps; preset {cfg.preset}, "
+            f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.2f}M backbone parameters")
+    from vlens.runs import progress
+
+    bar = progress(total=end - start, desc="dino", disable=None if accelerator.is_main_process else True)
+    t0 = time.time()
+    step = start
+
+    def checkpoint(step_done: int):
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_path, student=raw_student.state_dict(), teacher=teacher.state_dict(),
+                            optimizer=optimizer.state_dict(), center=center.cpu(), step=step_done,
+                            history=history, config=asdict(cfg), elapsed_s=elapsed + time.time() - t0)
+            _write_log(out, history)
+        accelerator.wait_for_everyone()
+
+    for crops in loader:
+        crops = [c.to(accelerator.device, non_blocking=True) for c in crops]
+        epoch = step // spe
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = lr_s[step]
+            if i == 0:
+                group["weight_decay"] = wd_s[step]
+        with accelerator.autocast():
+            s_out = student(crops).float()  # (V*B, K)
+            with torch.no_grad():
+                t_out = teacher(crops[:2]).float()  # (2*B, K)
+            loss = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"DINO loss is {loss.item()} at step {step}; lower --lr or raise --warmup-epochs")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(student.parameters(), cfg.clip_grad) if cfg.clip_grad else None
+        if epoch < cfg.freeze_last_layer:
+            dino.cancel_last_layer_grad(raw_student.head)
+        optimizer.step()
+        dino.ema_update(teacher, raw_student, float(mom_s[step]))
+        ent, batch_ent = dino.output_entropy(t_out, float(tt_s[step]), center)
+        center = dino.update_center(center, t_out, cfg.center_momentum)
+        mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        step += 1
+        history.append({"step": step, "epoch": round(step / spe, 4), "loss": round(mean_loss, 5),
+                        "lr": float(lr_s[step - 1]), "wd": float(wd_s[step - 1]),
+                        "momentum": float(mom_s[step - 1]), "teacher_temp": float(tt_s[step - 1]),
+                        "teacher_entropy": round(ent, 4), "teacher_batch_entropy": round(batch_ent, 4),
+                        "grad_norm": None if grad_norm is None else round(float(grad_norm), 4),
+                        "time_s": round(elapsed + time.time() - t0, 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", ep=epoch)
+        if step % cfg.checkpoint_every == 0 or step == end:
+            checkpoint(step)
+    bar.close()
+    wall = elapsed + time.time() - t0
+    sums = accelerator.gather(torch.tensor([[_checksum(raw_student), _checksum(teacher)]],
+                                           dtype=torch.float64, device=accelerator.device)).cpu().tolist()
+    in_sync = all(abs(s[0] - sums[0][0]) <= 1e-9 * abs(sums[0][0]) and
+                  abs(s[1] - sums[0][1]) <= 1e-9 * abs(sums[0][1]) for s in sums)
+    metrics = {"steps": step, "total_steps": total, "finished": step == total, "epochs": cfg.epochs,
+               "images": len(paths), "world_size": world, "global_batch": cfg.batch_size * world,
+               "final_loss": history[-1]["loss"] if history else None,
+               "wall_time_s": round(wall, 1),
+               "images_per_s": round(step * cfg.batch_size * world / max(wall, 1e-9), 2),
+               "rank_checksums": sums, "ranks_in_sync": in_sync}
+    if not in_sync:
+        raise RuntimeError(f"DDP processes diverged: parameter checksums {sums}")
+    if accelerator.is_main_process:
+        write_json(out / "metrics.json", metrics)
+        _loss_curve(out, history)
+        if step == total:
+            export_backbone(teacher.backbone, out / "backbone", cfg, metrics, history)
+            log(f"saved backbone to {out / 'backbone'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def load_config_dict(data: dict) -> DINOConfig:
+    data = dict(data)
+    crops = MultiCropConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.pop("crops").items()})
+    return DINOConfig(**data, crops=crops)
+
+
+def _validate(cfg: DINOConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, "--epochs must be at least 1"),
+        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
+        (cfg.warmup_epochs <= cfg.epochs, "--warmup-epochs must not exceed --epochs"),
+        (0 <= cfg.momentum_teacher <= 1, "--momentum-teacher must be in [0, 1]"),
+        (cfg.teacher_temp > 0 and cfg.student_temp > 0, "temperatures must be positive"),
+        (cfg.crops.global_size >= 8 and cfg.crops.local_size >= 8, "crop sizes must be at least 8 px"),
+        (cfg.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def _write_log(out: Path, history: list[dict]) -> None:
+    from vlens.runs import atomic_write_text
+
+    atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def _loss_curve(out: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    from vlens.report.plots import plt, save_fig
+
+    pyplot = plt()
+    fig, ax = pyplot.subplots(1, 2, figsize=(9, 3.2))
+    steps = [h["step"] for h in history]
+    ax[0].plot(steps, [h["loss"] for h in history], lw=0.8)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("DINO loss")
+    ax[1].plot(steps, [h["teacher_entropy"] for h in history], lw=0.8, label="per-sample")
+    ax[1].plot(steps, [h["teacher_batch_entropy"] for h in history], lw=0.8, label="batch mean")
+    ax[1].set_xlabel("step")
+    ax[1].set_ylabel("teacher entropy (nats)")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    save_fig(fig, out / "loss_curve.png")
+
+
+def export_backbone(backbone, folder: Path, cfg: DINOConfig, metrics: dict, history: list[dict]) -> Path:
+    """Save a trained backbone (float32) with its image processor and a model card."""
+    from vlens.models import quiet_transformers
+
+    quiet_transformers()
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone.save_pretrained(folder)
+    image_processor(cfg.processor_size or cfg.crops.global_size).save_pretrained(folder)
+    write_model_card(folder, cfg, metrics)
+    return folder
+
+
+def write_model_card(folder: Path, cfg: DINOConfig, metrics: dict, extra: str = "") -> Path:
+    import sys
+
+    from vlens.runs import atomic_write_text
+
+    cmd = "vlens " + " ".join(sys.argv[1:]) if sys.argv and "ssl" in sys.argv else "(library call)"
+    text = (f"# DINO backbone ({cfg.preset})\n\n"
+            "Self-supervised ViT trained with `vlens ssl train` (DINO: multi-crop, EMA teacher, centering and "
+            "sharpening). Load it with `vlens.models.load(PATH, 'backbone')`.\n\n"
+            f"- data: {', '.join(cfg.images)}\n- command: `{cmd}`\n- seed: {cfg.seed}\n"
+            f"- steps: {metrics['steps']} ({cfg.epochs} epochs, global batch {metrics['global_batch']}, "
+            f"{metrics['world_size']} process(es))\n"
+            f"- crops: 2 x {cfg.crops.global_size} px global + {cfg.crops.n_local} x {cfg.crops.local_size} px local\n"
+            f"- wall time: {metrics['wall_time_s']:.0f} s ({metrics['images_per_s']} images/s)\n"
+            f"- final loss: {metrics['final_loss']}\n")
+    return atomic_write_text(folder / "MODEL_CARD.md", text + extra)
+
+
+def export_checkpoint(checkpoint, folder) -> Path:
+    """Save the teacher backbone of a checkpoint (e.g. of a run still in progress) as a loadable model folder."""
+    from vlens.training import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, restore_rng=False)
+    cfg = load_config_dict(ckpt["config"])
+    backbone = build_backbone(cfg.preset, cfg.crops.global_size)
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
+    backbone.load_state_dict(state)
+    hist = ckpt["history"]
+    metrics = {"steps": ckpt["step"], "global_batch": cfg.batch_size, "world_size": 1,
+               "wall_time_s": ckpt.get("elapsed_s", 0.0), "images_per_s": "-",
+               "final_loss": hist[-1]["loss"] if hist else None}
+    return export_backbone(backbone, Path(folder), cfg, metrics, hist)

@@ -1,0 +1,64 @@
+"""Multi-crop augmentation: shapes, value ranges, determinism, crop boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlens.ssl.augment import (IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig, collate_crops, multi_crop,
+                               random_resized_box, rng_for, shift_hue)
+
+
+def _image(w=120, h=80):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def test_multi_crop_shapes_and_ranges():
+    cfg = MultiCropConfig(global_size=32, local_size=16, n_local=3)
+    crops = multi_crop(_image(), cfg, rng_for(0, 0, 0))
+    assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    lo = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
+    hi = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
+    for c in crops:
+        assert c.dtype == torch.float32
+        assert torch.all(c >= lo - 1e-5) and torch.all(c <= hi + 1e-5)
+    batch = collate_crops([crops, crops])
+    assert [tuple(b.shape) for b in batch] == [(2, 3, 32, 32)] * 2 + [(2, 3, 16, 16)] * 3
+
+
+def test_crops_are_keyed_by_seed_epoch_position():
+    cfg = MultiCropConfig(global_size=24, local_size=12, n_local=2)
+    img = _image()
+    a = multi_crop(img, cfg, rng_for(3, 1, 5))
+    b = multi_crop(img, cfg, rng_for(3, 1, 5))
+    c = multi_crop(img, cfg, rng_for(3, 1, 6))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_random_resized_box_area_and_bounds():
+    scale, ratio = (0.1, 0.3), (3 / 4, 4 / 3)
+    for i in range(200):
+        rng = np.random.default_rng(i)
+        x0, y0, x1, y1 = random_resized_box(200, 100, scale, ratio, rng)
+        assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 100
+        area = (x1 - x0) * (y1 - y0) / (200 * 100)
+        assert 0.09 <= area <= 0.31  # rounding to whole pixels
+        assert 0.7 <= (x1 - x0) / (y1 - y0) <= 1.4
+
+
+def test_random_resized_box_fallback_is_central():
+    # a 1000x10 strip cannot hold a 3/4..4/3 box covering 90% of it: the fallback is the central crop
+    box = random_resized_box(1000, 10, (0.9, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
+    x0, y0, x1, y1 = box
+    assert (y0, y1) == (0, 10) and abs((x0 + x1) / 2 - 500) <= 1 and (x1 - x0) == 13
+
+
+def test_hue_shift_full_turn_is_identity():
+    img = Image.new("RGB", (8, 8), (200, 40, 90))
+    same = np.asarray(shift_hue(img, 1.0)).astype(int)
+    assert np.abs(same - np.asarray(img).astype(int)).max() <= 3
+    moved = np.asarray(shift_hue(img, 1 / 3)).astype(int)
+    assert np.abs(moved - np.asarray(img).astype(int)).max() > 50

@@ -1,0 +1,131 @@
+"""DINO pieces against hand computations: loss, centre, EMA, head, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vlens.ssl import dino
+from vlens.training import cosine_schedule
+
+
+def _softmax(v):
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+def reference_loss(student, teacher, center, st, tt, n_global):
+    """DINO's original double loop over (teacher view, student view), written with NumPy."""
+    s_views = np.split(student, len(student) // (len(teacher) // n_global))
+    t_views = np.split(teacher, n_global)
+    total, n = 0.0, 0
+    for iq, t in enumerate(t_views):
+        for v, s in enumerate(s_views):
+            if v == iq:
+                continue
+            per = []
+            for b in range(len(t)):
+                q = _softmax((t[b] - center[0]) / tt)
+                log_p = np.log(_softmax(s[b] / st))
+                per.append(-(q * log_p).sum())
+            total += np.mean(per)
+            n += 1
+    return total / n
+
+
+def test_loss_matches_the_double_loop():
+    g = torch.Generator().manual_seed(0)
+    b, k, views = 3, 7, 5
+    s = torch.randn(views * b, k, generator=g, dtype=torch.float64)
+    t = torch.randn(2 * b, k, generator=g, dtype=torch.float64)
+    c = torch.randn(1, k, generator=g, dtype=torch.float64) * 0.1
+    got = dino.dino_loss(s, t, c, 0.1, 0.04, 2)
+    want = reference_loss(s.numpy(), t.numpy(), c.numpy(), 0.1, 0.04, 2)
+    assert float(got) == pytest.approx(want, rel=1e-10)
+
+
+def test_loss_by_hand_two_prototypes():
+    # one image, two views, K=2. Teacher view 0 logits (0, 0) -> target (0.5, 0.5); student view 1 logits
+    # (0, ln 3) * student_temp -> p = (1/4, 3/4). Teacher view 1 and student view 0 mirror that. The loss is
+    # the mean of the two cross-entropies -0.5 ln(1/4) - 0.5 ln(3/4).
+    st = 0.1
+    s = torch.tensor([[0.0, math.log(3) * st], [0.0, math.log(3) * st]], dtype=torch.float64)
+    t = torch.zeros(2, 2, dtype=torch.float64)
+    got = dino.dino_loss(s, t, torch.zeros(1, 2, dtype=torch.float64), st, 0.04, 2)
+    assert float(got) == pytest.approx(-0.5 * math.log(0.25) - 0.5 * math.log(0.75), rel=1e-12)
+
+
+def test_loss_has_no_gradient_into_the_teacher():
+    s = torch.randn(8, 5, requires_grad=True)
+    t = torch.randn(4, 5, requires_grad=True)
+    dino.dino_loss(s, t, torch.zeros(1, 5), 0.1, 0.04, 2).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_center_update():
+    c = torch.tensor([[1.0, 2.0]])
+    t = torch.tensor([[0.0, 4.0], [2.0, 0.0], [4.0, 2.0]])  # mean (2, 2)
+    new = dino.update_center(c, t, 0.9)
+    assert torch.allclose(new, torch.tensor([[0.9 * 1 + 0.1 * 2, 0.9 * 2 + 0.1 * 2]]))
+
+
+def test_ema_update():
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    dino.ema_update(teacher, student, 0.75)
+    for k, v in teacher.state_dict().items():
+        assert torch.allclose(v, 0.75 * t0[k] + 0.25 * student.state_dict()[k])
+    dino.ema_update(teacher, student, 0.0)  # momentum 0 copies the student
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, student.state_dict()[k])
+
+
+def test_head_weight_norm_and_frozen_magnitude():
+    head = dino.DINOHead(16, out_dim=40, hidden_dim=24, bottleneck_dim=8)
+    x = torch.randn(5, 16)
+    assert head(x).shape == (5, 40)
+    w = head.last_layer.weight  # (40, 8): every prototype row has unit norm
+    assert torch.allclose(w.norm(dim=1), torch.ones(40), atol=1e-5)
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad
+    head(x).sum().backward()
+    dino.cancel_last_layer_grad(head)
+    assert all(p.grad is None for p in head.last_layer.parameters())
+    assert head.mlp[0].weight.grad is not None
+
+
+def test_multicrop_net_groups_by_size(tiny_vit):
+    from vlens.models import load
+
+    net = dino.MultiCropNet(load(str(tiny_vit), "backbone").model, dino.DINOHead(32, 10, 16, 8))
+    crops = [torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)] * 3
+    out = net(crops)
+    assert out.shape == (10, 10)
+    # rows are crop-major: crop 0's rows equal a forward of crop 0 alone
+    alone = net([crops[0]])
+    assert torch.allclose(out[:2], alone, atol=1e-5)
+
+
+def test_schedules_endpoints():
+    lr = cosine_schedule(5e-4, 1e-6, 100, 10)
+    assert lr[0] == 0 and lr[10] == pytest.approx(5e-4) and lr[-1] == pytest.approx(1e-6) and len(lr) == 100
+    mom = cosine_schedule(0.996, 1.0, 50)
+    assert mom[0] == pytest.approx(0.996) and mom[-1] == pytest.approx(1.0) and np.all(np.diff(mom) >= 0)
+    tt = dino.teacher_temp_schedule(0.04, 0.07, 3, 10, 5)
+    assert len(tt) == 50 and tt[0] == pytest.approx(0.04) and tt[14] == pytest.approx(0.07)
+    assert np.all(tt[15:] == 0.07)
+
+
+def test_entropy_diagnostics():
+    k = 8
+    uniform = torch.zeros(4, k)
+    per, batch = dino.output_entropy(uniform, 0.1)
+    assert per == pytest.approx(math.log(k), rel=1e-5) and batch == pytest.approx(math.log(k), rel=1e-5)
+    collapsed = torch.zeros(4, k)
+    collapsed[:, 0] = 100.0
+    per, batch = dino.output_entropy(collapsed, 0.1)
+    assert per < 1e-3 and batch < 1e-3

@@ -1,0 +1,98 @@
+"""The DINO trainer end to end on a tiny model: outputs, exact resume, CLI, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vlens.ssl.augment import MultiCropConfig
+from vlens.ssl.train import DINOConfig, export_checkpoint, train
+
+
+def tiny_config(out, images, **kw) -> DINOConfig:
+    base = dict(out=str(out), images=[str(images)], preset="test-vit", epochs=2, samples_per_epoch=4, batch_size=2,
+                warmup_epochs=1, out_dim=16, head_hidden_dim=16, head_bottleneck_dim=8, checkpoint_every=2,
+                max_side=64, crops=MultiCropConfig(global_size=32, local_size=16, n_local=2))
+    base.update(kw)
+    return DINOConfig(**base)
+
+
+def _state(path):
+    return torch.load(path / "checkpoint.pt", weights_only=False)
+
+
+def test_train_writes_a_loadable_backbone(tmp_path, shapes_dir):
+    from vlens.models import load
+
+    m = train(tiny_config(tmp_path / "run", shapes_dir / "images"), log=lambda _m: None)
+    assert m["finished"] and m["steps"] == 4 and m["world_size"] == 1 and m["ranks_in_sync"]
+    run = tmp_path / "run"
+    for name in ("config.json", "checkpoint.pt", "log.jsonl", "loss_curve.png", "metrics.json",
+                 "backbone/config.json", "backbone/model.safetensors", "backbone/preprocessor_config.json",
+                 "backbone/MODEL_CARD.md"):
+        assert (run / name).is_file(), name
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in log] == [1, 2, 3, 4]
+    assert log[0]["lr"] == 0.0 and all(h["loss"] > 0 for h in log)
+    loaded = load(str(run / "backbone"), "backbone")
+    out = loaded.model(pixel_values=torch.randn(1, 3, 32, 32)).last_hidden_state
+    assert out.shape == (1, 1 + 16, 32)
+    # the saved backbone is the teacher's
+    teacher = _state(run)["teacher"]
+    for k, v in loaded.model.state_dict().items():
+        if "backbone." + k in teacher:
+            assert torch.equal(v, teacher["backbone." + k])
+    card = (run / "backbone" / "MODEL_CARD.md").read_text()
+    assert "seed: 0" in card and "wall time" in card
+
+
+def test_resume_is_exact(tmp_path, shapes_dir):
+    images = shapes_dir / "images"
+    train(tiny_config(tmp_path / "full", images), log=lambda _m: None)
+    part = train(tiny_config(tmp_path / "part", images, stop_after=3, checkpoint_every=1), log=lambda _m: None)
+    assert part["steps"] == 3 and not part["finished"] and not (tmp_path / "part" / "backbone").exists()
+    # resume takes the settings from the checkpoint; only out/resume/stop_after come from the call
+    done = train(DINOConfig(out=str(tmp_path / "part"), resume=True), log=lambda _m: None)
+    assert done["steps"] == 4 and done["finished"]
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "part")
+    for key in ("student", "teacher"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert torch.equal(a["center"], b["center"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_export_checkpoint(tmp_path, shapes_dir):
+    from vlens.models import load
+
+    train(tiny_config(tmp_path / "run", shapes_dir / "images", stop_after=2), log=lambda _m: None)
+    folder = export_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "exported")
+    assert load(str(folder), "backbone").model.config.hidden_size == 32
+
+
+def test_cli_train_and_errors(tmp_path, shapes_dir, cli):
+    code, out, err = cli("ssl", "train", "--out", tmp_path / "run", "--images", shapes_dir / "images",
+                         "--preset", "test-vit", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2",
+                         "--samples-per-epoch", "2", "--global-size", "32", "--local-size", "16", "--n-local", "1",
+                         "--out-dim", "16", "--global-scale", "0.3", "0.9", "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["steps"] == 1 and m["finished"]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert cfg["crops"]["global_scale"] == [0.3, 0.9] and cfg["crops"]["n_local"] == 1
+    code, _, err = cli("ssl", "train", "--out", tmp_path / "bad", "--images", shapes_dir / "images",
+                       "--preset", "test-vit", "--epochs", "2", "--warmup-epochs", "5")
+    assert code == 1 and "warmup-epochs" in err
+    code, _, err = cli("ssl", "train", "--out", tmp_path / "bad2", "--images", tmp_path / "nowhere",
+                       "--preset", "test-vit")
+    assert code == 1 and "error:" in err
+    code, _, err = cli("ssl", "train", "--out", tmp_path / "bad3", "--images", shapes_dir / "images",
+                       "--preset", "test-blip")
+    assert code == 1 and "ViT" in err
+
+
+def test_help_teaches(cli):
+    code, out, _ = cli("ssl", "train", "--help")
+    assert code == 0 and "--momentum-teacher" in out and "--resume" in out and "collapse" in out
