@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -623,6 +624,7 @@ class ImageIndex:
         self.root = Path(self.manifest["root"])
         self.dim = int(self.manifest["dim"])
         self.con = connect(self.folder, readonly=True)
+        self.lock = threading.RLock()  # one sqlite3 connection, shared by a server's threads
         self._load()
 
     def _load(self) -> None:
@@ -633,19 +635,21 @@ class ImageIndex:
 
     def refresh(self) -> bool:
         """Pick up another process's update; returns True if anything changed."""
-        if generation(self.con) == self.generation and not self.stale:
-            return False
-        self.manifest = read_manifest(self.folder)
-        self.root = Path(self.manifest["root"])
-        self._load()
-        return True
+        with self.lock:
+            if generation(self.con) == self.generation and not self.stale:
+                return False
+            self.manifest = read_manifest(self.folder)
+            self.root = Path(self.manifest["root"])
+            self._load()
+            return True
 
     @property
     def model(self) -> str:
         return self.manifest["model"]
 
     def __len__(self) -> int:
-        return int(self.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        with self.lock:
+            return int(self.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(Q, d) unit queries -> scores (Q, k), ids (Q, k) (id -1 where fewer than k images)."""
@@ -653,13 +657,19 @@ class ImageIndex:
         if q.shape[1] != self.dim:
             raise IndexError_(f"query vectors are {q.shape[1]}-d, the index holds {self.dim}-d "
                               f"(built with {self.model})")
-        if self.faiss is not None:
-            return self.faiss.search(q, k)
-        return exact_topk(q, _vectors(self.con, self.dim), k)
+        index = self.faiss
+        if index is not None:
+            return index.search(q, k)
+        with self.lock:
+            return exact_topk(q, _vectors(self.con, self.dim), k)
 
     def rows(self, ids: Iterable[int]) -> dict[int, dict]:
         ids = [int(i) for i in ids if i >= 0]
         out = {}
+        with self.lock:
+            return self._rows(ids, out)
+
+    def _rows(self, ids: list[int], out: dict) -> dict[int, dict]:
         for i in range(0, len(ids), 900):
             part = ids[i:i + 900]
             for r in self.con.execute("SELECT id, path, size, mtime_ns, sha256, caption FROM images "
@@ -669,16 +679,19 @@ class ImageIndex:
         return out
 
     def vector(self, image_id: int) -> np.ndarray | None:
-        r = self.con.execute("SELECT vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        with self.lock:
+            r = self.con.execute("SELECT vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
         return None if r is None else np.frombuffer(r[0], np.float32).copy()
 
     def file(self, image_id: int) -> Path | None:
         """The image file for ``image_id``, or None; never a path outside the indexed folder."""
-        r = self.con.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        with self.lock:
+            r = self.con.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
         return None if r is None else safe_join(self.root, r[0])
 
     def info(self) -> dict:
-        skipped = self.con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+        with self.lock:
+            skipped = self.con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return {"index": str(self.folder), "root": str(self.root), "model": self.model, "dim": self.dim,
                 "metric": self.manifest.get("metric"), "kind": self.manifest.get("kind"), "count": len(self),

@@ -1,0 +1,47 @@
+"""``vlens serve``: the web app (Search, Caption, Match) on a local port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(root: typer.Typer) -> None:
+    root.command("serve")(serve_cmd)
+
+
+def serve_cmd(
+    index: Path = typer.Option(None, "--index", help="Index folder for the Search tab (from `vlens index build`). "
+                               "Without it, Search is off and the other tabs still work."),
+    captioner: str = typer.Option("builtin:blip-tiny", "--captioner", help="Captioning model for the Caption tab "
+                                  "(hub id, save_pretrained folder or builtin:NAME)."),
+    backbone: str = typer.Option("builtin:dino-tiny", "--backbone", help="Backbone for the Match tab."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default is this machine only; "
+                             "0.0.0.0 exposes the app (and your indexed images) to your network."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+    max_upload_mb: float = typer.Option(10, "--max-upload-mb", help="Uploads above this size are refused (413)."),
+    preload: bool = typer.Option(True, help="Load the search model at start (first query is then fast)."),
+):
+    """Serve the web app: search an index by text or image, caption an image, match two images.
+
+    The JSON API behind the page is documented at http://HOST:PORT/docs.
+    """
+    import uvicorn
+
+    from vlens.errors import ConfigError
+    from vlens.web.app import create_app
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be 1-65535 (got {port})")
+    if max_upload_mb <= 0:
+        raise ConfigError("--max-upload-mb must be positive")
+    app = create_app(index=index, captioner=captioner, backbone=backbone,
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+    if preload:
+        app.state.services.preload()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host}: anyone who can reach this machine can see your indexed images",
+                   err=True)
+    typer.echo(f"vlens web app on http://{host}:{port}  (API docs: http://{host}:{port}/docs; Ctrl+C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,396 @@
+"""The vlens web app: one page (Search, Caption, Match) over a small JSON API. OpenAPI docs at ``/docs``.
+
+``create_app(index=..., captioner=..., backbone=...)`` returns a FastAPI app; ``vlens serve`` runs it with
+uvicorn on 127.0.0.1. Models load on first use (or at start with ``preload()``). Images are served by index id
+only, never by a path from the request; uploads are size-limited (413) and must decode as images (415/422);
+malformed requests get a 4xx with a message, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FastPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from vlens.errors import ConfigError, ImageLoadError, IndexError_, ModelLoadError, VlensError
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
+UPLOAD_MAX_PIXELS = 40_000_000
+
+
+# ----------------------------------------------------------------------------------------------- schemas
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(..., min_length=1, max_length=1000, description="What to look for, in words.",
+                       examples=["a red circle on the left"])
+    k: int = Field(12, ge=1, le=200, description="How many results.")
+
+
+class Hit(BaseModel):
+    id: int = Field(description="Index id; the image is at `url`.")
+    path: str = Field(description="Path relative to the indexed folder.")
+    score: float = Field(description="Cosine similarity to the query, in [-1, 1].")
+    caption: str | None = None
+    url: str
+    thumb_url: str
+
+
+class SearchResponse(BaseModel):
+    query: str | None
+    k: int
+    took_ms: float
+    hits: list[Hit]
+
+
+class CaptionItem(BaseModel):
+    text: str
+    logprob: float
+    mean_logprob: float
+
+
+class CaptionResponse(BaseModel):
+    captions: list[CaptionItem]
+    settings: dict
+    notes: list[str]
+    model: str
+    took_ms: float
+
+
+class MatchItem(BaseModel):
+    src_xy: list[float]
+    dst_xy: list[float]
+    feature_distance: float
+    cycle_distance: float
+
+
+class MatchResponse(BaseModel):
+    image: str = Field(description="The two images side by side with the matches drawn (PNG data URL).")
+    matches: list[MatchItem]
+    score: str
+    model: str
+    took_ms: float
+
+
+class Info(BaseModel):
+    version: str
+    index: dict | None
+    features: dict[str, dict]
+    max_upload_bytes: int
+
+
+# ----------------------------------------------------------------------------------------------- limits
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, by header or by counting."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            return await self._reject(send)
+        seen, started, over = 0, False, False
+
+        async def counted():
+            nonlocal seen, over
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise UploadTooLarge
+            return msg
+
+        async def tracked(msg):
+            # The app may catch our exception and answer (FastAPI says 400 "error parsing the body"):
+            # whatever it says once the limit was crossed is replaced by the 413.
+            nonlocal started
+            if over:
+                if msg["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._reject(send)
+                return
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except UploadTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send):
+        body = (b'{"detail":"upload too large: the limit is %d MB; resize or compress the image"}'
+                % (self.limit // (1024 * 1024) or 1))
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------------------------- state
+
+
+class Services:
+    """What the routes call: the searcher, captioner and matcher, each loaded on first use."""
+
+    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None):
+        self.index_path = index
+        self.captioner_spec = captioner or "builtin:blip-tiny"
+        self.backbone_spec = backbone or "builtin:dino-tiny"
+        self._searcher = None
+        self._lock = threading.Lock()
+        self._match_lock = threading.Lock()
+        if index is not None:
+            from vlens.retrieval.search import Searcher
+
+            self._searcher = Searcher(index)
+
+    @property
+    def searcher(self):
+        if self._searcher is None:
+            raise HTTPException(503, "search is off: no index was given; start the server with "
+                                     "`vlens serve --index INDEX` (make one with `vlens index build`)")
+        return self._searcher
+
+    def captioner(self):
+        try:
+            from vlens.caption import Captioner
+        except ImportError:
+            raise HTTPException(503, "captioning is not available in this vlens install") from None
+        try:
+            return Captioner.from_spec(self.captioner_spec, device="cpu")
+        except ModelLoadError as exc:
+            raise HTTPException(503, f"captioner unavailable: {exc}") from None
+
+    def matcher(self):
+        try:
+            from vlens.match import draw_matches, match_images
+        except ImportError:
+            raise HTTPException(503, "matching is not available in this vlens install (vlens.match has no "
+                                     "match_images yet)") from None
+        return match_images, draw_matches
+
+    def features(self) -> dict[str, dict]:
+        out = {"search": {"available": self._searcher is not None,
+                          "detail": "ready" if self._searcher else "no index: start with --index INDEX"}}
+        try:
+            import vlens.caption  # noqa: F401
+
+            out["caption"] = {"available": True, "detail": f"model {self.captioner_spec}"}
+        except ImportError:
+            out["caption"] = {"available": False, "detail": "vlens.caption is not installed"}
+        try:
+            from vlens.match import draw_matches, match_images  # noqa: F401
+
+            out["match"] = {"available": True, "detail": f"model {self.backbone_spec}"}
+        except ImportError:
+            out["match"] = {"available": False, "detail": "matching is not available in this vlens install"}
+        return out
+
+    def preload(self) -> None:
+        """Load the models now so that the first request is fast."""
+        if self._searcher is not None:
+            self._searcher.encoder  # noqa: B018 - loads it
+
+
+async def read_image(upload: UploadFile, limit: int, name: str = "file"):
+    """The uploaded file as an RGB PIL image, or an HTTP error that says what is wrong."""
+    from vlens.images import load_image
+
+    ctype = (upload.content_type or "").lower()
+    if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise HTTPException(415, f"{name}: '{ctype}' is not an image; upload a JPEG, PNG, WebP, GIF, BMP or TIFF")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"{name}: larger than the {limit // (1024 * 1024) or 1} MB upload limit")
+    if not data:
+        raise HTTPException(422, f"{name}: the file is empty")
+    try:
+        return load_image(data, name=upload.filename or name, max_pixels=UPLOAD_MAX_PIXELS)
+    except ImageLoadError as exc:
+        status = 415 if "not a recognised image format" in exc.reason else 422
+        raise HTTPException(status, f"{name}: {exc.reason}") from None
+
+
+def _hits(hits) -> list[Hit]:
+    return [Hit(id=h.id, path=h.path, score=round(h.score, 5), caption=h.caption, url=f"/api/images/{h.id}",
+                thumb_url=f"/api/images/{h.id}?size=256") for h in hits]
+
+
+# ----------------------------------------------------------------------------------------------- the app
+
+
+def create_app(index=None, captioner: str | None = None, backbone: str | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
+    """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs."""
+    from vlens import __version__
+
+    svc = Services(index, captioner, backbone)
+    app = FastAPI(title="vlens", version=__version__,
+                  description="Search an image index with words or a picture, caption an image, match two "
+                              "images. Images are addressed by index id. Uploads: multipart/form-data, "
+                              f"at most {max_upload_bytes // (1024 * 1024) or 1} MB.")
+    app.state.services = svc
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+
+    @app.exception_handler(VlensError)
+    async def _vlens_error(request: Request, exc: VlensError):
+        status = {ConfigError: 422, ImageLoadError: 422, IndexError_: 409, ModelLoadError: 503}.get(type(exc), 400)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        msgs = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+            msgs.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+                  for e in exc.errors()]  # the raw input may be bytes: not echoed back
+        return JSONResponse({"detail": "; ".join(msgs) or "invalid request", "errors": errors}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/api/info", response_model=Info, tags=["meta"])
+    def info() -> Info:
+        """What this server offers: the index (size, model, kind, recall) and which tabs work."""
+        ix = None
+        if svc._searcher is not None:
+            full = svc._searcher.index.info()
+            ix = {k: full[k] for k in ("count", "model", "dim", "kind", "metric", "updated", "stale")}
+            ix["recall_at_10"] = full["ann"].get("recall_at_10")
+            ix["name"] = Path(full["index"]).name
+        return Info(version=__version__, index=ix, features=svc.features(), max_upload_bytes=max_upload_bytes)
+
+    @app.post("/api/search", response_model=SearchResponse, tags=["search"])
+    def search_text(req: SearchRequest) -> SearchResponse:
+        """Images most similar to a text query, best first, with cosine similarity."""
+        t0 = time.perf_counter()
+        hits = svc.searcher.text(req.query, req.k)
+        return SearchResponse(query=req.query, k=req.k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
+                              hits=_hits(hits))
+
+    @app.post("/api/search/image", response_model=SearchResponse, tags=["search"])
+    async def search_image(file: UploadFile = File(..., description="The query image."),
+                           k: int = Form(12, ge=1, le=200)) -> SearchResponse:
+        """Images most similar to an uploaded image."""
+        import anyio
+
+        searcher = svc.searcher
+        img = await read_image(file, max_upload_bytes)
+        t0 = time.perf_counter()
+        hits = await anyio.to_thread.run_sync(searcher.image, img, k)
+        return SearchResponse(query=None, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
+                              hits=_hits(hits))
+
+    @app.get("/api/images/{image_id}", tags=["search"],
+             responses={200: {"content": {"image/*": {}}}, 404: {"description": "No image with this id."}})
+    def image(image_id: int = FastPath(..., ge=1, le=2**62, description="Index id from a search hit."),
+              size: int | None = Query(None, ge=16, le=2048,
+                                                      description="Longest side of a thumbnail (JPEG).")):
+        """An indexed image by id (the original file, or a thumbnail with ``size``)."""
+        path = svc.searcher.index.file(image_id)
+        if path is None:
+            raise HTTPException(404, f"no image with id {image_id} in this index")
+        if size is None:
+            return FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+        from PIL import ImageOps
+
+        from vlens.images import load_image
+
+        try:
+            img = ImageOps.contain(load_image(path), (size, size))
+        except ImageLoadError as exc:
+            raise HTTPException(410, f"the file for id {image_id} can no longer be read: {exc.reason}") from None
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/api/caption", response_model=CaptionResponse, tags=["caption"])
+    async def caption(file: UploadFile = File(..., description="The image to caption."),
+                      strategy: Literal["greedy", "beam", "sample"] = Form("greedy"),
+                      top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
+                      temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
+                      prompt: str = Form("", max_length=200, description="text the caption must continue"),
+                      n: int = Form(1, ge=1, le=10, description="captions to return"),
+                      num_beams: int = Form(3, ge=1, le=10),
+                      seed: int | None = Form(None)) -> CaptionResponse:
+        """Caption an uploaded image with the chosen decoding strategy."""
+        import anyio
+
+        from vlens.caption import DecodeSettings
+
+        img = await read_image(file, max_upload_bytes)
+        settings = DecodeSettings(strategy=strategy, top_k=top_k, temperature=temperature,
+                                  prompt=prompt.strip() or None, n=n, num_beams=max(num_beams, n), seed=seed)
+        settings, notes = settings.validated()
+        cap = svc.captioner()
+        t0 = time.perf_counter()
+        caps = (await anyio.to_thread.run_sync(cap.caption, [img], settings))[0]
+        return CaptionResponse(
+            captions=[CaptionItem(text=c.text, logprob=round(c.logprob, 4), mean_logprob=round(c.mean_logprob, 4))
+                      for c in caps],
+            settings={"strategy": settings.strategy, "top_k": settings.top_k, "temperature": settings.temperature,
+                      "prompt": settings.prompt, "n": settings.n, "num_beams": settings.num_beams},
+            notes=notes, model=cap.spec, took_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    @app.post("/api/match", response_model=MatchResponse, tags=["match"])
+    async def match(image_a: UploadFile = File(..., description="Source image."),
+                    image_b: UploadFile = File(..., description="Destination image."),
+                    score: Literal["cycle", "feature"] = Form("cycle", description="How matches are ranked: "
+                                                              "cycle (negative cycle distance) or feature"),
+                    count: int = Form(30, ge=1, le=500, description="How many top matches to draw")) -> MatchResponse:
+        """Dense correspondences between two images: the top matches by the chosen score, drawn."""
+        import anyio
+
+        match_images, draw_matches = svc.matcher()
+        a = await read_image(image_a, max_upload_bytes, "image_a")
+        b = await read_image(image_b, max_upload_bytes, "image_b")
+
+        def run():
+            with svc._match_lock:
+                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count)
+                return m, draw_matches(a, b, m, top=count, by=score)
+
+        t0 = time.perf_counter()
+        m, picture = await anyio.to_thread.run_sync(run)
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        recs = m.to_records()[:count]
+        return MatchResponse(image=url, score=score, model=svc.backbone_spec,
+                             matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
+                             took_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+    return app

@@ -1,0 +1,235 @@
+"""The web app's JSON API through FastAPI's TestClient: search, images by id, uploads, caption, match, errors."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vlens.retrieval.index import IndexConfig, build_index
+from vlens.retrieval.search import Searcher
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, shapes_dir, tiny_clip):
+    from vlens.retrieval.model import DualEncoder
+
+    enc = DualEncoder.from_spec(str(tiny_clip))
+    base = tmp_path_factory.mktemp("web")
+    root = base / "photos"
+    root.mkdir()
+    for p in sorted((shapes_dir / "images").glob("test_*.png")):
+        shutil.copy(p, root / p.name)
+    (base / "secret.txt").write_text("top secret")
+    out = base / "idx"
+    build_index(root, out, IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
+                progress=False)
+    return out, root, enc
+
+
+@pytest.fixture(scope="module")
+def client(indexed, tiny_blip, tiny_vit):
+    from vlens.web.app import create_app
+
+    app = create_app(index=indexed[0], captioner=str(tiny_blip), backbone=str(tiny_vit),
+                     max_upload_bytes=200_000)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _png(size=(48, 40), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_page_and_static(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    for tab in ("Search", "Caption", "Match"):
+        assert f">{tab}</button>" in r.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+    assert client.get("/static/../app.py").status_code == 404
+
+
+def test_openapi_documents_the_api(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/search", "/api/search/image", "/api/images/{image_id}", "/api/caption", "/api/match",
+                 "/api/info"):
+        assert path in spec["paths"], path
+    hit = spec["components"]["schemas"]["Hit"]["properties"]
+    assert {"id", "path", "score", "url"} <= hit.keys()
+    assert client.get("/docs").status_code == 200
+
+
+def test_info(client, indexed):
+    info = client.get("/api/info").json()
+    assert info["index"]["count"] == 12 and info["index"]["kind"] == "flat"
+    assert info["features"]["search"]["available"] and info["features"]["caption"]["available"]
+    assert info["max_upload_bytes"] == 200_000
+
+
+def test_text_search_matches_library(client, indexed):
+    out, root, enc = indexed
+    r = client.post("/api/search", json={"query": "a green triangle", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    ref = Searcher(out, encoder=enc).text("a green triangle", 5)
+    assert [h["id"] for h in body["hits"]] == [h.id for h in ref]
+    np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in ref], atol=1e-4)
+    assert body["hits"][0]["url"] == f"/api/images/{ref[0].id}"
+
+
+def test_image_search_and_image_endpoint(client, indexed):
+    out, root, _ = indexed
+    data = (root / "test_00003.png").read_bytes()
+    r = client.post("/api/search/image", files={"file": ("q.png", data, "image/png")}, data={"k": "3"})
+    assert r.status_code == 200
+    top = r.json()["hits"][0]
+    assert top["path"] == "test_00003.png" and top["score"] == pytest.approx(1.0, abs=1e-3)
+    img = client.get(top["url"])
+    assert img.status_code == 200 and img.content == data
+    thumb = client.get(top["thumb_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+
+
+@pytest.mark.parametrize("url", [
+    "/api/images/../../etc/passwd", "/api/images/..%2F..%2Fsecret.txt", "/api/images/%2e%2e%2fsecret.txt",
+    "/api/images/..", "/api/images/1%2F..%2F..%2Fsecret.txt", "/api/images/secret.txt", "/api/images/-1",
+    "/api/images/99999999999999999999999999", "/api/images/1.5", "/api/images/0", "/api/images/%00",
+    "/api/images//etc/passwd", "/api/images/1?size=100000", "/api/images/1?size=abc",
+])
+def test_path_traversal_and_bad_ids_are_refused(client, url):
+    r = client.get(url)
+    assert r.status_code in (404, 405, 422), (url, r.status_code)
+    assert b"top secret" not in r.content and b"root:" not in r.content
+
+
+def test_tampered_database_path_is_not_served(tmp_path, indexed):
+    """Even a row whose path escapes the root (a hand-edited database) is refused."""
+    from vlens.web.app import create_app
+
+    out, root, _ = indexed
+    copy = tmp_path / "idx"
+    shutil.copytree(out, copy)
+    con = sqlite3.connect(copy / "meta.sqlite")
+    with con:
+        con.execute("UPDATE images SET path = '../secret.txt' WHERE id = 1")
+    con.close()
+    with TestClient(create_app(index=copy)) as c:
+        r = c.get("/api/images/1")
+        assert r.status_code == 404 and b"top secret" not in r.content
+
+
+@pytest.mark.parametrize("kwargs,status", [
+    ({"json": {}}, 422),
+    ({"json": {"query": ""}}, 422),
+    ({"json": {"query": "x" * 1001}}, 422),
+    ({"json": {"query": "circle", "k": 0}}, 422),
+    ({"json": {"query": "circle", "k": "many"}}, 422),
+    ({"json": {"query": ["a", "b"]}}, 422),
+    ({"json": ["query"]}, 422),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+    ({"content": b"query=circle", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 422),
+    ({"json": {"query": "   "}}, 422),
+])
+def test_malformed_search_requests_get_4xx(client, kwargs, status):
+    r = client.post("/api/search", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+
+
+def test_uploads_are_checked(client, indexed):
+    root = indexed[1]
+    cases = [
+        (("notes.txt", b"hello", "text/plain"), 415),
+        (("x.png", b"definitely not an image", "image/png"), 415),
+        (("x.bin", b"\x00\x01\x02" * 100, "application/octet-stream"), 415),
+        (("x.png", (root / "test_00001.png").read_bytes()[:200], "image/png"), 422),  # truncated
+        (("x.png", b"", "image/png"), 422),
+    ]
+    for file, status in cases:
+        r = client.post("/api/search/image", files={"file": file})
+        assert r.status_code == status, (file[0], r.status_code, r.text)
+        assert r.json()["detail"]
+    r = client.post("/api/search/image", data={"k": "3"})  # no file at all
+    assert r.status_code == 422
+    r = client.post("/api/search/image", files={"file": ("q.png", _png(), "image/png")}, data={"k": "0"})
+    assert r.status_code == 422
+
+
+def test_oversized_uploads_get_413(client):
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    big = buf.getvalue()
+    assert len(big) > 200_000
+    r = client.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the server counts the bytes as they arrive
+        for i in range(0, len(big), 16384):
+            yield big[i:i + 16384]
+
+    r = client.post("/api/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_caption_endpoint(client):
+    img = ("q.png", _png((64, 64)), "image/png")
+    r = client.post("/api/caption", files={"file": img}, data={"strategy": "greedy"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["captions"]) == 1 and isinstance(body["captions"][0]["text"], str)
+    r = client.post("/api/caption", files={"file": img},
+                    data={"strategy": "sample", "n": "3", "top_k": "5", "temperature": "0.7", "seed": "1",
+                          "prompt": "a picture of"})
+    assert r.status_code == 200 and len(r.json()["captions"]) == 3
+    assert r.json()["settings"]["prompt"] == "a picture of"
+    for bad in ({"strategy": "psychic"}, {"temperature": "-1"}, {"top_k": "0"}, {"n": "99"},
+                {"strategy": "greedy", "n": "2"}):
+        r = client.post("/api/caption", files={"file": img}, data=bad)
+        assert r.status_code == 422, (bad, r.text)
+    r = client.post("/api/caption", files={"file": ("a.txt", b"text", "text/plain")})
+    assert r.status_code == 415
+
+
+def test_match_endpoint(client, indexed):
+    root = indexed[1]
+    a = ("a.png", (root / "test_00001.png").read_bytes(), "image/png")
+    b = ("b.png", (root / "test_00002.png").read_bytes(), "image/png")
+    r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"score": "cycle", "count": "10"})
+    if not client.get("/api/info").json()["features"]["match"]["available"]:  # vlens.match not landed yet
+        assert r.status_code == 503 and "not available" in r.json()["detail"]
+        return
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image"].startswith("data:image/png;base64,") and 1 <= len(body["matches"]) <= 10
+    r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"score": "vibes"})
+    assert r.status_code == 422
+    r = client.post("/api/match", files={"image_a": a})
+    assert r.status_code == 422
+
+
+def test_without_index_search_says_how_to_enable_it(tiny_blip):
+    from vlens.web.app import create_app
+
+    with TestClient(create_app(captioner=str(tiny_blip))) as c:
+        r = c.post("/api/search", json={"query": "a circle"})
+        assert r.status_code == 503 and "--index" in r.json()["detail"]
+        assert c.get("/api/images/1").status_code == 503
+        info = c.get("/api/info").json()
+        assert info["index"] is None and not info["features"]["search"]["available"]
+
+
+def test_wrong_methods_and_unknown_routes(client):
+    assert client.get("/api/search").status_code == 405
+    assert client.delete("/api/images/1").status_code == 405
+    assert client.get("/api/nothing").status_code == 404
