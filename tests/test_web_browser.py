@@ -1,0 +1,158 @@
+"""Browser tests: Playwright drives Debian Chromium against a real uvicorn server on a free local port.
+
+Screenshots go to test-artifacts/ (kept by CI as artefacts).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vlens.retrieval.index import IndexConfig, build_index
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
+    import uvicorn
+
+    from vlens.retrieval.model import DualEncoder
+    from vlens.web.app import create_app
+
+    enc = DualEncoder.from_spec(str(tiny_clip))
+    base = tmp_path_factory.mktemp("browser")
+    root = base / "photos"
+    root.mkdir()
+    for p in sorted((shapes_dir / "images").glob("test_*.png")):
+        shutil.copy(p, root / p.name)
+    build_index(root, base / "idx", IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
+                progress=False)
+    app = create_app(index=base / "idx", captioner=str(tiny_blip), backbone=str(tiny_vit))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "the server did not start"
+    yield f"http://127.0.0.1:{port}", root
+    srv.should_exit = True
+    t.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Chromium: apt-get install -y chromium (see .ci/run)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1200, "height": 820})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_search_shows_images_with_scores(server, page):
+    url, _ = server
+    page.goto(url)
+    page.wait_for_selector("#index-info:has-text('12 images')")
+    page.fill("#query", "a red circle")
+    page.fill("#k", "6")
+    page.click("#search-btn")
+    page.wait_for_selector("#results .card")
+    cards = page.locator("#results .card")
+    assert cards.count() == 6
+    scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    # Every thumbnail actually loaded (served by id).
+    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && "
+                           "i.naturalWidth > 0)")
+    assert "results for" in page.inner_text("#search-status")
+    page.screenshot(path=str(ARTIFACTS / "web-search.png"), full_page=True)
+    cards.first.click()  # enlarge
+    page.wait_for_selector("#lightbox:not([hidden])")
+    page.wait_for_function("document.getElementById('lightbox-img').naturalWidth > 0")
+    assert page.inner_text("#lightbox-text").startswith("#1")
+    page.screenshot(path=str(ARTIFACTS / "web-search-enlarged.png"))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#lightbox", state="hidden")
+
+
+def test_search_by_uploaded_image(server, page):
+    url, root = server
+    page.goto(url)
+    page.set_input_files("#query-image", str(root / "test_00004.png"))
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .path").first.inner_text() == "test_00004.png"
+
+
+def test_empty_query_shows_a_message(server, page):
+    url, _ = server
+    page.goto(url)
+    page.click("#search-btn")
+    assert "type what you are looking for" in page.inner_text("#search-status")
+
+
+def test_caption_appears_for_an_upload(server, page):
+    url, root = server
+    page.goto(url)
+    page.click("#tab-caption")
+    page.set_input_files("#caption-file", str(root / "test_00002.png"))
+    page.select_option("#strategy", "sample")
+    page.fill("#n", "2")
+    page.fill("#temperature", "0.8")
+    page.click("#caption-btn")
+    page.wait_for_selector("#captions li.caption")
+    assert page.locator("#captions li.caption").count() == 2
+    assert "sample" in page.inner_text("#caption-status")
+    page.screenshot(path=str(ARTIFACTS / "web-caption.png"), full_page=True)
+
+
+def test_match_picture_appears(server, page):
+    url, root = server
+    page.goto(url)
+    page.click("#tab-match")
+    page.set_input_files("#match-a", str(root / "test_00001.png"))
+    page.set_input_files("#match-b", str(root / "test_00003.png"))
+    page.select_option("#score", "feature")
+    page.fill("#count", "12")
+    page.click("#match-btn")
+    page.wait_for_function("document.getElementById('match-status').textContent.length > 0 && "
+                           "!document.getElementById('match-btn').disabled")
+    available = page.evaluate("fetch('/api/info').then(r => r.json()).then(i => i.features.match.available)")
+    if not available:  # vlens.match has not landed: the tab must say so clearly
+        assert "not available" in page.inner_text("#match-status")
+        page.screenshot(path=str(ARTIFACTS / "web-match.png"), full_page=True)
+        return
+    page.wait_for_function("document.getElementById('match-result').naturalWidth > 0")
+    assert "top 12 matches by feature" in page.inner_text("#match-status")
+    page.screenshot(path=str(ARTIFACTS / "web-match.png"), full_page=True)
