@@ -262,3 +262,12 @@ def test_contact_sheet(photos, tmp_path, encoder):
                         query_image=photos / "test_00000.png")
     im = Image.open(png)
     assert im.format == "PNG" and im.width > 4 * 160
+
+
+def test_drop_self_by_hand():
+    from vlens.retrieval.index import drop_self
+
+    ids = np.array([[7, 1, 2, 3], [4, 5, 9, 6], [1, 2, 3, 4]])
+    out = drop_self(ids, np.array([7, 9, 8]), 3)
+    np.testing.assert_array_equal(out, [[1, 2, 3], [4, 5, 6], [1, 2, 3]])
+    np.testing.assert_array_equal(drop_self(ids, None, 2), ids[:, :2])

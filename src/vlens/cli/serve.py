@@ -22,6 +22,9 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
     max_upload_mb: float = typer.Option(10, "--max-upload-mb", help="Uploads above this size are refused (413)."),
     preload: bool = typer.Option(True, help="Load the search model at start (first query is then fast)."),
+    threads: int = typer.Option(1, "--threads", help="Torch and FAISS threads per request. 1 (default) suits "
+                                "small models and many concurrent users: requests run in parallel instead; raise "
+                                "it for a large model and few users."),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.
 
@@ -36,6 +39,13 @@ def serve_cmd(
         raise ConfigError(f"--port must be 1-65535 (got {port})")
     if max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    if threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     app = create_app(index=index, captioner=captioner, backbone=backbone,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     if preload:

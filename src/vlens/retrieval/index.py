@@ -299,11 +299,26 @@ def set_search_param(index, kind: str, value: int) -> None:
         faiss.downcast_index(index.index).hnsw.efSearch = int(value)
 
 
+def drop_self(ids: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
+    """(Q, k+1) result ids -> (Q, k) without each query's own id (leave-one-out), keeping the order."""
+    if own is None:
+        return ids[:, :k]
+    keep = ids != own[:, None]                                            # (Q, k+1)
+    keep &= np.cumsum(keep, axis=1) <= k                                  # at most k per row
+    out = np.full((len(ids), k), -1, np.int64)
+    rows, cols = np.nonzero(keep)
+    pos = np.cumsum(keep, axis=1)[rows, cols] - 1
+    out[rows, pos] = ids[rows, cols]
+    return out
+
+
 def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: float, k: int = 10,
-         limit: int | None = None) -> tuple[int | None, float, list[dict]]:
+         limit: int | None = None, own: np.ndarray | None = None) -> tuple[int | None, float, list[dict]]:
     """Raise nprobe / efSearch until recall@k against ``truth_ids`` (Q, k) reaches ``target``.
 
-    Returns (chosen value, its recall, the whole curve). Recall@k = |ANN top-k ∩ exact top-k| / k, averaged.
+    ``own``: when the queries are stored vectors, their ids; each is dropped from its own results so that the
+    estimate holds for new queries (a stored vector trivially finds itself). Returns (chosen value, its recall,
+    the whole curve). Recall@k = |ANN top-k ∩ exact top-k| / k, averaged over the queries.
     """
     if kind == "flat":
         return None, 1.0, []
@@ -316,9 +331,9 @@ def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: f
     for v in values:
         set_search_param(index, kind, v)
         t0 = time.perf_counter()
-        _, ids = index.search(queries, k)
+        _, ids = index.search(queries, k + (own is not None))
         ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
-        rec = recall_at_k(ids, truth_ids)
+        rec = recall_at_k(drop_self(ids, own, k), truth_ids)
         curve.append({"param": v, "recall_at_10": round(rec, 4), "ms_per_query": round(ms, 3)})
         if rec >= target:
             chosen = (v, rec)
@@ -360,7 +375,7 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
     ann = {"kind": kind, "count": int(index.ntotal)}
     if kind != "flat" and n:
         rng = np.random.default_rng(0)
-        qn = min(256, n)
+        qn = min(256, n)  # leave-one-out queries: stored vectors, each excluded from its own results
         qids = np.sort(rng.choice(n, qn, replace=False))
         # Queries: stored vectors picked at random positions (by rank in id order).
         all_ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM images ORDER BY id")), np.int64, n)
@@ -371,8 +386,9 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
             qrows.update(con.execute(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(part))})",
                                      part).fetchall())
         queries = np.stack([np.frombuffer(qrows[i], np.float32) for i in pick])  # (Q, d)
-        _, truth = exact_topk(queries, _vectors(con, dim), 10)
-        param, rec, curve = tune(index, kind, queries, truth, config.target_recall)
+        own = np.array(pick, np.int64)
+        _, truth = exact_topk(queries, _vectors(con, dim), 11)
+        param, rec, curve = tune(index, kind, queries, drop_self(truth, own, 10), config.target_recall, own=own)
         ann.update({"param": "nprobe" if kind == "ivf" else "efSearch", "value": param,
                     "recall_at_10": round(rec, 4), "recall_queries": int(qn), "curve": curve})
         if kind == "ivf":
