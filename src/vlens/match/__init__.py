@@ -1,0 +1,45 @@
+"""Dense correspondences from ViT features: features, joint PCA, nearest-neighbour matching with feature and
+cycle distances, the crop benchmark, and label-transfer segmentation.
+
+The simple entry points:
+
+>>> from vlens.match import match_images, draw_matches
+>>> m = match_images("a.jpg", "b.jpg", model="builtin:dino-tiny", score="cycle", pca=10, top=50)
+>>> draw_matches(load_image("a.jpg"), load_image("b.jpg"), m).save("matches.png")
+
+Coordinates are pixels of the images as given (origin at the top-left corner, pixel centres at +0.5); see
+:mod:`vlens.match.features`. Models are loaded once per spec and cached.
+"""
+
+from __future__ import annotations
+
+from vlens.match.draw import draw_matches
+from vlens.match.features import DenseFeatures, extract_features, load_backbone
+from vlens.match.matching import Matches, match_descriptors, match_features, nearest_neighbors
+
+__all__ = ["DenseFeatures", "Matches", "draw_matches", "extract_features", "load_backbone", "match_descriptors",
+           "match_features", "match_images", "nearest_neighbors", "run_crop_benchmark"]
+
+
+def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", pca: int | None = 10,
+                 top: int | None = 50, *, layer: int = -1, facet: str = "token", size: int = 448,
+                 normalize: bool = True) -> Matches:
+    """Match every patch of ``img_a`` to its nearest neighbour in ``img_b``; return the ``top`` best by
+    ``score`` (``cycle`` or ``feature``), best first (``top=None``: all of them, ranked).
+
+    ``img_a`` / ``img_b``: PIL images or paths. ``model``: any backbone spec (default ``builtin:dino-tiny``),
+    ``pixels`` or ``random:SPEC``. ``pca``: joint PCA components (None keeps the full dimension).
+    """
+    from vlens.images import load_image, to_rgb
+
+    a, b = (to_rgb(x) if hasattr(x, "mode") else load_image(x) for x in (img_a, img_b))
+    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
+    m = match_features(fa, fb, pca=pca, normalize=normalize)
+    return m.top(top, score) if top else m.ranked(score)
+
+
+def run_crop_benchmark(model, images=None, config=None, **kw):
+    """See :func:`vlens.match.crops.run_crop_benchmark`."""
+    from vlens.match.crops import run_crop_benchmark as run
+
+    return run(model, images, config, **kw)

@@ -1,0 +1,231 @@
+"""Dense patch descriptors from ViT-family models (ViT, DINO, DINOv2, vlens builtins) at any size and aspect.
+
+Coordinates convention (used everywhere in ``vlens.match``): continuous pixel coordinates ``(x, y)`` with the
+origin at the top-left *corner* of the image, so pixel ``(col, row)`` covers ``[col, col+1) x [row, row+1)``
+and its centre is ``(col + 0.5, row + 0.5)``. The image is resized to a model input of ``(H_in, W_in)``
+(multiples of the patch size ``p``); patch ``(i, j)`` covers input pixels ``[j*p, (j+1)*p) x [i*p, (i+1)*p)``
+and its centre, mapped back to the *original* image, is ``((j + 0.5) * p * W / W_in, (i + 0.5) * p * H / H_in)``.
+``DenseFeatures.centers`` holds these centres in row-major patch order, matching ``descriptors.reshape(-1, d)``.
+
+Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` (raw
+pixel patches as descriptors: the no-learning baseline) and ``random:SPEC`` (SPEC's architecture with random
+weights, seed 1234: what the architecture alone buys). Loaded models are cached per spec.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlens.errors import ConfigError, ImageLoadError, ModelLoadError
+
+FACETS = ("token", "key", "query", "value")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 1234  # weights of ``random:SPEC`` (HF's own init, this seed)
+DEFAULT_SIZE = 448
+"""Default longer side of the model input in pixels (28 patches of 16 px)."""
+
+
+@dataclass(frozen=True)
+class DenseFeatures:
+    """Patch descriptors of one image plus where each patch sits in the original image."""
+
+    descriptors: torch.Tensor  # (h, w, d) float32
+    centers: torch.Tensor  # (h*w, 2) patch centres (x, y) in original-image pixels, row-major
+    image_size: tuple[int, int]  # original (W, H)
+    input_size: tuple[int, int]  # model input (W_in, H_in)
+    patch_size: int
+    model: str
+    layer: int
+    facet: str
+    note: str = ""  # e.g. "resized from 6000x4000"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.descriptors.shape[:2])
+
+    @property
+    def flat(self) -> torch.Tensor:
+        return self.descriptors.reshape(-1, self.descriptors.shape[-1])  # (h*w, d)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Original pixels per input pixel, (sx, sy)."""
+        return self.image_size[0] / self.input_size[0], self.image_size[1] / self.input_size[1]
+
+
+def patch_centers(grid_h: int, grid_w: int, patch: int, sx: float = 1.0, sy: float = 1.0) -> torch.Tensor:
+    """Centres (x, y) of a ``grid_h x grid_w`` patch grid, row-major, scaled by (sx, sy): (h*w, 2)."""
+    ys = (torch.arange(grid_h, dtype=torch.float32) + 0.5) * patch * sy  # (h,)
+    xs = (torch.arange(grid_w, dtype=torch.float32) + 0.5) * patch * sx  # (w,)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (h, w) each
+    return torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (h*w, 2)
+
+
+def input_size_for(image_size: tuple[int, int], patch: int, size: int) -> tuple[int, int]:
+    """Model input (W_in, H_in): longer side ``size`` rounded to whole patches, aspect ratio kept."""
+    w, h = image_size
+    if min(w, h) < patch:
+        raise ImageLoadError(f"{w}x{h} image", f"smaller than one {patch} px patch; dense matching needs an image "
+                             f"at least {patch} px on its shorter side")
+    s = size / max(w, h)
+    return max(1, round(w * s / patch)) * patch, max(1, round(h * s / patch)) * patch
+
+
+@dataclass
+class Backbone:
+    """A model ready for dense features: the HF model (or None for ``pixels``), normalisation and patch size."""
+
+    spec: str
+    model: torch.nn.Module | None
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_prefix: int  # CLS + register tokens to drop
+    num_layers: int
+    model_type: str
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.model is None
+
+    def blocks(self) -> Sequence[torch.nn.Module]:
+        """The transformer blocks in order (ViT names them ``layers``, DINOv2 ``encoder.layer``)."""
+        for name in ("layers", "encoder.layer", "encoder.layers", "blocks"):
+            mod = self.model
+            for part in name.split("."):
+                mod = getattr(mod, part, None)
+            if isinstance(mod, torch.nn.ModuleList):
+                return mod
+        raise ModelLoadError(f"cannot find the transformer blocks of '{self.spec}' ({self.model_type})")
+
+
+@functools.lru_cache(maxsize=8)
+def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
+    """Load (and cache) a backbone for dense features. ``spec``: model spec, ``pixels`` or ``random:SPEC``."""
+    from vlens.models import DEFAULTS, load
+
+    spec = spec or DEFAULTS["backbone"]
+    if spec == "pixels":
+        return Backbone("pixels", None, pixels_patch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, 0, "pixels")
+    if spec.startswith("random:"):
+        import transformers
+
+        loaded = load(spec.split(":", 1)[1], "backbone")
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_SEED)
+            model = transformers.AutoModel.from_config(loaded.model.config).eval()
+        proc = loaded.image_processor
+    else:
+        loaded = load(spec, "backbone")
+        model, proc = loaded.model, loaded.image_processor
+    cfg = model.config
+    patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+    mean = tuple(getattr(proc, "image_mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(proc, "image_std", None) or IMAGENET_STD)
+    prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
+    return Backbone(spec, model, patch, mean, std, prefix, cfg.num_hidden_layers, cfg.model_type)
+
+
+def _to_tensor(img: Image.Image, w: int, h: int, mean, std) -> torch.Tensor:
+    """Resize (bicubic) and normalise one image: (3, h, w)."""
+    from vlens.images import to_rgb
+
+    arr = np.asarray(to_rgb(img).resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0  # (h, w, 3)
+    x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, h, w)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def _pixel_descriptors(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Raw-pixel patch descriptors: (B, 3, H, W) -> (B, h, w, 3*p*p)."""
+    b, c, hh, ww = x.shape
+    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, 3, h, w, p, p)
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, hh // p, ww // p, c * p * p)
+
+
+@torch.no_grad()
+def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Tensor:
+    """Run the model on (B, 3, H, W) and return (B, h, w, d) descriptors of ``layer`` and ``facet``."""
+    p = bb.patch_size
+    b, _, hh, ww = x.shape
+    gh, gw = hh // p, ww // p
+    if bb.is_pixels:
+        return _pixel_descriptors(x, p)
+    n = bb.num_layers
+    li = layer if layer >= 0 else n + layer  # 0-based block index
+    if not 0 <= li < n:
+        raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
+    kwargs = {"output_hidden_states": facet == "token"}
+    if bb.model_type in ("vit", "deit", "dino"):
+        kwargs["interpolate_pos_encoding"] = True
+    captured = {}
+    handle = None
+    if facet != "token":
+        attn = bb.blocks()[li].attention
+        attn = getattr(attn, "attention", attn)
+        proj = getattr(attn, facet[0] + "_proj", None) or getattr(attn, facet, None)
+        if proj is None:
+            raise ConfigError(f"facet '{facet}' is not available for '{bb.spec}' ({bb.model_type}); use --facet token")
+        handle = proj.register_forward_hook(lambda _m, _i, out: captured.__setitem__("x", out))
+    try:
+        out = bb.model(pixel_values=x, **kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if facet == "token":
+        tokens = out.hidden_states[li + 1]  # (B, prefix + h*w, d); hidden_states[0] is the embeddings
+        norm = getattr(bb.model, "layernorm", None)
+        if norm is not None:  # the final norm, as DINO's get_intermediate_layers applies it
+            tokens = norm(tokens)
+    else:
+        tokens = captured["x"]  # (B, prefix + h*w, d)
+    tokens = tokens[:, bb.num_prefix:]  # (B, h*w, d)
+    return tokens.reshape(b, gh, gw, -1).float()  # (B, h, w, d)
+
+
+def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
+                     size: int = DEFAULT_SIZE, batch_size: int = 8) -> list[DenseFeatures]:
+    """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
+
+    Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
+    share an input size are run as one batch. ``layer`` counts blocks from 1 (``-1`` = the last block);
+    ``facet`` is ``token`` (block output, final layer norm applied) or ``key``/``query``/``value`` of that
+    block's attention.
+    """
+    from vlens.images import load_image
+
+    if facet not in FACETS:
+        raise ConfigError(f"unknown facet '{facet}'; one of {', '.join(FACETS)}")
+    bb = model if isinstance(model, Backbone) else load_backbone(model)
+    if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
+        images = [images]
+    pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+    if bb.is_pixels and facet != "token":
+        raise ConfigError("the 'pixels' baseline has no attention facets; use facet 'token'")
+    layer_idx = layer if layer < 0 or bb.is_pixels else layer - 1
+    sizes = [input_size_for(im.size, bb.patch_size, size) for im in pils]
+    results: list[DenseFeatures | None] = [None] * len(pils)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(sizes):
+        groups.setdefault(s, []).append(i)
+    for (w_in, h_in), idx in groups.items():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
+            desc = _forward(bb, x, layer_idx, facet)  # (B, h, w, d)
+            gh, gw = desc.shape[1:3]
+            for k, i in enumerate(chunk):
+                w0, h0 = pils[i].size
+                note = ""
+                if max(w0, h0) > 2 * size:
+                    note = f"resized from {w0}x{h0} to {w_in}x{h_in} for the model (change with --size)"
+                centers = patch_centers(gh, gw, bb.patch_size, w0 / w_in, h0 / h_in)
+                results[i] = DenseFeatures(desc[k].contiguous(), centers, (w0, h0), (w_in, h_in), bb.patch_size,
+                                           bb.spec, layer, facet, note)
+    return results  # type: ignore[return-value]
