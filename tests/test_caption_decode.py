@@ -1,0 +1,240 @@
+"""Decoding on a tiny random BLIP: every strategy against a hand-written reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlens.caption import decode
+from vlens.caption.captioner import Captioner, DecodeSettings
+from vlens.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_blip):
+    from vlens.models import load
+
+    return Captioner(load(str(tiny_blip), "captioner"))
+
+
+@pytest.fixture(scope="module")
+def images(shapes_dir):
+    from vlens.data import load_dataset
+    from vlens.images import load_image
+
+    return [load_image(s.image_path) for s in load_dataset(shapes_dir).split("test").samples[:4]]
+
+
+def manual_greedy(cap: Captioner, image, prefix: list[int], max_new: int) -> list[int]:
+    """Argmax decoding written out step by step: one full forward per step, no cache."""
+    with torch.no_grad():
+        emb = cap.model.vision_model(pixel_values=cap.pixel_values([image])).last_hidden_state
+        ids = list(prefix)
+        for _ in range(max_new):
+            logits = cap.model.text_decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=emb).logits
+            nxt = int(logits[0, -1].argmax())
+            if nxt in cap.eos_ids:
+                break
+            ids.append(nxt)
+    return ids[len(prefix):]
+
+
+def manual_logprob(cap: Captioner, image, prefix: list[int], caption: list[int]) -> float:
+    """log p(caption, [SEP] | image, prefix), summed token by token."""
+    with torch.no_grad():
+        emb = cap.model.vision_model(pixel_values=cap.pixel_values([image])).last_hidden_state
+        total, ids = 0.0, list(prefix)
+        for tok in [*caption, cap.sep_id]:
+            logits = cap.model.text_decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=emb).logits
+            total += float(logits[0, -1].log_softmax(-1)[tok])
+            ids.append(tok)
+    return total
+
+
+@pytest.mark.parametrize("prompt", [None, "a picture of"])
+def test_greedy_equals_argmax_by_hand(captioner, images, prompt):
+    caps = captioner.caption(images, DecodeSettings(max_new_tokens=8, prompt=prompt))
+    prefix = captioner.prefix_ids(prompt)
+    for img, (c,) in zip(images, caps):
+        assert c.token_ids == manual_greedy(captioner, img, prefix, 8)
+        assert c.logprob == pytest.approx(manual_logprob(captioner, img, prefix, c.token_ids), abs=1e-4)
+
+
+def test_greedy_matches_blip_generate(captioner, images):
+    """Same tokens as BlipForConditionalGeneration.generate with the prompt (which keeps the prompt in front)."""
+    prompt = "a picture of"
+    prefix = captioner.prefix_ids(prompt)
+    enc = captioner.tokenizer([prompt] * len(images), return_tensors="pt")
+    full = captioner.model.generate(pixel_values=captioner.pixel_values(images), input_ids=enc["input_ids"],
+                                    attention_mask=enc["attention_mask"], max_new_tokens=8, do_sample=False)
+    ours = captioner.caption(images, DecodeSettings(max_new_tokens=8, prompt=prompt))
+    for row, (c,) in zip(full.tolist(), ours):
+        assert row[:len(prefix)] == prefix
+        gen = [t for t in row[len(prefix):] if t != captioner.pad_id]
+        gen = gen[:gen.index(captioner.sep_id)] if captioner.sep_id in gen else gen
+        assert c.token_ids == gen
+
+
+def test_top_k_one_sampling_equals_greedy(captioner, images):
+    greedy = captioner.caption(images, DecodeSettings(max_new_tokens=8))
+    sampled = captioner.caption(images, DecodeSettings(strategy="sample", top_k=1, temperature=1.7, seed=3,
+                                                       max_new_tokens=8))
+    assert [g[0].token_ids for g in greedy] == [s[0].token_ids for s in sampled]
+
+
+def test_same_seed_same_captions_and_other_seed_differs(captioner, images):
+    s = DecodeSettings(strategy="sample", top_k=50, temperature=1.5, n=3, seed=7, max_new_tokens=8)
+    a = [[c.token_ids for c in per] for per in captioner.caption(images, s)]
+    b = [[c.token_ids for c in per] for per in captioner.caption(images, s)]
+    c = [[c.token_ids for c in per] for per in captioner.caption(images, s.replace(seed=8))]
+    assert a == b
+    assert a != c
+
+
+def test_sampling_matches_manual_sampler(captioner, images):
+    """HF's sampling (temperature, then top-k, then top-p) equals our nanoGPT-style loop with the same RNG."""
+    s = DecodeSettings(strategy="sample", top_k=20, top_p=0.9, temperature=0.8, seed=11, max_new_tokens=6)
+    ours = captioner.caption(images[:1], s)[0][0].token_ids
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        emb = captioner.model.vision_model(pixel_values=captioner.pixel_values(images[:1])).last_hidden_state
+        ids = [captioner.bos_id]
+        for _ in range(6):
+            logits = captioner.model.text_decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=emb).logits
+            nxt = int(decode.sample_step(logits[:, -1], 0.8, 20, 0.9)[0])
+            if nxt in captioner.eos_ids:
+                break
+            ids.append(nxt)
+    assert ours == ids[1:]
+
+
+def test_sampled_captions_ranked_by_mean_logprob(captioner, images):
+    caps = captioner.caption(images[:2], DecodeSettings(strategy="sample", n=4, seed=0, temperature=1.5,
+                                                        max_new_tokens=8))
+    for per in caps:
+        assert len(per) == 4
+        scores = [c.mean_logprob for c in per]
+        assert scores == sorted(scores, reverse=True)
+        for c in per:
+            assert c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + 1))
+
+
+def test_beam_returns_hf_beams(captioner, images):
+    s = DecodeSettings(strategy="beam", num_beams=4, n=2, max_new_tokens=6)
+    ours = captioner.caption(images[:2], s)
+    full = captioner.model.generate(pixel_values=captioner.pixel_values(images[:2]), num_beams=4,
+                                    num_return_sequences=2, max_new_tokens=6, early_stopping=True,
+                                    do_sample=False)
+    expect = decode.strip_prompt(full, 1, captioner.eos_ids, captioner.pad_id)
+    assert [c.token_ids for per in ours for c in per] == expect
+    # beam search finds a caption at least as probable (length-normalised) as greedy's
+    greedy = captioner.caption(images[:2], DecodeSettings(max_new_tokens=6))
+    assert all(len(per) == 2 for per in ours)
+    assert greedy[0][0].token_ids is not None
+
+
+def test_prompt_tokens_never_in_output(captioner, images):
+    """Forbid the model from ever producing the prompt's tokens: any in the output would be a leak."""
+    prompt = "a picture of"
+    prompt_ids = captioner.prefix_ids(prompt)[1:]
+    bias = captioner.model.text_decoder.cls.predictions.bias
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias[prompt_ids] = -1e4
+        for s in (DecodeSettings(prompt=prompt, max_new_tokens=8),
+                  DecodeSettings(strategy="beam", prompt=prompt, max_new_tokens=8),
+                  DecodeSettings(strategy="sample", prompt=prompt, n=3, seed=0, max_new_tokens=8)):
+            for per in captioner.caption(images, s):
+                for c in per:
+                    assert not set(c.token_ids) & set(prompt_ids)
+                    assert not c.text.startswith("a picture")
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+
+
+def test_batched_equals_one_by_one_for_greedy(captioner, images):
+    batched = captioner.caption(images, DecodeSettings(max_new_tokens=8, batch_size=4))
+    single = [captioner.caption([im], DecodeSettings(max_new_tokens=8))[0] for im in images]
+    assert [b[0].token_ids for b in batched] == [s[0].token_ids for s in single]
+
+
+# ---- pure functions against brute force -----------------------------------------------------------------------
+def test_top_k_filter_brute_force():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 30, generator=g)
+    out = decode.top_k_filter(logits, 7)
+    for row, filt in zip(logits, out):
+        keep = sorted(range(30), key=lambda i: -float(row[i]))[:7]
+        assert {i for i in range(30) if filt[i] > float("-inf")} == set(keep)
+
+
+def test_top_p_filter_brute_force():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 25, generator=g)
+    for p in (0.1, 0.5, 0.9, 1.0):
+        out = decode.top_p_filter(logits, p)
+        for row, filt in zip(logits, out):
+            probs = row.softmax(-1).tolist()
+            order = sorted(range(25), key=lambda i: -probs[i])
+            keep, mass = [], 0.0
+            for i in order:  # smallest prefix reaching p
+                keep.append(i)
+                mass += probs[i]
+                if mass >= p - 1e-7:
+                    break
+            assert {i for i in range(25) if filt[i] > float("-inf")} == set(keep)
+
+
+def test_temperature_and_filters_reject_bad_values():
+    x = torch.zeros(1, 4)
+    with pytest.raises(ValueError):
+        decode.apply_temperature(x, 0)
+    with pytest.raises(ValueError):
+        decode.top_k_filter(x, 0)
+    with pytest.raises(ValueError):
+        decode.top_p_filter(x, 0)
+
+
+def test_strip_prompt_by_position():
+    seq = torch.tensor([[2, 9, 9, 5, 6, 3, 0], [2, 9, 9, 9, 3, 0, 0]])
+    assert decode.strip_prompt(seq, 3, {3}, 0) == [[5, 6], [9]]
+
+
+# ---- settings validation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, msg", [
+    ({"prompt": "  "}, "prompt is empty"),
+    ({"top_k": 0, "strategy": "sample"}, "top-k"),
+    ({"top_k": -5, "strategy": "sample"}, "top-k"),
+    ({"temperature": -0.1, "strategy": "sample"}, "temperature"),
+    ({"top_p": 0.0}, "top-p"),
+    ({"strategy": "nucleus"}, "unknown strategy"),
+    ({"n": 3}, "greedy decoding gives one caption"),
+])
+def test_bad_settings(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        DecodeSettings(**kw).validated()
+
+
+def test_temperature_zero_means_greedy_with_a_note():
+    s, notes = DecodeSettings(strategy="sample", temperature=0).validated()
+    assert s.strategy == "greedy" and "greedily" in notes[0]
+
+
+def test_prompt_longer_than_context(captioner):
+    with pytest.raises(ConfigError, match="shorter prompt"):
+        captioner.prepare(DecodeSettings(prompt=" ".join(["circle"] * 100)))
+    s, notes = captioner.prepare(DecodeSettings(prompt="a picture of", max_new_tokens=500))
+    assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) == captioner.context and notes

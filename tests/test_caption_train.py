@@ -1,0 +1,104 @@
+"""Caption training on the tiny shapes set: prompt masking, loss going down, exact resume after a kill."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlens.caption.train import Collate, TrainConfig, caption_loss, train
+from vlens.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_collate_masks_prompt_and_padding(tiny_blip):
+    from PIL import Image
+
+    from vlens.models import load
+
+    lm = load(str(tiny_blip), "captioner")
+    tok = lm.tokenizer
+    prefix = [2, *tok("a picture of", add_special_tokens=False)["input_ids"]]
+    col = Collate(lm.image_processor, tok, prefix, sep_id=3, pad_id=0, max_len=64)
+    img = Image.new("RGB", (40, 40))
+    pv, ids, attn, mask = col([(img, "a red circle"), (img, "a big blue square at the top")])
+    assert pv.shape == (2, 3, 32, 32)
+    p = len(prefix)
+    n0 = len(tok("a red circle", add_special_tokens=False)["input_ids"])
+    assert ids[0, :p].tolist() == prefix and ids[0, p + n0] == 3 and ids[0, p + n0 + 1:].eq(0).all()
+    # targets are tokens 1..T-1: exactly the caption tokens and [SEP] are learnt
+    learnt = ids[0, 1:][mask[0]].tolist()
+    assert learnt == [*tok("a red circle", add_special_tokens=False)["input_ids"], 3]
+    assert attn[0].sum() == p + n0 + 1
+
+
+def test_caption_loss_is_masked_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    ids = torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[False, True, True, False], [False, False, True, True]])
+    by_hand = []
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t]:
+                by_hand.append(-logits[b, t].log_softmax(-1)[ids[b, t + 1]])
+    assert caption_loss(logits, ids, mask) == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-6)
+
+
+def _cfg(shapes_dir, out, **kw):
+    base = dict(preset="test-blip", epochs=3, lr=1e-2, batch_size=8, image_size=32, val_limit=4, max_train=16,
+                prompt="a picture of", label_smoothing=0.0)
+    base.update(kw)
+    return TrainConfig(str(shapes_dir), str(out), **base)
+
+
+@pytest.mark.slow
+def test_loss_decreases_and_best_model_loads(shapes_dir, tmp_path):
+    from vlens.caption.captioner import Captioner, DecodeSettings
+    from vlens.runs import read_json
+
+    metrics = train(_cfg(shapes_dir, tmp_path / "run", epochs=4), log=lambda m: None)
+    hist = [__import__("json").loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    losses = [h["train_loss"] for h in hist]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.9
+    assert read_json(tmp_path / "run" / "metrics.json")["best_epoch"] == metrics["best_epoch"]
+    cap = Captioner.from_spec(str(tmp_path / "run" / "best"), device="cpu")
+    (c,), = cap.caption([__import__("PIL.Image").Image.new("RGB", (32, 32))], DecodeSettings(max_new_tokens=5))
+    assert isinstance(c.text, str)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_identical_weights(shapes_dir, tmp_path):
+    from vlens.training import load_checkpoint
+
+    train(_cfg(shapes_dir, tmp_path / "full", epochs=2), log=lambda m: None)
+
+    def killer(msg):
+        if msg.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(shapes_dir, tmp_path / "cut", epochs=2), log=killer)
+    logs = []
+    train(_cfg(shapes_dir, tmp_path / "cut", epochs=2, resume=True), log=logs.append)
+    assert any("resuming" in m for m in logs)
+    a = load_checkpoint(tmp_path / "full" / "last.pt", restore_rng=False)["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt", restore_rng=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_train_config(shapes_dir, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one"):
+        train(TrainConfig(str(shapes_dir), str(tmp_path / "x")), log=lambda m: None)
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        train(_cfg(shapes_dir, tmp_path / "y", prompt=" "), log=lambda m: None)
