@@ -23,11 +23,12 @@ class DefaultCommandGroup(TyperGroup):
 
     default_command = "run"
 
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-") or \
-                (args and args[0].startswith("-") and args[0] not in ("-h", "--help")):
+    def parse_args(self, ctx, args):
+        # Insert the default command before the group parses anything: otherwise a leading option of the default
+        # command (`vlens caption --strategy sample img.png`) is rejected as an unknown option of the group.
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = [self.default_command, *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 def fail(message: str) -> None:
