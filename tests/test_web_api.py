@@ -206,12 +206,15 @@ def test_match_endpoint(client, indexed):
     a = ("a.png", (root / "test_00001.png").read_bytes(), "image/png")
     b = ("b.png", (root / "test_00002.png").read_bytes(), "image/png")
     r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"score": "cycle", "count": "10"})
-    if not client.get("/api/info").json()["features"]["match"]["available"]:  # vlens.match not landed yet
-        assert r.status_code == 503 and "not available" in r.json()["detail"]
-        return
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["image"].startswith("data:image/png;base64,") and 1 <= len(body["matches"]) <= 10
+    assert body["image"].startswith("data:image/png;base64,") and len(body["matches"]) == 10
+    import base64
+
+    pic = Image.open(io.BytesIO(base64.b64decode(body["image"].split(",", 1)[1])))
+    assert pic.width > pic.height  # the two images side by side
+    cycle = [m["cycle_distance"] for m in body["matches"]]
+    assert cycle == sorted(cycle)  # ranked by the chosen score, best first
     r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"score": "vibes"})
     assert r.status_code == 422
     r = client.post("/api/match", files={"image_a": a})

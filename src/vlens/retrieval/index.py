@@ -313,11 +313,14 @@ def drop_self(ids: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
 
 
 def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: float, k: int = 10,
-         limit: int | None = None, own: np.ndarray | None = None) -> tuple[int | None, float, list[dict]]:
+         limit: int | None = None, own: np.ndarray | None = None,
+         margin_steps: int = 1) -> tuple[int | None, float, list[dict]]:
     """Raise nprobe / efSearch until recall@k against ``truth_ids`` (Q, k) reaches ``target``.
 
     ``own``: when the queries are stored vectors, their ids; each is dropped from its own results so that the
-    estimate holds for new queries (a stored vector trivially finds itself). Returns (chosen value, its recall,
+    estimate holds for new queries (a stored vector trivially finds itself). Even so, stored vectors sit in the
+    structure and are easier than new queries (measured: 0.95 estimated vs 0.92-0.95 on held-out queries), so
+    ``margin_steps`` more doublings are taken after the target is reached. Returns (chosen value, its recall,
     the whole curve). Recall@k = |ANN top-k ∩ exact top-k| / k, averaged over the queries.
     """
     if kind == "flat":
@@ -327,7 +330,7 @@ def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: f
         values = [v for v in values if v <= index.nlist] or [index.nlist]
     if limit:
         values = [v for v in values if v <= limit]
-    curve, chosen = [], None
+    curve, chosen, extra = [], None, margin_steps
     for v in values:
         set_search_param(index, kind, v)
         t0 = time.perf_counter()
@@ -337,7 +340,9 @@ def tune(index, kind: str, queries: np.ndarray, truth_ids: np.ndarray, target: f
         curve.append({"param": v, "recall_at_10": round(rec, 4), "ms_per_query": round(ms, 3)})
         if rec >= target:
             chosen = (v, rec)
-            break
+            if extra == 0:
+                break
+            extra -= 1
     if chosen is None:
         chosen = (curve[-1]["param"], curve[-1]["recall_at_10"])
     set_search_param(index, kind, chosen[0])
