@@ -147,3 +147,170 @@ def bench_crops_cmd(
 
     typer.echo(markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False)))
     typer.echo(f"wrote {', '.join(Path(p).name for p in paths.values())} to {run.path}")
+
+
+def _save(img, path: Path) -> None:
+    from vlens.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+@segment_app.command("transfer")
+def segment_cmd(
+    ref: list[Path] = typer.Option(..., "--ref", help="Reference image (repeatable; pair each with --ref-mask)."),
+    ref_mask: list[Path] = typer.Option(..., "--ref-mask", help="Class-id mask of the matching --ref: a PNG whose "
+                                        "pixel values are class ids (0 = background), same size as the image."),
+    target: Path = typer.Option(..., "--target", help="Image to segment."),
+    out: Path = typer.Option(Path("segment"), "--out", "-o", help="Folder: labels.png (class ids), "
+                             "overlay.png (colours over the target), segment.json."),
+    target_mask: Path = typer.Option(None, "--target-mask", help="Ground truth for the target: adds IoU per class."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    k: int = typer.Option(10, help="Reference patches that vote for each target patch."),
+    temperature: float = typer.Option(0.07, help="Vote weight exp(similarity / T): lower = nearest dominate."),
+    size: int = typer.Option(224, help=SIZE_HELP),
+    layer: int = typer.Option(-1, help=LAYER_HELP),
+    facet: str = typer.Option("token", help=FACET_HELP),
+    classes: int = typer.Option(0, "--classes", help="Number of classes (0 = 1 + the largest reference label)."),
+    json_out: bool = JSON_OPTION,
+):
+    """Segment an image by label transfer: each patch takes a similarity-weighted vote of its k nearest
+    reference patches; the class probabilities are upsampled to pixels.
+
+    Example: vlens segment --ref a.png --ref-mask a_mask.png --target b.png --out seg/
+    """
+    import numpy as np
+    from PIL import Image
+
+    from vlens.data.shapes import MASK_PALETTE
+    from vlens.errors import ConfigError
+    from vlens.images import load_image
+    from vlens.match.draw import overlay_labels
+    from vlens.match.segment import SegmentConfig, confusion, iou_from_confusion, segment
+    from vlens.runs import write_json
+
+    if len(ref) != len(ref_mask):
+        raise ConfigError(f"got {len(ref)} --ref image(s) but {len(ref_mask)} --ref-mask file(s); give one mask "
+                          "per reference, in the same order")
+    refs = [(load_image(r), _read_mask(m)) for r, m in zip(ref, ref_mask)]
+    img = load_image(target)
+    gt = _read_mask(target_mask) if target_mask else None
+    cfg = SegmentConfig(k=k, temperature=temperature, size=size, layer=layer, facet=facet, n_classes=classes or None)
+    seg = segment(img, refs, model, cfg, target_mask=gt)
+    out.mkdir(parents=True, exist_ok=True)
+    lab = Image.fromarray(seg.labels.astype(np.uint8), "P")
+    lab.putpalette(MASK_PALETTE)
+    _save(lab, out / "labels.png")
+    palette = np.array(MASK_PALETTE[:3 * 256], dtype=np.uint8).reshape(-1, 3)
+    _save(overlay_labels(img, seg.labels, palette), out / "overlay.png")
+    info = {"target": str(target), "refs": [str(r) for r in ref], "model": model, "classes": seg.probs.shape[-1],
+            "predicted": {int(c): int(n) for c, n in zip(*np.unique(seg.labels, return_counts=True))},
+            "notes": seg.notes}
+    if gt is not None:
+        iou, miou, acc = iou_from_confusion(confusion(seg.labels, gt, max(seg.probs.shape[-1], int(gt.max()) + 1)))
+        info.update(miou=round(miou, 4), pixel_accuracy=round(acc, 4),
+                    iou=[None if np.isnan(v) else round(float(v), 4) for v in iou])
+    write_json(out / "segment.json", info)
+    for n in seg.notes:
+        typer.echo(f"note: {n}", err=True)
+    if json_out:
+        echo_json(info)
+        return
+    typer.echo(f"segmented {target.name} from {len(ref)} reference(s): labels.png, overlay.png, segment.json in "
+               f"{out}" + (f"; mIoU {info['miou']:.3f}" if gt is not None else ""))
+
+
+def _read_mask(path: Path):
+    from vlens.data.shapes import load_mask
+    from vlens.errors import DatasetError
+
+    if not path.is_file():
+        raise DatasetError(f"mask {path}: no such file")
+    try:
+        return load_mask(path)
+    except OSError as exc:
+        raise DatasetError(f"mask {path}: cannot read it ({exc})") from None
+
+
+@segment_app.command("parts")
+def parts_cmd(
+    images: list[Path] = typer.Argument(..., help="One or more images; parts are clustered jointly, so a colour "
+                                        "means the same part in every image."),
+    k: int = typer.Option(5, "--k", help="Number of parts (k-means clusters)."),
+    out: Path = typer.Option(Path("parts.png"), "--out", "-o", help="Picture: each image, its parts overlay and "
+                             "the PCA-to-RGB view of its features."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    size: int = typer.Option(224, help=SIZE_HELP),
+    pca: int = typer.Option(10, help="PCA components before clustering (0 = all)."),
+    layer: int = typer.Option(-1, help=LAYER_HELP),
+    facet: str = typer.Option("token", help=FACET_HELP),
+    seed: int = typer.Option(0, help="k-means++ seed."),
+):
+    """Unsupervised part discovery: k-means on the features of one or more images, drawn as a colour overlay,
+    next to the features' first three PCA components as RGB."""
+    from PIL import Image
+
+    from vlens.images import load_image
+    from vlens.match.draw import overlay_labels, pca_rgb
+    from vlens.match.segment import PART_PALETTE, discover_parts
+    from vlens.report.plots import image_grid
+
+    imgs = [load_image(p) for p in images]
+    labels, feats = discover_parts(imgs, model, k=k, size=size, pca=_pca(pca), layer=layer, facet=facet, seed=seed)
+    rgb = pca_rgb(feats[0].descriptors, [f.descriptors for f in feats[1:]])
+    cells, titles = [], []
+    for p, im, lab, col in zip(images, imgs, labels, rgb):
+        pc = Image.fromarray((col * 255).astype("uint8")).resize(im.size, Image.NEAREST)
+        cells += [im, overlay_labels(im, lab, PART_PALETTE), pc]
+        titles += [p.name, f"{k} parts (k-means)", "features: PCA -> RGB"]
+    image_grid(cells, titles, out, cols=3)
+    typer.echo(f"{k} parts over {len(imgs)} image(s) drawn to {out}")
+
+
+@bench_app.command("segment")
+def bench_segment_cmd(
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    data: Path = typer.Option(None, "--data", help="A dataset with masks (e.g. from `vlens data make-shapes`); "
+                              "default: a small generated shapes set."),
+    refs: int = typer.Option(20, help="Annotated reference images (from the train split)."),
+    targets: int = typer.Option(40, help="Images to segment and score (from the test split)."),
+    k: int = typer.Option(10, help="Neighbours that vote."),
+    size: int = typer.Option(224, help=SIZE_HELP),
+    baselines: bool = typer.Option(True, help="Also score raw pixels, random weights and the majority class."),
+    out: Path = typer.Option(Path("bench-segment"), "--out", "-o", help="Run folder: results.json, table.md, "
+                             "examples.png."),
+    json_out: bool = JSON_OPTION,
+):
+    """Label-transfer segmentation benchmark: mIoU and pixel accuracy on masks, against baselines."""
+    from vlens.match.crops import markdown_table
+    from vlens.match.draw import short_model
+    from vlens.match.segment import SegmentConfig, run_segment_benchmark, segment_examples_figure
+    from vlens.models import DEFAULTS
+    from vlens.runs import RunDir, atomic_write_text, write_json
+
+    model = model or DEFAULTS["backbone"]
+    cfg = SegmentConfig(k=k, size=size)
+    run = RunDir(out, {"model": model, "data": data, "refs": refs, "targets": targets, **cfg.__dict__})
+    specs = [model] + (["pixels", f"random:{model}", "majority"] if baselines else [])
+    results = []
+    for spec in specs:
+        typer.echo(f"[bench segment] {spec} ...", err=True)
+        results.append(run_segment_benchmark(spec, data, refs=refs, targets=targets, config=cfg,
+                                             keep_examples=4 if spec == model else 0))
+    classes = list(results[0].per_class_iou)
+    headers = ["model", "mIoU", "pixel acc", *classes]
+    rows = [[short_model(r.model), round(r.miou, 3), round(r.pixel_accuracy, 3),
+             *[("-" if r.per_class_iou[c] is None else round(r.per_class_iou[c], 3)) for c in classes]]
+            for r in results]
+    table = markdown_table(headers, rows)
+    write_json(run.file("results.json"), {"results": [r.to_dict() for r in results]})
+    atomic_write_text(run.file("table.md"), table)
+    segment_examples_figure(results[0], run.file("examples.png"))
+    run.write_metrics({r.model: {"miou": r.miou, "pixel_accuracy": r.pixel_accuracy} for r in results})
+    if json_out:
+        echo_json({"results": [r.to_dict() for r in results]})
+        return
+    typer.echo(table)
+    for n in sorted({n for r in results for n in r.notes}):
+        typer.echo(f"note: {n}", err=True)
+    typer.echo(f"wrote results.json, table.md, examples.png to {run.path}")
