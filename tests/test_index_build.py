@@ -271,3 +271,20 @@ def test_drop_self_by_hand():
     out = drop_self(ids, np.array([7, 9, 8]), 3)
     np.testing.assert_array_equal(out, [[1, 2, 3], [4, 5, 6], [1, 2, 3]])
     np.testing.assert_array_equal(drop_self(ids, None, 2), ids[:, :2])
+
+
+def test_captions_are_stored_and_returned(photos, tmp_path, encoder, tiny_blip):
+    out = tmp_path / "idx"
+    rep = _build(photos, out, encoder, captioner=str(tiny_blip))
+    assert rep.total == 12
+    con = sqlite3.connect(out / "meta.sqlite")
+    caps = [c for (c,) in con.execute("SELECT caption FROM images")]
+    con.close()
+    assert len(caps) == 12 and all(isinstance(c, str) for c in caps)
+    from vlens.caption import Captioner, DecodeSettings
+    from vlens.images import load_image
+
+    ref = Captioner.from_spec(str(tiny_blip)).caption([load_image(photos / "test_00003.png")], DecodeSettings())
+    hit = Searcher(out, encoder=encoder).image(photos / "test_00003.png", k=1)[0]
+    assert hit.caption == ref[0][0].text
+    assert ImageIndex(out).info()["captioner"] == str(tiny_blip)
