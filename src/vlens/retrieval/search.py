@@ -60,11 +60,11 @@ class Searcher:
             raise ConfigError("the text query is empty; type what you are looking for, e.g. \"a red circle\"")
         if len(query) > 1000:
             raise ConfigError("the text query is longer than 1000 characters; shorten it")
-        if query in self._text_cache:
-            self._text_cache.move_to_end(query)
-            return self._text_cache[query]
         enc = self.encoder
         with self._lock:
+            if query in self._text_cache:
+                self._text_cache.move_to_end(query)
+                return self._text_cache[query]
             v = enc.encode_texts([query])[0]
             self._text_cache[query] = v
             if len(self._text_cache) > self._cache_size:
