@@ -17,23 +17,29 @@ def _image(w=120, h=80):
 
 def test_multi_crop_shapes_and_ranges():
     cfg = MultiCropConfig(global_size=32, local_size=16, n_local=3)
-    crops = multi_crop(_image(), cfg, rng_for(0, 0, 0))
+    img = _image()
+    crops, geom = multi_crop(img, cfg, rng_for(0, 0, 0))
     assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert geom.shape == (5, 5)
+    assert torch.all(geom[:, 0] >= 0) and torch.all(geom[:, 2] <= img.width) and torch.all(geom[:, 3] <= img.height)
+    assert set(geom[:, 4].tolist()) <= {0.0, 1.0}
     lo = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
     hi = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
     for c in crops:
         assert c.dtype == torch.float32
         assert torch.all(c >= lo - 1e-5) and torch.all(c <= hi + 1e-5)
-    batch = collate_crops([crops, crops])
+    batch, bgeom = collate_crops([(crops, geom), (crops, geom)])
     assert [tuple(b.shape) for b in batch] == [(2, 3, 32, 32)] * 2 + [(2, 3, 16, 16)] * 3
+    assert bgeom.shape == (2, 5, 5)
 
 
 def test_crops_are_keyed_by_seed_epoch_position():
     cfg = MultiCropConfig(global_size=24, local_size=12, n_local=2)
     img = _image()
-    a = multi_crop(img, cfg, rng_for(3, 1, 5))
-    b = multi_crop(img, cfg, rng_for(3, 1, 5))
-    c = multi_crop(img, cfg, rng_for(3, 1, 6))
+    a, ga = multi_crop(img, cfg, rng_for(3, 1, 5))
+    b, gb = multi_crop(img, cfg, rng_for(3, 1, 5))
+    c, _ = multi_crop(img, cfg, rng_for(3, 1, 6))
+    assert torch.equal(ga, gb)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
 
@@ -54,6 +60,23 @@ def test_random_resized_box_fallback_is_central():
     box = random_resized_box(1000, 10, (0.9, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
     x0, y0, x1, y1 = box
     assert (y0, y1) == (0, 10) and abs((x0 + x1) / 2 - 500) <= 1 and (x1 - x0) == 13
+
+
+def test_geometry_describes_the_crop():
+    # crop of a horizontal gradient: the crop's left/right pixel values must come from x0 / x1 (or mirrored)
+    w, h = 200, 100
+    grad = np.tile(np.linspace(0, 255, w, dtype=np.float64)[None, :, None], (h, 1, 3)).astype(np.uint8)
+    cfg = MultiCropConfig(global_size=40, local_size=16, n_local=0, jitter_p=0, gray_p=0, blur_p=(0, 0, 0),
+                          solarize_p=0)
+    for pos in range(10):
+        crops, geom = multi_crop(Image.fromarray(grad), cfg, rng_for(0, 0, pos))
+        x0, _, x1, _, fl = geom[0].tolist()
+        pix = crops[0][0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # (S, S) red channel back in [0, 1]
+        left, right = float(pix[:, 0].mean()) * 255, float(pix[:, -1].mean()) * 255
+        if fl:
+            left, right = right, left
+        step = 255 / (w - 1)
+        assert abs(left - x0 * step) < 8 and abs(right - x1 * step) < 8
 
 
 def test_hue_shift_full_turn_is_identity():

@@ -129,3 +129,61 @@ def test_entropy_diagnostics():
     collapsed[:, 0] = 100.0
     per, batch = dino.output_entropy(collapsed, 0.1)
     assert per < 1e-3 and batch < 1e-3
+
+
+def test_patch_correspondence_by_hand():
+    # student box (0,0)-(8,8), 2x2 grid -> centres (2,2) (6,2) (2,6) (6,6); teacher box (4,0)-(12,8), 2x2 grid
+    gs = torch.tensor([[0.0, 0.0, 8.0, 8.0, 0.0]])
+    gt = torch.tensor([[4.0, 0.0, 12.0, 8.0, 0.0]])
+    idx, valid = dino.patch_correspondence(gs, gt, 2, 2)
+    assert valid.tolist() == [[False, True, False, True]]
+    assert idx[0, 1] == 0 and idx[0, 3] == 2  # (6,2) -> teacher u=0.25 -> column 0, row 0
+    # a flipped teacher mirrors columns
+    idx_f, _ = dino.patch_correspondence(gs, torch.tensor([[4.0, 0.0, 12.0, 8.0, 1.0]]), 2, 2)
+    assert idx_f[0, 1] == 1 and idx_f[0, 3] == 3
+    # identical views map every patch to itself, flipped or not
+    for flip in (0.0, 1.0):
+        g = torch.tensor([[3.0, 5.0, 40.0, 30.0, flip]])
+        idx, valid = dino.patch_correspondence(g, g, 4, 4)
+        assert valid.all() and idx[0].tolist() == list(range(16))
+
+
+def test_dense_loss_matches_a_loop():
+    torch.manual_seed(0)
+    b, k = 2, 6
+    geom = torch.tensor([[[0.0, 0, 8, 8, 0], [4, 0, 12, 8, 1], [2, 2, 6, 6, 0]]] * b)
+    sp = [torch.randn(b, 4, k), torch.randn(b, 4, k), torch.randn(b, 1, k)]
+    tp = [torch.randn(b, 4, k), torch.randn(b, 4, k)]
+    c = torch.randn(1, k) * 0.1
+    got = dino.dense_dino_loss(sp, tp, geom, c, 0.1, 0.05)
+    terms = []
+    for t in range(2):
+        for s in range(3):
+            if s == t:
+                continue
+            gs_ = int(round(sp[s].shape[1] ** 0.5))
+            for bi in range(b):
+                x0, y0, x1, y1, fl = geom[bi, s].tolist()
+                tx0, ty0, tx1, ty1, tfl = geom[bi, t].tolist()
+                for r in range(gs_):
+                    for col in range(gs_):
+                        u = (col + 0.5) / gs_
+                        u = 1 - u if fl else u
+                        x, y = x0 + u * (x1 - x0), y0 + (r + 0.5) / gs_ * (y1 - y0)
+                        ut, vt = (x - tx0) / (tx1 - tx0), (y - ty0) / (ty1 - ty0)
+                        ut = 1 - ut if tfl else ut
+                        if not (0 <= ut < 1 and 0 <= vt < 1):
+                            continue
+                        j = int(vt * 2) * 2 + int(ut * 2)
+                        q = torch.softmax((tp[t][bi, j] - c[0]) / 0.05, -1)
+                        terms.append(-(q * torch.log_softmax(sp[s][bi, r * gs_ + col] / 0.1, -1)).sum())
+    assert float(got) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+
+
+def test_multicrop_net_with_patch_head(tiny_vit):
+    from vlens.models import load
+
+    net = dino.MultiCropNet(load(str(tiny_vit), "backbone").model, dino.DINOHead(32, 10, 16, 8),
+                            dino.DINOHead(32, 12, 16, 8, n_layers=2))
+    logits, patches = net([torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)])
+    assert logits.shape == (6, 10) and [tuple(p.shape) for p in patches] == [(2, 16, 12)] * 2 + [(2, 4, 12)]

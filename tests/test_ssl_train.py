@@ -50,8 +50,9 @@ def test_train_writes_a_loadable_backbone(tmp_path, shapes_dir):
 
 def test_resume_is_exact(tmp_path, shapes_dir):
     images = shapes_dir / "images"
-    train(tiny_config(tmp_path / "full", images), log=lambda _m: None)
-    part = train(tiny_config(tmp_path / "part", images, stop_after=3, checkpoint_every=1), log=lambda _m: None)
+    train(tiny_config(tmp_path / "full", images, dense_weight=0.5, patch_out_dim=8), log=lambda _m: None)
+    part = train(tiny_config(tmp_path / "part", images, stop_after=3, checkpoint_every=1, dense_weight=0.5,
+                             patch_out_dim=8), log=lambda _m: None)
     assert part["steps"] == 3 and not part["finished"] and not (tmp_path / "part" / "backbone").exists()
     # resume takes the settings from the checkpoint; only out/resume/stop_after come from the call
     done = train(DINOConfig(out=str(tmp_path / "part"), resume=True), log=lambda _m: None)
@@ -60,7 +61,8 @@ def test_resume_is_exact(tmp_path, shapes_dir):
     for key in ("student", "teacher"):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
-    assert torch.equal(a["center"], b["center"])
+    assert torch.equal(a["center"], b["center"]) and torch.equal(a["center_patch"], b["center_patch"])
+    assert "loss_dense" in a["history"][-1]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
@@ -96,3 +98,39 @@ def test_cli_train_and_errors(tmp_path, shapes_dir, cli):
 def test_help_teaches(cli):
     code, out, _ = cli("ssl", "train", "--help")
     assert code == 0 and "--momentum-teacher" in out and "--resume" in out and "collapse" in out
+
+
+@pytest.mark.slow
+def test_kill_and_resume(tmp_path, shapes_dir):
+    """SIGKILL a real training process after its first checkpoints, resume it, and get the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--images", str(shapes_dir / "images"), "--preset", "test-vit", "--epochs", "12", "--warmup-epochs", "1",
+            "--batch-size", "2", "--samples-per-epoch", "4", "--global-size", "32", "--local-size", "16",
+            "--n-local", "1", "--out-dim", "16", "--max-side", "64", "--checkpoint-every", "2", "--threads", "1"]
+    env = {**os.environ, "VLENS_PROGRESS": "0"}
+    base = [sys.executable, "-m", "vlens.cli.main", "ssl", "train"]
+    subprocess.run([*base, "--out", str(tmp_path / "full"), *args], env=env, check=True, capture_output=True,
+                   timeout=300)
+    proc = subprocess.Popen([*base, "--out", str(tmp_path / "killed"), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 24, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "backbone").exists()
+    subprocess.run([*base, "--out", str(tmp_path / "killed"), "--resume", "--threads", "1"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    a, b = _state(tmp_path / "full"), _state(tmp_path / "killed")
+    assert b["step"] == a["step"] == 24
+    for k in a["teacher"]:
+        assert torch.equal(a["teacher"][k], b["teacher"][k]), k
+    assert (tmp_path / "killed" / "backbone" / "model.safetensors").is_file()

@@ -45,6 +45,9 @@ def train_cmd(
     clip_grad: float = typer.Option(3.0, help="Max gradient norm (0 = no clipping)."),
     freeze_last_layer: int = typer.Option(1, help="Epochs with the head's last layer frozen (avoids early collapse)."),
     out_dim: int = typer.Option(1024, help="Head outputs (prototypes). Small data: 512-4096."),
+    dense_weight: float = typer.Option(0.0, help="Weight of the dense DINO term on patches that show the same image "
+                                       "point in two views (0 = plain DINO). 1.0 helps dense matching."),
+    patch_out_dim: int = typer.Option(256, help="Prototypes of the patch head (with --dense-weight > 0)."),
     global_size: int = typer.Option(96, help="Global crop side in px (the teacher's input)."),
     local_size: int = typer.Option(48, help="Local crop side in px."),
     n_local: int = typer.Option(6, help="Local crops per image (0 = two global views only)."),
@@ -95,6 +98,8 @@ def train_cmd(
         else:
             setattr(cfg, name, value)
     metrics = train(cfg, log=lambda m: typer.echo(m, err=json_out))
+    if not metrics.get("main_process", True):
+        return  # under torchrun / accelerate launch only the first process reports
     if json_out:
         echo_json(metrics)
     else:

@@ -108,12 +108,13 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
 
 
 def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float, solarize_p: float,
-         rng: np.random.Generator) -> torch.Tensor:
-    """One augmented, normalised crop (3, size, size). PIL does the pixel work: on small crops its C loops are
-    ~100x faster than launching torch ops."""
+         rng: np.random.Generator) -> tuple[torch.Tensor, tuple[float, float, float, float, float]]:
+    """One augmented, normalised crop (3, size, size) and its geometry ``(x0, y0, x1, y1, flipped)`` in image
+    pixels. PIL does the pixel work: on small crops its C loops are ~100x faster than launching torch ops."""
     box = random_resized_box(img.width, img.height, scale, cfg.ratio, rng)
     crop = img.resize((size, size), Image.BICUBIC, box=box)
-    if rng.random() < cfg.flip_p:
+    flipped = rng.random() < cfg.flip_p
+    if flipped:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     if rng.random() < cfg.jitter_p:
         crop = color_jitter(crop, rng)
@@ -125,18 +126,21 @@ def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float
     if rng.random() < solarize_p:
         crop = ImageOps.solarize(crop, 128)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-    return normalize(x).contiguous()
+    return normalize(x).contiguous(), (*map(float, box), float(flipped))
 
 
-def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator) -> list[torch.Tensor]:
-    """2 global crops then ``n_local`` local crops, each (3, S, S), from one RGB image."""
+def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """2 global crops then ``n_local`` local crops, each (3, S, S), from one RGB image, plus their geometry
+    (V, 5): crop box ``x0, y0, x1, y1`` in image pixels and a horizontal-flip flag."""
     g1, g2, loc = cfg.blur_p
-    out = [view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng),
-           view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)]
-    out += [view(img, cfg.local_size, cfg.local_scale, cfg, loc, 0.0, rng) for _ in range(cfg.n_local)]
-    return out
+    views = [view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng),
+             view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)]
+    views += [view(img, cfg.local_size, cfg.local_scale, cfg, loc, 0.0, rng) for _ in range(cfg.n_local)]
+    return [v[0] for v in views], torch.tensor([v[1] for v in views], dtype=torch.float32)
 
 
-def collate_crops(samples: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    """B samples of V crops -> V tensors of (B, 3, S_v, S_v)."""
-    return [torch.stack([s[v] for s in samples]) for v in range(len(samples[0]))]
+def collate_crops(samples: list[tuple[list[torch.Tensor], torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """B samples of (V crops, geometry) -> (V tensors of (B, 3, S_v, S_v), geometry (B, V, 5))."""
+    crops = [torch.stack([s[0][v] for s in samples]) for v in range(len(samples[0][0]))]
+    return crops, torch.stack([s[1] for s in samples])

@@ -60,11 +60,10 @@ class DINOHead(nn.Module):
         return self.last_layer(x)  # (N, out_dim)
 
 
-def backbone_cls(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The [CLS] token of the last layer (after the final layer norm) of an HF ViT / DINOv2 model: (B, D)."""
+def backbone_tokens(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """All last-layer tokens (after the final layer norm) of an HF ViT / DINOv2 model: (B, 1 + h*w, D)."""
     kw = {"interpolate_pos_encoding": True} if backbone.config.model_type == "vit" else {}
-    out = backbone(pixel_values=pixel_values, **kw)
-    return out.last_hidden_state[:, 0]  # (B, 1 + h*w, D) -> (B, D)
+    return backbone(pixel_values=pixel_values, **kw).last_hidden_state
 
 
 class MultiCropNet(nn.Module):
@@ -72,24 +71,82 @@ class MultiCropNet(nn.Module):
     (one forward per distinct size); the head sees all [CLS] vectors in one batch.
 
     ``forward(crops)`` with ``crops`` a list of (B, 3, H_i, W_i) tensors returns (len(crops) * B, out_dim),
-    crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``.
+    crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``. With a ``patch_head`` it returns
+    ``(cls_logits, patch_logits)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) for crop ``i``.
     """
 
-    def __init__(self, backbone: nn.Module, head: DINOHead):
+    def __init__(self, backbone: nn.Module, head: DINOHead, patch_head: DINOHead | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.patch_head = patch_head
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        feats, i = [], 0
+    def forward(self, crops: list[torch.Tensor]):
+        cls, patches, i = [], [], 0
+        n_prefix = 1 + int(getattr(self.backbone.config, "num_register_tokens", 0) or 0)
         while i < len(crops):
             j = i
             while j < len(crops) and crops[j].shape[-2:] == crops[i].shape[-2:]:
                 j += 1
-            batch = torch.cat(crops[i:j])  # ((j-i)*B, 3, H, W)
-            feats.append(backbone_cls(self.backbone, batch))
+            b = crops[i].shape[0]
+            tokens = backbone_tokens(self.backbone, torch.cat(crops[i:j]))  # ((j-i)*B, prefix + h*w, D)
+            cls.append(tokens[:, 0])
+            if self.patch_head is not None:
+                out = self.patch_head(tokens[:, n_prefix:])  # ((j-i)*B, h*w, K_p)
+                patches += list(out.split(b))  # j-i tensors of (B, h*w, K_p)
             i = j
-        return self.head(torch.cat(feats))  # (n_crops*B, out_dim)
+        logits = self.head(torch.cat(cls))  # (n_crops*B, out_dim)
+        return (logits, patches) if self.patch_head is not None else logits
+
+
+def patch_correspondence(geom_s: torch.Tensor, geom_t: torch.Tensor, grid_s: int, grid_t: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every patch centre of student view s, the index of the teacher-view patch that covers the same
+    image point, and whether that point lies inside the teacher view at all.
+
+    ``geom_*``: (B, 5) crop boxes ``x0, y0, x1, y1`` in image pixels and a flip flag; square grids of
+    ``grid_s`` / ``grid_t`` patches. Returns ``idx`` (B, grid_s**2) into the teacher's row-major patches and
+    ``valid`` (B, grid_s**2).
+    """
+    c = (torch.arange(grid_s, dtype=torch.float32, device=geom_s.device) + 0.5) / grid_s  # (g,)
+    v, u = torch.meshgrid(c, c, indexing="ij")  # (g, g) row = y, column = x
+    u, v = u.reshape(1, -1), v.reshape(1, -1)  # (1, g*g)
+    x0, y0, x1, y1, fl = (geom_s[:, k:k + 1] for k in range(5))  # each (B, 1)
+    u = torch.where(fl > 0.5, 1 - u, u)  # a flipped crop shows its box mirrored
+    x, y = x0 + u * (x1 - x0), y0 + v * (y1 - y0)  # (B, g*g) image pixels
+    tx0, ty0, tx1, ty1, tfl = (geom_t[:, k:k + 1] for k in range(5))
+    ut, vt = (x - tx0) / (tx1 - tx0), (y - ty0) / (ty1 - ty0)  # (B, g*g) in teacher-box units
+    ut = torch.where(tfl > 0.5, 1 - ut, ut)
+    valid = (ut >= 0) & (ut < 1) & (vt >= 0) & (vt < 1)
+    col = (ut.clamp(0, 1 - 1e-6) * grid_t).long()
+    row = (vt.clamp(0, 1 - 1e-6) * grid_t).long()
+    return row * grid_t + col, valid
+
+
+def dense_dino_loss(student_patches: list[torch.Tensor], teacher_patches: list[torch.Tensor], geom: torch.Tensor,
+                    center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """DINO's cross-entropy between patches that show the same image point in two views.
+
+    ``student_patches[v]``: (B, g_v**2, K) for every view; ``teacher_patches[t]``: (B, g_t**2, K) for the global
+    views; ``geom``: (B, V, 5) crop geometry; ``center``: (1, K). For each (teacher view t, student view s != t),
+    each student patch is paired with the teacher patch covering its centre; pairs outside the teacher view are
+    ignored. Returns the mean over all valid pairs (0 if there are none).
+    """
+    total = student_patches[0].new_zeros(())
+    count = 0
+    for t, tp in enumerate(teacher_patches):
+        q_all = F.softmax((tp - center) / teacher_temp, dim=-1).detach()  # (B, g_t^2, K)
+        g_t = int(round(tp.shape[1] ** 0.5))
+        for s, sp in enumerate(student_patches):
+            if s == t:
+                continue
+            g_s = int(round(sp.shape[1] ** 0.5))
+            idx, valid = patch_correspondence(geom[:, s], geom[:, t], g_s, g_t)  # (B, g_s^2)
+            q = torch.gather(q_all, 1, idx.unsqueeze(-1).expand(-1, -1, q_all.shape[-1]))  # (B, g_s^2, K)
+            ce = -(q * F.log_softmax(sp / student_temp, dim=-1)).sum(-1)  # (B, g_s^2)
+            total = total + (ce * valid).sum()
+            count += int(valid.sum())
+    return total / max(count, 1)
 
 
 def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor,

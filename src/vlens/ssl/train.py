@@ -68,6 +68,12 @@ class DINOConfig:
     head_bottleneck_dim: int = 128
     head_layers: int = 3
     norm_last_layer: bool = True
+    dense_weight: float = 0.0
+    """Weight of a dense DINO term: the same cross-entropy between *patches* of two views that show the same
+    image point (known from the crop boxes), through a small patch head. 0 = plain DINO on [CLS]. Raise it
+    (e.g. 1.0) when the features are for dense matching or segmentation."""
+    patch_out_dim: int = 256
+    """Prototypes of the patch head (used when dense_weight > 0)."""
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     processor_size: int = 0
     """Input size written into the saved image processor; 0 = the global crop size."""
@@ -227,7 +233,8 @@ def train(cfg: DINOConfig, log=print) -> dict:
             setattr(cfg, k, v)
     _validate(cfg)
 
-    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
+    # accelerate only sets up DDP on CPUs (gloo) when told cpu=True; without a GPU that is what we want
+    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)  # identical initial weights on every process
     paths = _resolve_images(cfg.images)
@@ -240,7 +247,11 @@ def train(cfg: DINOConfig, log=print) -> dict:
     backbone = build_backbone(cfg.preset, cfg.crops.global_size)
     head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                          cfg.head_layers, cfg.norm_last_layer)
-    student = dino.MultiCropNet(backbone, head)
+    patch_head = None
+    if cfg.dense_weight > 0:
+        d = backbone.config.hidden_size
+        patch_head = dino.DINOHead(d, cfg.patch_out_dim, hidden_dim=2 * d, bottleneck_dim=64, n_layers=2)
+    student = dino.MultiCropNet(backbone, head, patch_head)
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay))
@@ -251,17 +262,20 @@ def train(cfg: DINOConfig, log=print) -> dict:
     tt_s = dino.teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs,
                                       cfg.epochs, spe)
     center = torch.zeros(1, cfg.out_dim)
+    center_p = torch.zeros(1, cfg.patch_out_dim)
     start, history, elapsed = 0, [], 0.0
     if ckpt is not None:
         student.load_state_dict(ckpt["student"])
         teacher.load_state_dict(ckpt["teacher"])
         optimizer.load_state_dict(ckpt["optimizer"])
         center = ckpt["center"]
+        center_p = ckpt.get("center_patch", center_p)
         start, history, elapsed = ckpt["step"], ckpt["history"], ckpt.get("elapsed_s", 0.0)
         log(f"resumed from {ckpt_path} at step {start}/{total}")
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     center = center.to(accelerator.device)
+    center_p = center_p.to(accelerator.device)
     raw_student = accelerator.unwrap_model(student)
 
     end = total if not cfg.stop_after else min(total, start + cfg.stop_after)
@@ -285,23 +299,34 @@ def train(cfg: DINOConfig, log=print) -> dict:
     def checkpoint(step_done: int):
         if accelerator.is_main_process:
             save_checkpoint(ckpt_path, student=raw_student.state_dict(), teacher=teacher.state_dict(),
-                            optimizer=optimizer.state_dict(), center=center.cpu(), step=step_done,
+                            optimizer=optimizer.state_dict(), center=center.cpu(), center_patch=center_p.cpu(),
+                            step=step_done,
                             history=history, config=asdict(cfg), elapsed_s=elapsed + time.time() - t0)
             _write_log(out, history)
         accelerator.wait_for_everyone()
 
-    for crops in loader:
+    for crops, geom in loader:
         crops = [c.to(accelerator.device, non_blocking=True) for c in crops]
+        geom = geom.to(accelerator.device)  # (B, V, 5) crop boxes, for the dense term
         epoch = step // spe
         for i, group in enumerate(optimizer.param_groups):
             group["lr"] = lr_s[step]
             if i == 0:
                 group["weight_decay"] = wd_s[step]
         with accelerator.autocast():
-            s_out = student(crops).float()  # (V*B, K)
+            s_out, t_out, s_patch, t_patch = student(crops), None, None, None
             with torch.no_grad():
-                t_out = teacher(crops[:2]).float()  # (2*B, K)
-            loss = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
+                t_out = teacher(crops[:2])
+            if patch_head is not None:
+                (s_out, s_patch), (t_out, t_patch) = s_out, t_out
+            s_out, t_out = s_out.float(), t_out.float()  # (V*B, K), (2*B, K)
+            loss_cls = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
+            loss = loss_cls
+            if patch_head is not None:
+                s_patch, t_patch = [p.float() for p in s_patch], [p.float() for p in t_patch]
+                loss_dense = dino.dense_dino_loss(s_patch, t_patch, geom, center_p, cfg.student_temp,
+                                                  float(tt_s[step]))
+                loss = loss_cls + cfg.dense_weight * loss_dense
         if not torch.isfinite(loss):
             raise ConfigError(f"DINO loss is {loss.item()} at step {step}; lower --lr or raise --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
@@ -313,6 +338,11 @@ def train(cfg: DINOConfig, log=print) -> dict:
         dino.ema_update(teacher, raw_student, float(mom_s[step]))
         ent, batch_ent = dino.output_entropy(t_out, float(tt_s[step]), center)
         center = dino.update_center(center, t_out, cfg.center_momentum)
+        extra = {}
+        if patch_head is not None:
+            center_p = dino.update_center(center_p, torch.cat(t_patch).flatten(0, 1), cfg.center_momentum)
+            extra = {"loss_cls": round(accelerator.reduce(loss_cls.detach(), reduction="mean").item(), 5),
+                     "loss_dense": round(accelerator.reduce(loss_dense.detach(), reduction="mean").item(), 5)}
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         step += 1
         history.append({"step": step, "epoch": round(step / spe, 4), "loss": round(mean_loss, 5),
@@ -320,7 +350,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
                         "momentum": float(mom_s[step - 1]), "teacher_temp": float(tt_s[step - 1]),
                         "teacher_entropy": round(ent, 4), "teacher_batch_entropy": round(batch_ent, 4),
                         "grad_norm": None if grad_norm is None else round(float(grad_norm), 4),
-                        "time_s": round(elapsed + time.time() - t0, 2)})
+                        "time_s": round(elapsed + time.time() - t0, 2), **extra})
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", ep=epoch)
         if step % cfg.checkpoint_every == 0 or step == end:
@@ -336,7 +366,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
                "final_loss": history[-1]["loss"] if history else None,
                "wall_time_s": round(wall, 1),
                "images_per_s": round(step * cfg.batch_size * world / max(wall, 1e-9), 2),
-               "rank_checksums": sums, "ranks_in_sync": in_sync}
+               "rank_checksums": sums, "ranks_in_sync": in_sync, "main_process": accelerator.is_main_process}
     if not in_sync:
         raise RuntimeError(f"DDP processes diverged: parameter checksums {sums}")
     if accelerator.is_main_process:
@@ -385,7 +415,11 @@ def _loss_curve(out: Path, history: list[dict]) -> None:
     pyplot = plt()
     fig, ax = pyplot.subplots(1, 2, figsize=(9, 3.2))
     steps = [h["step"] for h in history]
-    ax[0].plot(steps, [h["loss"] for h in history], lw=0.8)
+    ax[0].plot(steps, [h["loss"] for h in history], lw=0.8, label="total")
+    if "loss_dense" in history[-1]:
+        ax[0].plot(steps, [h.get("loss_cls") for h in history], lw=0.8, label="[CLS] term")
+        ax[0].plot(steps, [h.get("loss_dense") for h in history], lw=0.8, label="dense term")
+        ax[0].legend(fontsize=7)
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("DINO loss")
     ax[1].plot(steps, [h["teacher_entropy"] for h in history], lw=0.8, label="per-sample")
