@@ -86,6 +86,19 @@ def test_clip(vocab_size: int = 1000, eos_token_id: int = 3, pad_token_id: int =
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
 
 
+def clip_tiny(vocab_size: int = 1000, eos_token_id: int = 3, pad_token_id: int = 0, bos_token_id: int = 2,
+              image_size: int = 64, patch_size: int = 8, width: int = 128, layers: int = 4):
+    """The ``builtin:clip-tiny`` shape: ViT 64 px / patch 8 and a text transformer, 128 wide, 4 layers each."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
+                intermediate_size=4 * width, max_position_embeddings=32, eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id, bos_token_id=bos_token_id)
+    vision = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * width,
+                  image_size=image_size, patch_size=patch_size)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
+
+
 PRESETS = {
     "test-vit": test_vit,
     "test-dinov2": test_dinov2,
@@ -95,6 +108,7 @@ PRESETS = {
     "test-blip": test_blip,
     "blip-tiny": blip_tiny,
     "test-clip": test_clip,
+    "clip-tiny": clip_tiny,
 }
 
 
