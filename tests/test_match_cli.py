@@ -45,6 +45,7 @@ def test_match_cli_bad_input(cli, tiny_vit, two_images, tmp_path):
     assert code == 1 and "no such file" in err
 
 
+@pytest.mark.slow
 def test_bench_crops_cli(cli, tiny_vit, two_images, tmp_path):
     code, stdout, err = cli("bench", "crops", "--model", tiny_vit, "--images", two_images, "--crops", "1",
                             "--scenario", "large", "--scenario", "geometric", "--source-side", "64",

@@ -90,6 +90,7 @@ def test_crops_are_fixed_by_seed_and_stay_inside():
         assert (corners[:, 1] <= size[1] + 1e-3).all()
 
 
+@pytest.mark.slow
 def test_benchmark_with_tiny_model_and_outputs(tiny_vit, tmp_path):
     imgs = [_noise(96, 64, 0), _noise(64, 64, 1)]
     res = run_crop_benchmark(str(tiny_vit), imgs, crops_per_image=1, source_side=64, crop_side=32)

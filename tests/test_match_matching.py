@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlens.errors import ConfigError
-from vlens.match.matching import Matches, match_descriptors, nearest_neighbors
+from vlens.match.matching import Matches, match_descriptors, nearest_neighbors, nearest_neighbors_both
 
 
 def brute_force(a: np.ndarray, b: np.ndarray):
@@ -20,7 +20,7 @@ def brute_force(a: np.ndarray, b: np.ndarray):
     return np.array(idx), np.array(dist)
 
 
-@pytest.mark.parametrize("tile_bytes", [64 * 2**20, 8 * 1024, 512])  # one tile / many row blocks / row+col blocks
+@pytest.mark.parametrize("tile_bytes", [64 * 2**20, 64 * 1024, 16 * 1024])  # one tile / 2x9 tiles / 2x33 tiles
 def test_nearest_neighbors_equals_brute_force(tile_bytes):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 24, generator=g, dtype=torch.float64)
@@ -29,6 +29,11 @@ def test_nearest_neighbors_equals_brute_force(tile_bytes):
     ref_idx, ref_dist = brute_force(a.numpy(), b.numpy())
     assert idx.tolist() == ref_idx.tolist()
     np.testing.assert_allclose(dist.numpy(), ref_dist, rtol=1e-12, atol=1e-12)
+    ab_i, ab_d, ba_i, ba_d = nearest_neighbors_both(a, b, tile_bytes=tile_bytes)  # one pass, both directions
+    ref_ba_i, ref_ba_d = brute_force(b.numpy(), a.numpy())
+    assert ab_i.tolist() == ref_idx.tolist() and ba_i.tolist() == ref_ba_i.tolist()
+    np.testing.assert_allclose(ab_d.numpy(), ref_dist, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ba_d.numpy(), ref_ba_d, rtol=1e-12, atol=1e-12)
 
 
 def test_nearest_neighbors_float32_and_exact_duplicates():

@@ -98,6 +98,7 @@ def test_bad_masks_and_missing_classes():
         segment(img, [(img, mask)], "pixels", target_mask=mask[:32])
 
 
+@pytest.mark.slow
 def test_label_transfer_beats_majority_baseline_on_shapes(shapes_dir):
     base = run_segment_benchmark("majority", shapes_dir, refs=20, targets=12)
     pix = run_segment_benchmark("pixels", shapes_dir, refs=20, targets=12)
@@ -106,6 +107,7 @@ def test_label_transfer_beats_majority_baseline_on_shapes(shapes_dir):
     assert base.per_class_iou["circle"] == 0.0
 
 
+@pytest.mark.slow
 def test_segment_cli(cli, shapes_dir, tiny_vit, tmp_path):
     from vlens.data import load_dataset
 
@@ -126,6 +128,7 @@ def test_segment_cli(cli, shapes_dir, tiny_vit, tmp_path):
     assert code == 0 and (tmp_path / "parts.png").exists(), err
 
 
+@pytest.mark.slow
 def test_bench_segment_cli(cli, shapes_dir, tiny_vit, tmp_path):
     code, out, err = cli("bench", "segment", "--model", tiny_vit, "--data", shapes_dir, "--refs", "8",
                          "--targets", "4", "--size", "64", "--out", tmp_path / "b", "--json")

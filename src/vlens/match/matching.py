@@ -1,9 +1,10 @@
 """Nearest-neighbour matching between two sets of patch descriptors, with feature and cycle distances.
 
 Everything is blocked: distances are computed for a tile of ``rows x cols`` pairs at a time (via
-``|a|^2 - 2 a.b + |b|^2``, one matmul per tile) and reduced to a running minimum, so peak extra memory is
-``tile_bytes`` (default 64 MiB) whatever the number of patches, instead of the full ``N x M`` matrix. There is no
-Python loop over patches: the loops run over tiles.
+``|a|^2 - 2 a.b + |b|^2``, one matmul per tile, shared by both directions) and reduced to running minima, so the
+extra memory is one tile of at most ``tile_bytes`` (default 64 MiB) plus O(n + m) vectors, whatever the number
+of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k). There is no Python loop over patches:
+the loops run over tiles.
 
 Cycle distance of a patch ``c`` in image A: ``c -> NN in B -> NN back in A`` lands on a patch ``c'``; the cycle
 distance is ``|xy(c) - xy(c')|`` in A's pixels (0 for mutual nearest neighbours). Scores are negated distances:
@@ -22,6 +23,56 @@ SCORES = ("cycle", "feature")
 TILE_BYTES = 64 * 2**20
 
 
+def _check(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ConfigError(f"descriptor shapes do not match: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        raise ConfigError("cannot match an empty set of descriptors")
+
+
+def _tiles(n: int, m: int, elem: int, tile_bytes: int) -> tuple[int, int]:
+    """Tile shape (rows, cols) whose distance block takes at most ``tile_bytes``."""
+    cols = min(m, max(1, tile_bytes // (elem * 256)))  # column blocks keep the tile bounded even for huge m
+    rows = min(n, max(1, tile_bytes // (elem * cols)))
+    return rows, cols
+
+
+def _exact(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, rows: int) -> torch.Tensor:
+    """|a_i - b_idx[i]| computed directly (the expanded form loses precision near zero): (n,)."""
+    return torch.cat([(a[r:r + rows] - b[idx[r:r + rows]]).norm(dim=1) for r in range(0, a.shape[0], rows)])
+
+
+def nearest_neighbors_both(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_BYTES
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest neighbours both ways from ONE pass over the distance matrix.
+
+    Returns ``(nn_ab (n,), dist_ab (n,), nn_ba (m,), dist_ba (m,))`` for a (n, d) and b (m, d). Each tile of
+    squared distances ``|a|^2 + |b|^2 - 2 a.b`` (one matmul) is reduced along its rows (A -> B) and its
+    columns (B -> A), so the matmul is shared by both directions. Ties go to the lowest index.
+    """
+    _check(a, b)
+    n, m = a.shape[0], b.shape[0]
+    rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
+    a_sq, b_sq = (a * a).sum(1), (b * b).sum(1)  # (n,), (m,)
+    inf = torch.tensor(float("inf"), dtype=a.dtype)
+    ab_d, ab_i = torch.full((n,), inf.item(), dtype=a.dtype), torch.zeros(n, dtype=torch.long)
+    ba_d, ba_i = torch.full((m,), inf.item(), dtype=a.dtype), torch.zeros(m, dtype=torch.long)
+    for r0 in range(0, n, rows):
+        ar = a[r0:r0 + rows]  # (r, d)
+        for c0 in range(0, m, cols):
+            d2 = torch.addmm(b_sq[c0:c0 + cols], ar, b[c0:c0 + cols].T, alpha=-2.0)  # (r, c) = |b|^2 - 2ab
+            d2.add_(a_sq[r0:r0 + rows, None])  # (r, c) squared distances
+            rv, ri = d2.min(1)  # (r,) best column of each row in this tile
+            better = rv < ab_d[r0:r0 + rows]  # strict: earlier tiles win ties
+            ab_d[r0:r0 + rows] = torch.where(better, rv, ab_d[r0:r0 + rows])
+            ab_i[r0:r0 + rows] = torch.where(better, ri + c0, ab_i[r0:r0 + rows])
+            cv, ci = d2.min(0)  # (c,) best row of each column in this tile
+            better = cv < ba_d[c0:c0 + cols]
+            ba_d[c0:c0 + cols] = torch.where(better, cv, ba_d[c0:c0 + cols])
+            ba_i[c0:c0 + cols] = torch.where(better, ci + r0, ba_i[c0:c0 + cols])
+    return ab_i, _exact(a, b, ab_i, rows), ba_i, _exact(b, a, ba_i, rows)
+
+
 def nearest_neighbors(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_BYTES
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``a`` (n, d), the index of its nearest row of ``b`` (m, d) and the Euclidean distance.
@@ -29,33 +80,23 @@ def nearest_neighbors(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_B
     Returns ``(index (n,) int64, distance (n,))``. Ties go to the lowest index. Memory: one tile of at most
     ``tile_bytes`` of distances at a time.
     """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ConfigError(f"descriptor shapes do not match: {tuple(a.shape)} vs {tuple(b.shape)}")
+    _check(a, b)
     n, m = a.shape[0], b.shape[0]
-    if n == 0 or m == 0:
-        raise ConfigError("cannot match an empty set of descriptors")
-    elem = a.element_size()
-    cols = min(m, max(1, tile_bytes // (elem * 256)))  # column block: keeps the tile bounded even for huge m
-    rows = min(n, max(1, tile_bytes // (elem * cols)))
-    b_sq = (b * b).sum(1)  # (m,)
-    best_d = torch.empty(n, dtype=a.dtype)
+    rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
+    b_sq = (b * b).sum(1)  # (m,); |a|^2 is constant along a row, so it does not change the arg-min
     best_i = torch.empty(n, dtype=torch.long)
     for r0 in range(0, n, rows):
         ar = a[r0:r0 + rows]  # (r, d)
-        a_sq = (ar * ar).sum(1, keepdim=True)  # (r, 1)
         run_d = torch.full((ar.shape[0],), float("inf"), dtype=a.dtype)
         run_i = torch.zeros(ar.shape[0], dtype=torch.long)
         for c0 in range(0, m, cols):
-            bc = b[c0:c0 + cols]  # (c, d)
-            d2 = torch.addmm(a_sq + b_sq[c0:c0 + cols], ar, bc.T, alpha=-2.0)  # (r, c) squared distances
+            d2 = torch.addmm(b_sq[c0:c0 + cols], ar, b[c0:c0 + cols].T, alpha=-2.0)  # (r, c) = |b|^2 - 2ab
             tile_d, tile_i = d2.min(1)  # (r,), (r,)
-            better = tile_d < run_d  # strict: earlier blocks win ties
+            better = tile_d < run_d
             run_d = torch.where(better, tile_d, run_d)
             run_i = torch.where(better, tile_i + c0, run_i)
         best_i[r0:r0 + rows] = run_i
-        # exact distance of the chosen pair (the expanded form loses precision near zero)
-        best_d[r0:r0 + rows] = (ar - b[run_i]).norm(dim=1)
-    return best_i, best_d
+    return best_i, _exact(a, b, best_i, rows)
 
 
 @dataclass(frozen=True)
@@ -122,8 +163,7 @@ def match_descriptors(desc_a: torch.Tensor, desc_b: torch.Tensor, xy_a: torch.Te
 
     Both directions are computed (A->B for the matches, B->A for the cycle); memory stays within one tile.
     """
-    nn_ab, dist_ab = nearest_neighbors(desc_a, desc_b, tile_bytes)  # (n,), (n,)
-    nn_ba, _ = nearest_neighbors(desc_b, desc_a, tile_bytes)  # (m,)
+    nn_ab, dist_ab, nn_ba, _ = nearest_neighbors_both(desc_a, desc_b, tile_bytes)  # (n,), (n,), (m,)
     back = nn_ba[nn_ab]  # (n,) where each A patch lands after A -> B -> A
     cycle = (xy_a - xy_a[back]).norm(dim=1)  # (n,) in A's pixels
     src_index = torch.arange(desc_a.shape[0])

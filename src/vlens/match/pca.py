@@ -63,14 +63,15 @@ def fit_pca(x: torch.Tensor, k: int) -> PCABasis:
     n, d = x.shape
     if not 1 <= k <= d:
         raise ConfigError(f"PCA needs 1 <= k <= {d} (the descriptor size), got k={k}")
-    xd = x.double()
-    mean = xd.mean(0)  # (d,)
-    xc = xd - mean  # (n, d)
-    cov = xc.T @ xc / max(n - 1, 1)  # (d, d)
+    # the (n, d) work stays in the input's precision (float32 for real descriptors); the small (d, d)
+    # eigenproblem runs in float64
+    mean = x.mean(0)  # (d,)
+    xc = x - mean  # (n, d)
+    cov = (xc.T @ xc).double() / max(n - 1, 1)  # (d, d)
     total = torch.diagonal(cov).sum().clamp_min(1e-12)  # joint variance
     with single_thread():
         if k + 10 < d // 4:
-            evals, evecs = _top_eigh(cov, k)
+            evals, evecs = _top_eigh(cov, k, tol=1e-11 if x.dtype == torch.float64 else 1e-6)
         else:
             evals, evecs = torch.linalg.eigh(cov)  # ascending
     order = torch.argsort(evals, descending=True)[:k]
@@ -79,7 +80,7 @@ def fit_pca(x: torch.Tensor, k: int) -> PCABasis:
     flip = torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))  # (1, k)
     comps = comps * torch.where(flip == 0, torch.ones_like(flip), flip)
     explained = evals[order].clamp_min(0) / total
-    return PCABasis(mean.to(x.dtype), comps.to(x.dtype), explained.to(x.dtype))
+    return PCABasis(mean, comps.to(x.dtype), explained.to(x.dtype))
 
 
 def joint_pca(*sets: torch.Tensor, k: int | None = 10, normalize: bool = True) -> list[torch.Tensor]:

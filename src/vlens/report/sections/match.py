@@ -1,0 +1,113 @@
+"""Report section: dense correspondences (crop benchmark, match pictures), label-transfer segmentation, parts."""
+
+from __future__ import annotations
+
+from vlens.report.section import LabContext, Section, fmt
+
+
+def _stereo_pair():
+    from PIL import Image
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    return Image.fromarray(left), Image.fromarray(right)
+
+
+def section(ctx: LabContext) -> Section:
+    from vlens.data.photos import MATCHING_PHOTOS, photo_paths
+    from vlens.match import draw_matches, match_images
+    from vlens.match.crops import baseline_specs, run_crop_benchmark, table_rows, write_crop_outputs
+    from vlens.match.draw import short_model
+    from vlens.match.segment import SegmentConfig, run_segment_benchmark, segment_examples_figure
+    from vlens.models import DEFAULTS
+    from vlens.report.sections.data import shapes_dataset
+
+    model = DEFAULTS["backbone"]
+    s = Section("Dense correspondences")
+    s.text(f"Patch features of `{model}` (last block, final layer norm) are reduced to 10 components with a PCA "
+           "fitted jointly on both images and matched by nearest neighbour. A match is scored by the negative "
+           "feature distance or by the negative *cycle distance* (patch -> nearest neighbour in the other image -> "
+           "back; 0 px when the two patches are mutual nearest neighbours).")
+
+    # -- crop benchmark
+    photos = photo_paths(MATCHING_PHOTOS[:6] if ctx.quick else MATCHING_PHOTOS)
+    kw = {"crops_per_image": 1, "seed": ctx.seed, "source_side": 320 if ctx.quick else 448}
+    results = [run_crop_benchmark(spec, photos, keep_examples=1 if spec == model else 0, **kw)
+               for spec in [model, *baseline_specs(model)]]
+    paths = write_crop_outputs(results, ctx.work("match-crops"))
+    cfg = results[0].config
+    s.text(f"**Crop benchmark.** {results[0].images} photos, {cfg.crops_per_image} crop per photo and scenario, "
+           "four scenarios of rising difficulty (large crops; small crops; colour jitter + blur + noise; aspect "
+           "change + rotation up to 15 degrees). Each crop patch is matched back into the photo; the crop error "
+           f"is the distance in pixels (photo longer side {cfg.source_side} px) between the matched patch and the "
+           "true location, known exactly from the crop's affine map. Baselines on the same crops: raw-pixel patch "
+           "descriptors and the same architecture with random weights.")
+    headers = ["model", "score", "mean", "median", "mean top10%", "mean top50%", "AUC"]
+    rows = [[r[0], r[1], r[3], r[4], r[5], r[7], r[9]] for r in table_rows(results, per_scenario=False)]
+    s.table(headers, [[fmt(v) for v in row] for row in rows],
+            "Crop error (px), averaged over the four scenarios; top q% = the q% best-scored matches of each crop; "
+            "AUC = mean of the error-vs-rank curve (lower: the score puts good matches first)")
+    per = [[r[1], r[2], fmt(r[3]), fmt(r[4]), fmt(r[5]), fmt(r[9])]
+           for r in table_rows(results[:1]) if r[2] != "all (average)"]
+    s.table(["score", "scenario", "mean", "median", "mean top10%", "AUC"], per,
+            f"Per scenario, {short_model(model)}")
+    s.figure(paths["curves"], "Error-vs-rank: mean crop error of the top q% of matches by score; one line per "
+                              "scenario, solid = the model, dashed = raw pixels, dotted = random weights.")
+    s.figure(paths["best_worst"], "Best and worst 10 matches by cycle score for one crop per scenario, coloured "
+                                  "by their true error (green small, red >= 100 px).")
+
+    # -- two real images: the stereo pair
+    left, right = _stereo_pair()
+    m = match_images(left, right, model=model, score="cycle", top=60, size=320 if ctx.quick else 448)
+    pic = ctx.figures / "match_stereo.png"
+    draw_matches(left, right, m, top=None, height=300).save(pic)
+    s.figure(pic, "The 60 best matches by cycle score between the two views of scikit-image's stereo motorcycle "
+                  "(left view left); yellow = best.")
+
+    # -- segmentation by label transfer
+    data = shapes_dataset(ctx, "target")
+    n_ref, n_tgt = (10, 20) if ctx.quick else (20, 40)
+    seg_cfg = SegmentConfig(k=10, size=224)
+    seg = [run_segment_benchmark(spec, data, refs=n_ref, targets=n_tgt, config=seg_cfg,
+                                 keep_examples=4 if spec == model else 0)
+           for spec in [model, "pixels", f"random:{model}", "majority"]]
+    classes = list(seg[0].per_class_iou)
+    s.text(f"**Segmentation by label transfer.** Each patch of a test image takes a vote of its {seg_cfg.k} most "
+           f"similar patches among {n_ref} annotated training images of the shapes dataset (weights "
+           f"exp(cos / {seg_cfg.temperature})), over their class fractions; probabilities are upsampled "
+           f"bilinearly to pixels. Scored on {n_tgt} test images.")
+    s.table(["model", "mIoU", "pixel acc", *classes],
+            [[short_model(r.model), fmt(r.miou, 3), fmt(r.pixel_accuracy, 3),
+              *[fmt(r.per_class_iou[c], 2) for c in classes]] for r in seg],
+            "Label-transfer segmentation (majority = every pixel gets the most common reference class)")
+    s.figure(segment_examples_figure(seg[0], ctx.figures / "match_segment.png"),
+             "Test images, their true masks and the label-transfer prediction.")
+
+    # -- parts and PCA-RGB
+    from vlens.images import load_image
+    from vlens.match.draw import overlay_labels, pca_rgb
+    from vlens.match.segment import PART_PALETTE, discover_parts
+    from vlens.report.plots import image_grid
+
+    imgs = [load_image(p) for p in photo_paths(("chelsea", "astronaut"))]
+    labels, feats = discover_parts(imgs, model, k=5, size=224, seed=ctx.seed)
+    rgb = pca_rgb(feats[0].descriptors, [f.descriptors for f in feats[1:]])
+    cells, titles = [], []
+    from PIL import Image
+
+    for im, lab, col in zip(imgs, labels, rgb):
+        cells += [im, overlay_labels(im, lab, PART_PALETTE),
+                  Image.fromarray((col * 255).astype("uint8")).resize(im.size, Image.NEAREST)]
+        titles += ["photo", "5 parts (joint k-means)", "features: 3 PCA components as RGB"]
+    fig = image_grid(cells, titles, ctx.figures / "match_parts.png", cols=3, cell=2.2)
+    s.figure(fig, "Unsupervised parts: k-means on the joint features of both photos (a colour is the same cluster "
+                  "in both), and the first three PCA components of the features as RGB.")
+
+    s.metrics = {
+        "crops": {short_model(r.model): {score: {k: round(getattr(r.overall(score), k), 2)
+                                                 for k in ("mean", "median", "mean_top10", "mean_top50", "auc")}
+                                         for score in ("feature", "cycle")} for r in results},
+        "segment": {short_model(r.model): {"miou": round(r.miou, 4), "pixel_accuracy": round(r.pixel_accuracy, 4)}
+                    for r in seg},
+    }
+    return s

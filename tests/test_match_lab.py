@@ -1,0 +1,27 @@
+"""The lab report's correspondence section, end to end with a tiny model and two photos."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_match_section(tmp_path, tiny_vit, monkeypatch):
+    import vlens.data.photos
+    import vlens.models
+    from vlens.report.section import LabContext
+    from vlens.report.sections.match import section
+
+    monkeypatch.setitem(vlens.models.DEFAULTS, "backbone", str(tiny_vit))
+    monkeypatch.setattr(vlens.data.photos, "MATCHING_PHOTOS", ("astronaut", "coffee"))
+    s = section(LabContext(out=tmp_path, quick=True))
+    kinds = [b[0] for b in s.blocks]
+    assert kinds.count("table") == 3 and kinds.count("figure") == 5
+    for block in s.blocks:
+        if block[0] == "figure":
+            assert block[1].exists() and block[1].stat().st_size > 1000
+    crops = s.metrics["crops"]
+    assert set(crops) == {tiny_vit.name, "pixels", f"random {tiny_vit.name}"}
+    assert crops["pixels"]["cycle"]["mean"] == crops["pixels"]["feature"]["mean"]  # same matches, two rankings
+    assert set(s.metrics["segment"]) == {tiny_vit.name, "pixels", f"random {tiny_vit.name}", "majority"}
+    assert (tmp_path / "runs" / "match-crops" / "results.json").exists()
