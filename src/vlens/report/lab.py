@@ -18,6 +18,7 @@ from vlens.report.section import LabContext, Section
 # (key, "module:function"), in report order.
 SECTIONS: list[tuple[str, str]] = [
     ("data", "vlens.report.sections.data:section"),
+    ("match", "vlens.report.sections.match:section"),
     ("search", "vlens.report.sections.search:section"),
 ]
 
