@@ -40,7 +40,7 @@ def test_match_cli_bad_input(cli, tiny_vit, two_images, tmp_path):
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (4, 4)).save(tiny)
     code, _, err = cli("match", tiny, two_images / "b.png", "--model", tiny_vit)
-    assert code == 1 and "smaller than one 8 px patch" in err
+    assert code == 1 and "tiny.png: 4x4 pixels is smaller than one 8 px patch" in err
     code, _, err = cli("match", tmp_path / "missing.png", two_images / "b.png", "--model", tiny_vit)
     assert code == 1 and "no such file" in err
 

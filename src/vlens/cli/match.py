@@ -69,8 +69,8 @@ def match_cmd(
     if score not in ("cycle", "feature"):
         raise ConfigError(f"--score must be 'cycle' or 'feature', not '{score}'")
     t0 = time.time()
+    fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size)
     a, b = load_image(image_a), load_image(image_b)
-    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
             typer.echo(f"note: {p.name}: {f.note}", err=True)

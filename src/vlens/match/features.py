@@ -68,12 +68,12 @@ def patch_centers(grid_h: int, grid_w: int, patch: int, sx: float = 1.0, sy: flo
     return torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (h*w, 2)
 
 
-def input_size_for(image_size: tuple[int, int], patch: int, size: int) -> tuple[int, int]:
+def input_size_for(image_size: tuple[int, int], patch: int, size: int, name: str = "image") -> tuple[int, int]:
     """Model input (W_in, H_in): longer side ``size`` rounded to whole patches, aspect ratio kept."""
     w, h = image_size
     if min(w, h) < patch:
-        raise ImageLoadError(f"{w}x{h} image", f"smaller than one {patch} px patch; dense matching needs an image "
-                             f"at least {patch} px on its shorter side")
+        raise ImageLoadError(name, f"{w}x{h} pixels is smaller than one {patch} px patch; dense features need "
+                             f"an image at least {patch} px on its shorter side")
     s = size / max(w, h)
     return max(1, round(w * s / patch)) * patch, max(1, round(h * s / patch)) * patch
 
@@ -209,7 +209,9 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     if bb.is_pixels and facet != "token":
         raise ConfigError("the 'pixels' baseline has no attention facets; use facet 'token'")
     layer_idx = layer if layer < 0 or bb.is_pixels else layer - 1
-    sizes = [input_size_for(im.size, bb.patch_size, size) for im in pils]
+    names = [str(im) if not isinstance(im, Image.Image) else f"image {i + 1} of {len(pils)}"
+             for i, im in enumerate(images)]
+    sizes = [input_size_for(im.size, bb.patch_size, size, n) for im, n in zip(pils, names)]
     results: list[DenseFeatures | None] = [None] * len(pils)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(sizes):
