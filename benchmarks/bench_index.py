@@ -81,7 +81,7 @@ def bench_ann(n: int, d: int, kinds: list[str], n_queries: int, seed: int, threa
             index.add_with_ids(base[i:i + 100_000], ids[i:i + 100_000])
         build_s = time.time() - t0
         faiss.omp_set_num_threads(threads)
-        param, tuned_recall, _ = tune(index, kind, tune_q, tune_truth, cfg.target_recall, own=own)
+        param, _, _ = tune(index, kind, tune_q, tune_truth, cfg.target_recall, own=own)
         ms, found = latencies(index, queries)
         rec = recall_at_k(found, truth)
         extra = f"nlist={index.nlist}, nprobe={param}" if kind == "ivf" else f"M={cfg.hnsw_m}, efSearch={param}"
@@ -127,32 +127,8 @@ def bench_build(n_images: int, model: str, work: Path, seed: int) -> dict:
             "update_vs_rebuild": round(rep.seconds / upd.seconds, 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="collection sizes for the ANN part")
-    ap.add_argument("--kinds", nargs="*", default=["ivf", "hnsw"])
-    ap.add_argument("--kinds-1m", nargs="*", default=None, help="kinds at >= 1M (default: same as --kinds)")
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--images", type=int, default=1000, help="images for the build/update part (0 = skip)")
-    ap.add_argument("--model", default="builtin:clip-tiny")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="FAISS threads for the single-query timings (1: one "
-                    "request per core, as in the server; the build part always uses all cores)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import faiss
-
-    results = {"ann": [], "build": None, "threads": args.threads, "cpus": os.cpu_count(),
-               "load_avg_at_start": os.getloadavg()}
-    for n in args.sizes:
-        kinds = args.kinds_1m if (n >= 1_000_000 and args.kinds_1m is not None) else args.kinds
-        results["ann"] += bench_ann(n, args.dim, kinds, args.queries, args.seed, args.threads)
-    if args.images:
-        with tempfile.TemporaryDirectory() as tmp:
-            results["build"] = bench_build(args.images, args.model, Path(tmp), args.seed)
-    print(f"\n{results['cpus']} CPUs, FAISS threads for queries: {args.threads}, load average at start: "
+def _ann_table(results: dict, threads: int) -> None:
+    print(f"\n{results['cpus']} CPUs, FAISS threads for queries: {threads}, load average at start: "
           f"{results['load_avg_at_start'][0]:.1f}")
     print("\n| vectors | index | build s | settings | recall@10 | p50 ms | p99 ms | p50 speed-up vs exact |")
     print("|---:|---|---:|---|---:|---:|---:|---:|")
@@ -160,6 +136,39 @@ def main() -> None:
     for r in results["ann"]:
         print(f"| {r['n']:,} | {r['kind']} | {r['build_s'] if r['build_s'] is not None else '-'} | {r['param']} | "
               f"{r['recall_at_10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | x{exact[r['n']] / r['p50_ms']:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="collection sizes for the ANN part "
+                    "(none: skip it)")
+    ap.add_argument("--kinds", nargs="*", default=["ivf", "hnsw"])
+    ap.add_argument("--kinds-1m", nargs="*", default=None, help="kinds at >= 1M (default: same as --kinds)")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--images", type=int, default=1000, help="images for the build/update part (0 = skip)")
+    ap.add_argument("--model", default="builtin:clip-tiny")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="FAISS threads for the single-query timings and torch "
+                    "threads for embedding (1: one request per core, as in the server; ANN index building always "
+                    "uses all cores)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    results = {"ann": [], "build": None, "threads": args.threads, "cpus": os.cpu_count(),
+               "load_avg_at_start": os.getloadavg()}
+    for n in args.sizes:
+        kinds = args.kinds_1m if (n >= 1_000_000 and args.kinds_1m is not None) else args.kinds
+        results["ann"] += bench_ann(n, args.dim, kinds, args.queries, args.seed, args.threads)
+    if args.images:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as tmp:
+            results["build"] = bench_build(args.images, args.model, Path(tmp), args.seed)
+    if results["ann"]:
+        _ann_table(results, args.threads)
     if results["build"]:
         b = results["build"]
         print(f"\nbuild: {b['images']} images with {b['model']}: {b['build_s']} s = {b['build_images_per_s']} images/s "

@@ -13,8 +13,16 @@ import pytest
 from PIL import Image
 
 from vlens.errors import ConfigError, IndexError_
-from vlens.retrieval.index import (ImageIndex, IndexConfig, build_index, exact_topk, index_lock, recall_at_k,
-                                   safe_join, update_index)
+from vlens.retrieval.index import (
+    ImageIndex,
+    IndexConfig,
+    build_index,
+    exact_topk,
+    index_lock,
+    recall_at_k,
+    safe_join,
+    update_index,
+)
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 
@@ -155,7 +163,7 @@ def test_skipped_file_is_retried_only_when_it_changes(photos, tmp_path, encoder,
 
     rep = update_index(out, embedder=(counting, encoder.dim), progress=False)
     assert sum(calls) == 0 and [p for p, _ in rep.skipped] == ["broken.jpg"]
-    shutil.copy(sorted((shapes_dir / "images").glob("val_*.png"))[0], photos / "broken.jpg")  # now readable
+    shutil.copy(min((shapes_dir / "images").glob("val_*.png")), photos / "broken.jpg")  # now readable
     rep = update_index(out, embedder=(counting, encoder.dim), progress=False)
     assert sum(calls) == 1 and rep.added == 1 and rep.skipped == []
 
@@ -258,7 +266,7 @@ def test_safe_join_refuses_escapes(tmp_path):
 
 
 def test_link_out_of_root_is_not_indexed(photos, tmp_path, encoder, shapes_dir):
-    os.symlink(sorted((shapes_dir / "images").glob("val_*.png"))[0], photos / "outside.png")
+    os.symlink(min((shapes_dir / "images").glob("val_*.png")), photos / "outside.png")
     rep = _build(photos, tmp_path / "idx", encoder)
     assert "outside.png" not in _rows(tmp_path / "idx")
     assert any(p == "outside.png" and "outside" in r for p, r in rep.skipped)

@@ -87,7 +87,7 @@ def test_info(client, indexed):
 
 
 def test_text_search_matches_library(client, indexed):
-    out, root, enc = indexed
+    out, _, enc = indexed
     r = client.post("/api/search", json={"query": "a green triangle", "k": 5})
     assert r.status_code == 200
     body = r.json()
@@ -98,7 +98,7 @@ def test_text_search_matches_library(client, indexed):
 
 
 def test_image_search_and_image_endpoint(client, indexed):
-    out, root, _ = indexed
+    root = indexed[1]
     data = (root / "test_00003.png").read_bytes()
     r = client.post("/api/search/image", files={"file": ("q.png", data, "image/png")}, data={"k": "3"})
     assert r.status_code == 200
@@ -127,7 +127,7 @@ def test_tampered_database_path_is_not_served(tmp_path, indexed):
     """Even a row whose path escapes the root (a hand-edited database) is refused."""
     from vlens.web.app import create_app
 
-    out, root, _ = indexed
+    out = indexed[0]
     copy = tmp_path / "idx"
     shutil.copytree(out, copy)
     con = sqlite3.connect(copy / "meta.sqlite")

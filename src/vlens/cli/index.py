@@ -95,8 +95,8 @@ def info_cmd(
                      f"queries, {ann['param']}={ann['value']})")
     if info["captioner"]:
         lines.append(f"captions  by {info['captioner']}")
-    lines += [f"on disk   {info['disk_bytes'] / 1e6:.1f} MB", f"updated   {info['updated']} "
-              f"(vlens {info['vlens_version']})"]
+    lines += [f"on disk   {info['disk_bytes'] / 1e6:.1f} MB",
+              f"updated   {info['updated']} (vlens {info['vlens_version']})"]
     if info["stale"]:
         lines.append("state     the FAISS file is behind the database (an interrupted run?): searches are exact "
                      "until `vlens index update` rebuilds it")
@@ -115,8 +115,8 @@ def search_cmd(
     json_out: bool = JSON_OPTION,
 ):
     """Find the images most similar to a text or an image query; prints rank, cosine similarity and path."""
-    from vlens.retrieval.search import Searcher, contact_sheet
     from vlens.errors import ConfigError
+    from vlens.retrieval.search import Searcher, contact_sheet
 
     if (query is None) == (image is None):
         raise ConfigError("give a text QUERY or --image FILE (exactly one)")

@@ -353,9 +353,9 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found_i ∩ truth_i| / |truth_i| (ids; -1 padding ignored)."""
     hits = []
     for f, t in zip(found, truth):
-        t = set(int(x) for x in t if x >= 0)
+        t = {int(x) for x in t if x >= 0}
         if t:
-            hits.append(len(t & set(int(x) for x in f if x >= 0)) / len(t))
+            hits.append(len(t & {int(x) for x in f if x >= 0}) / len(t))
     return float(np.mean(hits)) if hits else 1.0
 
 
