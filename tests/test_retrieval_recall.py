@@ -30,6 +30,27 @@ def test_hand_made_matrix_with_ties():
     assert s.score == pytest.approx(np.mean([100 / 3, 100, 100, 200 / 6, 100, 100]))
 
 
+def definition_ranks(sim, t2i):
+    """The protocol written as loops: count the competitors that score at least as high as the positive."""
+    n, m = len(sim), len(sim[0])
+    i2t = []
+    for i in range(n):
+        best = max(sim[i][j] for j in range(m) if t2i[j] == i)
+        i2t.append(sum(1 for j in range(m) if t2i[j] != i and sim[i][j] >= best))
+    t2i_r = [sum(1 for i in range(n) if i != t2i[j] and sim[i][j] >= sim[t2i[j]][j]) for j in range(m)]
+    return i2t, t2i_r
+
+
+def test_random_tied_matrix_matches_the_definition():
+    rng = np.random.default_rng(3)
+    n, caps = 9, 5
+    sim = rng.integers(0, 4, (n, n * caps)).astype(np.float32) / 4  # few distinct values: many ties
+    t2i = rng.permutation(np.repeat(np.arange(n), caps))  # captions in any order
+    i2t, t2i_r = ranks_from_similarity(sim, t2i)
+    want_i2t, want_t2i = definition_ranks(sim.tolist(), t2i.tolist())
+    assert i2t.tolist() == want_i2t and t2i_r.tolist() == want_t2i
+
+
 def test_constant_model_scores_zero_at_r1():
     sim = np.zeros((4, 20), np.float32)
     i2t, t2i_r = ranks_from_similarity(sim, np.repeat(np.arange(4), 5))
