@@ -247,3 +247,41 @@ def test_wrong_methods_and_unknown_routes(client):
     assert client.get("/api/search").status_code == 405
     assert client.delete("/api/images/1").status_code == 405
     assert client.get("/api/nothing").status_code == 404
+
+
+@pytest.mark.slow
+def test_serve_command_binds_localhost_and_answers(indexed, tmp_path):
+    """`vlens serve` as a user runs it: a real process on 127.0.0.1, the page and the API answer."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vlens.cli.main", "serve", "--index", str(indexed[0]),
+                             "--port", str(port), "--no-preload"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["index"]["count"] == 12
+        hits = httpx.post(f"http://127.0.0.1:{port}/api/search", json={"query": "a red circle", "k": 2},
+                          timeout=30).json()["hits"]
+        assert len(hits) == 2
+        assert "<title>vlens</title>" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert f"http://127.0.0.1:{port}" in out

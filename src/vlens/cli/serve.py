@@ -30,10 +30,15 @@ def serve_cmd(
 
     The JSON API behind the page is documented at http://HOST:PORT/docs.
     """
-    import uvicorn
-
     from vlens.errors import ConfigError
-    from vlens.web.app import create_app
+
+    try:
+        import uvicorn
+
+        from vlens.web.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the web app needs the [web] extras ({exc.name} is missing): "
+                          "pip install 'vlens[web]'") from None
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1-65535 (got {port})")
