@@ -1,4 +1,5 @@
-"""`vlens caption` end to end on the tiny random BLIP: files and folders, JSON, eval, sweep, train, bad input."""
+"""`vlens caption` end to end on the tiny random BLIP: files and folders, JSON, eval, sweep, train, bad
+input."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x slower."""
+    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x
+    slower."""
     import torch
 
     n = torch.get_num_threads()
@@ -39,8 +41,25 @@ def test_files_and_folders_with_unreadable_skipped(cli, tiny_blip, img_dir, shap
 
 
 def test_json_sampling_n_and_seed(cli, tiny_blip, img_dir):
-    args = ("caption", "--strategy", "sample", img_dir, "--model", tiny_blip, "--n", "3", "--seed", "4",
-            "--top-k", "20", "--temperature", "1.3", "--max-new-tokens", "6", "--json")
+    args = (
+        "caption",
+        "--strategy",
+        "sample",
+        img_dir,
+        "--model",
+        tiny_blip,
+        "--n",
+        "3",
+        "--seed",
+        "4",
+        "--top-k",
+        "20",
+        "--temperature",
+        "1.3",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    )
     code, out, err = cli(*args)
     assert code == 0, err
     doc = json.loads(out)
@@ -59,21 +78,34 @@ def test_group_help_and_subcommand_help(cli):
     assert code == 0 and "--temperature" in out and "sharpens" in out
 
 
-@pytest.mark.parametrize("args, msg", [
-    (("--prompt", ""), "prompt is empty"),
-    (("--strategy", "sample", "--top-k", "0"), "top-k must be a positive"),
-    (("--strategy", "sample", "--top-k", "-3"), "top-k must be a positive"),
-    (("--strategy", "sample", "--temperature", "-1"), "temperature must be >= 0"),
-    (("--prompt", " ".join(["circle"] * 80)), "shorter prompt"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (("--prompt", ""), "prompt is empty"),
+        (("--strategy", "sample", "--top-k", "0"), "top-k must be a positive"),
+        (("--strategy", "sample", "--top-k", "-3"), "top-k must be a positive"),
+        (("--strategy", "sample", "--temperature", "-1"), "temperature must be >= 0"),
+        (("--prompt", " ".join(["circle"] * 80)), "shorter prompt"),
+    ],
+)
 def test_bad_input_is_one_clear_line(cli, tiny_blip, img_dir, args, msg):
     code, out, err = cli("caption", img_dir, "--model", tiny_blip, *args)
     assert code == 1 and err.startswith("error: ") and msg in err and "Traceback" not in err
 
 
 def test_temperature_zero_is_greedy_with_a_note(cli, tiny_blip, img_dir):
-    code, out, err = cli("caption", img_dir, "--model", tiny_blip, "--strategy", "sample", "--temperature", "0",
-                         "--max-new-tokens", "5")
+    code, out, err = cli(
+        "caption",
+        img_dir,
+        "--model",
+        tiny_blip,
+        "--strategy",
+        "sample",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+    )
     greedy = cli("caption", img_dir, "--model", tiny_blip, "--max-new-tokens", "5")[1]
     assert code == 0 and "decoding greedily" in err and out == greedy
 
@@ -84,8 +116,21 @@ def test_no_images(cli, tiny_blip, tmp_path):
 
 
 def test_eval_writes_coco_results_and_metrics(cli, tiny_blip, shapes_dir, tmp_path):
-    code, out, err = cli("caption", "eval", "--data", shapes_dir, "--limit", "4", "--model", tiny_blip, "--fast",
-                         "--max-new-tokens", "6", "--out", tmp_path / "ev")
+    code, out, err = cli(
+        "caption",
+        "eval",
+        "--data",
+        shapes_dir,
+        "--limit",
+        "4",
+        "--model",
+        tiny_blip,
+        "--fast",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        tmp_path / "ev",
+    )
     assert code == 0, err
     preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())
     assert len(preds) == 4 and set(preds[0]) == {"image_id", "caption"}
@@ -102,18 +147,44 @@ def test_eval_missing_split(cli, tiny_blip, shapes_dir):
 @pytest.mark.slow
 def test_sweep_rows_table_plot_and_resume(cli, tiny_blip, shapes_dir, tmp_path):
     out_dir = tmp_path / "sw"
-    args = ("caption", "sweep", "--data", shapes_dir, "--limit", "3", "--model", tiny_blip, "--top-k", "1,5",
-            "--temperature", "0.5,1.0", "--prompt", "a picture of", "--prompt", "an image of", "--seeds", "2",
-            "--out", out_dir)
+    args = (
+        "caption",
+        "sweep",
+        "--data",
+        shapes_dir,
+        "--limit",
+        "3",
+        "--model",
+        tiny_blip,
+        "--top-k",
+        "1,5",
+        "--temperature",
+        "0.5,1.0",
+        "--prompt",
+        "a picture of",
+        "--prompt",
+        "an image of",
+        "--seeds",
+        "2",
+        "--out",
+        out_dir,
+    )
     code, out, err = cli(*args)
     assert code == 0, err
     with open(out_dir / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 * 2 * 2
-    assert {r["prompt"] for r in rows} == {"a picture of", "an image of"} and {r["seed"] for r in rows} == {"0", "1"}
+    assert {r["prompt"] for r in rows} == {"a picture of", "an image of"} and {r["seed"] for r in rows} == {
+        "0",
+        "1",
+    }
     table = (out_dir / "table.md").read_text()
     first = table.split("\n\n")[0].splitlines()
-    body = [line for line in table.splitlines() if line.startswith("| a picture of") or line.startswith("| an image")]
+    body = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| a picture of") or line.startswith("| an image")
+    ]
     assert len(body) == 8 + 2  # 8 settings + 2 greedy baseline rows
     assert "±" in table and "top_k \\ temperature" in table and (out_dir / "sweep.png").stat().st_size > 1000
     assert first  # header text present
@@ -128,12 +199,42 @@ def test_sweep_rows_table_plot_and_resume(cli, tiny_blip, shapes_dir, tmp_path):
 
 
 def test_train_then_caption_with_the_result(cli, shapes_dir, tmp_path, img_dir):
-    code, out, err = cli("caption", "train", "--data", shapes_dir, "--preset", "test-blip", "--epochs", "1",
-                         "--max-train", "8", "--image-size", "32", "--val-limit", "2", "--out", tmp_path / "tr")
+    code, out, err = cli(
+        "caption",
+        "train",
+        "--data",
+        shapes_dir,
+        "--preset",
+        "test-blip",
+        "--epochs",
+        "1",
+        "--max-train",
+        "8",
+        "--image-size",
+        "32",
+        "--val-limit",
+        "2",
+        "--out",
+        tmp_path / "tr",
+    )
     assert code == 0, err
     assert "model in" in out and (tmp_path / "tr" / "best" / "model.safetensors").is_file()
     code, out, err = cli("caption", img_dir, "--model", tmp_path / "tr" / "best", "--max-new-tokens", "4")
     assert code == 0 and len(out.strip().splitlines()) == 3
-    code, _, err = cli("caption", "train", "--data", shapes_dir, "--preset", "test-blip", "--epochs", "1",
-                       "--max-train", "8", "--image-size", "32", "--out", tmp_path / "tr")
+    code, _, err = cli(
+        "caption",
+        "train",
+        "--data",
+        shapes_dir,
+        "--preset",
+        "test-blip",
+        "--epochs",
+        "1",
+        "--max-train",
+        "8",
+        "--image-size",
+        "32",
+        "--out",
+        tmp_path / "tr",
+    )
     assert code == 1 and "--resume" in err

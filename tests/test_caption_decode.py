@@ -12,7 +12,8 @@ from vlens.errors import ConfigError
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x slower."""
+    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x
+    slower."""
     import torch
 
     n = torch.get_num_threads()
@@ -47,7 +48,7 @@ def manual_greedy(cap: Captioner, image, prefix: list[int], max_new: int) -> lis
             if nxt in cap.eos_ids:
                 break
             ids.append(nxt)
-    return ids[len(prefix):]
+    return ids[len(prefix) :]
 
 
 def manual_logprob(cap: Captioner, image, prefix: list[int], caption: list[int]) -> float:
@@ -72,24 +73,31 @@ def test_greedy_equals_argmax_by_hand(captioner, images, prompt):
 
 
 def test_greedy_matches_blip_generate(captioner, images):
-    """Same tokens as BlipForConditionalGeneration.generate with the prompt (which keeps the prompt in front)."""
+    """Same tokens as BlipForConditionalGeneration.generate with the prompt (which keeps the prompt in
+    front)."""
     prompt = "a picture of"
     prefix = captioner.prefix_ids(prompt)
     enc = captioner.tokenizer([prompt] * len(images), return_tensors="pt")
-    full = captioner.model.generate(pixel_values=captioner.pixel_values(images), input_ids=enc["input_ids"],
-                                    attention_mask=enc["attention_mask"], max_new_tokens=8, do_sample=False)
+    full = captioner.model.generate(
+        pixel_values=captioner.pixel_values(images),
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=8,
+        do_sample=False,
+    )
     ours = captioner.caption(images, DecodeSettings(max_new_tokens=8, prompt=prompt))
     for row, (c,) in zip(full.tolist(), ours):
-        assert row[:len(prefix)] == prefix
-        gen = [t for t in row[len(prefix):] if t != captioner.pad_id]
-        gen = gen[:gen.index(captioner.sep_id)] if captioner.sep_id in gen else gen
+        assert row[: len(prefix)] == prefix
+        gen = [t for t in row[len(prefix) :] if t != captioner.pad_id]
+        gen = gen[: gen.index(captioner.sep_id)] if captioner.sep_id in gen else gen
         assert c.token_ids == gen
 
 
 def test_top_k_one_sampling_equals_greedy(captioner, images):
     greedy = captioner.caption(images, DecodeSettings(max_new_tokens=8))
-    sampled = captioner.caption(images, DecodeSettings(strategy="sample", top_k=1, temperature=1.7, seed=3,
-                                                       max_new_tokens=8))
+    sampled = captioner.caption(
+        images, DecodeSettings(strategy="sample", top_k=1, temperature=1.7, seed=3, max_new_tokens=8)
+    )
     assert [g[0].token_ids for g in greedy] == [s[0].token_ids for s in sampled]
 
 
@@ -111,7 +119,9 @@ def test_sampling_matches_manual_sampler(captioner, images):
         emb = captioner.model.vision_model(pixel_values=captioner.pixel_values(images[:1])).last_hidden_state
         ids = [captioner.bos_id]
         for _ in range(6):
-            logits = captioner.model.text_decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=emb).logits
+            logits = captioner.model.text_decoder(
+                input_ids=torch.tensor([ids]), encoder_hidden_states=emb
+            ).logits
             nxt = int(decode.sample_step(logits[:, -1], 0.8, 20, 0.9)[0])
             if nxt in captioner.eos_ids:
                 break
@@ -120,8 +130,9 @@ def test_sampling_matches_manual_sampler(captioner, images):
 
 
 def test_sampled_captions_ranked_by_mean_logprob(captioner, images):
-    caps = captioner.caption(images[:2], DecodeSettings(strategy="sample", n=4, seed=0, temperature=1.5,
-                                                        max_new_tokens=8))
+    caps = captioner.caption(
+        images[:2], DecodeSettings(strategy="sample", n=4, seed=0, temperature=1.5, max_new_tokens=8)
+    )
     for per in caps:
         assert len(per) == 4
         scores = [c.mean_logprob for c in per]
@@ -133,9 +144,14 @@ def test_sampled_captions_ranked_by_mean_logprob(captioner, images):
 def test_beam_returns_hf_beams(captioner, images):
     s = DecodeSettings(strategy="beam", num_beams=4, n=2, max_new_tokens=6)
     ours = captioner.caption(images[:2], s)
-    full = captioner.model.generate(pixel_values=captioner.pixel_values(images[:2]), num_beams=4,
-                                    num_return_sequences=2, max_new_tokens=6, early_stopping=True,
-                                    do_sample=False)
+    full = captioner.model.generate(
+        pixel_values=captioner.pixel_values(images[:2]),
+        num_beams=4,
+        num_return_sequences=2,
+        max_new_tokens=6,
+        early_stopping=True,
+        do_sample=False,
+    )
     expect = decode.strip_prompt(full, 1, captioner.eos_ids, captioner.pad_id)
     assert [c.token_ids for per in ours for c in per] == expect
     # beam search finds a caption at least as probable (length-normalised) as greedy's
@@ -153,9 +169,11 @@ def test_prompt_tokens_never_in_output(captioner, images):
     try:
         with torch.no_grad():
             bias[prompt_ids] = -1e4
-        for s in (DecodeSettings(prompt=prompt, max_new_tokens=8),
-                  DecodeSettings(strategy="beam", prompt=prompt, max_new_tokens=8),
-                  DecodeSettings(strategy="sample", prompt=prompt, n=3, seed=0, max_new_tokens=8)):
+        for s in (
+            DecodeSettings(prompt=prompt, max_new_tokens=8),
+            DecodeSettings(strategy="beam", prompt=prompt, max_new_tokens=8),
+            DecodeSettings(strategy="sample", prompt=prompt, n=3, seed=0, max_new_tokens=8),
+        ):
             for per in captioner.caption(images, s):
                 for c in per:
                     assert not set(c.token_ids) & set(prompt_ids)
@@ -171,7 +189,7 @@ def test_batched_equals_one_by_one_for_greedy(captioner, images):
     assert [b[0].token_ids for b in batched] == [s[0].token_ids for s in single]
 
 
-# ---- pure functions against brute force -----------------------------------------------------------------------
+# ---- pure functions against brute force --------------------------------------------------------------------
 def test_top_k_filter_brute_force():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 30, generator=g)
@@ -213,16 +231,19 @@ def test_strip_prompt_by_position():
     assert decode.strip_prompt(seq, 3, {3}, 0) == [[5, 6], [9]]
 
 
-# ---- settings validation ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw, msg", [
-    ({"prompt": "  "}, "prompt is empty"),
-    ({"top_k": 0, "strategy": "sample"}, "top-k"),
-    ({"top_k": -5, "strategy": "sample"}, "top-k"),
-    ({"temperature": -0.1, "strategy": "sample"}, "temperature"),
-    ({"top_p": 0.0}, "top-p"),
-    ({"strategy": "nucleus"}, "unknown strategy"),
-    ({"n": 3}, "greedy decoding gives one caption"),
-])
+# ---- settings validation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"top_k": 0, "strategy": "sample"}, "top-k"),
+        ({"top_k": -5, "strategy": "sample"}, "top-k"),
+        ({"temperature": -0.1, "strategy": "sample"}, "temperature"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"strategy": "nucleus"}, "unknown strategy"),
+        ({"n": 3}, "greedy decoding gives one caption"),
+    ],
+)
 def test_bad_settings(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         DecodeSettings(**kw).validated()

@@ -11,7 +11,11 @@ REFS = {
     "2": ["two shapes: a blue square above a green star", "a blue box above a green star."],
     "3": ["A little yellow triangle in the middle", "a small yellow triangle in the middle of the image"],
 }
-PREDS = {"1": "a red circle on the left", "2": "a blue square above a star", "3": "a yellow diamond in the middle"}
+PREDS = {
+    "1": "a red circle on the left",
+    "2": "a blue square above a star",
+    "3": "a yellow diamond in the middle",
+}
 
 
 def direct_pycocoevalcap():
@@ -54,12 +58,20 @@ def test_python_tokenizer_matches_ptb_on_plain_captions():
 
 def test_exact_match_scores_100_and_bleu1_by_hand():
     refs = {"a": ["a red circle on the left"], "b": ["a blue box at the top"]}
-    perfect = M.score_captions({"a": "a red circle on the left", "b": "a blue box at the top"}, refs,
-                               metrics=("BLEU-4", "ROUGE-L"), tokenizer="python")
+    perfect = M.score_captions(
+        {"a": "a red circle on the left", "b": "a blue box at the top"},
+        refs,
+        metrics=("BLEU-4", "ROUGE-L"),
+        tokenizer="python",
+    )
     assert perfect["BLEU-4"] == pytest.approx(100.0, abs=1e-4) and perfect["ROUGE-L"] == pytest.approx(100.0)
     # 5 of 6 unigrams match in "a red circle on the right" (same length: brevity penalty 1) -> BLEU-1 = 5/6
-    one = M.score_captions({"a": "a red circle on the right"}, {"a": ["a red circle on the left"]},
-                           metrics=("BLEU-1",), tokenizer="python")
+    one = M.score_captions(
+        {"a": "a red circle on the right"},
+        {"a": ["a red circle on the left"]},
+        metrics=("BLEU-1",),
+        tokenizer="python",
+    )
     assert one["BLEU-1"] == pytest.approx(100 * 5 / 6, abs=1e-4)
 
 

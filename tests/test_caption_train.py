@@ -11,7 +11,8 @@ from vlens.errors import ConfigError
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x slower."""
+    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x
+    slower."""
     import torch
 
     n = torch.get_num_threads()
@@ -34,7 +35,7 @@ def test_collate_masks_prompt_and_padding(tiny_blip):
     assert pv.shape == (2, 3, 32, 32)
     p = len(prefix)
     n0 = len(tok("a red circle", add_special_tokens=False)["input_ids"])
-    assert ids[0, :p].tolist() == prefix and ids[0, p + n0] == 3 and ids[0, p + n0 + 1:].eq(0).all()
+    assert ids[0, :p].tolist() == prefix and ids[0, p + n0] == 3 and ids[0, p + n0 + 1 :].eq(0).all()
     # targets are tokens 1..T-1: exactly the caption tokens and [SEP] are learnt
     learnt = ids[0, 1:][mask[0]].tolist()
     assert learnt == [*tok("a red circle", add_special_tokens=False)["input_ids"], 3]
@@ -55,8 +56,17 @@ def test_caption_loss_is_masked_cross_entropy():
 
 
 def _cfg(shapes_dir, out, **kw):
-    base = dict(preset="test-blip", epochs=3, lr=1e-2, batch_size=8, image_size=32, val_limit=4, max_train=16,
-                prompt="a picture of", label_smoothing=0.0)
+    base = dict(
+        preset="test-blip",
+        epochs=3,
+        lr=1e-2,
+        batch_size=8,
+        image_size=32,
+        val_limit=4,
+        max_train=16,
+        prompt="a picture of",
+        label_smoothing=0.0,
+    )
     base.update(kw)
     return TrainConfig(str(shapes_dir), str(out), **base)
 
@@ -67,12 +77,17 @@ def test_loss_decreases_and_best_model_loads(shapes_dir, tmp_path):
     from vlens.runs import read_json
 
     metrics = train(_cfg(shapes_dir, tmp_path / "run", epochs=4), log=lambda m: None)
-    hist = [__import__("json").loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    hist = [
+        __import__("json").loads(line)
+        for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    ]
     losses = [h["train_loss"] for h in hist]
     assert len(losses) == 4 and losses[-1] < losses[0] * 0.9
     assert read_json(tmp_path / "run" / "metrics.json")["best_epoch"] == metrics["best_epoch"]
     cap = Captioner.from_spec(str(tmp_path / "run" / "best"), device="cpu")
-    (c,), = cap.caption([__import__("PIL.Image").Image.new("RGB", (32, 32))], DecodeSettings(max_new_tokens=5))
+    ((c,),) = cap.caption(
+        [__import__("PIL.Image").Image.new("RGB", (32, 32))], DecodeSettings(max_new_tokens=5)
+    )
     assert isinstance(c.text, str)
 
 

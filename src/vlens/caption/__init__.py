@@ -1,7 +1,7 @@
 """Image captioning over Hugging Face BLIP: decoding strategies, prompts, COCO metrics, sweeps, training.
 
-``Captioner``, ``DecodeSettings`` and ``Caption`` live in :mod:`vlens.caption.captioner` (imported lazily so that
-``import vlens.caption`` stays cheap).
+``Captioner``, ``DecodeSettings`` and ``Caption`` live in :mod:`vlens.caption.captioner` (imported lazily so
+that ``import vlens.caption`` stays cheap).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 [[Caption(text='a red circle on the left', ...), ...], [...]]
 
 The image is encoded once per batch; Hugging Face ``generate`` on BLIP's text decoder runs greedy / beam /
-sampling exactly as ``BlipForConditionalGeneration.generate`` would (BOS first, then the prompt tokens). On top
-of that we remove the prompt on token ids, and score every caption with one teacher-forced pass: its
+sampling exactly as ``BlipForConditionalGeneration.generate`` would (BOS first, then the prompt tokens). On
+top of that we remove the prompt on token ids, and score every caption with one teacher-forced pass: its
 log-probability under the model (temperature 1, no filtering), which ranks sampled captions.
 """
 
@@ -39,8 +39,8 @@ class DecodeSettings:
     top_p: float = 1.0
     """sample only: nucleus sampling, draw from the smallest set of tokens holding this much probability."""
     temperature: float = 1.0
-    """sample only: <1 sharpens the distribution (closer to greedy), >1 flattens it (more varied, more errors).
-    0 means greedy."""
+    """sample only: <1 sharpens the distribution (closer to greedy), >1 flattens it (more varied, more
+    errors). 0 means greedy."""
     repetition_penalty: float = 1.0
     """>1 discourages repeating tokens already in the caption (1 = off)."""
     min_new_tokens: int = 0
@@ -62,14 +62,19 @@ class DecodeSettings:
         if s.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{s.strategy}'; choose one of {', '.join(STRATEGIES)}")
         if s.prompt is not None and not s.prompt.strip():
-            raise ConfigError("the prompt is empty; give some words (e.g. --prompt 'a picture of') or leave "
-                              "--prompt out to caption without one")
+            raise ConfigError(
+                "the prompt is empty; give some words (e.g. --prompt 'a picture of') or leave "
+                "--prompt out to caption without one"
+            )
         if s.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (got {s.temperature}); below 1 is more conservative, "
-                              "above 1 more varied")
+            raise ConfigError(
+                f"temperature must be >= 0 (got {s.temperature}); below 1 is more conservative, "
+                "above 1 more varied"
+            )
         if s.top_k is not None and s.top_k <= 0:
-            raise ConfigError(f"top-k must be a positive number of tokens (got {s.top_k}); leave it out for no "
-                              "top-k limit")
+            raise ConfigError(
+                f"top-k must be a positive number of tokens (got {s.top_k}); leave it out for no top-k limit"
+            )
         if not 0 < s.top_p <= 1:
             raise ConfigError(f"top-p must be in (0, 1] (got {s.top_p}); 1 turns nucleus sampling off")
         if s.num_beams < 1:
@@ -86,8 +91,9 @@ class DecodeSettings:
             s = s.replace(strategy="greedy")
             notes.append("temperature 0 means always taking the most probable token: decoding greedily")
         if s.strategy == "greedy" and s.n > 1:
-            raise ConfigError("greedy decoding gives one caption per image; use --strategy sample or beam for "
-                              f"--n {s.n}")
+            raise ConfigError(
+                f"greedy decoding gives one caption per image; use --strategy sample or beam for --n {s.n}"
+            )
         if s.strategy == "beam" and s.num_beams < s.n:
             s = s.replace(num_beams=s.n)
             notes.append(f"--n {s.n} needs at least {s.n} beams: using --num-beams {s.n}")
@@ -154,7 +160,8 @@ class Captioner:
 
     # ---- prompt handling -------------------------------------------------------------------------------
     def prefix_ids(self, prompt: str | None) -> list[int]:
-        """BOS followed by the prompt's tokens (no trailing [SEP]), as BLIP's ``generate`` conditions on them."""
+        """BOS followed by the prompt's tokens (no trailing [SEP]), as BLIP's ``generate`` conditions on
+        them."""
         if prompt is None:
             return [self.bos_id]
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
@@ -169,25 +176,36 @@ class Captioner:
         s, notes = settings.validated()
         prefix = len(self.prefix_ids(s.prompt))
         if prefix >= self.context - 1:
-            raise ConfigError(f"the prompt is {prefix - 1} tokens but this model reads at most {self.context} "
-                              "tokens including the caption; use a shorter prompt")
+            raise ConfigError(
+                f"the prompt is {prefix - 1} tokens but this model reads at most {self.context} "
+                "tokens including the caption; use a shorter prompt"
+            )
         if prefix + s.max_new_tokens > self.context:
             room = self.context - prefix
-            notes.append(f"max-new-tokens lowered from {s.max_new_tokens} to {room} to fit the model's "
-                         f"{self.context}-token context")
+            notes.append(
+                f"max-new-tokens lowered from {s.max_new_tokens} to {room} to fit the model's "
+                f"{self.context}-token context"
+            )
             s = s.replace(max_new_tokens=room, min_new_tokens=min(s.min_new_tokens, room))
         return s, notes
 
     def generate_kwargs(self, s: DecodeSettings) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens,
-                                  repetition_penalty=s.repetition_penalty, num_return_sequences=s.n)
+        kw: dict[str, Any] = dict(
+            max_new_tokens=s.max_new_tokens,
+            min_new_tokens=s.min_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            num_return_sequences=s.n,
+        )
         if s.strategy == "greedy":
             kw.update(do_sample=False, num_beams=1)
         elif s.strategy == "beam":
-            kw.update(do_sample=False, num_beams=s.num_beams, length_penalty=s.length_penalty,
-                      early_stopping=True)
+            kw.update(
+                do_sample=False, num_beams=s.num_beams, length_penalty=s.length_penalty, early_stopping=True
+            )
         else:
-            kw.update(do_sample=True, num_beams=1, top_k=s.top_k or 0, top_p=s.top_p, temperature=s.temperature)
+            kw.update(
+                do_sample=True, num_beams=1, top_k=s.top_k or 0, top_p=s.top_p, temperature=s.temperature
+            )
         return kw
 
     # ---- captioning --------------------------------------------------------------------------------------
@@ -207,7 +225,7 @@ class Captioner:
             if s.seed is not None:
                 torch.manual_seed(s.seed)
             for start in range(0, len(images), s.batch_size):
-                out += self._caption_batch(images[start:start + s.batch_size], s)
+                out += self._caption_batch(images[start : start + s.batch_size], s)
         return out
 
     def _caption_batch(self, images, s: DecodeSettings) -> list[list[Caption]]:
@@ -216,25 +234,39 @@ class Captioner:
         from vlens.caption.decode import caption_targets, strip_prompt, token_logprobs
 
         b = len(images)
-        image_embeds = self.model.vision_model(pixel_values=self.pixel_values(images)).last_hidden_state  # (B, L, D)
+        image_embeds = self.model.vision_model(
+            pixel_values=self.pixel_values(images)
+        ).last_hidden_state  # (B, L, D)
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
         seqs = self.model.text_decoder.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), eos_token_id=self.sep_id,
-            pad_token_id=self.pad_id, encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
-            **self.generate_kwargs(s))  # (B * n, P + new)
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            eos_token_id=self.sep_id,
+            pad_token_id=self.pad_id,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+            **self.generate_kwargs(s),
+        )  # (B * n, P + new)
         ids = strip_prompt(seqs.cpu(), len(prefix), self.eos_ids, self.pad_id)
         # score each caption once, teacher-forced: log p(caption, end | image, prompt) at temperature 1
         seq, mask = caption_targets(len(prefix), ids, self.sep_id, self.pad_id, prefix.cpu())
         enc = image_embeds.repeat_interleave(s.n, dim=0)  # (B * n, L, D), the order generate returns
-        logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=enc,
-                                         encoder_attention_mask=image_mask.repeat_interleave(s.n, 0)).logits
-        total, count = token_logprobs(logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device))  # (B*n,)
+        logits = self.model.text_decoder(
+            input_ids=seq.to(self.device),
+            encoder_hidden_states=enc,
+            encoder_attention_mask=image_mask.repeat_interleave(s.n, 0),
+        ).logits
+        total, count = token_logprobs(
+            logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device)
+        )  # (B*n,)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        caps = [Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s)
-                for t, i, lp, c in zip(texts, ids, total.tolist(), count.tolist())]
-        per_image = [caps[k * s.n:(k + 1) * s.n] for k in range(b)]
+        caps = [
+            Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s)
+            for t, i, lp, c in zip(texts, ids, total.tolist(), count.tolist())
+        ]
+        per_image = [caps[k * s.n : (k + 1) * s.n] for k in range(b)]
         if s.strategy == "sample" and s.n > 1:
             per_image = [sorted(c, key=lambda x: x.mean_logprob, reverse=True) for c in per_image]
         return per_image

@@ -1,9 +1,9 @@
 """Pure tensor pieces of caption decoding: logit filters, one sampling step, sequence log-probabilities and
 token-level prompt removal.
 
-Hugging Face ``generate`` runs the loops (greedy, beam, sampling) for the captioner; these functions are what it
-lacks for our needs (per-caption log-probabilities to rank sampled captions, prompt removal on token ids), plus
-the reference versions of top-k / top-p / temperature that the tests check ``generate`` against.
+Hugging Face ``generate`` runs the loops (greedy, beam, sampling) for the captioner; these functions are what
+it lacks for our needs (per-caption log-probabilities to rank sampled captions, prompt removal on token ids),
+plus the reference versions of top-k / top-p / temperature that the tests check ``generate`` against.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row (B, V); the rest become -inf. Ties at the k-th value are kept."""
+    """Keep the ``k`` largest logits of each row (B, V); the rest become -inf. Ties at the k-th value are
+    kept."""
     if k <= 0:
         raise ValueError("top-k must be >= 1")
     k = min(k, logits.shape[-1])
@@ -28,7 +29,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of tokens whose probability reaches ``p`` (always the top one)."""
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches ``p`` (always the top
+    one)."""
     if not 0 < p <= 1:
         raise ValueError("top-p must be in (0, 1]")
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
@@ -39,8 +41,13 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_step(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_step(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One sampling step, nanoGPT style: (B, V) logits -> (B,) token ids."""
     logits = apply_temperature(logits, temperature)
     if top_k:
@@ -51,22 +58,29 @@ def sample_step(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and count of log p(target) over the positions where ``mask`` is true.
 
     logits (B, T, V) predict targets (B, T); mask (B, T) bool. Returns (sum (B,), count (B,)).
-    """
+   
+"""
     logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
     logp = logp.masked_fill(~mask, 0.0)
     return logp.sum(-1), mask.sum(-1)
 
 
-def strip_prompt(sequences: torch.Tensor, prefix_len: int, stop_ids: set[int], pad_id: int) -> list[list[int]]:
-    """Token ids generated after the ``prefix_len`` conditioning tokens (BOS + prompt), up to the first stop id.
+def strip_prompt(
+    sequences: torch.Tensor, prefix_len: int, stop_ids: set[int], pad_id: int
+) -> list[list[int]]:
+    """Token ids generated after the ``prefix_len`` conditioning tokens (BOS + prompt), up to the first stop
+    id.
 
     sequences (N, T) as returned by ``generate``. The prompt is removed by position, on token ids: the caption
     never contains the prompt's tokens unless the model generated them itself.
-    """
+   
+"""
     out = []
     for row in sequences[:, prefix_len:].tolist():
         ids = []
@@ -79,13 +93,14 @@ def strip_prompt(sequences: torch.Tensor, prefix_len: int, stop_ids: set[int], p
     return out
 
 
-def caption_targets(prefix_len: int, caption_ids: list[list[int]], eos_id: int, pad_id: int,
-                    prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def caption_targets(
+    prefix_len: int, caption_ids: list[list[int]], eos_id: int, pad_id: int, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing input (N, T) = [prefix, caption, eos, pad...] and the mask of caption+eos positions.
 
-    prefix (P,) is BOS + prompt tokens; the mask marks the targets (positions 1..T-1) that belong to the caption
-    and its end token, so a log-probability never counts the prompt.
-    """
+    prefix (P,) is BOS + prompt tokens; the mask marks the targets (positions 1..T-1) that belong to the
+    caption and its end token, so a log-probability never counts the prompt.
+"""
     n = len(caption_ids)
     longest = max((len(c) for c in caption_ids), default=0)
     seq = torch.full((n, prefix_len + longest + 1), pad_id, dtype=torch.long)
@@ -95,5 +110,5 @@ def caption_targets(prefix_len: int, caption_ids: list[list[int]], eos_id: int, 
         end = prefix_len + len(ids)
         seq[i, prefix_len:end] = torch.tensor(ids, dtype=torch.long)
         seq[i, end] = eos_id
-        mask[i, prefix_len:end + 1] = True
+        mask[i, prefix_len : end + 1] = True
     return seq, mask[:, 1:]

@@ -41,22 +41,33 @@ def load_split(data: str, split: str, limit: int | None):
     return kept, images, skips
 
 
-def caption_and_score(captioner: Captioner, samples, images, settings: DecodeSettings,
-                      metrics=METRIC_NAMES, tokenizer: str = "ptb"):
+def caption_and_score(
+    captioner: Captioner,
+    samples,
+    images,
+    settings: DecodeSettings,
+    metrics=METRIC_NAMES,
+    tokenizer: str = "ptb",
+):
     """First caption of each image -> (predictions as COCO results, CaptionScores)."""
     from vlens.runs import progress
 
     preds = []
     bar = progress(total=len(images), desc="captions")
     for start in range(0, len(images), settings.batch_size):
-        chunk = images[start:start + settings.batch_size]
-        preds += captioner.caption(chunk, settings.replace(seed=None if settings.seed is None
-                                                           else settings.seed + start))
+        chunk = images[start : start + settings.batch_size]
+        preds += captioner.caption(
+            chunk, settings.replace(seed=None if settings.seed is None else settings.seed + start)
+        )
         bar.update(len(chunk))
     bar.close()
     results = [{"image_id": s.id, "caption": p[0].text} for s, p in zip(samples, preds)]
-    scores = score_captions({r["image_id"]: r["caption"] for r in results},
-                            {s.id: list(s.captions) for s in samples}, metrics=metrics, tokenizer=tokenizer)
+    scores = score_captions(
+        {r["image_id"]: r["caption"] for r in results},
+        {s.id: list(s.captions) for s in samples},
+        metrics=metrics,
+        tokenizer=tokenizer,
+    )
     return results, scores
 
 
@@ -71,9 +82,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not samples:
         raise DatasetError(f"no readable images in the '{cfg.split}' split of {cfg.data}; " + skips.summary())
     results, scores = caption_and_score(captioner, samples, images, settings, cfg.metrics, cfg.tokenizer)
-    report = {"model": captioner.spec, "split": cfg.split, **scores.as_dict(),
-              "notes": notes + scores.notes + ([skips.summary()] if len(skips) else []),
-              "skipped": [{"path": p, "reason": r} for p, r in skips.skipped]}
+    report = {
+        "model": captioner.spec,
+        "split": cfg.split,
+        **scores.as_dict(),
+        "notes": notes + scores.notes + ([skips.summary()] if len(skips) else []),
+        "skipped": [{"path": p, "reason": r} for p, r in skips.skipped],
+    }
     if cfg.out:
         run = RunDir(cfg.out, cfg)
         write_json(run.file("predictions.json"), results)
@@ -124,13 +139,24 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
             raise ConfigError(f"top-k must be >= 1 (got {k})")
     samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)
     run = RunDir(cfg.out, cfg)
-    points = expand_grid({"prompt": [prompt_label(p) for p in cfg.prompts], "top_k": list(cfg.top_k),
-                          "temperature": list(cfg.temperature)})
+    points = expand_grid(
+        {
+            "prompt": [prompt_label(p) for p in cfg.prompts],
+            "top_k": list(cfg.top_k),
+            "temperature": list(cfg.temperature),
+        }
+    )
     by_label = {prompt_label(p): p for p in cfg.prompts}
 
     def run_fn(point: dict, seed: int) -> dict:
-        s = cfg.base.replace(strategy="sample", prompt=by_label[point["prompt"]], top_k=int(point["top_k"]),
-                             temperature=float(point["temperature"]), top_p=cfg.top_p, seed=seed)
+        s = cfg.base.replace(
+            strategy="sample",
+            prompt=by_label[point["prompt"]],
+            top_k=int(point["top_k"]),
+            temperature=float(point["temperature"]),
+            top_p=cfg.top_p,
+            seed=seed,
+        )
         _, scores = caption_and_score(captioner, samples, images, s, cfg.metrics, cfg.tokenizer)
         return dict(scores.scores)
 
@@ -140,16 +166,28 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
     greedy = {}
     if cfg.greedy_baseline:
         for p in cfg.prompts:
-            _, sc = caption_and_score(captioner, samples, images, cfg.base.replace(strategy="greedy", prompt=p,
-                                                                                   n=1), cfg.metrics, cfg.tokenizer)
+            _, sc = caption_and_score(
+                captioner,
+                samples,
+                images,
+                cfg.base.replace(strategy="greedy", prompt=p, n=1),
+                cfg.metrics,
+                cfg.tokenizer,
+            )
             greedy[prompt_label(p)] = dict(sc.scores)
     md = sweep_markdown(summary, greedy, cfg)
     atomic_write_text(run.file("table.md"), md)
     write_json(run.file("summary.json"), {"summary": summary, "greedy": greedy})
     plot_sweep(summary, run.file("sweep.png"), metrics=("BLEU-4", "CIDEr"))
     run.write_metrics({"runs": len(rows), "images": len(samples), "skipped": len(skips), "greedy": greedy})
-    return {"rows": rows, "summary": summary, "greedy": greedy, "markdown": md, "out": str(run.path),
-            "skipped": skips.skipped}
+    return {
+        "rows": rows,
+        "summary": summary,
+        "greedy": greedy,
+        "markdown": md,
+        "out": str(run.path),
+        "skipped": skips.skipped,
+    }
 
 
 def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig) -> str:
@@ -157,9 +195,11 @@ def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig) -> str:
     from vlens.sweep import markdown_table, pivot
 
     metrics = list(cfg.metrics)
-    parts = [f"Sampled captions on {cfg.data} ({cfg.split}), {cfg.seeds} seed(s) per setting, mean ± std; "
-             f"scores x100, tokenizer {cfg.tokenizer}.\n",
-             markdown_table(summary, by=["prompt", "top_k", "temperature"], metrics=metrics)]
+    parts = [
+        f"Sampled captions on {cfg.data} ({cfg.split}), {cfg.seeds} seed(s) per setting, mean ± std; "
+        f"scores x100, tokenizer {cfg.tokenizer}.\n",
+        markdown_table(summary, by=["prompt", "top_k", "temperature"], metrics=metrics),
+    ]
     for prompt in dict.fromkeys(e["prompt"] for e in summary):
         sub = [e for e in summary if e["prompt"] == prompt]
         for metric in ("BLEU-4", "CIDEr"):
@@ -167,13 +207,27 @@ def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig) -> str:
                 continue
             headers, rows = pivot(sub, "top_k", "temperature", metric)
             parts.append(f"\n{metric}, prompt {prompt!r}: top-k (rows) x temperature (columns)\n")
-            parts.append("| " + " | ".join(headers) + " |\n|" + "|".join(["---"] + ["---:"] * (len(headers) - 1))
-                         + "|\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows))
+            parts.append(
+                "| "
+                + " | ".join(headers)
+                + " |\n|"
+                + "|".join(["---"] + ["---:"] * (len(headers) - 1))
+                + "|\n"
+                + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+            )
     if greedy:
         parts.append("\nGreedy decoding (deterministic, one run):\n")
-        parts.append("| prompt | " + " | ".join(metrics) + " |\n|---|" + "---:|" * len(metrics) + "\n" + "\n".join(
-            f"| {p} | " + " | ".join(f"{v.get(m, float('nan')):.1f}" for m in metrics) + " |"
-            for p, v in greedy.items()))
+        parts.append(
+            "| prompt | "
+            + " | ".join(metrics)
+            + " |\n|---|"
+            + "---:|" * len(metrics)
+            + "\n"
+            + "\n".join(
+                f"| {p} | " + " | ".join(f"{v.get(m, float('nan')):.1f}" for m in metrics) + " |"
+                for p, v in greedy.items()
+            )
+        )
     return "\n".join(parts) + "\n"
 
 
@@ -183,15 +237,19 @@ def plot_sweep(summary: list[dict], path, metrics=("BLEU-4", "CIDEr")) -> Path:
 
     pyplot = plt()
     prompts = list(dict.fromkeys(e["prompt"] for e in summary))
-    fig, axes = pyplot.subplots(len(prompts), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(prompts)),
-                                squeeze=False)
+    fig, axes = pyplot.subplots(
+        len(prompts), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(prompts)), squeeze=False
+    )
     for r, prompt in enumerate(prompts):
         sub = [e for e in summary if e["prompt"] == prompt]
         for c, metric in enumerate(metrics):
             ax = axes[r][c]
             for k in dict.fromkeys(e["top_k"] for e in sub):
-                pts = sorted((e["temperature"], e[metric], e.get(f"{metric}_std", 0.0)) for e in sub
-                             if e["top_k"] == k and e.get(metric) is not None)
+                pts = sorted(
+                    (e["temperature"], e[metric], e.get(f"{metric}_std", 0.0))
+                    for e in sub
+                    if e["top_k"] == k and e.get(metric) is not None
+                )
                 if pts:
                     t, m, s = zip(*pts)
                     ax.errorbar(t, m, yerr=s, marker="o", capsize=3, label=f"top-k {k}")

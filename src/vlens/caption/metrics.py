@@ -1,8 +1,8 @@
 """COCO caption metrics through pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr (x100), SPICE skipped.
 
 Text is tokenised the COCO way first: Stanford's PTB tokenizer (Java), lower-cased, punctuation removed.
-Without Java we say so once, tokenise in Python the same way for plain text (lower-case, split off and drop the
-same punctuation) and report only the pure-Python metrics (BLEU, ROUGE-L, CIDEr); METEOR needs Java.
+Without Java we say so once, tokenise in Python the same way for plain text (lower-case, split off and drop
+the same punctuation) and report only the pure-Python metrics (BLEU, ROUGE-L, CIDEr); METEOR needs Java.
 
 Numbers are corpus-level like the COCO server: BLEU-n is pycocoevalcap's corpus BLEU (closest reference
 length, no smoothing), CIDEr is CIDEr-D with document frequencies from the references being scored.
@@ -17,13 +17,34 @@ from dataclasses import dataclass, field
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 PURE_PYTHON = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
-SPICE_REASON = ("SPICE skipped: it needs the Stanford CoreNLP models, which pycocoevalcap downloads on first "
-                "use (not possible offline)")
-NO_JAVA_REASON = ("Java not found: METEOR skipped and text tokenised in Python instead of the PTB tokenizer "
-                  "(install a JRE, e.g. openjdk-17-jre-headless, for the COCO-standard numbers)")
+SPICE_REASON = (
+    "SPICE skipped: it needs the Stanford CoreNLP models, which pycocoevalcap downloads on first "
+    "use (not possible offline)"
+)
+NO_JAVA_REASON = (
+    "Java not found: METEOR skipped and text tokenised in Python instead of the PTB tokenizer "
+    "(install a JRE, e.g. openjdk-17-jre-headless, for the COCO-standard numbers)"
+)
 # pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS, as the PTB tokenizer writes them
-PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-                "...", ";"}
+PUNCTUATIONS = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 _SPLIT = re.compile(r"\.\.\.|--|[.?!,:;\-'`\"()\[\]{}]|[^\s.?!,:;\-'`\"()\[\]{}]+")
 
 
@@ -48,13 +69,15 @@ class CaptionScores:
 
 
 def simple_tokenize(text: str) -> str:
-    """Python stand-in for the PTB tokenizer on plain caption text: lower-case, punctuation split and dropped."""
+    """Python stand-in for the PTB tokenizer on plain caption text: lower-case, punctuation split and
+    dropped."""
     words = _SPLIT.findall(text.lower().replace("\n", " "))
     return " ".join(w for w in words if w not in PUNCTUATIONS and w.strip("'\"()[]{}`"))
 
 
 class _TokenCache:
-    """PTB tokenisation memoised by string: sweeps score the same references (and often captions) many times."""
+    """PTB tokenisation memoised by string: sweeps score the same references (and often captions) many
+    times."""
 
     def __init__(self):
         self.cache: dict[str, str] = {}
@@ -83,20 +106,27 @@ def tokenize(texts: Sequence[str], use_java: bool | None = None) -> list[str]:
     return _CACHES[use_java].tokenize(list(texts), use_java)
 
 
-def score_captions(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
-                   metrics: Sequence[str] = METRIC_NAMES, use_java: bool | None = None,
-                   tokenizer: str = "ptb") -> CaptionScores:
+def score_captions(
+    predictions: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+    metrics: Sequence[str] = METRIC_NAMES,
+    use_java: bool | None = None,
+    tokenizer: str = "ptb",
+) -> CaptionScores:
     """Score one predicted caption per image id against that image's references; every score x100.
 
-    ``metrics`` picks a subset (METEOR costs ~5 s of JVM start-up: sweeps leave it out). ``tokenizer="python"``
-    skips the PTB tokenizer's JVM (~1 s per call): identical output on plain lower-case text such as the shapes
-    captions, which is what the sweeps score hundreds of times.
+    ``metrics`` picks a subset (METEOR costs ~5 s of JVM start-up: sweeps leave it out).
+    ``tokenizer="python"``
+    skips the PTB tokenizer's JVM (~1 s per call): identical output on plain lower-case text such as the
+    shapes captions, which is what the sweeps score hundreds of times.
     """
     from vlens.errors import ConfigError
 
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
-        raise ConfigError(f"unknown caption metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+        raise ConfigError(
+            f"unknown caption metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}"
+        )
     ids = [k for k in predictions]
     missing = [k for k in ids if not references.get(k)]
     if not ids:

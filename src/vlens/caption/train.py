@@ -1,9 +1,9 @@
 """Train or fine-tune a BLIP captioner on a captioned dataset (the command behind ``vlens caption train``).
 
-- a new model from a preset (``--preset blip-tiny``) gets a WordPiece tokenizer trained on the dataset's captions;
-  an existing one (``--model SPEC``) is fine-tuned with its own tokenizer;
-- every training caption is ``BOS + prompt + caption + SEP``; the loss counts only caption and SEP tokens, so the
-  prompt conditions the caption without being learnt;
+- a new model from a preset (``--preset blip-tiny``) gets a WordPiece tokenizer trained on the dataset's
+  captions; an existing one (``--model SPEC``) is fine-tuned with its own tokenizer;
+- every training caption is ``BOS + prompt + caption + SEP``; the loss counts only caption and SEP tokens,
+  so the prompt conditions the caption without being learnt;
 - AdamW (no decay on norms/biases), linear warm-up then cosine learning rate, gradient clipping;
 - one epoch = every training image once with one of its captions drawn at random (seeded per epoch);
 - after each epoch: greedy captions on the validation split scored with BLEU-4 and CIDEr; the best epoch by
@@ -87,7 +87,8 @@ class CaptionPairs:
 
 
 class Collate:
-    """(image, caption) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask (B,T-1)."""
+    """(image, caption) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask
+    (B,T-1)."""
 
     def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int):
         self.image_processor, self.tokenizer = image_processor, tokenizer
@@ -106,16 +107,17 @@ class Collate:
         attn = torch.zeros_like(input_ids)
         for i, c in enumerate(caps):
             row = [*self.prefix, *c, self.sep_id]
-            input_ids[i, :len(row)] = torch.tensor(row)
-            attn[i, :len(row)] = 1
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attn[i, : len(row)] = 1
         # target j (token j+1) is learnt only if it is a caption/SEP token: not BOS/prompt, not padding
         loss_mask = attn[:, 1:].bool().clone()  # (B, T-1)
-        loss_mask[:, :p - 1] = False
+        loss_mask[:, : p - 1] = False
         return pixel_values, input_ids, attn, loss_mask
 
 
 def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
-    """Next-token cross-entropy over the masked positions. logits (B,T,V), input_ids (B,T), loss_mask (B,T-1)."""
+    """Next-token cross-entropy over the masked positions. logits (B,T,V), input_ids (B,T), loss_mask
+    (B,T-1)."""
     import torch.nn.functional as F
 
     pred = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
@@ -126,10 +128,11 @@ def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
 
 def caption_tokenizer(texts: list[str], vocab_size: int = 400):
     """A deterministic WordPiece tokenizer for captions: every character (alone and as ``##c``) plus the most
-    frequent whole words (ties alphabetical), with the same normaliser, pre-tokeniser, [CLS]/[SEP] template and
-    special ids as :func:`vlens.models.tokenizer.train_wordpiece`.
+    frequent whole words (ties alphabetical), with the same normaliser, pre-tokeniser, [CLS]/[SEP] template
+    and special ids as :func:`vlens.models.tokenizer.train_wordpiece`.
 
-    ``train_wordpiece`` breaks frequency ties differently from run to run (same captions, different vocabulary),
+    ``train_wordpiece`` breaks frequency ties differently from run to run (same captions, different
+    vocabulary),
     which would make "same seed, same model" false; whole words also suit a closed caption grammar.
     """
     from collections import Counter
@@ -151,9 +154,47 @@ def caption_tokenizer(texts: list[str], vocab_size: int = 400):
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = base.normalizer, base.pre_tokenizer, base.decoder
     tok.post_processor = base.post_processor  # [CLS]=2 ... [SEP]=3, same ids as SPECIAL_TOKENS' order
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                             cls_token="[CLS]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]",
-                             do_lower_case=True, model_max_length=64)
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        do_lower_case=True,
+        model_max_length=64,
+    )
+
+
+def sincos_2d(side: int, dim: int):
+    """Fixed 2-D sine-cosine position codes (MAE / MoCo v3): (side*side, dim), row-major like the patches."""
+    import torch
+
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # (dim/4,)
+    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                            indexing="ij")  # (side, side) each
+    out = [torch.outer(c.reshape(-1), omega) for c in (xs, ys)]  # 2 x (side*side, dim/4)
+    codes = torch.cat([f(o) for o in out for f in (torch.sin, torch.cos)], dim=1)  # (side*side, dim)
+    return torch.nn.functional.pad(codes, (0, dim - codes.shape[1]))
+
+
+def init_sincos_positions(model) -> None:
+    """Start a new BLIP's vision position embeddings at 2-D sine-cosine codes instead of ~0.
+
+    HF initialises them with std 1e-10 (fine when loading pretrained weights); from scratch on a few thousand
+    images a ViT then takes a long time to learn where anything is (our first blip-tiny run said "in the
+    bottom left corner" for every single shape). Still a learnt parameter.
+    """
+    import torch
+
+    emb = model.vision_model.embeddings
+    side = int(round(emb.num_patches**0.5))
+    with torch.no_grad():
+        emb.position_embedding[0, 0].zero_()  # the [CLS] position
+        emb.position_embedding[0, 1:] = sincos_2d(side, emb.embed_dim)
 
 
 def build_new(cfg: TrainConfig, captions: list[str]):
@@ -166,6 +207,7 @@ def build_new(cfg: TrainConfig, captions: list[str]):
     tok = caption_tokenizer(texts, vocab_size=cfg.vocab_size)
     config = get_preset(cfg.preset, vocab_size=len(tok), image_size=cfg.image_size)
     model = transformers.BlipForConditionalGeneration(config)
+    init_sincos_positions(model)
     size = {"height": cfg.image_size, "width": cfg.image_size}
     proc = transformers.BlipImageProcessorPil(size=size)
     return model, tok, proc
@@ -194,14 +236,20 @@ def validate(model, tokenizer, processor, samples, prompt: str | None, batch_siz
     from vlens.models import LoadedModel
 
     was_training = model.training
-    cap = Captioner(LoadedModel(model, processor, tokenizer, "training", Path("."), "local", "captioner"),
-                    device=str(next(model.parameters()).device))
-    preds = cap.caption([load_image(s.image_path) for s in samples],
-                        DecodeSettings(prompt=prompt, batch_size=batch_size))
+    cap = Captioner(
+        LoadedModel(model, processor, tokenizer, "training", Path("."), "local", "captioner"),
+        device=str(next(model.parameters()).device),
+    )
+    preds = cap.caption(
+        [load_image(s.image_path) for s in samples], DecodeSettings(prompt=prompt, batch_size=batch_size)
+    )
     model.train(was_training)
-    scores = score_captions({s.id: p[0].text for s, p in zip(samples, preds)},
-                            {s.id: list(s.captions) for s in samples}, metrics=("BLEU-4", "CIDEr"),
-                            tokenizer="python")
+    scores = score_captions(
+        {s.id: p[0].text for s, p in zip(samples, preds)},
+        {s.id: list(s.captions) for s in samples},
+        metrics=("BLEU-4", "CIDEr"),
+        tokenizer="python",
+    )
     return {"val_BLEU-4": scores["BLEU-4"], "val_CIDEr": scores["CIDEr"], "example": preds[0][0].text}
 
 
@@ -226,7 +274,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / "last.pt"
     if (out / "metrics.json").exists() and not cfg.resume and ckpt_path.exists():
-        raise ConfigError(f"{out} already holds a training run; use --resume to continue it or pick another --out")
+        raise ConfigError(
+            f"{out} already holds a training run; use --resume to continue it or pick another --out"
+        )
     ds = load_dataset(cfg.data)
     train_set = ds.split("train").limit(cfg.max_train)
     val_set = ds.split("val").limit(cfg.val_limit)
@@ -258,8 +308,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     pairs = CaptionPairs(train_set.samples, cfg.seed)
     steps_per_epoch = math.ceil(len(pairs) / (cfg.batch_size * acc.num_processes * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
-    lrs = cosine_schedule(cfg.lr, cfg.lr * cfg.final_lr_ratio, total, int(cfg.warmup_epochs * steps_per_epoch),
-                          warmup_start=cfg.lr * 0.01)
+    lrs = cosine_schedule(
+        cfg.lr,
+        cfg.lr * cfg.final_lr_ratio,
+        total,
+        int(cfg.warmup_epochs * steps_per_epoch),
+        warmup_start=cfg.lr * 0.01,
+    )
     optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98))
 
     start_epoch, step, best, history = 0, 0, -1.0, []
@@ -270,15 +325,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
         start_epoch, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
         log(f"resuming from {ckpt_path}: epoch {start_epoch + 1}/{cfg.epochs}, step {step}")
     model, optimizer = acc.prepare(model, optimizer)
-    log(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(pairs)} images, "
-        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs ({acc.num_processes} process(es), {acc.device})")
+    log(
+        f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(pairs)} "
+        "images, "
+        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs ({acc.num_processes} process(es), {acc.device})"
+    )
 
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         pairs.epoch = epoch
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(pairs, order.tolist()),
-                                             batch_size=cfg.batch_size, collate_fn=collate, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(pairs, order.tolist()),
+            batch_size=cfg.batch_size,
+            collate_fn=collate,
+            shuffle=False,
+        )
         loader = acc.prepare(loader)
         model.train()
         losses = []
@@ -299,8 +361,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 step += 1
             losses.append(float(loss.detach()))
         acc.wait_for_everyone()
-        entry = {"epoch": epoch + 1, "step": step, "train_loss": sum(losses) / max(len(losses), 1),
-                 "lr": float(lrs[min(step, total) - 1]), "elapsed_s": round(time.time() - t0, 1)}
+        entry = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": sum(losses) / max(len(losses), 1),
+            "lr": float(lrs[min(step, total) - 1]),
+            "elapsed_s": round(time.time() - t0, 1),
+        }
         if acc.is_main_process:
             raw = acc.unwrap_model(model)
             entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt))
@@ -309,23 +376,41 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 entry["best"] = True
                 _save_folder(raw, tokenizer, processor, out / "best")
             history.append(entry)
-            atomic_write_text(out / "history.jsonl", "".join(
-                __import__("json").dumps(to_jsonable(h)) + "\n" for h in history))
-            save_checkpoint(ckpt_path, model=raw.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                            step=step, best=best, history=history, config=asdict(cfg))
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}  val BLEU-4 "
-                f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}{'  (best)' if entry.get('best') else ''}"
-                f"  [{entry['elapsed_s']:.0f} s]  e.g. \"{entry['example']}\"")
+            atomic_write_text(
+                out / "history.jsonl",
+                "".join(__import__("json").dumps(to_jsonable(h)) + "\n" for h in history),
+            )
+            save_checkpoint(
+                ckpt_path,
+                model=raw.state_dict(),
+                optimizer=optimizer.state_dict(),
+                epoch=epoch,
+                step=step,
+                best=best,
+                history=history,
+                config=asdict(cfg),
+            )
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}  val BLEU-4 "
+                f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}"
+                f"{'  (best)' if entry.get('best') else ''}"
+                f'  [{entry["elapsed_s"]:.0f} s]  e.g. "{entry["example"]}"'
+            )
         acc.wait_for_everyone()
 
     metrics = {}
     if acc.is_main_process:
         best_entry = max(history, key=lambda h: h["val_CIDEr"]) if history else {}
         prev = read_json(out / "metrics.json") if (out / "metrics.json").exists() else {}
-        metrics = {"best_epoch": best_entry.get("epoch"), "val_BLEU-4": best_entry.get("val_BLEU-4"),
-                   "val_CIDEr": best_entry.get("val_CIDEr"), "final_train_loss": history[-1]["train_loss"]
-                   if history else None, "epochs": cfg.epochs, "train_images": len(pairs),
-                   "train_time_s": round(prev.get("train_time_s", 0) + time.time() - t0, 1),
-                   "model_dir": str(out / "best")}
+        metrics = {
+            "best_epoch": best_entry.get("epoch"),
+            "val_BLEU-4": best_entry.get("val_BLEU-4"),
+            "val_CIDEr": best_entry.get("val_CIDEr"),
+            "final_train_loss": history[-1]["train_loss"] if history else None,
+            "epochs": cfg.epochs,
+            "train_images": len(pairs),
+            "train_time_s": round(prev.get("train_time_s", 0) + time.time() - t0, 1),
+            "model_dir": str(out / "best"),
+        }
         run.write_metrics(metrics)
     return metrics

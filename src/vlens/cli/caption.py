@@ -1,4 +1,5 @@
-"""``vlens caption``: caption images (default sub-command), evaluate on a dataset, sweep decoding settings, train."""
+"""``vlens caption``: caption images (default sub-command), evaluate on a dataset, sweep decoding settings,
+train."""
 
 from __future__ import annotations
 
@@ -13,38 +14,70 @@ class CaptionGroup(DefaultCommandGroup):
     default_command = "run"
 
 
-app = typer.Typer(cls=CaptionGroup, no_args_is_help=True, help=(
-    "Caption images with a BLIP model and study decoding.\n\n"
-    "  vlens caption photo.jpg folder/              caption files and folders (greedy)\n"
-    "  vlens caption img.png --strategy sample --top-k 50 --temperature 0.7 --n 3 --seed 0\n"
-    "  vlens caption eval --data shapes/ --split test          COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr)\n"
-    "  vlens caption sweep --data shapes/ --top-k 10,50,100 --temperature 0.3,0.7,1.0 --seeds 3\n"
-    "  vlens caption train --data shapes/ --preset blip-tiny --out runs/blip\n\n"
-    "The default model is builtin:blip-tiny (trained on the shapes dataset: it describes coloured shapes, not "
-    "photos). For real photos use --model Salesforce/blip-image-captioning-base once it is in the Hugging Face "
-    "cache."))
+app = typer.Typer(
+    cls=CaptionGroup,
+    no_args_is_help=True,
+    help=(
+        "Caption images with a BLIP model and study decoding.\n\n"
+        "  vlens caption photo.jpg folder/              caption files and folders (greedy)\n"
+        "  vlens caption img.png --strategy sample --top-k 50 --temperature 0.7 --n 3 --seed 0\n"
+        "  vlens caption eval --data shapes/ --split test     COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr)\n"
+        "  vlens caption sweep --data shapes/ --top-k 10,50,100 --temperature 0.3,0.7,1.0 --seeds 3\n"
+        "  vlens caption train --data shapes/ --preset blip-tiny --out runs/blip\n\n"
+        "The default model is builtin:blip-tiny (trained on the shapes dataset: it describes coloured "
+        "shapes, not photos). For real photos use --model Salesforce/blip-image-captioning-base once it is "
+        "in the Hugging Face cache."
+    ),
+)
 
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="caption")
 
 
-MODEL_OPTION = typer.Option(None, "--model", "-m", help="BLIP captioner: builtin:blip-tiny (default), a folder "
-                            "written by save_pretrained (e.g. a `caption train` run's OUT/best), or a hub id "
-                            "such as Salesforce/blip-image-captioning-base (must be cached when offline).")
-PROMPT_OPTION = typer.Option(None, "--prompt", "-p", help="Text the caption continues, e.g. 'a picture of' "
-                             "(removed from the output). Leave out for no prompt.")
-STRATEGY_OPTION = typer.Option("greedy", "--strategy", "-s", help="greedy: most probable word each step; beam: "
-                               "keep --num-beams partial captions; sample: random draws shaped by --top-k, "
-                               "--top-p and --temperature.")
-TOP_K_OPTION = typer.Option(50, "--top-k", help="sample: draw from the k most probable tokens (smaller = safer).")
-TOP_P_OPTION = typer.Option(1.0, "--top-p", help="sample: nucleus sampling, keep the smallest set of tokens with "
-                            "this much probability (1 = off; 0.9 is common).")
-TEMP_OPTION = typer.Option(1.0, "--temperature", "-t", help="sample: <1 sharpens towards greedy, >1 flattens "
-                           "(more varied, more mistakes); 0 means greedy.")
+MODEL_OPTION = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="BLIP captioner: builtin:blip-tiny (default), a folder "
+    "written by save_pretrained (e.g. a `caption train` run's OUT/best), or a hub id "
+    "such as Salesforce/blip-image-captioning-base (must be cached when offline).",
+)
+PROMPT_OPTION = typer.Option(
+    None,
+    "--prompt",
+    "-p",
+    help="Text the caption continues, e.g. 'a picture of' "
+    "(removed from the output). Leave out for no prompt.",
+)
+STRATEGY_OPTION = typer.Option(
+    "greedy",
+    "--strategy",
+    "-s",
+    help="greedy: most probable word each step; beam: "
+    "keep --num-beams partial captions; sample: random draws shaped by --top-k, "
+    "--top-p and --temperature.",
+)
+TOP_K_OPTION = typer.Option(
+    50, "--top-k", help="sample: draw from the k most probable tokens (smaller = safer)."
+)
+TOP_P_OPTION = typer.Option(
+    1.0,
+    "--top-p",
+    help="sample: nucleus sampling, keep the smallest set of tokens with "
+    "this much probability (1 = off; 0.9 is common).",
+)
+TEMP_OPTION = typer.Option(
+    1.0,
+    "--temperature",
+    "-t",
+    help="sample: <1 sharpens towards greedy, >1 flattens (more varied, more mistakes); 0 means greedy.",
+)
 BEAMS_OPTION = typer.Option(3, "--num-beams", help="beam: partial captions kept (3-5 usual).")
 LENPEN_OPTION = typer.Option(1.0, "--length-penalty", help="beam: >1 prefers longer captions, <1 shorter.")
-REP_OPTION = typer.Option(1.0, "--repetition-penalty", help=">1 discourages repeated words (1 = off; 1.2 mild).")
+REP_OPTION = typer.Option(
+    1.0, "--repetition-penalty", help=">1 discourages repeated words (1 = off; 1.2 mild)."
+)
 MAXTOK_OPTION = typer.Option(30, "--max-new-tokens", help="Longest caption in tokens.")
 MINTOK_OPTION = typer.Option(0, "--min-new-tokens", help="Shortest caption in tokens.")
 SEED_OPTION = typer.Option(None, "--seed", help="Make sampling reproducible (same seed -> same captions).")
@@ -71,24 +104,38 @@ def run_cmd(
     repetition_penalty: float = REP_OPTION,
     max_new_tokens: int = MAXTOK_OPTION,
     min_new_tokens: int = MINTOK_OPTION,
-    n: int = typer.Option(1, "--n", help="Captions per image (sample: ranked by log-probability; beam: best "
-                          "beams). Greedy gives one."),
+    n: int = typer.Option(
+        1,
+        "--n",
+        help="Captions per image (sample: ranked by log-probability; beam: best beams). Greedy gives one.",
+    ),
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
     json_out: bool = JSON_OPTION,
 ):
-    """Caption image files and folders (the default: `vlens caption IMG...`). Unreadable files are skipped
-    and listed."""
+    """Caption image files and folders (the default: `vlens caption IMG...`). Unreadable files are skipped and
+    listed."""
     import sys
 
     from vlens.caption.captioner import Captioner, caption_files
     from vlens.errors import DatasetError
     from vlens.images import SkipLog, list_images
 
-    settings = _settings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                         num_beams=num_beams, length_penalty=length_penalty, repetition_penalty=repetition_penalty,
-                         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, n=n, prompt=prompt,
-                         seed=seed, batch_size=batch_size)
+    settings = _settings(
+        strategy=strategy,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        n=n,
+        prompt=prompt,
+        seed=seed,
+        batch_size=batch_size,
+    )
     settings, notes = settings.validated()
     files: list[Path] = []
     for p in paths:
@@ -108,8 +155,13 @@ def run_cmd(
     skips = SkipLog()
     results = []
     for path, caps in caption_files(captioner, files, settings, skips):
-        entry = {"path": str(path), "captions": [{"text": c.text, "logprob": round(c.logprob, 4),
-                                                  "mean_logprob": round(c.mean_logprob, 4)} for c in caps]}
+        entry = {
+            "path": str(path),
+            "captions": [
+                {"text": c.text, "logprob": round(c.logprob, 4), "mean_logprob": round(c.mean_logprob, 4)}
+                for c in caps
+            ],
+        }
         results.append(entry)
         if not json_out:
             if len(caps) == 1:
@@ -120,8 +172,15 @@ def run_cmd(
                     typer.echo(f"  {c.mean_logprob:7.3f}  {c.text}")
             sys.stdout.flush()
     if json_out:
-        echo_json({"model": captioner.spec, "settings": settings, "notes": notes + more, "results": results,
-                   "skipped": [{"path": p, "reason": r} for p, r in skips.skipped]})
+        echo_json(
+            {
+                "model": captioner.spec,
+                "settings": settings,
+                "notes": notes + more,
+                "results": results,
+                "skipped": [{"path": p, "reason": r} for p, r in skips.skipped],
+            }
+        )
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)
     if not results:
@@ -139,8 +198,12 @@ def _csv(text: str, cast, name: str) -> tuple:
 
 @app.command("eval")
 def eval_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset (Karpathy/COCO JSON or folder; `vlens data "
-                              "make-shapes` writes one)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Dataset (Karpathy/COCO JSON or folder; `vlens data make-shapes` writes one).",
+    ),
     split: str = typer.Option("test", help="Split to caption."),
     limit: int = typer.Option(None, help="Only the first N images of the split."),
     model: str = MODEL_OPTION,
@@ -153,10 +216,19 @@ def eval_cmd(
     max_new_tokens: int = MAXTOK_OPTION,
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder for predictions.json (COCO results format), "
-                             "metrics.json and config.json. Default: runs/caption-eval-<time>."),
-    fast: bool = typer.Option(False, "--fast", help="Skip METEOR and the PTB tokenizer (no Java start-up; "
-                              "same numbers on plain lower-case captions)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run folder for predictions.json (COCO results format), "
+        "metrics.json and config.json. Default: runs/caption-eval-<time>.",
+    ),
+    fast: bool = typer.Option(
+        False,
+        "--fast",
+        help="Skip METEOR and the PTB tokenizer (no Java start-up; "
+        "same numbers on plain lower-case captions).",
+    ),
     json_out: bool = JSON_OPTION,
 ):
     """Caption a dataset split and report COCO metrics x100: BLEU-1..4, METEOR, ROUGE-L, CIDEr (PTB-tokenised;
@@ -166,12 +238,28 @@ def eval_cmd(
     from vlens.caption.evaluate import EvalConfig, run_eval
     from vlens.caption.metrics import METRIC_NAMES, PURE_PYTHON
 
-    settings = _settings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                         num_beams=num_beams, max_new_tokens=max_new_tokens, prompt=prompt, seed=seed,
-                         batch_size=batch_size)
+    settings = _settings(
+        strategy=strategy,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        prompt=prompt,
+        seed=seed,
+        batch_size=batch_size,
+    )
     out = out or Path("runs") / time.strftime("caption-eval-%Y%m%d-%H%M%S")
-    cfg = EvalConfig(str(data), split, limit, model, settings, PURE_PYTHON if fast else METRIC_NAMES,
-                     "python" if fast else "ptb", str(out))
+    cfg = EvalConfig(
+        str(data),
+        split,
+        limit,
+        model,
+        settings,
+        PURE_PYTHON if fast else METRIC_NAMES,
+        "python" if fast else "ptb",
+        str(out),
+    )
     report = run_eval(cfg)
     if json_out:
         report.pop("predictions")
@@ -179,7 +267,9 @@ def eval_cmd(
         return
     for note in report["notes"]:
         typer.echo(f"note: {note}", err=True)
-    typer.echo(f"{report['model']} on {data} [{split}], {report['images']} images, tokenizer {report['tokenizer']}")
+    typer.echo(
+        f"{report['model']} on {data} [{split}], {report['images']} images, tokenizer {report['tokenizer']}"
+    )
     for m in METRIC_NAMES:
         if m in report:
             typer.echo(f"  {m:8s} {report[m]:6.1f}")
@@ -192,19 +282,35 @@ def eval_cmd(
 def sweep_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset to caption (e.g. a shapes folder)."),
     top_k: str = typer.Option("10,50,100", "--top-k", help="Comma-separated top-k values."),
-    temperature: str = typer.Option("0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0)."),
-    prompt: list[str] = typer.Option(None, "--prompt", help="Repeat for several prompts; leave out for none."),
-    seeds: int = typer.Option(3, "--seeds", help="Runs per setting with seeds 0..N-1 (mean ± std; one seed of "
-                              "a random process is not evidence)."),
+    temperature: str = typer.Option(
+        "0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0)."
+    ),
+    prompt: list[str] = typer.Option(
+        None, "--prompt", help="Repeat for several prompts; leave out for none."
+    ),
+    seeds: int = typer.Option(
+        3,
+        "--seeds",
+        help="Runs per setting with seeds 0..N-1 (mean ± std; one seed of a random process is not evidence).",
+    ),
     top_p: float = TOP_P_OPTION,
     split: str = typer.Option("test", help="Split to caption."),
     limit: int = typer.Option(None, help="Only the first N images (faster sweeps)."),
     model: str = MODEL_OPTION,
     batch_size: int = typer.Option(64, "--batch-size", help="Images captioned together."),
-    ptb: bool = typer.Option(False, "--ptb", help="Tokenise with the PTB tokenizer (Java, ~1 s per run) instead "
-                             "of the Python one (identical on plain lower-case captions)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (results.csv, table.md, sweep.png); rerun "
-                             "with the same --out to resume. Default: runs/caption-sweep-<time>."),
+    ptb: bool = typer.Option(
+        False,
+        "--ptb",
+        help="Tokenise with the PTB tokenizer (Java, ~1 s per run) instead "
+        "of the Python one (identical on plain lower-case captions).",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run folder (results.csv, table.md, sweep.png); rerun "
+        "with the same --out to resume. Default: runs/caption-sweep-<time>.",
+    ),
     json_out: bool = JSON_OPTION,
 ):
     """Sample captions for every (prompt, top-k, temperature) x seed; one CSV row per run, a mean ± std table
@@ -214,9 +320,20 @@ def sweep_cmd(
     from vlens.caption.evaluate import SweepConfig, run_caption_sweep
 
     out = out or Path("runs") / time.strftime("caption-sweep-%Y%m%d-%H%M%S")
-    cfg = SweepConfig(str(data), str(out), split, limit, model, _csv(top_k, int, "top-k"),
-                      _csv(temperature, float, "temperature"), tuple(prompt) if prompt else (None,), top_p, seeds,
-                      _settings(strategy="sample", batch_size=batch_size), tokenizer="ptb" if ptb else "python")
+    cfg = SweepConfig(
+        str(data),
+        str(out),
+        split,
+        limit,
+        model,
+        _csv(top_k, int, "top-k"),
+        _csv(temperature, float, "temperature"),
+        tuple(prompt) if prompt else (None,),
+        top_p,
+        seeds,
+        _settings(strategy="sample", batch_size=batch_size),
+        tokenizer="ptb" if ptb else "python",
+    )
     res = run_caption_sweep(cfg, log=None if json_out else lambda m: typer.echo(m, err=True))
     if json_out:
         echo_json({k: res[k] for k in ("summary", "greedy", "out", "skipped")})
@@ -229,23 +346,37 @@ def sweep_cmd(
 def train_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset with train and val splits."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder; the trained model lands in OUT/best."),
-    model: str = typer.Option(None, "--model", "-m", help="Fine-tune this captioner (hub id, folder, builtin:NAME)."),
-    preset: str = typer.Option(None, "--preset", help="Or train a new model: blip-tiny (embedded model's shape) "
-                               "or test-blip; a tokenizer is trained on the dataset's captions."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Fine-tune this captioner (hub id, folder, builtin:NAME)."
+    ),
+    preset: str = typer.Option(
+        None,
+        "--preset",
+        help="Or train a new model: blip-tiny (embedded model's shape) "
+        "or test-blip; a tokenizer is trained on the dataset's captions.",
+    ),
     prompt: str = typer.Option(None, "--prompt", help="Put before every caption, masked out of the loss."),
     epochs: int = typer.Option(10, help="Passes over the training images."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (1e-3 new tiny model; 1e-5 fine-tuning BLIP-base)."),
+    lr: float = typer.Option(
+        1e-3, help="Peak learning rate (1e-3 new tiny model; 1e-5 fine-tuning BLIP-base)."
+    ),
     wd: float = typer.Option(0.05, help="AdamW weight decay (not on norms and biases)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step per process."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up length before the cosine."),
+    warmup_epochs: float = typer.Option(
+        1.0, "--warmup-epochs", help="Linear warm-up length before the cosine."
+    ),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="BLIP's default is 0.1."),
     image_size: int = typer.Option(128, "--image-size", help="New models only: input side in pixels."),
     max_train: int = typer.Option(None, "--max-train", help="Use only the first N training images."),
     val_limit: int = typer.Option(100, "--val-limit", help="Validation images captioned after each epoch."),
     seed: int = typer.Option(0, help="Seeds initialisation, caption choice and order."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt after an interruption."),
-    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default). On a busy "
-                                "machine 1 is often much faster than oversubscribing."),
+    threads: int = typer.Option(
+        0,
+        "--threads",
+        help="CPU threads for torch (0 = torch's default). On a busy "
+        "machine 1 is often much faster than oversubscribing.",
+    ),
 ):
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation
     BLEU-4 / CIDEr each epoch with the best kept in OUT/best, atomic checkpoints and --resume.
@@ -256,10 +387,28 @@ def train_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    cfg = TrainConfig(str(data), str(out), model, preset, prompt, epochs, lr, wd, batch_size, warmup_epochs,
-                      label_smoothing=label_smoothing, image_size=image_size, max_train=max_train,
-                      val_limit=val_limit, seed=seed, resume=resume)
+    cfg = TrainConfig(
+        str(data),
+        str(out),
+        model,
+        preset,
+        prompt,
+        epochs,
+        lr,
+        wd,
+        batch_size,
+        warmup_epochs,
+        label_smoothing=label_smoothing,
+        image_size=image_size,
+        max_train=max_train,
+        val_limit=val_limit,
+        seed=seed,
+        resume=resume,
+    )
     metrics = train(cfg, log=lambda m: typer.echo(m, err=True))
     if metrics:
-        typer.echo(f"best epoch {metrics['best_epoch']}: val BLEU-4 {metrics['val_BLEU-4']:.1f}, CIDEr "
-                   f"{metrics['val_CIDEr']:.1f}; model in {metrics['model_dir']} (use --model {metrics['model_dir']})")
+        typer.echo(
+            f"best epoch {metrics['best_epoch']}: val BLEU-4 {metrics['val_BLEU-4']:.1f}, CIDEr "
+            f"{metrics['val_CIDEr']:.1f}; model in {metrics['model_dir']} "
+            f"(use --model {metrics['model_dir']})"
+        )

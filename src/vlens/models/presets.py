@@ -69,8 +69,9 @@ def blip_tiny(vocab_size: int = 400, bos_token_id: int = 2, eos_token_id: int = 
                 intermediate_size=256, encoder_hidden_size=128, max_position_embeddings=48,
                 bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                 sep_token_id=sep_token_id, decoder_start_token_id=bos_token_id)
+    # initializer_range: HF's vision default (1e-10) suits loading pretrained weights, not training from scratch
     vision = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-                  image_size=image_size, patch_size=patch_size)
+                  image_size=image_size, patch_size=patch_size, initializer_range=0.02)
     return BlipConfig(text_config=text, vision_config=vision, projection_dim=128)
 
 
