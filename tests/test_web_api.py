@@ -285,3 +285,15 @@ def test_serve_command_binds_localhost_and_answers(indexed, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert f"http://127.0.0.1:{port}" in out
+
+
+def test_missing_models_are_reported_up_front(indexed):
+    from vlens.web.app import create_app
+
+    with TestClient(create_app(index=indexed[0], captioner="builtin:nope", backbone="builtin:nada")) as c:
+        f = c.get("/api/info").json()["features"]
+        assert f["search"]["available"]
+        assert not f["caption"]["available"] and "builtin:nope" in f["caption"]["detail"]
+        assert not f["match"]["available"] and "builtin:nada" in f["match"]["detail"]
+        r = c.post("/api/caption", files={"file": ("q.png", _png(), "image/png")})
+        assert r.status_code == 503 and "builtin:nope" in r.json()["detail"]

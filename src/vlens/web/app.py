@@ -200,13 +200,13 @@ class Services:
         try:
             import vlens.caption  # noqa: F401
 
-            out["caption"] = {"available": True, "detail": f"model {self.captioner_spec}"}
+            out["caption"] = _model_state(self.captioner_spec)
         except ImportError:
             out["caption"] = {"available": False, "detail": "vlens.caption is not installed"}
         try:
             from vlens.match import draw_matches, match_images  # noqa: F401
 
-            out["match"] = {"available": True, "detail": f"model {self.backbone_spec}"}
+            out["match"] = _model_state(self.backbone_spec)
         except ImportError:
             out["match"] = {"available": False, "detail": "matching is not available in this vlens install"}
         return out
@@ -215,6 +215,18 @@ class Services:
         """Load the models now so that the first request is fast."""
         if self._searcher is not None:
             self._searcher.encoder  # noqa: B018 - loads it
+
+
+def _model_state(spec: str) -> dict:
+    """Whether a model spec resolves, checked without loading it (hub ids are assumed fine: no network here)."""
+    from vlens.models.hub import resolve
+
+    if spec.startswith("builtin:") or Path(spec).expanduser().exists():
+        try:
+            resolve(spec)
+        except ModelLoadError as exc:
+            return {"available": False, "detail": str(exc)}
+    return {"available": True, "detail": f"model {spec}"}
 
 
 async def read_image(upload: UploadFile, limit: int, name: str = "file"):
