@@ -2,8 +2,8 @@
 
 Everything is blocked: distances are computed for a tile of ``rows x cols`` pairs at a time (via
 ``|a|^2 - 2 a.b + |b|^2``, one matmul per tile, shared by both directions) and reduced to running minima, so the
-extra memory is one tile of at most ``tile_bytes`` (default 64 MiB) plus O(n + m) vectors, whatever the number
-of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k). There is no Python loop over patches:
+extra memory is two tiles (the distances and their transpose) of at most ``tile_bytes`` each (default 32 MiB)
+plus O(n + m) vectors, whatever the number of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k). There is no Python loop over patches:
 the loops run over tiles.
 
 Cycle distance of a patch ``c`` in image A: ``c -> NN in B -> NN back in A`` lands on a patch ``c'``; the cycle
@@ -20,7 +20,7 @@ import torch
 from vlens.errors import ConfigError
 
 SCORES = ("cycle", "feature")
-TILE_BYTES = 64 * 2**20
+TILE_BYTES = 32 * 2**20
 
 
 def _check(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -66,7 +66,8 @@ def nearest_neighbors_both(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = T
             better = rv < ab_d[r0:r0 + rows]  # strict: earlier tiles win ties
             ab_d[r0:r0 + rows] = torch.where(better, rv, ab_d[r0:r0 + rows])
             ab_i[r0:r0 + rows] = torch.where(better, ri + c0, ab_i[r0:r0 + rows])
-            cv, ci = d2.min(0)  # (c,) best row of each column in this tile
+            # best row of each column: min over dim 0 of a row-major tile is ~2x slower than a transposed copy + min
+            cv, ci = d2.T.contiguous().min(1)  # (c,)
             better = cv < ba_d[c0:c0 + cols]
             ba_d[c0:c0 + cols] = torch.where(better, cv, ba_d[c0:c0 + cols])
             ba_i[c0:c0 + cols] = torch.where(better, ci + r0, ba_i[c0:c0 + cols])
@@ -78,7 +79,7 @@ def nearest_neighbors(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_B
     """For each row of ``a`` (n, d), the index of its nearest row of ``b`` (m, d) and the Euclidean distance.
 
     Returns ``(index (n,) int64, distance (n,))``. Ties go to the lowest index. Memory: one tile of at most
-    ``tile_bytes`` of distances at a time.
+    ``tile_bytes`` of distances at a time. (Matching uses :func:`nearest_neighbors_both`.)
     """
     _check(a, b)
     n, m = a.shape[0], b.shape[0]
