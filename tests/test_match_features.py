@@ -93,6 +93,9 @@ def test_bad_inputs(tiny_vit):
         extract_features([_img(32, 32)], str(tiny_vit), layer=7)
     with pytest.raises(ConfigError, match="no attention facets"):
         extract_features([_img(32, 32)], "pixels", facet="key")
+    with pytest.raises(ConfigError, match="pixels:P"):
+        load_backbone("pixels:x")
+    assert load_backbone("pixels:4").patch_size == 4
     with pytest.raises(ModelLoadError, match="no embedded model"):
         load_backbone("builtin:no-such-model")
 

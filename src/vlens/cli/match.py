@@ -291,7 +291,9 @@ def bench_segment_cmd(
     model = model or DEFAULTS["backbone"]
     cfg = SegmentConfig(k=k, size=size)
     run = RunDir(out, {"model": model, "data": data, "refs": refs, "targets": targets, **cfg.__dict__})
-    specs = [model] + (["pixels", f"random:{model}", "majority"] if baselines else [])
+    from vlens.match.crops import baseline_specs
+
+    specs = [model] + ([*baseline_specs(model), "majority"] if baselines else [])
     results = []
     for spec in specs:
         typer.echo(f"[bench segment] {spec} ...", err=True)

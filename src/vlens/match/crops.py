@@ -321,8 +321,11 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
 
 
 def baseline_specs(model: str) -> list[str]:
-    """The two baselines run beside ``model``: raw pixels and the same architecture with random weights."""
-    return ["pixels", f"random:{model}"]
+    """The two baselines run beside ``model``: raw pixels (at the model's patch size) and the same architecture
+    with random weights."""
+    from vlens.match.features import load_backbone
+
+    return [f"pixels:{load_backbone(model).patch_size}", f"random:{model}"]
 
 
 # -------------------------------------------------------------------------------------------- outputs

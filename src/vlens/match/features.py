@@ -7,8 +7,8 @@ and its centre is ``(col + 0.5, row + 0.5)``. The image is resized to a model in
 and its centre, mapped back to the *original* image, is ``((j + 0.5) * p * W / W_in, (i + 0.5) * p * H / H_in)``.
 ``DenseFeatures.centers`` holds these centres in row-major patch order, matching ``descriptors.reshape(-1, d)``.
 
-Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` (raw
-pixel patches as descriptors: the no-learning baseline) and ``random:SPEC`` (SPEC's architecture with random
+Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` or
+``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline) and ``random:SPEC`` (SPEC's architecture with random
 weights, seed 1234: what the architecture alone buys). Loaded models are cached per spec.
 """
 
@@ -112,8 +112,12 @@ def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
     from vlens.models import DEFAULTS, load
 
     spec = spec or DEFAULTS["backbone"]
-    if spec == "pixels":
-        return Backbone("pixels", None, pixels_patch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, 0, "pixels")
+    if spec == "pixels" or spec.startswith("pixels:"):
+        p = spec.split(":", 1)[1] if ":" in spec else str(pixels_patch)
+        if not p.isdigit() or int(p) < 1:
+            raise ConfigError(f"'{spec}': write pixels or pixels:P with P the patch size in pixels, e.g. pixels:8")
+        return Backbone(f"pixels:{p}" if ":" in spec else "pixels", None, int(p), (0.5, 0.5, 0.5),
+                        (0.25, 0.25, 0.25), 0, 0, "pixels")
     if spec.startswith("random:"):
         import transformers
 

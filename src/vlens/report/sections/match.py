@@ -70,7 +70,7 @@ def section(ctx: LabContext) -> Section:
     seg_cfg = SegmentConfig(k=10, size=224)
     seg = [run_segment_benchmark(spec, data, refs=n_ref, targets=n_tgt, config=seg_cfg,
                                  keep_examples=4 if spec == model else 0)
-           for spec in [model, "pixels", f"random:{model}", "majority"]]
+           for spec in [model, *baseline_specs(model), "majority"]]
     classes = list(seg[0].per_class_iou)
     s.text(f"**Segmentation by label transfer.** Each patch of a test image takes a vote of its {seg_cfg.k} most "
            f"similar patches among {n_ref} annotated training images of the shapes dataset (weights "
