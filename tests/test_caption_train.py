@@ -112,6 +112,25 @@ def test_resume_after_kill_gives_identical_weights(shapes_dir, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
+def test_two_processes_under_torchrun(shapes_dir, tmp_path):
+    """DDP on CPU (gloo): both processes train, the main one validates and saves."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "vlens.cli.main", "caption", "train", "--data", str(shapes_dir), "--preset", "test-blip", "--epochs",
+           "2", "--max-train", "16", "--batch-size", "4", "--image-size", "32", "--val-limit", "2", "--out",
+           str(tmp_path / "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "2 steps/epoch x 2 epochs (2 process(es)" in res.stderr  # 16 images / (4 per step x 2 processes)
+    hist = (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()
+    assert len(hist) == 2 and (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
+
+
 def test_bad_train_config(shapes_dir, tmp_path):
     with pytest.raises(ConfigError, match="exactly one"):
         train(TrainConfig(str(shapes_dir), str(tmp_path / "x")), log=lambda m: None)

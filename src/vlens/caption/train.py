@@ -280,7 +280,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ds = load_dataset(cfg.data)
     train_set = ds.split("train").limit(cfg.max_train)
     val_set = ds.split("val").limit(cfg.val_limit)
-    acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision)
+    # cpu=True without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE and each process trains alone
+    acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision, cpu=not torch.cuda.is_available())
     seed_everything(cfg.seed)
     run = RunDir(out, cfg) if acc.is_main_process else None
 
@@ -325,7 +326,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         start_epoch, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
         log(f"resuming from {ckpt_path}: epoch {start_epoch + 1}/{cfg.epochs}, step {step}")
     model, optimizer = acc.prepare(model, optimizer)
-    log(
+    (log if acc.is_main_process else (lambda m: None))(
         f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(pairs)} "
         "images, "
         f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs ({acc.num_processes} process(es), {acc.device})"
