@@ -51,7 +51,8 @@ def latencies(index, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.n
 def bench_ann(n: int, d: int, kinds: list[str], n_queries: int, seed: int, threads: int) -> list[dict]:
     import faiss
 
-    from vlens.retrieval.index import IndexConfig, auto_nlist, drop_self, make_faiss, recall_at_k, tune
+    from vlens.retrieval.ann import auto_nlist, drop_self, make_faiss, recall_at_k, tune
+    from vlens.retrieval.index import IndexConfig
 
     rows = []
     t0 = time.time()

@@ -13,16 +13,8 @@ import pytest
 from PIL import Image
 
 from vlens.errors import ConfigError, IndexError_
-from vlens.retrieval.index import (
-    ImageIndex,
-    IndexConfig,
-    build_index,
-    exact_topk,
-    index_lock,
-    recall_at_k,
-    safe_join,
-    update_index,
-)
+from vlens.retrieval.ann import exact_topk, recall_at_k
+from vlens.retrieval.index import ImageIndex, IndexConfig, build_index, index_lock, safe_join, update_index
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 
@@ -284,7 +276,7 @@ def test_contact_sheet(photos, tmp_path, encoder):
 
 
 def test_drop_self_by_hand():
-    from vlens.retrieval.index import drop_self
+    from vlens.retrieval.ann import drop_self
 
     ids = np.array([[7, 1, 2, 3], [4, 5, 9, 6], [1, 2, 3, 4]])
     out = drop_self(ids, np.array([7, 9, 8]), 3)
