@@ -303,3 +303,14 @@ def test_captions_are_stored_and_returned(photos, tmp_path, encoder, tiny_blip):
     hit = Searcher(out, encoder=encoder).image(photos / "test_00003.png", k=1)[0]
     assert hit.caption == ref[0][0].text
     assert ImageIndex(out).info()["captioner"] == str(tiny_blip)
+
+
+def test_open_searcher_follows_a_forced_rebuild(photos, tmp_path, encoder):
+    out = tmp_path / "idx"
+    _build(photos, out, encoder)
+    s = Searcher(out, encoder=encoder)
+    assert len(s.text("a circle", k=50)) == 12
+    (photos / "test_00000.png").unlink()
+    _build(photos, out, encoder, force=True)  # new database file under the open searcher
+    hits = s.text("a circle", k=50)
+    assert len(hits) == 11 and "test_00000.png" not in {h.path for h in hits}

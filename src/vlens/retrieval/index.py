@@ -536,6 +536,7 @@ class ImageIndex:
         self.root = Path(self.manifest["root"])
         self.dim = int(self.manifest["dim"])
         self.con = connect(self.folder, readonly=True)
+        self._inode = (self.folder / DB).stat().st_ino
         self.lock = threading.RLock()  # one sqlite3 connection, shared by a server's threads
         self._load()
 
@@ -548,7 +549,17 @@ class ImageIndex:
     def refresh(self) -> bool:
         """Pick up another process's update; returns True if anything changed."""
         with self.lock:
-            if generation(self.con) == self.generation and not self.stale:
+            try:
+                inode = (self.folder / DB).stat().st_ino
+            except FileNotFoundError:  # being rebuilt with --force: keep answering from what we have
+                return False
+            if inode != self._inode:  # replaced (build --force): open the new database
+                if not is_index(self.folder):
+                    return False
+                self.con.close()
+                self.con, self._inode = connect(self.folder, readonly=True), inode
+                self.dim = int(read_manifest(self.folder)["dim"])
+            elif generation(self.con) == self.generation and not self.stale:
                 return False
             self.manifest = read_manifest(self.folder)
             self.root = Path(self.manifest["root"])
