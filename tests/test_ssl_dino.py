@@ -185,5 +185,30 @@ def test_multicrop_net_with_patch_head(tiny_vit):
 
     net = dino.MultiCropNet(load(str(tiny_vit), "backbone").model, dino.DINOHead(32, 10, 16, 8),
                             dino.DINOHead(32, 12, 16, 8, n_layers=2))
-    logits, patches = net([torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)])
+    logits, patches, tokens = net([torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)])
+    assert [tuple(t.shape) for t in tokens] == [(2, 16, 32)] * 2 + [(2, 4, 32)]
     assert logits.shape == (6, 10) and [tuple(p.shape) for p in patches] == [(2, 16, 12)] * 2 + [(2, 4, 12)]
+
+
+def test_dense_contrastive_loss_matches_a_loop():
+    torch.manual_seed(1)
+    b, d = 2, 5
+    geom = torch.tensor([[[0.0, 0, 8, 8, 0], [4, 0, 12, 8, 1], [2, 2, 6, 6, 0]]] * b)
+    st = [torch.randn(b, 4, d), torch.randn(b, 4, d), torch.randn(b, 1, d)]
+    tt = [torch.randn(b, 4, d), torch.randn(b, 4, d)]
+    got = dino.dense_contrastive_loss(st, tt, geom, temp=0.2)
+    terms = []
+    for t in range(2):
+        for s in range(3):
+            if s == t:
+                continue
+            g = int(round(st[s].shape[1] ** 0.5))
+            idx, valid = dino.patch_correspondence(geom[:, s], geom[:, t], g, 2)
+            for bi in range(b):
+                for i in range(st[s].shape[1]):
+                    if not valid[bi, i]:
+                        continue
+                    q = st[s][bi, i] / st[s][bi, i].norm()
+                    sims = torch.stack([q @ (k / k.norm()) for k in tt[t][bi]]) / 0.2
+                    terms.append(-torch.log_softmax(sims, 0)[idx[bi, i]])
+    assert float(got) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)

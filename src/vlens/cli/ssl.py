@@ -47,6 +47,9 @@ def train_cmd(
     out_dim: int = typer.Option(1024, help="Head outputs (prototypes). Small data: 512-4096."),
     dense_weight: float = typer.Option(0.0, help="Weight of the dense DINO term on patches that show the same image "
                                        "point in two views (0 = plain DINO). 1.0 helps dense matching."),
+    contrast_weight: float = typer.Option(0.0, help="Weight of a patch InfoNCE term: each patch must find its "
+                                          "counterpart among all patches of the other view (helps matching)."),
+    contrast_temp: float = typer.Option(0.1, help="Temperature of the patch InfoNCE term."),
     patch_out_dim: int = typer.Option(256, help="Prototypes of the patch head (with --dense-weight > 0)."),
     global_size: int = typer.Option(96, help="Global crop side in px (the teacher's input)."),
     local_size: int = typer.Option(48, help="Local crop side in px."),

@@ -72,7 +72,8 @@ class MultiCropNet(nn.Module):
 
     ``forward(crops)`` with ``crops`` a list of (B, 3, H_i, W_i) tensors returns (len(crops) * B, out_dim),
     crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``. With a ``patch_head`` it returns
-    ``(cls_logits, patch_logits)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) for crop ``i``.
+    ``(cls_logits, patch_logits, patch_tokens)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) and
+    ``patch_tokens[i]`` the backbone's (B, h_i*w_i, D) patch tokens for crop ``i``.
     """
 
     def __init__(self, backbone: nn.Module, head: DINOHead, patch_head: DINOHead | None = None):
@@ -82,7 +83,7 @@ class MultiCropNet(nn.Module):
         self.patch_head = patch_head
 
     def forward(self, crops: list[torch.Tensor]):
-        cls, patches, i = [], [], 0
+        cls, patches, tokens_out, i = [], [], [], 0
         n_prefix = 1 + int(getattr(self.backbone.config, "num_register_tokens", 0) or 0)
         while i < len(crops):
             j = i
@@ -94,9 +95,10 @@ class MultiCropNet(nn.Module):
             if self.patch_head is not None:
                 out = self.patch_head(tokens[:, n_prefix:])  # ((j-i)*B, h*w, K_p)
                 patches += list(out.split(b))  # j-i tensors of (B, h*w, K_p)
+                tokens_out += list(tokens[:, n_prefix:].split(b))  # j-i tensors of (B, h*w, D)
             i = j
         logits = self.head(torch.cat(cls))  # (n_crops*B, out_dim)
-        return (logits, patches) if self.patch_head is not None else logits
+        return (logits, patches, tokens_out) if self.patch_head is not None else logits
 
 
 def patch_correspondence(geom_s: torch.Tensor, geom_t: torch.Tensor, grid_s: int, grid_t: int
@@ -219,3 +221,29 @@ def output_entropy(logits: torch.Tensor, temp: float, center: torch.Tensor | Non
     m = p.mean(0)
     batch = -(m * torch.log(m + 1e-12)).sum()
     return float(per), float(batch)
+
+
+def dense_contrastive_loss(student_tokens: list[torch.Tensor], teacher_tokens: list[torch.Tensor], geom: torch.Tensor,
+                           temp: float = 0.1) -> torch.Tensor:
+    """InfoNCE between patches: each student patch must pick, among *all* patches of the teacher's view of the
+    same image, the one covering the same image point (cosine similarity / ``temp``). Unlike the DINO terms,
+    this rewards features that tell apart locations within one image, which is what dense matching needs.
+
+    ``student_tokens[v]``: (B, g_v**2, D); ``teacher_tokens[t]``: (B, g_t**2, D) for the global views; ``geom``:
+    (B, V, 5). Pairs whose point falls outside the teacher view are ignored.
+    """
+    total = student_tokens[0].new_zeros(())
+    count = 0
+    for t, tt in enumerate(teacher_tokens):
+        k = F.normalize(tt.detach(), dim=-1)  # (B, Nt, D)
+        g_t = int(round(tt.shape[1] ** 0.5))
+        for s, st in enumerate(student_tokens):
+            if s == t:
+                continue
+            g_s = int(round(st.shape[1] ** 0.5))
+            idx, valid = patch_correspondence(geom[:, s], geom[:, t], g_s, g_t)  # (B, Ns)
+            logits = F.normalize(st, dim=-1) @ k.transpose(1, 2) / temp  # (B, Ns, Nt)
+            ce = F.cross_entropy(logits.flatten(0, 1), idx.flatten(), reduction="none").view_as(idx)  # (B, Ns)
+            total = total + (ce * valid).sum()
+            count += int(valid.sum())
+    return total / max(count, 1)

@@ -74,6 +74,10 @@ class DINOConfig:
     (e.g. 1.0) when the features are for dense matching or segmentation."""
     patch_out_dim: int = 256
     """Prototypes of the patch head (used when dense_weight > 0)."""
+    contrast_weight: float = 0.0
+    """Weight of a patch InfoNCE term: a student patch must find the teacher patch showing the same image point
+    among all patches of that view (rewards features that separate locations within an image, for matching)."""
+    contrast_temp: float = 0.1
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     processor_size: int = 0
     """Input size written into the saved image processor; 0 = the global crop size."""
@@ -248,7 +252,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
     head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                          cfg.head_layers, cfg.norm_last_layer)
     patch_head = None
-    if cfg.dense_weight > 0:
+    if cfg.dense_weight > 0 or cfg.contrast_weight > 0:
         d = backbone.config.hidden_size
         patch_head = dino.DINOHead(d, cfg.patch_out_dim, hidden_dim=2 * d, bottleneck_dim=64, n_layers=2)
     student = dino.MultiCropNet(backbone, head, patch_head)
@@ -318,7 +322,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
             with torch.no_grad():
                 t_out = teacher(crops[:2])
             if patch_head is not None:
-                (s_out, s_patch), (t_out, t_patch) = s_out, t_out
+                (s_out, s_patch, s_tok), (t_out, t_patch, t_tok) = s_out, t_out
             s_out, t_out = s_out.float(), t_out.float()  # (V*B, K), (2*B, K)
             loss_cls = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
             loss = loss_cls
@@ -327,6 +331,10 @@ def train(cfg: DINOConfig, log=print) -> dict:
                 loss_dense = dino.dense_dino_loss(s_patch, t_patch, geom, center_p, cfg.student_temp,
                                                   float(tt_s[step]))
                 loss = loss_cls + cfg.dense_weight * loss_dense
+                loss_con = dino.dense_contrastive_loss([x.float() for x in s_tok], [x.float() for x in t_tok],
+                                                       geom, cfg.contrast_temp) if cfg.contrast_weight > 0 else None
+                if loss_con is not None:
+                    loss = loss + cfg.contrast_weight * loss_con
         if not torch.isfinite(loss):
             raise ConfigError(f"DINO loss is {loss.item()} at step {step}; lower --lr or raise --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
@@ -343,6 +351,8 @@ def train(cfg: DINOConfig, log=print) -> dict:
             center_p = dino.update_center(center_p, torch.cat(t_patch).flatten(0, 1), cfg.center_momentum)
             extra = {"loss_cls": round(accelerator.reduce(loss_cls.detach(), reduction="mean").item(), 5),
                      "loss_dense": round(accelerator.reduce(loss_dense.detach(), reduction="mean").item(), 5)}
+            if loss_con is not None:
+                extra["loss_contrast"] = round(accelerator.reduce(loss_con.detach(), reduction="mean").item(), 5)
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         step += 1
         history.append({"step": step, "epoch": round(step / spe, 4), "loss": round(mean_loss, 5),
