@@ -6,7 +6,7 @@ after every optimiser step to ``[min_temperature, max_temperature]`` (CLIP clamp
 100): without the clamp the scale keeps growing on easy data and the loss becomes spiky.
 
 Under ``torchrun`` / ``accelerate launch`` every process embeds its slice of the global batch; ``gather``
-concatenates the slices in rank order *with gradients* (``torch.distributed.nn.all_gather``), so each process
+concatenates the slices in rank order *with gradients* (an autograd Function around ``all_gather``), so each process
 computes the loss over the whole global batch. The backward of that gather sums the gradients every process
 sends to a slice; DDP then averages parameter gradients over processes, which together gives exactly the
 gradient of the global-batch loss (test: ``tests/test_retrieval_distributed.py``).
@@ -50,6 +50,30 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _gather_with_grad():
+    import torch
+    import torch.distributed as dist
+
+    class GatherWithGrad(torch.autograd.Function):
+        """all_gather whose backward sums the gradients all processes computed for this process's slice."""
+
+        @staticmethod
+        def forward(ctx, x):
+            parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, x.contiguous())
+            ctx.rows = x.shape[0]
+            return torch.cat(parts, dim=0)  # (world * b, d)
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous().clone()  # (world * b, d)
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+            r, b = dist.get_rank(), ctx.rows
+            return grad[r * b:(r + 1) * b]  # (b, d)
+
+    return GatherWithGrad
+
+
 def gather(x):
     """(b, d) on each process -> (world * b, d) in rank order, differentiable; identity on one process.
 
@@ -57,10 +81,7 @@ def gather(x):
     """
     if world_size() == 1:
         return x
-    import torch
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)  # (world * b, d)
+    return _gather_with_grad().apply(x)
 
 
 def contrastive_loss(image_emb, text_emb, logit_scale):

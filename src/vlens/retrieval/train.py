@@ -354,7 +354,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ckpt_path = out / "checkpoint.pt"
     if out.is_dir() and ckpt_path.exists() and not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
-    acc = make_accelerator(1, cfg.mixed_precision)  # accumulation is done here, by hand
+    # accumulation is done here, by hand; cpu=True on a CPU-only machine is what makes accelerate see the
+    # torchrun / `accelerate launch` processes (otherwise each one thinks it is alone)
+    acc = make_accelerator(1, cfg.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
