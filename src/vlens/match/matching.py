@@ -151,8 +151,8 @@ class Matches:
                 "dst_xy": [round(float(v), 2) for v in self.dst_xy[i]],
                 "feature_distance": round(float(self.feature_distance[i]), 5),
                 "cycle_distance": round(float(self.cycle_distance[i]), 3),
-                "feature_score": round(-float(self.feature_distance[i]), 5),
-                "cycle_score": round(-float(self.cycle_distance[i]), 3),
+                "feature_score": round(-float(self.feature_distance[i]), 5) + 0.0,  # + 0.0: no "-0.0"
+                "cycle_score": round(-float(self.cycle_distance[i]), 3) + 0.0,
                 "mutual": bool(self.mutual[i]),
             })
         return rows
