@@ -119,3 +119,17 @@ def test_bad_data_is_skipped_counted_and_reported(shapes_dir, tmp_path):
     assert m["train_images"] == 40 - 2  # the unreadable one and the caption-less one
     text = "\n".join(lines)
     assert "truncated" in text and "unreadable" in text and "empty" in text
+
+
+def test_frozen_image_tower_and_gradient_accumulation(shapes_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    m = train(_cfg(shapes_dir, tmp_path / "f", epochs=1, batch_size=8, grad_accum=2, freeze="image"),
+              log=_quiet)
+    assert m["steps"] == 3  # 5 micro-batches of 8 -> optimiser steps after 2, 4 and the epoch's last
+    init = load_file(tmp_path / "f" / "init" / "model.safetensors")
+    best = load_file(tmp_path / "f" / "best" / "model.safetensors")
+    vision = [k for k in init if k.startswith(("vision_model.", "visual_projection."))]
+    text = [k for k in init if k.startswith(("text_model.", "text_projection."))]
+    assert vision and all(torch.equal(init[k], best[k]) for k in vision)
+    assert any(not torch.equal(init[k], best[k]) for k in text)

@@ -99,3 +99,19 @@ def plot_sweep(rows: list[dict], path, metric: str = "score"):
 
 def _sortable(v):
     return (0, float(v)) if isinstance(v, int | float) else (1, str(v))
+
+
+def table_block(rows: list[dict], title: str, command: str, note: str = "",
+                metrics=("score", "i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10")) -> dict:
+    """A table of sweep rows (mean ± std over seeds) as data: what ``experiments.json`` of a model card holds."""
+    from vlens.sweep import summarize
+
+    by = varied(rows) or ["init"]
+    summ = summarize(rows, by=by, metrics=list(metrics))
+    body = []
+    for e in summ:
+        cells = [str(e[k]) for k in by]
+        for m in metrics:
+            cells.append(f"{e[m]:.1f} ± {e[f'{m}_std']:.1f}" if e["n"] > 1 else f"{e[m]:.1f}")
+        body.append(cells + [str(e["n"])])
+    return {"title": title, "command": command, "note": note, "headers": [*by, *metrics, "seeds"], "rows": body}
