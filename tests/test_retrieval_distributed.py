@@ -19,7 +19,7 @@ def test_two_process_gather_matches_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "retrieval_ddp_worker.py"), str(tmp_path)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     assert ddp["world"] == 2

@@ -13,8 +13,8 @@ from vlens.retrieval.train import TrainConfig, epoch_batches, train
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), preset="test-clip", image_size=32, vocab_size=200, epochs=2,
-                batch_size=16, lr=2e-3, wd=0.0, warmup=2)
+    base = {"data": str(data), "out": str(out), "preset": "test-clip", "image_size": 32, "vocab_size": 200,
+            "epochs": 2, "batch_size": 16, "lr": 2e-3, "wd": 0.0, "warmup": 2}
     base.update(kw)
     return TrainConfig(**base)
 

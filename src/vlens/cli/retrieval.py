@@ -124,9 +124,8 @@ def eval_cmd(
         run = RunDir(out, {"data": str(data), "model": enc.spec, "split": split, "limit": limit})
         run.write_metrics(result)
         atomic_write_text(run.file("recall.md"), scores.markdown() + "\n")
-        with atomic_path(run.file("ranks.npz")) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, i2t=details["i2t_ranks"], t2i=details["t2i_ranks"])
+        with atomic_path(run.file("ranks.npz")) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, i2t=details["i2t_ranks"], t2i=details["t2i_ranks"])
     if json_out:
         echo_json(result)
         return

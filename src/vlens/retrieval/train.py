@@ -79,8 +79,8 @@ class Towers:
 
     @staticmethod
     def build(clip):
-        import torch.nn as nn
         import torch.nn.functional as F
+        from torch import nn
 
         class _Towers(nn.Module):
             def __init__(self, clip):
@@ -342,11 +342,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
     import torch
 
     from vlens.data import load_dataset
+    from vlens.models import quiet_transformers
     from vlens.retrieval.loss import clamp_logit_scale_, contrastive_loss, temperature_to_logit_scale
     from vlens.runs import RunDir, progress, read_json, seed_everything, write_json
-    from vlens.training import cosine_schedule, load_checkpoint, make_accelerator, param_groups, save_checkpoint
-
-    from vlens.models import quiet_transformers
+    from vlens.training import (
+        cosine_schedule,
+        load_checkpoint,
+        make_accelerator,
+        param_groups,
+        save_checkpoint,
+    )
 
     cfg.check()
     quiet_transformers()
