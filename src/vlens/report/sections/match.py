@@ -30,8 +30,9 @@ def section(ctx: LabContext) -> Section:
            "back; 0 px when the two patches are mutual nearest neighbours).")
 
     # -- crop benchmark
-    photos = photo_paths(MATCHING_PHOTOS[:6] if ctx.quick else MATCHING_PHOTOS)
-    kw = {"crops_per_image": 1, "seed": ctx.seed, "source_side": 320 if ctx.quick else 448}
+    # sized for ~45 s of the lab on 2 cores; `vlens bench crops` runs the full benchmark (12 photos, 2 crops)
+    photos = photo_paths(MATCHING_PHOTOS[:4] if ctx.quick else MATCHING_PHOTOS[:8])
+    kw = {"crops_per_image": 1, "seed": ctx.seed, "source_side": 320 if ctx.quick else 384}
     results = [run_crop_benchmark(spec, photos, keep_examples=1 if spec == model else 0, **kw)
                for spec in [model, *baseline_specs(model)]]
     paths = write_crop_outputs(results, ctx.work("match-crops"))
@@ -66,8 +67,8 @@ def section(ctx: LabContext) -> Section:
 
     # -- segmentation by label transfer
     data = shapes_dataset(ctx, "target")
-    n_ref, n_tgt = (10, 20) if ctx.quick else (20, 40)
-    seg_cfg = SegmentConfig(k=10, size=224)
+    n_ref, n_tgt = (8, 16) if ctx.quick else (16, 32)
+    seg_cfg = SegmentConfig(k=10, size=160)
     seg = [run_segment_benchmark(spec, data, refs=n_ref, targets=n_tgt, config=seg_cfg,
                                  keep_examples=4 if spec == model else 0)
            for spec in [model, *baseline_specs(model), "majority"]]
