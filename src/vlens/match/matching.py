@@ -37,6 +37,11 @@ def _tiles(n: int, m: int, elem: int, tile_bytes: int) -> tuple[int, int]:
     return rows, cols
 
 
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared norms without an (n, d) temporary: (n,)."""
+    return torch.linalg.vector_norm(x, dim=1).square()
+
+
 def _exact(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, rows: int) -> torch.Tensor:
     """|a_i - b_idx[i]| computed directly (the expanded form loses precision near zero): (n,)."""
     return torch.cat([(a[r:r + rows] - b[idx[r:r + rows]]).norm(dim=1) for r in range(0, a.shape[0], rows)])
@@ -53,7 +58,7 @@ def nearest_neighbors_both(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = T
     _check(a, b)
     n, m = a.shape[0], b.shape[0]
     rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
-    a_sq, b_sq = (a * a).sum(1), (b * b).sum(1)  # (n,), (m,)
+    a_sq, b_sq = _sq_norms(a), _sq_norms(b)  # (n,), (m,)
     inf = torch.tensor(float("inf"), dtype=a.dtype)
     ab_d, ab_i = torch.full((n,), inf.item(), dtype=a.dtype), torch.zeros(n, dtype=torch.long)
     ba_d, ba_i = torch.full((m,), inf.item(), dtype=a.dtype), torch.zeros(m, dtype=torch.long)
@@ -84,7 +89,7 @@ def nearest_neighbors(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_B
     _check(a, b)
     n, m = a.shape[0], b.shape[0]
     rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
-    b_sq = (b * b).sum(1)  # (m,); |a|^2 is constant along a row, so it does not change the arg-min
+    b_sq = _sq_norms(b)  # (m,); |a|^2 is constant along a row, so it does not change the arg-min
     best_i = torch.empty(n, dtype=torch.long)
     for r0 in range(0, n, rows):
         ar = a[r0:r0 + rows]  # (r, d)
