@@ -118,8 +118,8 @@ def best_worst_figure(result, path, by: str = "cycle", n: int = 10):
         for ax, im, what in zip(row, (best, worst), ("best", "worst")):
             ax.imshow(im)
             ax.axis("off")
-            ax.set_title(f"{e.scenario}: {n} {what} by {by} score (crop left, source right; "
-                         "green = small error, red = >=100 px)", fontsize=7)
+            ax.set_title(f"{e.scenario}: the {n} {what} by {by} score", fontsize=8)
+    fig.suptitle("crop left, source right; line colour = true error (green 0 px, red >= 100 px)", fontsize=8)
     fig.tight_layout()
     return save_fig(fig, path)
 
