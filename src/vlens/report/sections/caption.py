@@ -31,7 +31,7 @@ def section(ctx: LabContext) -> Section:
 
     s = Section("Image captioning")
     data = shapes_dataset(ctx, "target")
-    n_images = 40 if ctx.quick else 60
+    n_images = 24 if ctx.quick else 40
     seeds = 2 if ctx.quick else 3
     cap = Captioner.from_spec("builtin:blip-tiny")
     card = cap.loaded.path / "MODEL_CARD.md"
