@@ -10,6 +10,8 @@ length, no smoothing), CIDEr is CIDEr-D with document frequencies from the refer
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -75,6 +77,23 @@ def simple_tokenize(text: str) -> str:
     return " ".join(w for w in words if w not in PUNCTUATIONS and w.strip("'\"()[]{}`"))
 
 
+@contextlib.contextmanager
+def _java_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while a child process inherits it (its chatter only)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class _TokenCache:
     """PTB tokenisation memoised by string: sweeps score the same references (and often captions) many
     times."""
@@ -88,7 +107,8 @@ class _TokenCache:
             if use_java:
                 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-                out = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(todo)})
+                with _java_stderr_silenced():  # the JVM prints "PTBTokenizer tokenized N tokens ..."
+                    out = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(todo)})
                 for i, t in enumerate(todo):
                     self.cache[t] = out[i][0]
             else:
