@@ -73,7 +73,7 @@ class DecodeSettings:
             )
         if s.top_k is not None and s.top_k <= 0:
             raise ConfigError(
-                f"top-k must be a positive number of tokens (got {s.top_k}); leave it out for no top-k limit"
+                f"top-k must be a positive number of tokens (got {s.top_k}); 1 is greedy, 50 a common choice"
             )
         if not 0 < s.top_p <= 1:
             raise ConfigError(f"top-p must be in (0, 1] (got {s.top_p}); 1 turns nucleus sampling off")

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     cfg.check()
     out = Path(cfg.out)
     ckpt_path = out / "last.pt"
-    if (out / "metrics.json").exists() and not cfg.resume and ckpt_path.exists():
+    if ckpt_path.exists() and not cfg.resume:
         raise ConfigError(
             f"{out} already holds a training run; use --resume to continue it or pick another --out"
         )
@@ -287,6 +287,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     assets = out / "assets"  # config + tokenizer + processor: enough to rebuild the model for --resume
     resume = cfg.resume and ckpt_path.exists()
+    if cfg.resume and not resume:
+        log(f"--resume: no checkpoint at {ckpt_path} yet, starting from the beginning")
     if resume:
         config = transformers.BlipConfig.from_pretrained(assets)
         model = transformers.BlipForConditionalGeneration(config)
