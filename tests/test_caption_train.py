@@ -136,3 +136,15 @@ def test_bad_train_config(shapes_dir, tmp_path):
         train(TrainConfig(str(shapes_dir), str(tmp_path / "x")), log=lambda m: None)
     with pytest.raises(ConfigError, match="prompt is empty"):
         train(_cfg(shapes_dir, tmp_path / "y", prompt=" "), log=lambda m: None)
+
+
+def test_caption_tokenizer_is_deterministic_and_round_trips(shapes_captions):
+    from vlens.caption.train import caption_tokenizer
+
+    a, b = caption_tokenizer(shapes_captions), caption_tokenizer(list(reversed(shapes_captions)))
+    assert a.get_vocab() == b.get_vocab()
+    assert [a.cls_token_id, a.sep_token_id, a.pad_token_id] == [2, 3, 0]
+    text = "there is a big red circle in the top left corner"
+    ids = a(text)["input_ids"]
+    assert a.convert_ids_to_tokens(ids)[1:-1] == text.split()  # whole words from the captions
+    assert a.decode(a("a depiction of")["input_ids"], skip_special_tokens=True) == "a depiction of"  # unseen word
