@@ -119,10 +119,34 @@ def test_two_processes_under_torchrun(shapes_dir, tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "vlens.cli.main", "caption", "train", "--data", str(shapes_dir), "--preset", "test-blip", "--epochs",
-           "2", "--max-train", "16", "--batch-size", "4", "--image-size", "32", "--val-limit", "2", "--out",
-           str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vlens.cli.main",
+        "caption",
+        "train",
+        "--data",
+        str(shapes_dir),
+        "--preset",
+        "test-blip",
+        "--epochs",
+        "2",
+        "--max-train",
+        "16",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--val-limit",
+        "2",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -147,4 +171,6 @@ def test_caption_tokenizer_is_deterministic_and_round_trips(shapes_captions):
     text = "there is a big red circle in the top left corner"
     ids = a(text)["input_ids"]
     assert a.convert_ids_to_tokens(ids)[1:-1] == text.split()  # whole words from the captions
-    assert a.decode(a("a depiction of")["input_ids"], skip_special_tokens=True) == "a depiction of"  # unseen word
+    assert (
+        a.decode(a("a depiction of")["input_ids"], skip_special_tokens=True) == "a depiction of"
+    )  # unseen word
