@@ -23,6 +23,16 @@ def _quiet(*_):
     pass
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads are several times slower than one, and
+    multi-threaded CPU backward kernels add in a thread-dependent order (bit-exact resume checks need one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_epoch_batches_depend_only_on_seed_and_epoch():
     a = epoch_batches(50, 16, seed=3, epoch=2, world=1)
     assert [len(b) for b in a] == [16, 16, 16] + [2]
@@ -47,18 +57,8 @@ def test_training_improves_recall_on_tiny_dataset(shapes_dir, tmp_path):
     assert m["history"][-1]["loss"] < m["history"][0]["loss"]
 
 
-@pytest.fixture
-def one_thread():
-    """Multi-threaded CPU backward kernels sum in a thread-dependent order (last-bit differences that grow),
-    so bit-exact comparisons between two runs need one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
-def test_resume_is_exact(shapes_dir, tmp_path, one_thread):
+def test_resume_is_exact(shapes_dir, tmp_path):
     full = train(_cfg(shapes_dir, tmp_path / "a", epochs=3), log=_quiet)
     train(_cfg(shapes_dir, tmp_path / "b", epochs=3, stop_after=1), log=_quiet)  # "killed" after epoch 1
     with pytest.raises(ConfigError, match="--resume"):
