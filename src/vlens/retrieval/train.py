@@ -457,7 +457,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         t_train += time.time() - t0
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
-                 "temperature": float(1.0 / clip.logit_scale.detach().exp()), "lr": float(lrs[min(step, total_steps) - 1]),
+                 "temperature": float(1.0 / clip.logit_scale.detach().exp()),
+                 "lr": float(lrs[min(step, total_steps) - 1]),
                  "seconds": round(time.time() - t0, 2)}
         if main:
             if val_pairs is not None:
