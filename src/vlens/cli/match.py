@@ -301,8 +301,8 @@ def bench_segment_cmd(
                                              keep_examples=4 if spec == model else 0))
     classes = list(results[0].per_class_iou)
     headers = ["model", "mIoU", "pixel acc", *classes]
-    rows = [[short_model(r.model), round(r.miou, 3), round(r.pixel_accuracy, 3),
-             *[("-" if r.per_class_iou[c] is None else round(r.per_class_iou[c], 3)) for c in classes]]
+    rows = [[short_model(r.model), f"{r.miou:.3f}", f"{r.pixel_accuracy:.3f}",
+             *[("-" if r.per_class_iou[c] is None else f"{r.per_class_iou[c]:.3f}") for c in classes]]
             for r in results]
     table = markdown_table(headers, rows)
     write_json(run.file("results.json"), {"results": [r.to_dict() for r in results]})
