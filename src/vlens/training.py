@@ -83,6 +83,8 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "auto", cpu: bo
     import torch
     from accelerate import Accelerator
 
+    # Without CUDA, accelerate only sees the other torchrun processes (gloo) when told it runs on the CPU.
+    cpu = cpu or not torch.cuda.is_available()
     if mixed_precision == "auto":
         if torch.cuda.is_available() and not cpu:
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -97,50 +97,14 @@ class Towers:
         return _Towers(clip)
 
 
-def caption_tokenizer(texts: list[str], vocab_size: int = 1000):
-    """A deterministic WordPiece tokenizer for a caption corpus: whole words by frequency, plus every character
-    (and its ``##`` continuation) so unseen words still split into known pieces.
-
-    ``vlens.models.tokenizer.train_wordpiece`` learns merges whose ties are broken by Rust hash-map order, so the
-    same captions give a different vocabulary in every process; here the same captions always give the same
-    token ids, which exact resume and seed-for-seed comparisons need. Ids: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
-    [MASK]=4, as the CLIP presets expect.
-    """
-    from collections import Counter
-
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
-
-    from vlens.models.tokenizer import SPECIAL_TOKENS
-
-    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
-    chars = sorted({c for w in words for c in w})
-    vocab = list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
-    seen = set(vocab)
-    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= max(vocab_size, len(SPECIAL_TOKENS) + 2 * len(chars)):
-            break
-        if w not in seen:
-            vocab.append(w)
-            seen.add(w)
-    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = norm, pre
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                             cls_token="[CLS]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]",
-                             do_lower_case=True, model_max_length=64)
-
-
 def build_scratch(cfg: TrainConfig, captions: list[str]):
     """A fresh CLIPModel from ``cfg.preset`` with a WordPiece tokenizer trained on ``captions``."""
     import transformers
 
     from vlens.models.presets import get_preset
+    from vlens.models.tokenizer import train_wordpiece
 
-    tok = caption_tokenizer(captions, vocab_size=cfg.vocab_size)
+    tok = train_wordpiece(captions, vocab_size=cfg.vocab_size)
     kw = {"vocab_size": len(tok)}
     if cfg.image_size:
         kw["image_size"] = cfg.image_size
