@@ -162,10 +162,10 @@ def test_bad_train_config(shapes_dir, tmp_path):
         train(_cfg(shapes_dir, tmp_path / "y", prompt=" "), log=lambda m: None)
 
 
-def test_caption_tokenizer_is_deterministic_and_round_trips(shapes_captions):
-    from vlens.caption.train import caption_tokenizer
+def test_new_model_tokenizer_is_deterministic_and_round_trips(shapes_captions):
+    from vlens.models.tokenizer import train_wordpiece
 
-    a, b = caption_tokenizer(shapes_captions), caption_tokenizer(list(reversed(shapes_captions)))
+    a, b = train_wordpiece(shapes_captions), train_wordpiece(list(reversed(shapes_captions)))
     assert a.get_vocab() == b.get_vocab()
     assert [a.cls_token_id, a.sep_token_id, a.pad_token_id] == [2, 3, 0]
     text = "there is a big red circle in the top left corner"

@@ -126,48 +126,6 @@ def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
     return F.cross_entropy(pred[keep].float(), target[keep], label_smoothing=label_smoothing)
 
 
-def caption_tokenizer(texts: list[str], vocab_size: int = 400):
-    """A deterministic WordPiece tokenizer for captions: every character (alone and as ``##c``) plus the most
-    frequent whole words (ties alphabetical), with the same normaliser, pre-tokeniser, [CLS]/[SEP] template
-    and special ids as :func:`vlens.models.tokenizer.train_wordpiece`.
-
-    ``train_wordpiece`` breaks frequency ties differently from run to run (same captions, different
-    vocabulary),
-    which would make "same seed, same model" false; whole words also suit a closed caption grammar.
-    """
-    from collections import Counter
-
-    from tokenizers import Tokenizer, models
-    from transformers import BertTokenizerFast
-
-    from vlens.models.tokenizer import SPECIAL_TOKENS, train_wordpiece
-
-    base = train_wordpiece(["a"], vocab_size=len(SPECIAL_TOKENS) + 2).backend_tokenizer  # the pipeline pieces
-    words: Counter = Counter()
-    for t in texts:
-        words.update(w for w, _ in base.pre_tokenizer.pre_tokenize_str(base.normalizer.normalize_str(t)))
-    chars = sorted({c for w in words for c in w})
-    pieces = chars + [f"##{c}" for c in chars]
-    room = max(vocab_size - len(SPECIAL_TOKENS) - len(pieces), 0)
-    ranked = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:room]
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces, *sorted(ranked)])}
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = base.normalizer, base.pre_tokenizer, base.decoder
-    tok.post_processor = base.post_processor  # [CLS]=2 ... [SEP]=3, same ids as SPECIAL_TOKENS' order
-    return BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        bos_token="[CLS]",
-        eos_token="[SEP]",
-        do_lower_case=True,
-        model_max_length=64,
-    )
-
-
 def sincos_2d(side: int, dim: int):
     """Fixed 2-D sine-cosine position codes (MAE / MoCo v3): (side*side, dim), row-major like the patches."""
     import torch
@@ -202,9 +160,10 @@ def build_new(cfg: TrainConfig, captions: list[str]):
     import transformers
 
     from vlens.models.presets import get_preset
+    from vlens.models.tokenizer import train_wordpiece
 
     texts = captions + ([cfg.prompt] if cfg.prompt else [])
-    tok = caption_tokenizer(texts, vocab_size=cfg.vocab_size)
+    tok = train_wordpiece(texts, vocab_size=cfg.vocab_size)
     config = get_preset(cfg.preset, vocab_size=len(tok), image_size=cfg.image_size)
     model = transformers.BlipForConditionalGeneration(config)
     init_sincos_positions(model)
