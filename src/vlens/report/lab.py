@@ -19,6 +19,7 @@ from vlens.report.section import LabContext, Section
 SECTIONS: list[tuple[str, str]] = [
     ("data", "vlens.report.sections.data:section"),
     ("match", "vlens.report.sections.match:section"),
+    ("ssl", "vlens.report.sections.ssl:section"),
     ("caption", "vlens.report.sections.caption:section"),
     ("retrieval", "vlens.report.sections.retrieval:section"),
     ("search", "vlens.report.sections.search:section"),

@@ -162,7 +162,7 @@ def probe_model(spec: str, train, test, cfg: ProbeConfig) -> dict:
 
         with warnings.catch_warnings():  # a probe, not a tuned classifier: a capped lbfgs is enough
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf = LogisticRegression(max_iter=200, C=1.0).fit(scaler.transform(x.numpy()), y.numpy())
+            clf = LogisticRegression(max_iter=100, C=1.0).fit(scaler.transform(x.numpy()), y.numpy())
     conf_lin = torch.zeros(n_classes, n_classes, dtype=torch.long)
     conf_knn = torch.zeros_like(conf_lin)
     for f, m in zip(te_f, te_m):

@@ -74,9 +74,9 @@ def section(ctx: LabContext) -> Section:
            "(`MODEL_CARD.md`) has the command, seed and wall time.")
     _training_curve(ctx, folder, s)
     _build_eval(folder, s)
-    n_train, n_test = (30, 12) if ctx.quick else (60, 20)
+    n_train, n_test = (20, 8) if ctx.quick else (40, 16)
     cfg = ProbeConfig(data=str(shapes_dataset(ctx, "target")), train_images=n_train, test_images=n_test,
-                      size=128, k=10, max_train_patches=4000, seed=ctx.seed)
+                      size=128, k=10, max_train_patches=2000, seed=ctx.seed)
     res = run_probe(cfg, log=lambda _m: None)
     s.text("**Backbone comparison** on the shapes masks: a linear (logistic regression) and a kNN probe on "
            "patch features predict each patch's class; predictions are upsampled to pixels and scored with mIoU.")
