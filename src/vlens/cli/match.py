@@ -9,7 +9,8 @@ import typer
 from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, echo_json
 
 MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
-              "folder; also 'pixels' (raw pixel patches) or 'random:SPEC' (SPEC's architecture, random weights).")
+              "folder; also 'pixels' or 'pixels:P' (raw P x P pixel patches, P=16 by default) or 'random:SPEC' "
+              "(SPEC's architecture, random weights).")
 LAYER_HELP = "Transformer block to read, counted from 1; -1 = the last. Middle-to-late blocks match best."
 FACET_HELP = "token (block output) or the attention's key / query / value. DINO papers find 'key' best."
 PCA_HELP = ("Reduce descriptors to K components with a PCA fitted jointly on both images (0 = keep all). "
