@@ -6,8 +6,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlens.ssl.augment import (IMAGENET_MEAN, IMAGENET_STD, MultiCropConfig, collate_crops, multi_crop,
-                               random_resized_box, rng_for, shift_hue)
+from vlens.ssl.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropConfig,
+    collate_crops,
+    multi_crop,
+    random_resized_box,
+    rng_for,
+    shift_hue,
+)
 
 
 def _image(w=120, h=80):

@@ -161,7 +161,7 @@ def test_dense_loss_matches_a_loop():
         for s in range(3):
             if s == t:
                 continue
-            gs_ = int(round(sp[s].shape[1] ** 0.5))
+            gs_ = round(sp[s].shape[1] ** 0.5)
             for bi in range(b):
                 x0, y0, x1, y1, fl = geom[bi, s].tolist()
                 tx0, ty0, tx1, ty1, tfl = geom[bi, t].tolist()
@@ -202,7 +202,7 @@ def test_dense_contrastive_loss_matches_a_loop():
         for s in range(3):
             if s == t:
                 continue
-            g = int(round(st[s].shape[1] ** 0.5))
+            g = round(st[s].shape[1] ** 0.5)
             idx, valid = dino.patch_correspondence(geom[:, s], geom[:, t], g, 2)
             for bi in range(b):
                 for i in range(st[s].shape[1]):

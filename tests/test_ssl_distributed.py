@@ -33,7 +33,7 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path, shapes_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "vlens.cli.main", "ssl", "train", "--out", str(tmp_path / "ddp"),
            "--images", str(images), "--batch-size", "2", "--threads", "1", "--json", *ARGS]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["global_batch"] == 4 and m["ranks_in_sync"] and m["steps"] == 4

@@ -61,17 +61,17 @@ def random_resized_box(width: int, height: int, scale: tuple[float, float], rati
     for _ in range(10):
         target = area * rng.uniform(scale[0], scale[1])
         ar = math.exp(rng.uniform(*log_r))
-        w = int(round(math.sqrt(target * ar)))
-        h = int(round(math.sqrt(target / ar)))
+        w = round(math.sqrt(target * ar))
+        h = round(math.sqrt(target / ar))
         if 0 < w <= width and 0 < h <= height:
             x0 = int(rng.integers(0, width - w + 1))
             y0 = int(rng.integers(0, height - h + 1))
             return x0, y0, x0 + w, y0 + h
     in_ratio = width / height  # fallback: the largest central crop within the ratio range
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
+        w, h = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
+        w, h = round(height * ratio[1]), height
     else:
         w, h = width, height
     x0, y0 = (width - w) // 2, (height - h) // 2
@@ -81,7 +81,7 @@ def random_resized_box(width: int, height: int, scale: tuple[float, float], rati
 def shift_hue(img: Image.Image, turns: float) -> Image.Image:
     """Rotate the hue of an RGB image by ``turns`` of the colour circle (HSV, hue channel wraps around)."""
     h, s, v = img.convert("HSV").split()
-    shift = int(round(turns * 256)) % 256  # PIL stores hue as 0..255 for one full turn
+    shift = round(turns * 256) % 256  # PIL stores hue as 0..255 for one full turn
     h = h.point(lambda x: (x + shift) % 256)
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 

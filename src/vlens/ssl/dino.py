@@ -138,11 +138,11 @@ def dense_dino_loss(student_patches: list[torch.Tensor], teacher_patches: list[t
     count = 0
     for t, tp in enumerate(teacher_patches):
         q_all = F.softmax((tp - center) / teacher_temp, dim=-1).detach()  # (B, g_t^2, K)
-        g_t = int(round(tp.shape[1] ** 0.5))
+        g_t = round(tp.shape[1] ** 0.5)
         for s, sp in enumerate(student_patches):
             if s == t:
                 continue
-            g_s = int(round(sp.shape[1] ** 0.5))
+            g_s = round(sp.shape[1] ** 0.5)
             idx, valid = patch_correspondence(geom[:, s], geom[:, t], g_s, g_t)  # (B, g_s^2)
             q = torch.gather(q_all, 1, idx.unsqueeze(-1).expand(-1, -1, q_all.shape[-1]))  # (B, g_s^2, K)
             ce = -(q * F.log_softmax(sp / student_temp, dim=-1)).sum(-1)  # (B, g_s^2)
@@ -236,11 +236,11 @@ def dense_contrastive_loss(student_tokens: list[torch.Tensor], teacher_tokens: l
     count = 0
     for t, tt in enumerate(teacher_tokens):
         k = F.normalize(tt.detach(), dim=-1)  # (B, Nt, D)
-        g_t = int(round(tt.shape[1] ** 0.5))
+        g_t = round(tt.shape[1] ** 0.5)
         for s, st in enumerate(student_tokens):
             if s == t:
                 continue
-            g_s = int(round(st.shape[1] ** 0.5))
+            g_s = round(st.shape[1] ** 0.5)
             idx, valid = patch_correspondence(geom[:, s], geom[:, t], g_s, g_t)  # (B, Ns)
             logits = F.normalize(st, dim=-1) @ k.transpose(1, 2) / temp  # (B, Ns, Nt)
             ce = F.cross_entropy(logits.flatten(0, 1), idx.flatten(), reduction="none").view_as(idx)  # (B, Ns)

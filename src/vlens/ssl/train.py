@@ -224,7 +224,13 @@ def train(cfg: DINOConfig, log=print) -> dict:
 
     from vlens.runs import RunDir, seed_everything, write_json
     from vlens.ssl import dino
-    from vlens.training import cosine_schedule, load_checkpoint, make_accelerator, param_groups, save_checkpoint
+    from vlens.training import (
+        cosine_schedule,
+        load_checkpoint,
+        make_accelerator,
+        param_groups,
+        save_checkpoint,
+    )
 
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
@@ -246,7 +252,8 @@ def train(cfg: DINOConfig, log=print) -> dict:
     samples = max(samples, cfg.batch_size * world)
     spe = samples // (cfg.batch_size * world)  # steps per epoch
     total = spe * cfg.epochs
-    run = RunDir(out, cfg) if accelerator.is_main_process and ckpt is None else None
+    if accelerator.is_main_process and ckpt is None:
+        RunDir(out, cfg)  # writes config.json
 
     backbone = build_backbone(cfg.preset, cfg.crops.global_size)
     head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
