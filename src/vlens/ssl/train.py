@@ -436,6 +436,8 @@ def _loss_curve(out: Path, history: list[dict]) -> None:
     if "loss_dense" in history[-1]:
         ax[0].plot(steps, [h.get("loss_cls") for h in history], lw=0.8, label="[CLS] term")
         ax[0].plot(steps, [h.get("loss_dense") for h in history], lw=0.8, label="dense term")
+        if "loss_contrast" in history[-1]:
+            ax[0].plot(steps, [h.get("loss_contrast") for h in history], lw=0.8, label="patch InfoNCE term")
         ax[0].legend(fontsize=7)
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("DINO loss")

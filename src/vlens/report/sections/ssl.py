@@ -27,6 +27,8 @@ def _training_curve(ctx: LabContext, folder, s: Section) -> None:
     if "loss_dense" in hist[-1]:
         ax[0].plot(steps, [h["loss_cls"] for h in hist], lw=0.8, label="[CLS] (DINO)")
         ax[0].plot(steps, [h["loss_dense"] for h in hist], lw=0.8, label="dense (patches)")
+    if "loss_contrast" in hist[-1]:
+        ax[0].plot(steps, [h["loss_contrast"] for h in hist], lw=0.8, label="patch InfoNCE")
     ax[0].set_xlabel("step")
     ax[0].set_ylabel("loss")
     ax[0].legend(fontsize=7)
