@@ -20,6 +20,19 @@ def _vlens_cache(tmp_path_factory):
     os.environ["VLENS_CACHE"] = str(tmp_path_factory.mktemp("vlens-cache"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op torch thread for the in-process tests: the models are tiny, so on 2 cores a second thread
+    only adds contention (5-20x slower on a busy machine), and single-threaded CPU kernels sum in a fixed order,
+    which the bit-exact resume tests need. Subprocess tests (torchrun, CLI kills) set their own."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small target-style shapes dataset: 40 train / 8 val / 12 test at 64 px."""

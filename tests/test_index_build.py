@@ -18,16 +18,6 @@ from vlens.retrieval.index import ImageIndex, IndexConfig, build_index, index_lo
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a busy 2-core machine: one thread is ~20x faster than two fighting for the cores."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip):

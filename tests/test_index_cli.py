@@ -9,16 +9,6 @@ import pytest
 from PIL import Image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a busy 2-core machine: one thread is ~20x faster than two fighting for the cores."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def photos(tmp_path, shapes_dir):

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from vlens.models.hub import BUILTIN_DIR
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads are several times slower than one, and
-    multi-threaded CPU backward kernels add in a thread-dependent order (bit-exact resume checks need one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_clip_tiny_is_small_and_documented():

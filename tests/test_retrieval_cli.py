@@ -6,17 +6,8 @@ import json
 import shutil
 
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads are several times slower than one, and
-    multi-threaded CPU backward kernels add in a thread-dependent order (bit-exact resume checks need one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 TINY = ["--preset", "test-clip", "--image-size", "32", "--batch-size", "16", "--warmup", "2"]
 

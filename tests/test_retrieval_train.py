@@ -23,14 +23,6 @@ def _quiet(*_):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two OpenMP threads are several times slower than one, and
-    multi-threaded CPU backward kernels add in a thread-dependent order (bit-exact resume checks need one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_epoch_batches_depend_only_on_seed_and_epoch():

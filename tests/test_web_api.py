@@ -15,16 +15,6 @@ from vlens.retrieval.index import IndexConfig, build_index
 from vlens.retrieval.search import Searcher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a busy 2-core machine: one thread is ~20x faster than two fighting for the cores."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, shapes_dir, tiny_clip):
