@@ -43,5 +43,5 @@ def test_builtin_captions_unseen_test_images_above_floor(tmp_path):
         metrics=("BLEU-4", "CIDEr"),
         tokenizer="python",
     )
-    # measured 37.1 and 240.1 (MODEL_CARD.md: the model gets colours and counts right, shapes and places not)
-    assert scores["BLEU-4"] > 25 and scores["CIDEr"] > 150, scores.scores
+    # measured 53.5 and 309.7 (MODEL_CARD.md: colours and counts right, shapes partly, places not)
+    assert scores["BLEU-4"] > 35 and scores["CIDEr"] > 200, scores.scores
