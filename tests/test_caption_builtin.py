@@ -6,16 +6,6 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_builtin_is_small_and_documented():
     from vlens.models.hub import resolve
 

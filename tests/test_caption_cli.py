@@ -10,18 +10,6 @@ import shutil
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x
-    slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def img_dir(shapes_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("imgs")

@@ -9,18 +9,6 @@ from vlens.caption.train import Collate, TrainConfig, caption_loss, train
 from vlens.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine torch's default (2 threads) runs these tiny models ~10x
-    slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_collate_masks_prompt_and_padding(tiny_blip):
     from PIL import Image
 
