@@ -57,9 +57,11 @@ def test_debug_flag_shows_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr and "DatasetError" in r.stderr
 
 
-def test_usage_error_exit_code(cli):
+def test_usage_errors_print_usage_not_a_bug_report(cli):
     code, _, err = cli("data", "nonsense")
-    assert code == 2 and "No such command" in err
+    assert code == 2 and "No such command 'nonsense'" in err and "Usage:" in err and "bug" not in err
+    code, _, err = cli("data", "inspect", "--bogus", "x")
+    assert code == 2 and "No such option: --bogus" in err and "bug" not in err
 
 
 def test_models_list_shows_embedded_and_cached(cli, tmp_path, tiny_vit, monkeypatch):

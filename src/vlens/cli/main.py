@@ -48,6 +48,13 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> int:
     import click
+    import typer.exceptions
+    from typer._click.exceptions import ClickException as TyperClickException
+
+    # typer >= 0.20 carries its own copy of click: usage errors come from either one, depending on the version.
+    usage_errors = (click.ClickException, TyperClickException)
+    exits = (click.exceptions.Exit, typer.exceptions.Exit)
+    aborts = (click.exceptions.Abort, typer.exceptions.Abort)
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("VLENS_DEBUG") == "1"
@@ -56,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=args, prog_name="vlens", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except usage_errors as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except aborts:
         typer.echo("aborted", err=True)
         return 130
     except KeyboardInterrupt:
