@@ -37,3 +37,11 @@ def test_failing_section_is_reported_in_place(tmp_path, monkeypatch, cli):
     assert "section exploded" in html and "<td>1.2</td>" in html
     code, _, err = cli("lab", "--out", tmp_path, "--only", "nope")
     assert code == 1 and "unknown section" in err
+
+
+def test_html_renders_inline_markdown_and_escapes():
+    from vlens.report.render import inline_html
+
+    assert inline_html("The **shapes** set, `a_b*c*`, _note_") == \
+        "The <strong>shapes</strong> set, <code>a_b*c*</code>, <em>note</em>"
+    assert inline_html("<b>x</b> & 3 * 4 * 5 snake_case") == "&lt;b&gt;x&lt;/b&gt; &amp; 3 * 4 * 5 snake_case"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 from vlens.report.section import Section, fmt
@@ -16,8 +17,30 @@ table{border-collapse:collapse;margin:1em 0;font-size:.92em} th,td{border:1px so
 text-align:right} th{background:#f3f3f5} td:first-child,th:first-child{text-align:left}
 figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#555;font-size:.9em}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto} .err{color:#b00020} .meta{color:#666;font-size:.9em}
-nav a{margin-right:1em}
+nav a{margin-right:1em} code{background:#f3f3f5;padding:0 .25em;border-radius:3px;font-size:.92em}
 """
+
+
+_INLINE = [
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"), r"<em>\1</em>"),
+    (re.compile(r"(?<![\w])_(?!\s)(.+?)(?<!\s)_(?![\w])"), r"<em>\1</em>"),
+    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+|[\w./-]+)\)"), r"<a href='\2'>\1</a>"),
+]
+
+
+def inline_html(text: str) -> str:
+    """Escape ``text`` and render the inline Markdown sections use: `code`, **bold**, *em*, _em_, [links](url)."""
+    out = html.escape(text, quote=False)
+    for pattern, repl in _INLINE:
+        if pattern.pattern.startswith("`"):
+            out = pattern.sub(repl, out)
+            continue
+        # never touch what is inside <code>
+        parts = re.split(r"(<code>.*?</code>)", out)
+        out = "".join(p if p.startswith("<code>") else pattern.sub(repl, p) for p in parts)
+    return out
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -65,18 +88,18 @@ def to_html(title: str, sections: list[Section], base: Path, meta: str = "") -> 
             if kind == "text":
                 for para in b[1].split("\n\n"):
                     cls = " class='err'" if para.startswith("**Failed") else ""
-                    parts.append(f"<p{cls}>{e(para)}</p>")
+                    parts.append(f"<p{cls}>{inline_html(para)}</p>")
             elif kind == "code":
                 parts.append(f"<pre>{e(b[1])}</pre>")
             elif kind == "table":
                 _, headers, rows, caption = b
-                cap = f"<caption>{e(caption)}</caption>" if caption else ""
+                cap = f"<caption>{inline_html(caption)}</caption>" if caption else ""
                 head = "".join(f"<th>{e(str(h))}</th>" for h in headers)
-                body = "".join("<tr>" + "".join(f"<td>{e(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+                body = "".join("<tr>" + "".join(f"<td>{inline_html(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
                 parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif kind == "figure":
                 _, path, caption = b
                 parts.append(f"<figure><img src='{e(_rel(path, base))}' alt='{e(caption)}' loading='lazy'>"
-                             f"<figcaption>{e(caption)}</figcaption></figure>")
+                             f"<figcaption>{inline_html(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
