@@ -2,7 +2,7 @@
 
 Everything is blocked: distances are computed for a tile of ``rows x cols`` pairs at a time (via
 ``|a|^2 - 2 a.b + |b|^2``, one matmul per tile, shared by both directions) and reduced to running minima, so the
-extra memory is two tiles (the distances and their transpose) of at most ``tile_bytes`` each (default 32 MiB)
+extra memory is one tile of at most ``tile_bytes`` (default 32 MiB)
 plus O(n + m) vectors, whatever the number of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k). There is no Python loop over patches:
 the loops run over tiles.
 
@@ -21,6 +21,7 @@ from vlens.errors import ConfigError
 
 SCORES = ("cycle", "feature")
 TILE_BYTES = 32 * 2**20
+_BAND = 256  # rows per column-minimum band (see nearest_neighbors_both)
 
 
 def _check(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -71,11 +72,13 @@ def nearest_neighbors_both(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = T
             better = rv < ab_d[r0:r0 + rows]  # strict: earlier tiles win ties
             ab_d[r0:r0 + rows] = torch.where(better, rv, ab_d[r0:r0 + rows])
             ab_i[r0:r0 + rows] = torch.where(better, ri + c0, ab_i[r0:r0 + rows])
-            # best row of each column: min over dim 0 of a row-major tile is ~2x slower than a transposed copy + min
-            cv, ci = d2.T.contiguous().min(1)  # (c,)
-            better = cv < ba_d[c0:c0 + cols]
-            ba_d[c0:c0 + cols] = torch.where(better, cv, ba_d[c0:c0 + cols])
-            ba_i[c0:c0 + cols] = torch.where(better, ci + r0, ba_i[c0:c0 + cols])
+            # best row of each column, in bands of rows: a column reduction over a whole row-major tile (or
+            # a transposed copy) is 2x slower than over short bands that stay in cache
+            for b0 in range(0, d2.shape[0], _BAND):
+                cv, ci = d2[b0:b0 + _BAND].min(0)  # (c,)
+                better = cv < ba_d[c0:c0 + cols]  # strict: earlier rows win ties
+                ba_d[c0:c0 + cols] = torch.where(better, cv, ba_d[c0:c0 + cols])
+                ba_i[c0:c0 + cols] = torch.where(better, ci + (r0 + b0), ba_i[c0:c0 + cols])
     return ab_i, _exact(a, b, ab_i, rows), ba_i, _exact(b, a, ba_i, rows)
 
 
