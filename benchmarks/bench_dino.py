@@ -1,4 +1,5 @@
-"""Throughput of one DINO training step (student forward/backward on 2 global + 4 local crops (the builtin recipe), teacher forward,
+"""Throughput of one DINO training step (student forward/backward on 2 global + 4 local crops (the builtin recipe),
+teacher forward,
 loss, AdamW, EMA) on the dino-tiny preset, with 1 torch thread and with all cores, measured in the same run.
 
     .venv/bin/python benchmarks/bench_dino.py [--batch 16] [--steps 5] [--dense-weight 1.0]
@@ -56,7 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--dense-weight", type=float, default=1.0, help="> 0 includes the dense DINO and patch InfoNCE terms")
+    ap.add_argument("--dense-weight", type=float, default=1.0,
+                    help="> 0 includes the dense DINO and patch InfoNCE terms")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     one = bench(1, args.batch, args.steps, args.dense_weight > 0)

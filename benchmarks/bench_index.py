@@ -32,7 +32,8 @@ def clustered(n: int, d: int, clusters: int, seed: int, spread: float = 0.35) ->
     out = np.empty((n, d), np.float32)
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)
-        x = centres[rng.integers(0, clusters, m)] + rng.normal(scale=spread / np.sqrt(d), size=(m, d)).astype(np.float32)
+        noise = rng.normal(scale=spread / np.sqrt(d), size=(m, d)).astype(np.float32)
+        x = centres[rng.integers(0, clusters, m)] + noise
         out[i:i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -175,7 +176,8 @@ def main() -> None:
         print(f"\nbuild: {b['images']} images with {b['model']}: {b['build_s']} s = {b['build_images_per_s']} images/s "
               f"(embedding alone {b['embed_images_per_s']} images/s; model load {b['model_load_s']} s)")
         print(f"update, 1% changed ({b['update_1pct_changed']} files): {b['update_1pct_s']} s "
-              f"(x{b['update_vs_rebuild']} faster than the build); update with nothing changed: {b['update_nothing_s']} s")
+              f"(x{b['update_vs_rebuild']} faster than the build); "
+              f"update with nothing changed: {b['update_nothing_s']} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

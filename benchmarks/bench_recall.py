@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_recall.py --quick      # 1,000 x 5,000
 
 Process CPU time is printed next to wall time because the development machine is shared: on a busy machine the
-wall time says more about the neighbours than about the code. Embeddings are synthetic but structured (each caption = its image's embedding + noise, re-normalised), so ranks
+wall time says more about the neighbours than about the code. Embeddings are synthetic but structured (each
+caption = its image's embedding + noise, re-normalised), so ranks
 are neither all 0 nor random. The naive loop (one query at a time: a matrix-vector product, a full sort, find
 the first positive) is timed on the first --naive-queries queries of each direction and extrapolated linearly to
 all 30,000 queries (it would take minutes otherwise); its ranks are checked equal to the fast path's.

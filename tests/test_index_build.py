@@ -18,7 +18,6 @@ from vlens.retrieval.index import ImageIndex, IndexConfig, build_index, index_lo
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 
-
 @pytest.fixture(scope="module")
 def encoder(tiny_clip):
     from vlens.retrieval.model import DualEncoder

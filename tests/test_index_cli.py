@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 
-
 @pytest.fixture
 def photos(tmp_path, shapes_dir):
     root = tmp_path / "photos"

@@ -159,7 +159,8 @@ def test_kill_update_at_random_points_then_rerun(setup, tmp_path):
     old = _rows(out)
     killed = 0
     for _ in range(3):
-        started = lambda: (out / "lock").stat().st_size > 0
+        def started():
+            return (out / "lock").stat().st_size > 0
         if _kill_at_random(_cmd("index", "update", out, "--json"), started, rng, window=1.5):
             killed += 1
             rows = _rows(out)

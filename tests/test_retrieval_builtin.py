@@ -7,8 +7,6 @@ import pytest
 from vlens.models.hub import BUILTIN_DIR
 
 
-
-
 def test_clip_tiny_is_small_and_documented():
     folder = BUILTIN_DIR / "clip-tiny"
     size = sum(p.stat().st_size for p in folder.iterdir())

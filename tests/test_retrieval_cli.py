@@ -7,8 +7,6 @@ import shutil
 
 import pytest
 
-
-
 TINY = ["--preset", "test-clip", "--image-size", "32", "--batch-size", "16", "--warmup", "2"]
 
 

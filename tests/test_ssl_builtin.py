@@ -36,7 +36,8 @@ def test_builtin_matches_far_better_than_chance():
     from vlens.match.crops import run_crop_benchmark
 
     images = photo_paths(("astronaut", "coffee", "chelsea", "rocket"))
-    kw = {"crops_per_image": 1, "scenarios": ("large", "small"), "source_side": 224, "crop_side": 112, "keep_examples": 0}
+    kw = {"crops_per_image": 1, "scenarios": ("large", "small"), "source_side": 224, "crop_side": 112,
+          "keep_examples": 0}
     ours = run_crop_benchmark("builtin:dino-tiny", images, **kw)
     for name in ("large", "small"):
         assert ours.get(name, "feature").median < 224 / 3, name

@@ -12,9 +12,9 @@ from vlens.ssl.train import DINOConfig, export_checkpoint, train
 
 
 def tiny_config(out, images, **kw) -> DINOConfig:
-    base = {"out": str(out), "images": [str(images)], "preset": "test-vit", "epochs": 2, "samples_per_epoch": 4, "batch_size": 2,
-                "warmup_epochs": 1, "out_dim": 16, "head_hidden_dim": 16, "head_bottleneck_dim": 8, "checkpoint_every": 2,
-                "max_side": 64, "crops": MultiCropConfig(global_size=32, local_size=16, n_local=2)}
+    base = {"out": str(out), "images": [str(images)], "preset": "test-vit", "epochs": 2, "samples_per_epoch": 4,
+            "batch_size": 2, "warmup_epochs": 1, "out_dim": 16, "head_hidden_dim": 16, "head_bottleneck_dim": 8,
+            "checkpoint_every": 2, "max_side": 64, "crops": MultiCropConfig(global_size=32, local_size=16, n_local=2)}
     base.update(kw)
     return DINOConfig(**base)
 

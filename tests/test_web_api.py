@@ -15,7 +15,6 @@ from vlens.retrieval.index import IndexConfig, build_index
 from vlens.retrieval.search import Searcher
 
 
-
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory, shapes_dir, tiny_clip):
     from vlens.retrieval.model import DualEncoder

@@ -64,7 +64,7 @@ def token_logprobs(
     """Sum and count of log p(target) over the positions where ``mask`` is true.
 
     logits (B, T, V) predict targets (B, T); mask (B, T) bool. Returns (sum (B,), count (B,)).
-   
+
 """
     logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
     logp = logp.masked_fill(~mask, 0.0)
@@ -79,7 +79,7 @@ def strip_prompt(
 
     sequences (N, T) as returned by ``generate``. The prompt is removed by position, on token ids: the caption
     never contains the prompt's tokens unless the model generated them itself.
-   
+
 """
     out = []
     for row in sequences[:, prefix_len:].tolist():

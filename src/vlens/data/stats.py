@@ -6,8 +6,8 @@ import statistics
 from collections import Counter
 
 from vlens.data import CaptionDataset
-from vlens.images import SkipLog, load_image
 from vlens.errors import ImageLoadError
+from vlens.images import SkipLog, load_image
 
 
 def dataset_stats(ds: CaptionDataset, verify_images: bool = True, progress: bool | None = None) -> dict:

@@ -8,7 +8,8 @@ and its centre, mapped back to the *original* image, is ``((j + 0.5) * p * W / W
 ``DenseFeatures.centers`` holds these centres in row-major patch order, matching ``descriptors.reshape(-1, d)``.
 
 Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` or
-``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline) and ``random:SPEC`` (SPEC's architecture with random
+``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline)
+and ``random:SPEC`` (SPEC's architecture with random
 weights, seed 1234: what the architecture alone buys). Loaded models are cached per spec.
 """
 

@@ -3,7 +3,8 @@
 Everything is blocked: distances are computed for a tile of ``rows x cols`` pairs at a time (via
 ``|a|^2 - 2 a.b + |b|^2``, one matmul per tile, shared by both directions) and reduced to running minima, so the
 extra memory is one tile of at most ``tile_bytes`` (default 32 MiB)
-plus O(n + m) vectors, whatever the number of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k). There is no Python loop over patches:
+plus O(n + m) vectors, whatever the number of patches, instead of the full ``N x M`` matrix (1.6 GB at 20k x 20k).
+There is no Python loop over patches:
 the loops run over tiles.
 
 Cycle distance of a patch ``c`` in image A: ``c -> NN in B -> NN back in A`` lands on a patch ``c'``; the cycle

@@ -447,7 +447,7 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
 
     # Renames: a new path whose content equals a removed row's takes over that row (same id, no re-embedding).
     removed_by_sha = {}
-    for p, (i, _s, _m, h) in removed.items():
+    for p, (_i, _s, _m, h) in removed.items():
         removed_by_sha.setdefault(h, []).append(p)
     renames, rest = [], []
     for item in todo:

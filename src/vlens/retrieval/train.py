@@ -204,7 +204,7 @@ def build_pairs(samples, processor, tokenizer, max_tokens: int, cache_mb: int, i
     pairs = PairSet(kept, ids, mask, processor, {}, limit, skipped, truncated, empty)
     # One pass to find unreadable images now (not in epoch 3) and fill the cache.
     good = []
-    for i, p in enumerate(pairs.paths):
+    for i, _p in enumerate(pairs.paths):
         try:
             pairs.pixels(i)
             good.append(i)
