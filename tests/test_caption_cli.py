@@ -187,42 +187,12 @@ def test_sweep_rows_table_plot_and_resume(cli, tiny_blip, shapes_dir, tmp_path):
 
 
 def test_train_then_caption_with_the_result(cli, shapes_dir, tmp_path, img_dir):
-    code, out, err = cli(
-        "caption",
-        "train",
-        "--data",
-        shapes_dir,
-        "--preset",
-        "test-blip",
-        "--epochs",
-        "1",
-        "--max-train",
-        "8",
-        "--image-size",
-        "32",
-        "--val-limit",
-        "2",
-        "--out",
-        tmp_path / "tr",
-    )
+    train = ["caption", "train", "--data", shapes_dir, "--preset", "test-blip", "--epochs", "1", "--max-train", "8",
+             "--image-size", "32", "--out", tmp_path / "tr"]
+    code, out, err = cli(*train, "--val-limit", "2")
     assert code == 0, err
     assert "model in" in out and (tmp_path / "tr" / "best" / "model.safetensors").is_file()
     code, out, err = cli("caption", img_dir, "--model", tmp_path / "tr" / "best", "--max-new-tokens", "4")
     assert code == 0 and len(out.strip().splitlines()) == 3
-    code, _, err = cli(
-        "caption",
-        "train",
-        "--data",
-        shapes_dir,
-        "--preset",
-        "test-blip",
-        "--epochs",
-        "1",
-        "--max-train",
-        "8",
-        "--image-size",
-        "32",
-        "--out",
-        tmp_path / "tr",
-    )
+    code, _, err = cli(*train)  # the same run folder again, without --resume
     assert code == 1 and "--resume" in err
