@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     train_set = ds.split("train").limit(cfg.max_train)
     val_set = ds.split("val").limit(cfg.val_limit)
     # cpu=True without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE and each process trains alone
-    acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision)
     seed_everything(cfg.seed)
     run = RunDir(out, cfg) if acc.is_main_process else None
 

@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
     # accumulation is done here, by hand; cpu=True on a CPU-only machine is what makes accelerate see the
     # torchrun / `accelerate launch` processes (otherwise each one thinks it is alone)
-    acc = make_accelerator(1, cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    acc = make_accelerator(1, cfg.mixed_precision)
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     if cfg.batch_size % world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")

@@ -244,7 +244,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
     _validate(cfg)
 
     # accelerate only sets up DDP on CPUs (gloo) when told cpu=True; without a GPU that is what we want
-    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)  # identical initial weights on every process
     paths = _resolve_images(cfg.images)
