@@ -148,6 +148,24 @@ def test_patch_correspondence_by_hand():
         assert valid.all() and idx[0].tolist() == list(range(16))
 
 
+def test_patch_correspondence_with_rotation():
+    # a view rotated by 90 degrees about its centre: its top-left patch shows the box's bottom-left corner
+    g0 = torch.tensor([[0.0, 0.0, 8.0, 8.0, 0.0, 0.0]])
+    g90 = torch.tensor([[0.0, 0.0, 8.0, 8.0, 0.0, math.pi / 2]])
+    idx, valid = dino.patch_correspondence(g90, g0, 2, 2)
+    # rotating by +90 deg maps offset (dx, dy) -> (-dy, dx): view patch (col 0, row 0) = offset (-2, -2) -> (2, -2)
+    assert valid.all() and idx[0].tolist() == [1, 3, 0, 2]
+    # round trip: view -> image -> view is the identity for any geometry
+    g = torch.tensor([[10.0, 20.0, 50.0, 44.0, 1.0, 0.3]])
+    u, v = torch.rand(1, 50), torch.rand(1, 50)
+    x, y = dino.view_to_image(g, u, v)
+    u2, v2 = dino.image_to_view(g, x, y)
+    assert torch.allclose(u, u2, atol=1e-5) and torch.allclose(v, v2, atol=1e-5)
+    # 5-column geometry (no angle) still works
+    idx5, _ = dino.patch_correspondence(g0[:, :5], g0[:, :5], 2, 2)
+    assert idx5[0].tolist() == [0, 1, 2, 3]
+
+
 def test_dense_loss_matches_a_loop():
     torch.manual_seed(0)
     b, k = 2, 6
@@ -163,8 +181,8 @@ def test_dense_loss_matches_a_loop():
                 continue
             gs_ = round(sp[s].shape[1] ** 0.5)
             for bi in range(b):
-                x0, y0, x1, y1, fl = geom[bi, s].tolist()
-                tx0, ty0, tx1, ty1, tfl = geom[bi, t].tolist()
+                x0, y0, x1, y1, fl = geom[bi, s, :5].tolist()
+                tx0, ty0, tx1, ty1, tfl = geom[bi, t, :5].tolist()
                 for r in range(gs_):
                     for col in range(gs_):
                         u = (col + 0.5) / gs_
@@ -212,3 +230,14 @@ def test_dense_contrastive_loss_matches_a_loop():
                     sims = torch.stack([q @ (k / k.norm()) for k in tt[t][bi]]) / 0.2
                     terms.append(-torch.log_softmax(sims, 0)[idx[bi, i]])
     assert float(got) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+
+
+def test_dense_contrastive_keys_from_the_student_get_gradients():
+    torch.manual_seed(2)
+    geom = torch.tensor([[[0.0, 0, 8, 8, 0, 0], [2, 0, 10, 8, 0, 0.2]]])
+    views = [torch.randn(1, 4, 6, requires_grad=True) for _ in range(2)]
+    dino.dense_contrastive_loss(views, views, geom, detach_keys=False).backward()
+    with_keys = views[0].grad.clone()
+    views[0].grad = None
+    dino.dense_contrastive_loss(views, views, geom, detach_keys=True).backward()
+    assert not torch.allclose(with_keys, views[0].grad)  # keys add their own gradient when not detached

@@ -51,9 +51,11 @@ def test_train_writes_a_loadable_backbone(tmp_path, shapes_dir):
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path, shapes_dir):
     images = shapes_dir / "images"
-    train(tiny_config(tmp_path / "full", images, dense_weight=0.5, patch_out_dim=8), log=lambda _m: None)
-    part = train(tiny_config(tmp_path / "part", images, stop_after=3, checkpoint_every=1, dense_weight=0.5,
-                             patch_out_dim=8), log=lambda _m: None)
+    # every term of the builtin recipe: [CLS] + dense DINO + patch InfoNCE (student keys), rotated crops
+    crops = MultiCropConfig(global_size=32, local_size=16, n_local=2, rotation=15, min_overlap=0.2, flip_p=0)
+    kw = {"dense_weight": 0.5, "contrast_weight": 0.5, "patch_out_dim": 8, "crops": crops}
+    train(tiny_config(tmp_path / "full", images, **kw), log=lambda _m: None)
+    part = train(tiny_config(tmp_path / "part", images, stop_after=3, checkpoint_every=1, **kw), log=lambda _m: None)
     assert part["steps"] == 3 and not part["finished"] and not (tmp_path / "part" / "backbone").exists()
     # resume takes the settings from the checkpoint; only out/resume/stop_after come from the call
     done = train(DINOConfig(out=str(tmp_path / "part"), resume=True), log=lambda _m: None)
@@ -63,16 +65,20 @@ def test_resume_is_exact(tmp_path, shapes_dir):
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), (key, k)
     assert torch.equal(a["center"], b["center"]) and torch.equal(a["center_patch"], b["center_patch"])
-    assert "loss_dense" in a["history"][-1]
+    assert "loss_dense" in a["history"][-1] and "loss_contrast" in a["history"][-1]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
 def test_export_checkpoint(tmp_path, shapes_dir):
     from vlens.models import load
 
-    train(tiny_config(tmp_path / "run", shapes_dir / "images", stop_after=2), log=lambda _m: None)
+    train(tiny_config(tmp_path / "run", shapes_dir / "images", stop_after=2, export="student"), log=lambda _m: None)
     folder = export_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "exported")
-    assert load(str(folder), "backbone").model.config.hidden_size == 32
+    model = load(str(folder), "backbone").model
+    assert model.config.hidden_size == 32
+    student = _state(tmp_path / "run")["student"]  # export="student": the student's weights, not the teacher's
+    assert all(torch.equal(v, student["backbone." + k]) for k, v in model.state_dict().items()
+               if "backbone." + k in student)
 
 
 def test_cli_train_and_errors(tmp_path, shapes_dir, cli):

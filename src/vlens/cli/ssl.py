@@ -50,7 +50,13 @@ def train_cmd(
     contrast_weight: float = typer.Option(0.0, help="Weight of a patch InfoNCE term: each patch must find its "
                                           "counterpart among all patches of the other view (helps matching)."),
     contrast_temp: float = typer.Option(0.1, help="Temperature of the patch InfoNCE term."),
+    contrast_keys: str = typer.Option("student", help="Keys of the InfoNCE term: student (its own other global "
+                                      "view; fastest on short runs) or teacher (the EMA teacher's, MoCo-style)."),
+    cls_weight: float = typer.Option(1.0, help="Weight of DINO's [CLS] term (lower it for matching-only "
+                                     "backbones: it pulls the patches of an image towards one code)."),
     patch_out_dim: int = typer.Option(256, help="Prototypes of the patch head (with --dense-weight > 0)."),
+    export: str = typer.Option("teacher", help="Backbone saved at the end: teacher (DINO's choice, best after long "
+                               "runs) or student (best after short runs, where the EMA teacher lags)."),
     global_size: int = typer.Option(96, help="Global crop side in px (the teacher's input)."),
     local_size: int = typer.Option(48, help="Local crop side in px."),
     n_local: int = typer.Option(6, help="Local crops per image (0 = two global views only)."),
@@ -58,6 +64,17 @@ def train_cmd(
                                                      "--max-side) cut for a global crop. Match it to the scale "
                                                      "you will use the features at."),
     local_scale: tuple[float, float] = typer.Option((0.05, 0.25), help="Area fraction range for local crops."),
+    flip_p: float = typer.Option(0.5, help="Probability of a horizontal flip per crop. Flips make features "
+                                 "mirror-invariant, which blurs left/right for dense matching: use 0 for matching."),
+    gray_p: float = typer.Option(0.2, help="Probability of a grey crop (colour invariance; 0 keeps colour as a "
+                                 "cue for matching)."),
+    rotation: float = typer.Option(0.0, help="Largest crop rotation in degrees (+-); the dense terms follow the "
+                                   "rotation exactly. 15 teaches the tilt of the crop benchmark's geometric "
+                                   "scenario."),
+    min_overlap: float = typer.Option(0.0, help="Redraw the second global crop until it overlaps the first by this "
+                                      "fraction of the smaller box (the dense terms learn only on the overlap)."),
+    solarize_p: float = typer.Option(0.2, help="Probability of solarising the second global crop."),
+    hue: float = typer.Option(0.1, help="Largest hue shift of the colour jitter, in turns (0 = hues kept)."),
     max_side: int = typer.Option(512, help="Shrink images once so the longer side is at most this (px)."),
     processor_size: int = typer.Option(0, help="Input size saved in the image processor (0 = --global-size)."),
     seed: int = typer.Option(0, help="Seeds weights and every crop; same seed + settings = same run."),
@@ -86,7 +103,8 @@ def train_cmd(
         torch.set_num_threads(threads)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
     cfg = load_config(config) if config else DINOConfig()
-    crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale"}
+    crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale", "flip_p", "gray_p",
+                   "hue", "rotation", "min_overlap", "solarize_p"}
     for name, value in ctx.params.items():
         if name in ("config", "json_out", "threads"):
             continue

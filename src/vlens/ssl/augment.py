@@ -37,10 +37,21 @@ class MultiCropConfig:
     """Area fraction range for local crops (should end where global_scale starts)."""
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     """Aspect-ratio range of a crop before it is resized to a square."""
+    min_overlap: float = 0.0
+    """Least overlap of the two global crops, as a fraction of the smaller box's area: the second one is redrawn
+    (up to 20 times) until it overlaps the first this much. Dense terms only learn where the views overlap."""
+    rotation: float = 0.0
+    """Largest rotation of a crop box in degrees (uniform in +-rotation; 0 = axis-aligned crops). The rotated box
+    is shrunk, if needed, to stay inside the image."""
     flip_p: float = 0.5
+    """Probability of a horizontal flip. Flips teach mirror invariance: right for [CLS], wrong for dense matching
+    (the two sides of an edge become alike), so the builtin:dino-tiny recipe sets 0."""
     jitter_p: float = 0.8
-    """Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)."""
+    """Probability of colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue ``hue``)."""
+    hue: float = 0.1
+    """Largest hue shift of the jitter, in turns of the colour circle (0 keeps hues: colour stays a cue)."""
     gray_p: float = 0.2
+    """Probability of turning a crop grey (teaches colour invariance; 0 keeps colour as a matching cue)."""
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     """Blur probability for global crop 1, global crop 2 and local crops (DINO's values)."""
     solarize_p: float = 0.2
@@ -96,7 +107,7 @@ def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, con
             img = ImageEnhance.Contrast(img).enhance(rng.uniform(1 - contrast, 1 + contrast))
         elif op == 2:
             img = ImageEnhance.Color(img).enhance(rng.uniform(1 - saturation, 1 + saturation))
-        else:
+        elif hue > 0:
             img = shift_hue(img, rng.uniform(-hue, hue))
     return img
 
@@ -107,17 +118,41 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return (x - m) / s
 
 
+def rotated_box(box: tuple[int, int, int, int], width: int, height: int, angle_deg: float,
+                rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """Re-place an axis-aligned box of the same size (shrunk if needed) so that, rotated by ``angle_deg`` about
+    its centre, it lies inside the image. Returns the unrotated box ``(x0, y0, x1, y1)`` around the new centre."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    t = math.radians(angle_deg)
+    c, s = abs(math.cos(t)), abs(math.sin(t))
+    ew, eh = bw * c + bh * s, bw * s + bh * c  # axis-aligned extent of the rotated box
+    shrink = min(1.0, width / ew, height / eh)
+    bw, bh, ew, eh = bw * shrink, bh * shrink, ew * shrink, eh * shrink
+    cx, cy = rng.uniform(ew / 2, width - ew / 2), rng.uniform(eh / 2, height - eh / 2)
+    return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
+
+
 def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float, solarize_p: float,
-         rng: np.random.Generator) -> tuple[torch.Tensor, tuple[float, float, float, float, float]]:
-    """One augmented, normalised crop (3, size, size) and its geometry ``(x0, y0, x1, y1, flipped)`` in image
-    pixels. PIL does the pixel work: on small crops its C loops are ~100x faster than launching torch ops."""
+         rng: np.random.Generator) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """One augmented, normalised crop (3, size, size) and its geometry ``(x0, y0, x1, y1, flipped, angle)``: the
+    crop box in image pixels before rotation, the flip flag and the rotation about the box centre in radians.
+    PIL does the pixel work: on small crops its C loops are ~100x faster than launching torch ops."""
     box = random_resized_box(img.width, img.height, scale, cfg.ratio, rng)
-    crop = img.resize((size, size), Image.BICUBIC, box=box)
+    angle = float(rng.uniform(-cfg.rotation, cfg.rotation)) if cfg.rotation > 0 else 0.0
+    if angle:
+        from vlens.match.crops import crop_affine, render_crop
+
+        box = rotated_box(box, img.width, img.height, angle, rng)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        affine = crop_affine(centre, (box[2] - box[0], box[3] - box[1]), (size, size), angle)
+        crop = render_crop(img, affine, (size, size))
+    else:
+        crop = img.resize((size, size), Image.BICUBIC, box=box)
     flipped = rng.random() < cfg.flip_p
     if flipped:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     if rng.random() < cfg.jitter_p:
-        crop = color_jitter(crop, rng)
+        crop = color_jitter(crop, rng, hue=cfg.hue)
     if rng.random() < cfg.gray_p:
         crop = crop.convert("L").convert("RGB")
     if rng.random() < blur_p:
@@ -126,21 +161,34 @@ def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float
     if rng.random() < solarize_p:
         crop = ImageOps.solarize(crop, 128)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-    return normalize(x).contiguous(), (*map(float, box), float(flipped))
+    return normalize(x).contiguous(), (*map(float, box), float(flipped), math.radians(angle))
+
+
+def box_overlap(a, b) -> float:
+    """Intersection area of two boxes ``(x0, y0, x1, y1, ...)`` over the smaller one's area (rotation ignored)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator
                ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """2 global crops then ``n_local`` local crops, each (3, S, S), from one RGB image, plus their geometry
-    (V, 5): crop box ``x0, y0, x1, y1`` in image pixels and a horizontal-flip flag."""
+    (V, 6): crop box ``x0, y0, x1, y1`` in image pixels, a horizontal-flip flag and the box rotation (radians)."""
     g1, g2, loc = cfg.blur_p
-    views = [view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng),
-             view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)]
+    first = view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng)
+    for _ in range(20 if cfg.min_overlap > 0 else 1):
+        second = view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)
+        if box_overlap(first[1], second[1]) >= cfg.min_overlap:
+            break
+    views = [first, second]
     views += [view(img, cfg.local_size, cfg.local_scale, cfg, loc, 0.0, rng) for _ in range(cfg.n_local)]
     return [v[0] for v in views], torch.tensor([v[1] for v in views], dtype=torch.float32)
 
 
 def collate_crops(samples: list[tuple[list[torch.Tensor], torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """B samples of (V crops, geometry) -> (V tensors of (B, 3, S_v, S_v), geometry (B, V, 5))."""
+    """B samples of (V crops, geometry) -> (V tensors of (B, 3, S_v, S_v), geometry (B, V, 6))."""
     crops = [torch.stack([s[0][v] for s in samples]) for v in range(len(samples[0][0]))]
     return crops, torch.stack([s[1] for s in samples])

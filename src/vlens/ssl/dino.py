@@ -101,24 +101,43 @@ class MultiCropNet(nn.Module):
         return (logits, patches, tokens_out) if self.patch_head is not None else logits
 
 
+def view_to_image(geom: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points given in a view's own units (``u``, ``v`` in [0, 1) across / down the crop as shown) -> image pixels.
+
+    ``geom``: (B, 5 or 6) ``x0, y0, x1, y1, flipped[, angle]``: the box before rotation, a flip flag and the
+    rotation about the box centre in radians (0 if absent). ``u``, ``v``: (B, N) or (1, N). Returns (B, N) x, y.
+    """
+    x0, y0, x1, y1, fl = (geom[:, k:k + 1] for k in range(5))  # each (B, 1)
+    ang = geom[:, 5:6] if geom.shape[1] > 5 else torch.zeros_like(x0)
+    u = torch.where(fl > 0.5, 1 - u, u)  # a flipped crop shows its box mirrored
+    dx, dy = (u - 0.5) * (x1 - x0), (v - 0.5) * (y1 - y0)  # offsets from the box centre, box frame
+    c, s = torch.cos(ang), torch.sin(ang)
+    return (x0 + x1) / 2 + c * dx - s * dy, (y0 + y1) / 2 + s * dx + c * dy
+
+
+def image_to_view(geom: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`view_to_image`: image pixels (B, N) -> the view's (u, v) units."""
+    x0, y0, x1, y1, fl = (geom[:, k:k + 1] for k in range(5))
+    ang = geom[:, 5:6] if geom.shape[1] > 5 else torch.zeros_like(x0)
+    px, py = x - (x0 + x1) / 2, y - (y0 + y1) / 2
+    c, s = torch.cos(ang), torch.sin(ang)
+    dx, dy = c * px + s * py, -s * px + c * py  # rotate back by -angle
+    u, v = dx / (x1 - x0) + 0.5, dy / (y1 - y0) + 0.5
+    return torch.where(fl > 0.5, 1 - u, u), v
+
+
 def patch_correspondence(geom_s: torch.Tensor, geom_t: torch.Tensor, grid_s: int, grid_t: int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every patch centre of student view s, the index of the teacher-view patch that covers the same
     image point, and whether that point lies inside the teacher view at all.
 
-    ``geom_*``: (B, 5) crop boxes ``x0, y0, x1, y1`` in image pixels and a flip flag; square grids of
-    ``grid_s`` / ``grid_t`` patches. Returns ``idx`` (B, grid_s**2) into the teacher's row-major patches and
-    ``valid`` (B, grid_s**2).
+    ``geom_*``: (B, 5 or 6) crop geometry (see :func:`view_to_image`); square grids of ``grid_s`` / ``grid_t``
+    patches. Returns ``idx`` (B, grid_s**2) into the teacher's row-major patches and ``valid`` (B, grid_s**2).
     """
     c = (torch.arange(grid_s, dtype=torch.float32, device=geom_s.device) + 0.5) / grid_s  # (g,)
     v, u = torch.meshgrid(c, c, indexing="ij")  # (g, g) row = y, column = x
-    u, v = u.reshape(1, -1), v.reshape(1, -1)  # (1, g*g)
-    x0, y0, x1, y1, fl = (geom_s[:, k:k + 1] for k in range(5))  # each (B, 1)
-    u = torch.where(fl > 0.5, 1 - u, u)  # a flipped crop shows its box mirrored
-    x, y = x0 + u * (x1 - x0), y0 + v * (y1 - y0)  # (B, g*g) image pixels
-    tx0, ty0, tx1, ty1, tfl = (geom_t[:, k:k + 1] for k in range(5))
-    ut, vt = (x - tx0) / (tx1 - tx0), (y - ty0) / (ty1 - ty0)  # (B, g*g) in teacher-box units
-    ut = torch.where(tfl > 0.5, 1 - ut, ut)
+    x, y = view_to_image(geom_s, u.reshape(1, -1), v.reshape(1, -1))  # (B, g*g) image pixels
+    ut, vt = image_to_view(geom_t, x, y)  # (B, g*g) in teacher-view units
     valid = (ut >= 0) & (ut < 1) & (vt >= 0) & (vt < 1)
     col = (ut.clamp(0, 1 - 1e-6) * grid_t).long()
     row = (vt.clamp(0, 1 - 1e-6) * grid_t).long()
@@ -130,7 +149,7 @@ def dense_dino_loss(student_patches: list[torch.Tensor], teacher_patches: list[t
     """DINO's cross-entropy between patches that show the same image point in two views.
 
     ``student_patches[v]``: (B, g_v**2, K) for every view; ``teacher_patches[t]``: (B, g_t**2, K) for the global
-    views; ``geom``: (B, V, 5) crop geometry; ``center``: (1, K). For each (teacher view t, student view s != t),
+    views; ``geom``: (B, V, 6) crop geometry; ``center``: (1, K). For each (teacher view t, student view s != t),
     each student patch is paired with the teacher patch covering its centre; pairs outside the teacher view are
     ignored. Returns the mean over all valid pairs (0 if there are none).
     """
@@ -224,18 +243,20 @@ def output_entropy(logits: torch.Tensor, temp: float, center: torch.Tensor | Non
 
 
 def dense_contrastive_loss(student_tokens: list[torch.Tensor], teacher_tokens: list[torch.Tensor], geom: torch.Tensor,
-                           temp: float = 0.1) -> torch.Tensor:
+                           temp: float = 0.1, detach_keys: bool = True) -> torch.Tensor:
     """InfoNCE between patches: each student patch must pick, among *all* patches of the teacher's view of the
     same image, the one covering the same image point (cosine similarity / ``temp``). Unlike the DINO terms,
     this rewards features that tell apart locations within one image, which is what dense matching needs.
 
     ``student_tokens[v]``: (B, g_v**2, D); ``teacher_tokens[t]``: (B, g_t**2, D) for the global views; ``geom``:
-    (B, V, 5). Pairs whose point falls outside the teacher view are ignored.
+    (B, V, 6). Pairs whose point falls outside the teacher view are ignored. The keys may also be the
+    student's own global-view tokens (``detach_keys=False``: gradients flow through both sides, like SimCLR);
+    on small CPU runs that learns faster than keys from the slow EMA teacher.
     """
     total = student_tokens[0].new_zeros(())
     count = 0
     for t, tt in enumerate(teacher_tokens):
-        k = F.normalize(tt.detach(), dim=-1)  # (B, Nt, D)
+        k = F.normalize(tt.detach() if detach_keys else tt, dim=-1)  # (B, Nt, D)
         g_t = round(tt.shape[1] ** 0.5)
         for s, st in enumerate(student_tokens):
             if s == t:

@@ -78,6 +78,15 @@ class DINOConfig:
     """Weight of a patch InfoNCE term: a student patch must find the teacher patch showing the same image point
     among all patches of that view (rewards features that separate locations within an image, for matching)."""
     contrast_temp: float = 0.1
+    contrast_keys: str = "student"
+    """Where the InfoNCE term's keys come from: ``student`` (the student's own global views, gradients on both
+    sides; learns fastest in short runs) or ``teacher`` (the EMA teacher's, MoCo-style)."""
+    cls_weight: float = 1.0
+    """Weight of DINO's [CLS] term. Lower it when the features are only for dense matching: the [CLS] target
+    pulls all patches of an image towards one image-level code."""
+    export: str = "teacher"
+    """Which backbone is saved: ``teacher`` (DINO's choice: the EMA average is better after long runs) or
+    ``student`` (better after short runs, where the EMA teacher still lags the student)."""
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
     processor_size: int = 0
     """Input size written into the saved image processor; 0 = the global crop size."""
@@ -318,7 +327,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
 
     for crops, geom in loader:
         crops = [c.to(accelerator.device, non_blocking=True) for c in crops]
-        geom = geom.to(accelerator.device)  # (B, V, 5) crop boxes, for the dense term
+        geom = geom.to(accelerator.device)  # (B, V, 6) crop geometry, for the dense terms
         epoch = step // spe
         for i, group in enumerate(optimizer.param_groups):
             group["lr"] = lr_s[step]
@@ -332,14 +341,18 @@ def train(cfg: DINOConfig, log=print) -> dict:
                 (s_out, s_patch, s_tok), (t_out, t_patch, t_tok) = s_out, t_out
             s_out, t_out = s_out.float(), t_out.float()  # (V*B, K), (2*B, K)
             loss_cls = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
-            loss = loss_cls
+            loss = cfg.cls_weight * loss_cls
             if patch_head is not None:
                 s_patch, t_patch = [p.float() for p in s_patch], [p.float() for p in t_patch]
                 loss_dense = dino.dense_dino_loss(s_patch, t_patch, geom, center_p, cfg.student_temp,
                                                   float(tt_s[step]))
-                loss = loss_cls + cfg.dense_weight * loss_dense
-                loss_con = dino.dense_contrastive_loss([x.float() for x in s_tok], [x.float() for x in t_tok],
-                                                       geom, cfg.contrast_temp) if cfg.contrast_weight > 0 else None
+                loss = loss + cfg.dense_weight * loss_dense
+                loss_con = None
+                if cfg.contrast_weight > 0:
+                    keys = s_tok[:2] if cfg.contrast_keys == "student" else t_tok
+                    loss_con = dino.dense_contrastive_loss([x.float() for x in s_tok], [x.float() for x in keys],
+                                                           geom, cfg.contrast_temp,
+                                                           detach_keys=cfg.contrast_keys != "student")
                 if loss_con is not None:
                     loss = loss + cfg.contrast_weight * loss_con
         if not torch.isfinite(loss):
@@ -390,7 +403,8 @@ def train(cfg: DINOConfig, log=print) -> dict:
         write_json(out / "metrics.json", metrics)
         _loss_curve(out, history)
         if step == total:
-            export_backbone(teacher.backbone, out / "backbone", cfg, metrics, history)
+            chosen = teacher if cfg.export == "teacher" else raw_student
+            export_backbone(chosen.backbone, out / "backbone", cfg, metrics, history)
             log(f"saved backbone to {out / 'backbone'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -412,6 +426,10 @@ def _validate(cfg: DINOConfig) -> None:
         (cfg.teacher_temp > 0 and cfg.student_temp > 0, "temperatures must be positive"),
         (cfg.crops.global_size >= 8 and cfg.crops.local_size >= 8, "crop sizes must be at least 8 px"),
         (cfg.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+        (cfg.contrast_keys in ("student", "teacher"), "--contrast-keys must be student or teacher"),
+        (cfg.cls_weight >= 0, "--cls-weight must not be negative"),
+        (cfg.export in ("student", "teacher"), "--export must be student or teacher"),
+        (0 <= cfg.crops.rotation <= 180, "--rotation must be in [0, 180] degrees"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -481,14 +499,15 @@ def write_model_card(folder: Path, cfg: DINOConfig, metrics: dict, extra: str = 
 
 
 def export_checkpoint(checkpoint, folder) -> Path:
-    """Save the teacher backbone of a checkpoint (e.g. of a run still in progress) as a loadable model folder."""
+    """Save the backbone of a checkpoint (e.g. of a run still in progress) as a loadable model folder: the one
+    its ``export`` setting names (teacher by default)."""
     from vlens.training import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint, restore_rng=False)
     cfg = load_config_dict(ckpt["config"])
     backbone = build_backbone(cfg.preset, cfg.crops.global_size)
     prefix = "backbone."
-    state = {k[len(prefix):]: v for k, v in ckpt["teacher"].items() if k.startswith(prefix)}
+    state = {k[len(prefix):]: v for k, v in ckpt[cfg.export].items() if k.startswith(prefix)}
     backbone.load_state_dict(state)
     hist = ckpt["history"]
     metrics = {"steps": ckpt["step"], "global_batch": cfg.batch_size, "world_size": 1,
