@@ -104,7 +104,8 @@ def test_rotated_crops_show_the_points_their_geometry_names():
         assert geom[:, 5].abs().max() <= np.radians(30) + 1e-6 and geom[:, 5].abs().max() > 0
         for crop, g in zip(crops, geom):
             s = crop.shape[-1]
-            pix = crop[:2] * torch.tensor(IMAGENET_STD[:2]).view(2, 1, 1) + torch.tensor(IMAGENET_MEAN[:2]).view(2, 1, 1)
+            std, mean = torch.tensor(IMAGENET_STD[:2]).view(2, 1, 1), torch.tensor(IMAGENET_MEAN[:2]).view(2, 1, 1)
+            pix = crop[:2] * std + mean  # red / green back in [0, 1]
             c = (torch.arange(s, dtype=torch.float32) + 0.5) / s
             v, u = torch.meshgrid(c, c, indexing="ij")
             x, y = view_to_image(g[None], u.reshape(1, -1), v.reshape(1, -1))
