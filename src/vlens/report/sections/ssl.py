@@ -70,10 +70,11 @@ def section(ctx: LabContext) -> Section:
     s = Section("Self-supervised backbone (DINO)")
     folder = BUILTIN_DIR / "dino-tiny"
     s.text("vlens cannot download pretrained weights here, so it trains its own backbone: `vlens ssl train` runs "
-           "DINO (student/teacher ViT, multi-crop, EMA teacher, centering and sharpening) and, for dense use, a "
-           "patch-level DINO term between patches of two views that show the same image point. The embedded "
-           "`builtin:dino-tiny` was trained that way on the scikit-image photos; its card "
-           "(`MODEL_CARD.md`) has the command, seed and wall time.")
+           "DINO (student/teacher ViT, multi-crop, EMA teacher, centering and sharpening) and, for dense use, "
+           "patch terms between two views whose geometry (crop box, rotation) is known: a patch-level DINO "
+           "cross-entropy and a patch InfoNCE, where each patch must find the patch of the other view that shows "
+           "the same image point. The embedded `builtin:dino-tiny` was trained with DINO + patch InfoNCE on the "
+           "scikit-image photos; its card (`MODEL_CARD.md`) has the command, seed, wall time and what mattered.")
     _training_curve(ctx, folder, s)
     _build_eval(folder, s)
     n_train, n_test = (20, 8) if ctx.quick else (40, 16)
