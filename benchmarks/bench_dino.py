@@ -25,8 +25,7 @@ def bench(threads: int, batch: int, steps: int, size: int, n_local: int) -> floa
     torch.manual_seed(0)
     bb = build_backbone("dino-tiny", size)
     d = bb.config.hidden_size
-    patch_head = dino.DINOHead(d, 256, 2 * d, 64, n_layers=2)  # built as in train.py (its output is unused here)
-    student = dino.MultiCropNet(bb, dino.DINOHead(d, 1024, 512, 128), patch_head)
+    student = dino.MultiCropNet(bb, dino.DINOHead(d, 1024, 512, 128), return_tokens=True)
     teacher = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     local = size // 2

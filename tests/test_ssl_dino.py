@@ -206,6 +206,10 @@ def test_multicrop_net_with_patch_head(tiny_vit):
     logits, patches, tokens = net([torch.randn(2, 3, 32, 32)] * 2 + [torch.randn(2, 3, 16, 16)])
     assert [tuple(t.shape) for t in tokens] == [(2, 16, 32)] * 2 + [(2, 4, 32)]
     assert logits.shape == (6, 10) and [tuple(p.shape) for p in patches] == [(2, 16, 12)] * 2 + [(2, 4, 12)]
+    # tokens without a patch head (the patch InfoNCE alone): no patch logits, same tokens
+    net = dino.MultiCropNet(net.backbone, net.head, return_tokens=True)
+    logits, patches, tokens = net([torch.randn(2, 3, 32, 32)] * 2)
+    assert patches == [] and [tuple(t.shape) for t in tokens] == [(2, 16, 32)] * 2
 
 
 def test_dense_contrastive_loss_matches_a_loop():

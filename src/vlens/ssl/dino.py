@@ -71,16 +71,18 @@ class MultiCropNet(nn.Module):
     (one forward per distinct size); the head sees all [CLS] vectors in one batch.
 
     ``forward(crops)`` with ``crops`` a list of (B, 3, H_i, W_i) tensors returns (len(crops) * B, out_dim),
-    crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``. With a ``patch_head`` it returns
-    ``(cls_logits, patch_logits, patch_tokens)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) and
-    ``patch_tokens[i]`` the backbone's (B, h_i*w_i, D) patch tokens for crop ``i``.
+    crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``. With a ``patch_head`` or ``return_tokens`` it returns
+    ``(cls_logits, patch_logits, patch_tokens)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) (an
+    empty list without a patch head) and ``patch_tokens[i]`` the backbone's (B, h_i*w_i, D) patch tokens.
     """
 
-    def __init__(self, backbone: nn.Module, head: DINOHead, patch_head: DINOHead | None = None):
+    def __init__(self, backbone: nn.Module, head: DINOHead, patch_head: DINOHead | None = None,
+                 return_tokens: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.patch_head = patch_head
+        self.return_tokens = return_tokens or patch_head is not None
 
     def forward(self, crops: list[torch.Tensor]):
         cls, patches, tokens_out, i = [], [], [], 0
@@ -95,10 +97,11 @@ class MultiCropNet(nn.Module):
             if self.patch_head is not None:
                 out = self.patch_head(tokens[:, n_prefix:])  # ((j-i)*B, h*w, K_p)
                 patches += list(out.split(b))  # j-i tensors of (B, h*w, K_p)
+            if self.return_tokens:
                 tokens_out += list(tokens[:, n_prefix:].split(b))  # j-i tensors of (B, h*w, D)
             i = j
         logits = self.head(torch.cat(cls))  # (n_crops*B, out_dim)
-        return (logits, patches, tokens_out) if self.patch_head is not None else logits
+        return (logits, patches, tokens_out) if self.return_tokens else logits
 
 
 def view_to_image(geom: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -268,10 +268,11 @@ def train(cfg: DINOConfig, log=print) -> dict:
     head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                          cfg.head_layers, cfg.norm_last_layer)
     patch_head = None
-    if cfg.dense_weight > 0 or cfg.contrast_weight > 0:
+    if cfg.dense_weight > 0:
         d = backbone.config.hidden_size
         patch_head = dino.DINOHead(d, cfg.patch_out_dim, hidden_dim=2 * d, bottleneck_dim=64, n_layers=2)
-    student = dino.MultiCropNet(backbone, head, patch_head)
+    dense = cfg.dense_weight > 0 or cfg.contrast_weight > 0  # any patch-level term
+    student = dino.MultiCropNet(backbone, head, patch_head, return_tokens=cfg.contrast_weight > 0)
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay))
@@ -334,27 +335,26 @@ def train(cfg: DINOConfig, log=print) -> dict:
             if i == 0:
                 group["weight_decay"] = wd_s[step]
         with accelerator.autocast():
-            s_out, t_out, s_patch, t_patch = student(crops), None, None, None
+            s_out = student(crops)
             with torch.no_grad():
                 t_out = teacher(crops[:2])
-            if patch_head is not None:
+            if dense:
                 (s_out, s_patch, s_tok), (t_out, t_patch, t_tok) = s_out, t_out
             s_out, t_out = s_out.float(), t_out.float()  # (V*B, K), (2*B, K)
             loss_cls = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
             loss = cfg.cls_weight * loss_cls
+            terms = {}  # the patch-level terms that are part of the loss, for the log
             if patch_head is not None:
                 s_patch, t_patch = [p.float() for p in s_patch], [p.float() for p in t_patch]
-                loss_dense = dino.dense_dino_loss(s_patch, t_patch, geom, center_p, cfg.student_temp,
-                                                  float(tt_s[step]))
-                loss = loss + cfg.dense_weight * loss_dense
-                loss_con = None
-                if cfg.contrast_weight > 0:
-                    keys = s_tok[:2] if cfg.contrast_keys == "student" else t_tok
-                    loss_con = dino.dense_contrastive_loss([x.float() for x in s_tok], [x.float() for x in keys],
-                                                           geom, cfg.contrast_temp,
-                                                           detach_keys=cfg.contrast_keys != "student")
-                if loss_con is not None:
-                    loss = loss + cfg.contrast_weight * loss_con
+                terms["loss_dense"] = dino.dense_dino_loss(s_patch, t_patch, geom, center_p, cfg.student_temp,
+                                                           float(tt_s[step]))
+                loss = loss + cfg.dense_weight * terms["loss_dense"]
+            if cfg.contrast_weight > 0:
+                keys = s_tok[:2] if cfg.contrast_keys == "student" else t_tok
+                terms["loss_contrast"] = dino.dense_contrastive_loss(
+                    [x.float() for x in s_tok], [x.float() for x in keys], geom, cfg.contrast_temp,
+                    detach_keys=cfg.contrast_keys != "student")
+                loss = loss + cfg.contrast_weight * terms["loss_contrast"]
         if not torch.isfinite(loss):
             raise ConfigError(f"DINO loss is {loss.item()} at step {step}; lower --lr or raise --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
@@ -366,13 +366,11 @@ def train(cfg: DINOConfig, log=print) -> dict:
         dino.ema_update(teacher, raw_student, float(mom_s[step]))
         ent, batch_ent = dino.output_entropy(t_out, float(tt_s[step]), center)
         center = dino.update_center(center, t_out, cfg.center_momentum)
-        extra = {}
         if patch_head is not None:
             center_p = dino.update_center(center_p, torch.cat(t_patch).flatten(0, 1), cfg.center_momentum)
-            extra = {"loss_cls": round(accelerator.reduce(loss_cls.detach(), reduction="mean").item(), 5),
-                     "loss_dense": round(accelerator.reduce(loss_dense.detach(), reduction="mean").item(), 5)}
-            if loss_con is not None:
-                extra["loss_contrast"] = round(accelerator.reduce(loss_con.detach(), reduction="mean").item(), 5)
+        if terms:
+            terms["loss_cls"] = loss_cls
+        extra = {k: round(accelerator.reduce(v.detach(), reduction="mean").item(), 5) for k, v in terms.items()}
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         step += 1
         history.append({"step": step, "epoch": round(step / spe, 4), "loss": round(mean_loss, 5),
@@ -442,30 +440,36 @@ def _write_log(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
-def _loss_curve(out: Path, history: list[dict]) -> None:
-    if not history:
-        return
+LOSS_TERMS = {"loss_cls": "[CLS] (DINO)", "loss_dense": "dense DINO (patches)", "loss_contrast": "patch InfoNCE"}
+
+
+def loss_curve_figure(history: list[dict], path: Path, height: float = 3.2) -> Path:
+    """Two panels from a run's per-step log: the total loss and every logged term, and the teacher entropies
+    (a collapse shows as both falling to 0, or rising to log K). Used by runs and by the lab report."""
     from vlens.report.plots import plt, save_fig
 
     pyplot = plt()
-    fig, ax = pyplot.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = pyplot.subplots(1, 2, figsize=(9, height))
     steps = [h["step"] for h in history]
     ax[0].plot(steps, [h["loss"] for h in history], lw=0.8, label="total")
-    if "loss_dense" in history[-1]:
-        ax[0].plot(steps, [h.get("loss_cls") for h in history], lw=0.8, label="[CLS] term")
-        ax[0].plot(steps, [h.get("loss_dense") for h in history], lw=0.8, label="dense term")
-        if "loss_contrast" in history[-1]:
-            ax[0].plot(steps, [h.get("loss_contrast") for h in history], lw=0.8, label="patch InfoNCE term")
-        ax[0].legend(fontsize=7)
+    for key, label in LOSS_TERMS.items():
+        if key in history[-1]:
+            ax[0].plot(steps, [h.get(key) for h in history], lw=0.8, label=label)
     ax[0].set_xlabel("step")
-    ax[0].set_ylabel("DINO loss")
-    ax[1].plot(steps, [h["teacher_entropy"] for h in history], lw=0.8, label="per-sample")
-    ax[1].plot(steps, [h["teacher_batch_entropy"] for h in history], lw=0.8, label="batch mean")
+    ax[0].set_ylabel("loss")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(steps, [h["teacher_entropy"] for h in history], lw=0.8, label="teacher, per sample")
+    ax[1].plot(steps, [h["teacher_batch_entropy"] for h in history], lw=0.8, label="teacher, batch mean")
     ax[1].set_xlabel("step")
-    ax[1].set_ylabel("teacher entropy (nats)")
+    ax[1].set_ylabel("entropy (nats)")
     ax[1].legend(fontsize=7)
     fig.tight_layout()
-    save_fig(fig, out / "loss_curve.png")
+    return save_fig(fig, path)
+
+
+def _loss_curve(out: Path, history: list[dict]) -> None:
+    if history:
+        loss_curve_figure(history, out / "loss_curve.png")
 
 
 def export_backbone(backbone, folder: Path, cfg: DINOConfig, metrics: dict, history: list[dict]) -> Path:

@@ -17,29 +17,10 @@ def _training_curve(ctx: LabContext, folder, s: Section) -> None:
     if not log_file.is_file():
         s.text("_No training log shipped with builtin:dino-tiny._")
         return
-    from vlens.report.plots import plt, save_fig
+    from vlens.ssl.train import loss_curve_figure
 
     hist = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
-    steps = [h["step"] for h in hist]
-    pyplot = plt()
-    fig, ax = pyplot.subplots(1, 2, figsize=(9, 3.0))
-    ax[0].plot(steps, [h["loss"] for h in hist], lw=0.8, label="total")
-    if "loss_dense" in hist[-1]:
-        ax[0].plot(steps, [h["loss_cls"] for h in hist], lw=0.8, label="[CLS] (DINO)")
-        ax[0].plot(steps, [h["loss_dense"] for h in hist], lw=0.8, label="dense (patches)")
-    if "loss_contrast" in hist[-1]:
-        ax[0].plot(steps, [h["loss_contrast"] for h in hist], lw=0.8, label="patch InfoNCE")
-    ax[0].set_xlabel("step")
-    ax[0].set_ylabel("loss")
-    ax[0].legend(fontsize=7)
-    ax[1].plot(steps, [h["teacher_entropy"] for h in hist], lw=0.8, label="teacher, per sample")
-    ax[1].plot(steps, [h["teacher_batch_entropy"] for h in hist], lw=0.8, label="teacher, batch mean")
-    ax[1].set_xlabel("step")
-    ax[1].set_ylabel("entropy (nats)")
-    ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    path = ctx.figures / "ssl_training_curve.png"
-    save_fig(fig, path)
+    path = loss_curve_figure(hist, ctx.figures / "ssl_training_curve.png", height=3.0)
     s.figure(path, f"Training of builtin:dino-tiny ({len(hist)} steps, from its shipped log). A collapse would "
                    "show as the teacher entropies falling to 0 (one prototype) or rising to log K (uniform).")
     s.metrics["train_steps"] = len(hist)
