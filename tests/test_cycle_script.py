@@ -32,11 +32,14 @@ def test_texture_is_the_local_grey_std(script):
     assert tex[2] == pytest.approx(0.0, abs=1e-3)  # corners read the replicated border, not garbage
 
 
-def test_the_script_prints_its_four_tables(script, monkeypatch, capsys):
+def test_the_script_prints_its_five_tables(script, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["cycle_vs_feature.py", "--model", "pixels:8"])
     script.main()
     out = capsys.readouterr().out
-    assert out.count("\n## ") + out.startswith("## ") == 4
-    per_photo = [r for r in out.split("## Per photo")[1].splitlines() if r.startswith("| ") and "photo" not in r]
+    assert out.count("\n## ") + out.startswith("## ") == 5
+    section = out.split("## Per photo")[1].split("\n## ")[0]
+    per_photo = [r for r in section.splitlines() if r.startswith("| ") and "photo" not in r]
     assert len(per_photo) == 12 and all(r.rstrip(" |").split("| ")[-1] in ("cycle", "feature", "tie")
                                         for r in per_photo)
+    footprint = out.split("against their footprint only")[1]
+    assert "| 1.1x footprint |" in footprint and "| whole source |" in footprint

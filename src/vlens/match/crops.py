@@ -113,6 +113,7 @@ class Example:
     source: Image.Image
     matches: object  # vlens.match.matching.Matches
     errors: torch.Tensor  # (n,)
+    affine: np.ndarray  # (2, 3) crop pixels -> source pixels, as in Crop
 
 
 @dataclass
@@ -314,7 +315,7 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
             for by, per_crop in ranked.items():
                 per_crop.append(err[m.order(by)])
             if k < keep_examples:
-                examples.append(Example(sc.name, crop.image, sources[crop.source], m, err))
+                examples.append(Example(sc.name, crop.image, sources[crop.source], m, err, crop.affine))
         stats = {by: score_stats(v, cfg.curve_points) for by, v in ranked.items()}
         results.append(ScenarioResult(sc.name, len(crops), total, stats))
     return CropBenchmarkResult(bb.spec, cfg, results, len(sources), time.time() - t0, examples)
