@@ -14,6 +14,7 @@ from vlens.ssl.augment import (
     multi_crop,
     random_resized_box,
     rng_for,
+    rotated_box,
     shift_hue,
 )
 
@@ -115,6 +116,21 @@ def test_rotated_crops_show_the_points_their_geometry_names():
             ey = (pix[1] * (h - 1) - y.view(s, s))[inner].abs().mean()
             worst = max(worst, float(ex), float(ey))
     assert worst < 2.0  # pixels; the coding itself is quantised to ~1 px
+
+
+def test_rotated_box_that_must_shrink_to_fit_never_fails():
+    # a rotated box as large as the image is shrunk until it fits, which leaves one possible centre along one
+    # side; rounding used to make that range negative (numpy: "high - low < 0") for ~2% of such boxes
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        w, h = int(rng.integers(20, 200)), int(rng.integers(20, 200))
+        angle = float(rng.uniform(-15, 15))
+        x0, y0, x1, y1 = rotated_box((0, 0, w, h), w, h, angle, rng)
+        t = np.radians(angle)
+        ew = (x1 - x0) * abs(np.cos(t)) + (y1 - y0) * abs(np.sin(t))  # the rotated box's extent
+        eh = (x1 - x0) * abs(np.sin(t)) + (y1 - y0) * abs(np.cos(t))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        assert cx - ew / 2 >= -1e-6 and cx + ew / 2 <= w + 1e-6 and cy - eh / 2 >= -1e-6 and cy + eh / 2 <= h + 1e-6
 
 
 def test_min_overlap_redraws_the_second_global_crop():

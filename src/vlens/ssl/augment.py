@@ -128,7 +128,9 @@ def rotated_box(box: tuple[int, int, int, int], width: int, height: int, angle_d
     ew, eh = bw * c + bh * s, bw * s + bh * c  # axis-aligned extent of the rotated box
     shrink = min(1.0, width / ew, height / eh)
     bw, bh, ew, eh = bw * shrink, bh * shrink, ew * shrink, eh * shrink
-    cx, cy = rng.uniform(ew / 2, width - ew / 2), rng.uniform(eh / 2, height - eh / 2)
+    # a shrunk box fills the image along one side: its centre range is one point, which rounding can invert
+    cx = rng.uniform(ew / 2, max(ew / 2, width - ew / 2))
+    cy = rng.uniform(eh / 2, max(eh / 2, height - eh / 2))
     return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
