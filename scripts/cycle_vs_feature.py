@@ -106,7 +106,6 @@ def main() -> None:
                      "cycle" if c < f else "feature" if f < c else "tie"])
     print(table(["photo", "median error", "mutual", "top half, feature", "top half, cycle", "better"], rows))
 
-
     print(f"\n## {first} crops matched against their footprint only\n")
     rows = []
     for grow in args.grow:
