@@ -239,7 +239,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ds = load_dataset(cfg.data)
     train_set = ds.split("train").limit(cfg.max_train)
     val_set = ds.split("val").limit(cfg.val_limit)
-    # cpu=True without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE and each process trains alone
     acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision)
     seed_everything(cfg.seed)
     run = RunDir(out, cfg) if acc.is_main_process else None

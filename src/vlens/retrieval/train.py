@@ -323,8 +323,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ckpt_path = out / "checkpoint.pt"
     if out.is_dir() and ckpt_path.exists() and not cfg.resume:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose a new --out")
-    # accumulation is done here, by hand; cpu=True on a CPU-only machine is what makes accelerate see the
-    # torchrun / `accelerate launch` processes (otherwise each one thinks it is alone)
+    # gradient accumulation is done here, by hand (so make_accelerator gets grad_accum=1)
     acc = make_accelerator(1, cfg.mixed_precision)
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     if cfg.batch_size % world:

@@ -252,7 +252,6 @@ def train(cfg: DINOConfig, log=print) -> dict:
             setattr(cfg, k, v)
     _validate(cfg)
 
-    # accelerate only sets up DDP on CPUs (gloo) when told cpu=True; without a GPU that is what we want
     accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)  # identical initial weights on every process
