@@ -42,13 +42,9 @@ def top_half(errors: torch.Tensor, order: torch.Tensor) -> float:
     return float(errors[order][: len(errors) // 2].mean())
 
 
-def table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
 def main() -> None:
     from vlens.data.photos import image_set
+    from vlens.match.crops import markdown_table as table
     from vlens.match.crops import run_crop_benchmark
     from vlens.match.features import load_backbone
 
@@ -74,7 +70,7 @@ def main() -> None:
             for s in res.scenarios]
     print(table(["scenario", "feature score", "cycle score"], rows))
 
-    print("\n## Matches by cycle distance (crop px)\n")
+    print("## Matches by cycle distance (crop px)\n")
     rows = []
     for name, exs in by_scenario.items():
         err = torch.cat([ex.errors for ex in exs])
@@ -84,7 +80,7 @@ def main() -> None:
                          f"{err[sel].mean():.1f}"])
     print(table(["scenario", "cycle distance", "share", "wrong", "mean error"], rows))
 
-    print("\n## Crop patches by texture (thirds of the grey-level std)\n")
+    print("## Crop patches by texture (thirds of the grey-level std)\n")
     rows = []
     for name, exs in by_scenario.items():
         err = torch.cat([ex.errors for ex in exs])
@@ -97,7 +93,7 @@ def main() -> None:
     print(table(["scenario", "patches", "mean error", "mutual", "error if mutual", "error if not"], rows))
 
     first = next(iter(by_scenario))
-    print(f"\n## Per photo ({first} crops)\n")
+    print(f"## Per photo ({first} crops)\n")
     rows = []
     for path, ex in zip(paths, by_scenario[first]):
         m, err = ex.matches, ex.errors
@@ -106,7 +102,7 @@ def main() -> None:
                      "cycle" if c < f else "feature" if f < c else "tie"])
     print(table(["photo", "median error", "mutual", "top half, feature", "top half, cycle", "better"], rows))
 
-    print(f"\n## {first} crops matched against their footprint only\n")
+    print(f"## {first} crops matched against their footprint only\n")
     rows = []
     for grow in args.grow:
         err, mutual, f, c = footprint_matches(by_scenario[first], args.model, grow, res.config)
