@@ -10,3 +10,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
 .venv/bin/python -m pip install -q -e ".[dev]"
 .venv/bin/python -c "import torch, transformers, fastapi, faiss, vlens; print('vlens', vlens.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# Real test images (graffiti and aloe pairs with ground truth, held-out photos) from Debian's opencv-doc, for the
+# tests, CI and the lab: best effort, a note (not a failure) where apt-get or the network is missing.
+.venv/bin/vlens data fetch opencv-samples \
+  || { command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null 2>&1 && .venv/bin/vlens data fetch opencv-samples; } \
+  || echo "note: could not fetch the OpenCV sample images; tests that need them skip (fail under CI=true)"

@@ -13,11 +13,32 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# The user's vlens cache, captured before the session moves VLENS_CACHE into a temporary folder: the OpenCV sample
+# images fetched by `vlens data fetch opencv-samples` (scripts/install.sh does it) are read from there.
+USER_CACHE = Path(os.environ.get("VLENS_CACHE") or Path.home() / ".cache" / "vlens")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _vlens_cache(tmp_path_factory):
     """Keep the vlens cache (photos as PNG, small shapes sets) inside the test session."""
     os.environ["VLENS_CACHE"] = str(tmp_path_factory.mktemp("vlens-cache"))
+
+
+@pytest.fixture(scope="session")
+def opencv_samples(_vlens_cache) -> Path:
+    """The real OpenCV sample images (graffiti, aloe, photos), linked into the session cache. Missing: a skip with
+    the command to run, except in CI (CI=true), where the install script fetches them and a skip would hide a
+    broken fetch, so the test fails."""
+    src = USER_CACHE / "opencv-samples"
+    if not (src / "SOURCE.txt").is_file():
+        msg = f"the OpenCV sample images are not in {src}: run `vlens data fetch opencv-samples`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg + " (CI: scripts/install.sh should have fetched them)")
+        pytest.skip(msg)
+    dst = Path(os.environ["VLENS_CACHE"]) / "opencv-samples"
+    if not dst.exists():
+        dst.symlink_to(src, target_is_directory=True)
+    return dst
 
 
 @pytest.fixture(autouse=True, scope="session")

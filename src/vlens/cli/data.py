@@ -75,3 +75,35 @@ def inspect_cmd(
     if len(bad) > 20:
         lines.append(f"  ... and {len(bad) - 20} more (use --json for the full list)")
     typer.echo("\n".join(lines))
+
+
+@app.command("fetch")
+def fetch_cmd(
+    name: str = typer.Argument(..., help="What to fetch: 'opencv-samples' (real photos, the graffiti pair with its "
+                               "homography, the aloe stereo pair with its disparities; from Debian's opencv-doc)."),
+    deb: Path = typer.Option(None, "--deb", help="Unpack this downloaded opencv-doc_*.deb instead of running "
+                             "`apt-get download opencv-doc`."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if the images are already cached."),
+    json_out: bool = JSON_OPTION,
+):
+    """Fetch real test data into the vlens cache ($VLENS_CACHE, default ~/.cache/vlens), keeping only the images.
+
+    Example: vlens data fetch opencv-samples
+    """
+    import time
+
+    from vlens.data import opencv_samples
+    from vlens.errors import ConfigError
+
+    if name != "opencv-samples":
+        raise ConfigError(f"unknown data '{name}'; what can be fetched: opencv-samples")
+    t0 = time.time()
+    was = opencv_samples.is_available() and not force
+    root = opencv_samples.fetch_opencv_samples(deb=deb, force=force)
+    files = sorted(p.name for p in root.iterdir() if p.name != opencv_samples.MARKER)
+    if json_out:
+        echo_json({"name": name, "path": str(root), "files": files, "cached": was,
+                   "seconds": round(time.time() - t0, 2)})
+        return
+    typer.echo(f"{'already cached' if was else 'fetched'}: {len(files)} files of opencv-samples in {root}"
+               + ("" if was else f" ({time.time() - t0:.1f} s)"))

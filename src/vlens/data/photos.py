@@ -66,9 +66,20 @@ def photo_paths(names=MATCHING_PHOTOS, folder=None) -> list[Path]:
 
 def image_set(spec: str) -> list[Path]:
     """Resolve an image-set spec: ``photos`` (all scikit-image photos), ``photos:matching``, ``shapes``
-    (a small generated shapes set), or a folder of images."""
+    (a small generated shapes set), ``opencv:heldout`` / ``opencv:train`` (real photos from the fetched
+    opencv-doc samples, see :mod:`vlens.data.opencv_samples`), or a folder of images."""
     from vlens.images import list_images
 
+    if spec.startswith("opencv:"):
+        from vlens.data import opencv_samples as ocv
+
+        sets = {"heldout": ocv.HELDOUT_PHOTOS, "train": ocv.TRAIN_PHOTOS}
+        name = spec.split(":", 1)[1]
+        if name not in sets:
+            from vlens.errors import DatasetError
+
+            raise DatasetError(f"unknown image set '{spec}'; use opencv:heldout or opencv:train")
+        return ocv.photo_paths(sets[name])
     if spec in ("photos", "photos:all"):
         return photo_paths(PHOTO_NAMES)
     if spec == "photos:matching":
