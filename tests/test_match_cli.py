@@ -52,7 +52,7 @@ def test_bench_crops_cli(cli, tiny_vit, two_images, tmp_path):
                             "--crop-side", "32", "--out", tmp_path / "run", "--json")
     assert code == 0, err
     body = json.loads(stdout)
-    assert [r["model"] for r in body["results"]] == [str(tiny_vit), "pixels:8", f"random:{tiny_vit}"]
+    assert [r["model"] for r in body["results"]] == [str(tiny_vit), "sift:8", "pixels:8", f"random:{tiny_vit}"]
     assert [s["scenario"] for s in body["results"][0]["scenarios"]] == ["large", "geometric"]
     for name in ("config.json", "metrics.json", "results.json", "table.md", "table.csv", "curves.png",
                  "best_worst.png"):

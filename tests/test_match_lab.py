@@ -21,7 +21,7 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch):
         if block[0] == "figure":
             assert block[1].exists() and block[1].stat().st_size > 1000
     crops = s.metrics["crops"]
-    assert set(crops) == {tiny_vit.name, "pixels:8", f"random {tiny_vit.name}"}
+    assert set(crops) == {tiny_vit.name, "sift:8", "pixels:8", f"random {tiny_vit.name}"}
     assert crops["pixels:8"]["cycle"]["mean"] == crops["pixels:8"]["feature"]["mean"]  # same matches, two rankings
-    assert set(s.metrics["segment"]) == {tiny_vit.name, "pixels:8", f"random {tiny_vit.name}", "majority"}
+    assert set(s.metrics["segment"]) == {tiny_vit.name, "sift:8", "pixels:8", f"random {tiny_vit.name}", "majority"}
     assert (tmp_path / "runs" / "match-crops" / "results.json").exists()

@@ -134,5 +134,5 @@ def test_bench_segment_cli(cli, shapes_dir, tiny_vit, tmp_path):
                          "--targets", "4", "--size", "64", "--out", tmp_path / "b", "--json")
     assert code == 0, err
     res = json.loads(out)["results"]
-    assert [r["model"] for r in res] == [str(tiny_vit), "pixels:8", f"random:{tiny_vit}", "majority"]
+    assert [r["model"] for r in res] == [str(tiny_vit), "sift:8", "pixels:8", f"random:{tiny_vit}", "majority"]
     assert (tmp_path / "b" / "examples.png").exists() and (tmp_path / "b" / "table.md").exists()

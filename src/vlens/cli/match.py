@@ -9,16 +9,17 @@ import typer
 from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, echo_json
 
 MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
-              "folder; also 'pixels' or 'pixels:P' (raw P x P pixel patches, P=16 by default) or 'random:SPEC' "
-              "(SPEC's architecture, random weights).")
+              "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
+              "px, P=16, S=48 by default: the classical anchor), 'pixels' or 'pixels:P' (raw P x P pixel patches) "
+              "or 'random:SPEC' (SPEC's architecture, random weights).")
 LAYER_HELP = "Transformer block to read, counted from 1; -1 = the last. Middle-to-late blocks match best."
 FACET_HELP = "token (block output) or the attention's key / query / value. DINO papers find 'key' best."
 PCA_HELP = ("Reduce descriptors to K components with a PCA fitted jointly on both images (0 = keep all). "
             "10 removes noise and speeds up matching; the lab report used 10.")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 
-bench_app = typer.Typer(help="Benchmarks with tables and figures: the crop benchmark and label-transfer "
-                        "segmentation.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks with tables and figures: real pairs with ground truth, the crop "
+                        "benchmark and label-transfer segmentation.", no_args_is_help=True)
 
 
 class _SegmentGroup(DefaultCommandGroup):
@@ -147,6 +148,64 @@ def bench_crops_cmd(
     from vlens.match.crops import TABLE_HEADERS, markdown_table
 
     typer.echo(markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False)))
+    typer.echo(f"wrote {', '.join(Path(p).name for p in paths.values())} to {run.path}")
+
+
+@bench_app.command("pairs")
+def bench_pairs_cmd(
+    data: str = typer.Option("opencv", "--data", help="'opencv' (the graffiti homography pair and the aloe stereo "
+                             "pair from `vlens data fetch opencv-samples`), a JSON manifest of pairs (homography or "
+                             "disparity, see vlens.match.pairs.load_manifest) or an HPatches folder (one sequence "
+                             "or a folder of them: 1.ppm..6.ppm, H_1_2..H_1_6)."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    baselines: bool = typer.Option(True, help="Also run dense SIFT, raw pixels and random weights on the same "
+                                   "pairs (the sparse SIFT + ratio + RANSAC reference always runs)."),
+    size: int = typer.Option(448, help="Working resolution: both images' longer side in pixels. Errors are in "
+                             "target pixels at this resolution."),
+    pca: int = typer.Option(0, help="Joint PCA components (0 = keep all). On real pairs PCA 10 costs accuracy "
+                            "for every descriptor (see benchmarks/RESULTS.md)."),
+    layer: int = typer.Option(-1, help=LAYER_HELP),
+    facet: str = typer.Option("token", help=FACET_HELP),
+    ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels."),
+    out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
+                             "table.md, table.csv, mma.png."),
+    json_out: bool = JSON_OPTION,
+):
+    """Real pairs with ground truth: the error of every source patch's match in target pixels.
+
+    Reports the mean matching accuracy (fraction within t px, t = 1..10), PCK@5/10/20 over all matches and the
+    top 10%/50% by feature and cycle score, and for homography pairs the RANSAC homography's mean corner error,
+    beside the sparse SIFT + ratio test + RANSAC pipeline. Example: vlens bench pairs --data hpatches/v_graffiti
+    """
+    from vlens.match.crops import baseline_specs, markdown_table
+    from vlens.match.pairs import (
+        PairsConfig,
+        describe,
+        load_pairs,
+        run_pairs_benchmark,
+        table_rows,
+        write_pairs_outputs,
+    )
+    from vlens.models import DEFAULTS
+    from vlens.runs import RunDir
+
+    model = model or DEFAULTS["backbone"]
+    cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px)
+    pairs = load_pairs(data)
+    specs = [model, *(baseline_specs(model) if baselines else [])]
+    run = RunDir(out, {"model": model, "data": data, "baselines": baselines, **cfg.__dict__})
+    results = run_pairs_benchmark(specs, pairs, cfg, progress=lambda msg: typer.echo(f"[bench pairs] {msg}",
+                                                                                      err=True))
+    paths = write_pairs_outputs(results, cfg, run.path)
+    run.write_metrics({r.pair: r.to_dict() for r in results})
+    if json_out:
+        echo_json({"config": cfg.__dict__, "pairs": [r.to_dict() for r in results],
+                   "files": {k: str(v) for k, v in paths.items()}})
+        return
+    from vlens.match.pairs import TABLE_HEADERS
+
+    typer.echo(describe(cfg) + "\n")
+    typer.echo(markdown_table(TABLE_HEADERS, table_rows(results)))
     typer.echo(f"wrote {', '.join(Path(p).name for p in paths.values())} to {run.path}")
 
 

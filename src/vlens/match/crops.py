@@ -322,11 +322,12 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
 
 
 def baseline_specs(model: str) -> list[str]:
-    """The two baselines run beside ``model``: raw pixels (at the model's patch size) and the same architecture
-    with random weights."""
+    """The baselines run beside ``model``: dense SIFT and raw pixels (both at the model's patch size) and the same
+    architecture with random weights."""
     from vlens.match.features import load_backbone
 
-    return [f"pixels:{load_backbone(model).patch_size}", f"random:{model}"]
+    p = load_backbone(model).patch_size
+    return [f"sift:{p}", f"pixels:{p}", f"random:{model}"]
 
 
 # -------------------------------------------------------------------------------------------- outputs

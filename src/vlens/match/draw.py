@@ -143,3 +143,41 @@ def overlay_labels(img: Image.Image, labels: np.ndarray, palette: np.ndarray, al
     lab = Image.fromarray(labels.astype(np.uint8)).resize(img.size, Image.NEAREST)
     colour = Image.fromarray(palette[np.asarray(lab)].astype(np.uint8), "RGB")
     return Image.blend(img.convert("RGB"), colour, alpha)
+
+
+def mma_figure(results, path):
+    """Mean matching accuracy curves (fraction of matches within t px), one panel per pair, one line per
+    descriptor plus the sparse SIFT reference (dashed)."""
+    from vlens.match.pairs import MMA_THRESHOLDS
+    from vlens.report.plots import plt, save_fig
+
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
+    for ax, pr in zip(axes[0], results):
+        for d in pr.descriptors:
+            ax.plot(MMA_THRESHOLDS, d.all["mma"], "-o", ms=3, label=short_model(d.descriptor))
+        ax.plot(MMA_THRESHOLDS, pr.sparse_sift["all"]["mma"], "k--", label="sparse SIFT + ratio")
+        ax.set_title(f"{pr.pair} ({pr.kind})", fontsize=9)
+        ax.set_xlabel("threshold t (target px at the working resolution)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of matches within t px")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return save_fig(fig, path)
+
+
+def draw_true_error_matches(img_a: Image.Image, img_b: Image.Image, src_xy: np.ndarray, dst_xy: np.ndarray,
+                            errors: np.ndarray, n: int = 150, max_error: float = 50.0,
+                            height: int = 320) -> Image.Image:
+    """``n`` matches spread evenly over a best-first ranking, drawn from A (left) to B (right) and coloured by
+    their true error (green 0 px, red ``max_error`` px or more)."""
+    from vlens.match.matching import Matches
+
+    k = len(errors)
+    idx = np.unique(np.linspace(0, k - 1, min(n, k)).round().astype(int)) if k else np.zeros(0, dtype=int)
+    t = torch.as_tensor
+    sub = Matches(t(src_xy[idx], dtype=torch.float32), t(dst_xy[idx], dtype=torch.float32), t(idx), t(idx),
+                  torch.zeros(len(idx)), torch.zeros(len(idx)), torch.ones(len(idx), dtype=torch.bool))
+    colors = _colormap(np.asarray(errors)[idx] / max_error, "RdYlGn_r")
+    return draw_matches(img_a, img_b, sub, top=None, height=height, colors=colors, width=1)

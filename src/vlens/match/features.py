@@ -8,9 +8,11 @@ and its centre, mapped back to the *original* image, is ``((j + 0.5) * p * W / W
 ``DenseFeatures.centers`` holds these centres in row-major patch order, matching ``descriptors.reshape(-1, d)``.
 
 Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` or
-``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline)
-and ``random:SPEC`` (SPEC's architecture with random
-weights, seed 1234: what the architecture alone buys). Loaded models are cached per spec.
+``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline),
+``random:SPEC`` (SPEC's architecture with random weights, seed 1234: what the architecture alone buys), and
+``sift``, ``sift:P`` or ``sift:P:S`` (OpenCV's SIFT descriptor at the centre of every P x P patch, P=16 by
+default, over a support of S pixels, 48 by default: the classical anchor, see :mod:`vlens.match.sift`). Every
+spec returns the same :class:`DenseFeatures`; loaded models are cached per spec.
 """
 
 from __future__ import annotations
@@ -90,11 +92,16 @@ class Backbone:
     std: tuple[float, float, float]
     num_prefix: int  # CLS + register tokens to drop
     num_layers: int
-    model_type: str
+    model_type: str  # the HF model type, or "pixels" / "sift" for the descriptors without a model
+    support: float = 0.0  # sift: descriptor support in input pixels
 
     @property
     def is_pixels(self) -> bool:
-        return self.model is None
+        return self.model_type == "pixels"
+
+    @property
+    def has_model(self) -> bool:
+        return self.model is not None
 
     def blocks(self) -> Sequence[torch.nn.Module]:
         """The transformer blocks in order (ViT names them ``layers``, DINOv2 ``encoder.layer``)."""
@@ -113,12 +120,22 @@ def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
     from vlens.models import DEFAULTS, load
 
     spec = spec or DEFAULTS["backbone"]
-    if spec == "pixels" or spec.startswith("pixels:"):
-        p = spec.split(":", 1)[1] if ":" in spec else str(pixels_patch)
-        if not p.isdigit() or int(p) < 1:
-            raise ConfigError(f"'{spec}': write pixels or pixels:P with P the patch size in pixels, e.g. pixels:8")
-        return Backbone(f"pixels:{p}" if ":" in spec else "pixels", None, int(p), (0.5, 0.5, 0.5),
-                        (0.25, 0.25, 0.25), 0, 0, "pixels")
+    for kind in ("pixels", "sift"):
+        if spec == kind or spec.startswith(kind + ":"):
+            parts = spec.split(":")[1:] or [str(pixels_patch)]
+            ok = all(x.isdigit() and int(x) >= 1 for x in parts) and len(parts) <= (2 if kind == "sift" else 1)
+            if not ok:
+                extra = (" or sift:P:S with S the descriptor support in pixels (e.g. sift:8:48)"
+                         if kind == "sift" else "")
+                raise ConfigError(f"'{spec}': write {kind} or {kind}:P with P the patch size in pixels, "
+                                  f"e.g. {kind}:8{extra}")
+            support = 0.0
+            if kind == "sift":
+                from vlens.match.sift import SIFT_SUPPORT, _cv2
+
+                _cv2()  # a clear error now if OpenCV is missing
+                support = float(parts[1]) if len(parts) > 1 else SIFT_SUPPORT
+            return Backbone(spec, None, int(parts[0]), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, 0, kind, support)
     if spec.startswith("random:"):
         import transformers
 
@@ -145,6 +162,14 @@ def _to_tensor(img: Image.Image, w: int, h: int, mean, std) -> torch.Tensor:
     arr = np.asarray(to_rgb(img).resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0  # (h, w, 3)
     x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, h, w)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def _sift_descriptors(img: Image.Image, w: int, h: int, p: int, support: float) -> torch.Tensor:
+    """Dense SIFT of one image resized (bicubic) to (w, h): (h/p, w/p, 128)."""
+    from vlens.images import to_rgb
+    from vlens.match.sift import dense_sift, gray_uint8
+
+    return torch.from_numpy(dense_sift(gray_uint8(to_rgb(img).resize((w, h), Image.BICUBIC)), p, support))
 
 
 def _pixel_descriptors(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -211,9 +236,9 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
         images = [images]
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-    if bb.is_pixels and facet != "token":
-        raise ConfigError("the 'pixels' baseline has no attention facets; use facet 'token'")
-    layer_idx = layer if layer < 0 or bb.is_pixels else layer - 1
+    if not bb.has_model and facet != "token":
+        raise ConfigError(f"'{bb.spec}' has no attention facets; use facet 'token'")
+    layer_idx = layer if layer < 0 or not bb.has_model else layer - 1
     names = [str(im) if not isinstance(im, Image.Image) else f"image {i + 1} of {len(pils)}"
              for i, im in enumerate(images)]
     sizes = [input_size_for(im.size, bb.patch_size, size, n) for im, n in zip(pils, names)]
@@ -224,8 +249,12 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     for (w_in, h_in), idx in groups.items():
         for start in range(0, len(idx), batch_size):
             chunk = idx[start:start + batch_size]
-            x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
-            desc = _forward(bb, x, layer_idx, facet)  # (B, h, w, d)
+            if bb.model_type == "sift":
+                desc = torch.stack([_sift_descriptors(pils[i], w_in, h_in, bb.patch_size, bb.support)
+                                    for i in chunk])  # (B, h, w, 128)
+            else:
+                x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
+                desc = _forward(bb, x, layer_idx, facet)  # (B, h, w, d)
             gh, gw = desc.shape[1:3]
             for k, i in enumerate(chunk):
                 w0, h0 = pils[i].size

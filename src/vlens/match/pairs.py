@@ -1,0 +1,558 @@
+"""Real image pairs with ground truth: loaders (HPatches layout, a JSON manifest, the OpenCV sample pairs), pure
+metric functions (errors in, MMA curve and PCK out) and the ``vlens bench pairs`` runner.
+
+Ground truth is a homography (planar scenes, viewpoint or illumination change) or a disparity map (rectified
+stereo: the left pixel ``(x, y)`` shows the same point as the right pixel ``(x - d, y)``).
+
+Coordinates. vlens puts pixel centres at +0.5 (see :mod:`vlens.match.features`); OpenCV, the Oxford / HPatches
+homography files and Middlebury disparities put them at integer coordinates. A homography ``H`` written in that
+convention becomes ``T(+0.5) H T(-0.5)`` in vlens coordinates (:func:`homography_from_opencv`); a disparity is a
+horizontal offset, the same in both. Working resolution: both images are resized so that their longer side is
+``size`` pixels (default 448) before features are extracted; in vlens coordinates a resize is an exact scaling,
+so ``H_work = S_t H S_s^-1``. **Every error is in target pixels at this working resolution.**
+
+For every source patch centre: its match is the centre of its nearest target patch; its true location is the
+ground truth applied to the centre; error = the distance between them. Centres whose truth is unknown (disparity
+0) or falls outside the target are left out and counted. Metrics: the mean matching accuracy curve (fraction of
+matches within t px, t = 1..10, as in HPatches papers) and PCK at a few thresholds, over all matches and over
+the top 10% / 50% by each score (feature, cycle); for homography pairs also the homography estimated from the
+dense matches with OpenCV's RANSAC and its mean corner error. The sparse SIFT pipeline (SIFT keypoints, ratio
+test, RANSAC) runs on the same working images as the practitioner's reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vlens.errors import DatasetError
+
+MMA_THRESHOLDS = tuple(range(1, 11))  # px, as in HPatches papers
+PCK_THRESHOLDS = (5, 10, 20)  # px
+TOP_FRACTIONS = (0.1, 0.5)
+SCORES = ("feature", "cycle")
+HPATCHES_IMAGES = 6
+
+
+# ------------------------------------------------------------------------------------------ ground truth
+
+
+def _translate(t: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, t], [0.0, 1.0, t], [0.0, 0.0, 1.0]])
+
+
+def homography_from_opencv(h: np.ndarray) -> np.ndarray:
+    """A homography between OpenCV pixel coordinates (centres at integers) in vlens coordinates (centres at
+    +0.5): ``T(+0.5) @ H @ T(-0.5)``, normalised so that ``H[2, 2] = 1``."""
+    hv = _translate(0.5) @ np.asarray(h, dtype=np.float64) @ _translate(-0.5)
+    return hv / hv[2, 2]
+
+
+def homography_to_opencv(h: np.ndarray) -> np.ndarray:
+    ho = _translate(-0.5) @ np.asarray(h, dtype=np.float64) @ _translate(0.5)
+    return ho / ho[2, 2]
+
+
+def apply_homography(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Map (n, 2) points by a 3x3 homography: (n, 2); points sent to infinity become nan."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    p = np.concatenate([xy, np.ones((len(xy), 1))], axis=1) @ np.asarray(h, dtype=np.float64).T  # (n, 3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = p[:, :2] / p[:, 2:3]
+    out[np.abs(p[:, 2]) < 1e-12] = np.nan
+    return out
+
+
+def check_homography(h, where: str) -> np.ndarray:
+    """A 3x3, finite, non-singular matrix normalised to ``H[2, 2] = 1``; one-line errors otherwise."""
+    h = np.asarray(h, dtype=np.float64)
+    if h.shape != (3, 3):
+        raise DatasetError(f"{where}: a homography must be 3x3, got shape {tuple(h.shape)}")
+    if not np.isfinite(h).all():
+        raise DatasetError(f"{where}: the homography has non-finite entries")
+    s = np.linalg.svd(h, compute_uv=False)
+    if s[-1] <= 1e-9 * s[0]:
+        raise DatasetError(f"{where}: the homography is singular (singular values {s[0]:.3g} ... {s[-1]:.3g})")
+    if abs(h[2, 2]) < 1e-12:
+        raise DatasetError(f"{where}: the homography has H[2,2] = 0 (it sends the origin to infinity)")
+    return h / h[2, 2]
+
+
+def read_homography(path: Path) -> np.ndarray:
+    """A homography file: 9 numbers as text (HPatches ``H_1_k``, Oxford ``H1to3p``) or an OpenCV
+    FileStorage XML/YAML with one matrix (``H1to3p.xml``). Returned as written (no convention change)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"homography file {path}: no such file")
+    text = path.read_text(errors="replace")
+    if path.suffix.lower() in (".xml", ".yml", ".yaml") or text.lstrip().startswith(("<?xml", "%YAML")):
+        import cv2
+
+        try:
+            fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+            node = fs.getFirstTopLevelNode()
+            mat = None if node.empty() else node.mat()
+            fs.release()
+        except cv2.error as exc:
+            raise DatasetError(f"homography file {path}: OpenCV cannot read it ({str(exc).strip()[:80]})") from None
+        if mat is None:
+            raise DatasetError(f"homography file {path}: no matrix in it")
+        return check_homography(mat, f"homography file {path}")
+    try:
+        vals = np.array([float(v) for v in text.split()])
+    except ValueError:
+        raise DatasetError(f"homography file {path}: expected 9 numbers (3 rows of 3)") from None
+    if vals.size != 9:
+        raise DatasetError(f"homography file {path}: a homography must be 3x3, got {vals.size} numbers")
+    return check_homography(vals.reshape(3, 3), f"homography file {path}")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Source and target image with ground truth: a homography (vlens coordinates, original pixels) or the
+    source's disparity map (original pixels, nan = unknown)."""
+
+    name: str
+    source: Path
+    target: Path
+    homography: np.ndarray | None = None  # (3, 3) source -> target, vlens coordinates
+    disparity: np.ndarray | None = None  # (H, W) float, nan where unknown
+
+    @property
+    def kind(self) -> str:
+        return "homography" if self.homography is not None else "disparity"
+
+    def truth(self, xy: np.ndarray) -> np.ndarray:
+        """True target location (original pixels) of (n, 2) source points (original pixels); nan = unknown."""
+        xy = np.asarray(xy, dtype=np.float64)
+        if self.homography is not None:
+            return apply_homography(self.homography, xy)
+        d = self.disparity
+        col = np.clip(np.floor(xy[:, 0]).astype(int), 0, d.shape[1] - 1)  # the pixel that contains the point
+        row = np.clip(np.floor(xy[:, 1]).astype(int), 0, d.shape[0] - 1)
+        disp = d[row, col]
+        return np.stack([xy[:, 0] - disp, xy[:, 1] + 0 * disp], axis=1)  # both nan where unknown
+
+
+def read_disparity(path: Path, scale: float = 1.0, unknown: float | None = 0.0) -> np.ndarray:
+    """A disparity image (PNG/PFM-free formats PIL reads) -> float disparities in pixels (value / scale), nan where
+    the value equals ``unknown``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"disparity file {path}: no such file")
+    if not scale or scale <= 0:
+        raise DatasetError(f"disparity file {path}: the scale must be positive, got {scale}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im if im.mode in ("L", "I", "I;16", "F") else im.convert("L")).astype(np.float64)
+    except OSError as exc:
+        raise DatasetError(f"disparity file {path}: cannot read it ({exc})") from None
+    if arr.ndim != 2:
+        raise DatasetError(f"disparity file {path}: expected a single-channel image, got shape {arr.shape}")
+    out = arr / scale
+    if unknown is not None:
+        out[arr == unknown] = np.nan
+    return out
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    if not path.is_file():
+        raise DatasetError(f"image {path}: no such file")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError as exc:
+        raise DatasetError(f"image {path}: cannot read it ({exc})") from None
+
+
+def make_pair(name: str, source: Path, target: Path, *, homography=None, disparity=None,
+              convention: str = "opencv") -> Pair:
+    """Check the files and the ground truth and build a :class:`Pair`. ``convention`` of the homography:
+    ``opencv`` (pixel centres at integers: OpenCV, Oxford, HPatches) or ``vlens`` (centres at +0.5)."""
+    if (homography is None) == (disparity is None):
+        raise DatasetError(f"pair '{name}': give exactly one of a homography or a disparity map")
+    src_size = _image_size(Path(source))
+    _image_size(Path(target))
+    if homography is not None:
+        if convention not in ("opencv", "vlens"):
+            raise DatasetError(f"pair '{name}': convention must be 'opencv' or 'vlens', not '{convention}'")
+        h = check_homography(homography, f"pair '{name}'")
+        h = homography_from_opencv(h) if convention == "opencv" else h
+        return Pair(name, Path(source), Path(target), homography=h)
+    d = np.asarray(disparity, dtype=np.float64)
+    if d.shape != (src_size[1], src_size[0]):
+        raise DatasetError(f"pair '{name}': the disparity map is {d.shape[1]}x{d.shape[0]} but the source image "
+                           f"is {src_size[0]}x{src_size[1]}; they must be the same size")
+    return Pair(name, Path(source), Path(target), disparity=d)
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+
+
+def _hpatches_sequence(seq: Path) -> list[Pair]:
+    ext = next((e for e in (".ppm", ".png", ".jpg") if (seq / f"1{e}").is_file()), None)
+    if ext is None:
+        raise DatasetError(f"HPatches sequence {seq}: no reference image 1.ppm")
+    missing = [f"{k}{ext}" for k in range(2, HPATCHES_IMAGES + 1) if not (seq / f"{k}{ext}").is_file()]
+    missing += [f"H_1_{k}" for k in range(2, HPATCHES_IMAGES + 1) if not (seq / f"H_1_{k}").is_file()]
+    if missing:
+        raise DatasetError(f"HPatches sequence {seq}: missing {', '.join(missing)} (a sequence has 1{ext} ... "
+                           f"{HPATCHES_IMAGES}{ext} and H_1_2 ... H_1_{HPATCHES_IMAGES})")
+    return [make_pair(f"{seq.name}/1-{k}", seq / f"1{ext}", seq / f"{k}{ext}",
+                      homography=read_homography(seq / f"H_1_{k}"))
+            for k in range(2, HPATCHES_IMAGES + 1)]
+
+
+def load_hpatches(root: str | Path, sequences: list[str] | None = None) -> list[Pair]:
+    """The HPatches sequence layout: ``root`` is one sequence folder (``1.ppm`` ... ``6.ppm``, ``H_1_2`` ...
+    ``H_1_6``; homographies map image 1 to image k in OpenCV pixel convention) or a folder of them
+    (``i_*`` illumination, ``v_*`` viewpoint). ``sequences``: names to keep (default all)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"HPatches folder {root}: no such folder")
+    if any((root / f"1{e}").is_file() for e in (".ppm", ".png", ".jpg")):
+        return _hpatches_sequence(root)
+    seqs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if sequences:
+        unknown = sorted(set(sequences) - {p.name for p in seqs})
+        if unknown:
+            raise DatasetError(f"HPatches folder {root}: no sequence {', '.join(unknown)}")
+        seqs = [p for p in seqs if p.name in sequences]
+    if not seqs:
+        raise DatasetError(f"HPatches folder {root}: no sequence folders (expected e.g. v_graffiti/1.ppm)")
+    return [p for s in seqs for p in _hpatches_sequence(s)]
+
+
+def load_manifest(path: str | Path) -> list[Pair]:
+    """A JSON manifest of pairs; relative paths are relative to the manifest's folder::
+
+        {"pairs": [
+          {"name": "graffiti", "source": "graf1.png", "target": "graf3.png",
+           "homography": "H1to3p.xml", "convention": "opencv"},
+          {"name": "aloe", "source": "aloeL.jpg", "target": "aloeR.jpg",
+           "disparity": "aloeGT.png", "disparity_scale": 1, "disparity_unknown": 0}]}
+
+    ``homography``: a file (9 numbers, or OpenCV XML/YAML) or an inline 3x3 list; ``convention`` ``opencv``
+    (default: pixel centres at integers) or ``vlens``. ``disparity``: an image of the source's size whose values
+    divided by ``disparity_scale`` (default 1) are disparities in pixels; ``disparity_unknown`` (default 0, null
+    for none) marks pixels without ground truth.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"manifest {path}: no such file")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"manifest {path}: not valid JSON ({exc})") from None
+    entries = doc.get("pairs") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not entries:
+        raise DatasetError(f"manifest {path}: expected {{\"pairs\": [...]}} with at least one pair")
+    base = path.parent
+    pairs = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "source" not in e or "target" not in e:
+            raise DatasetError(f"manifest {path}: pair {i + 1} needs 'source' and 'target'")
+        name = str(e.get("name", f"pair{i + 1}"))
+        src, tgt = base / e["source"], base / e["target"]
+        for p in (src, tgt):
+            if not p.is_file():
+                raise DatasetError(f"manifest {path}: pair '{name}' names {p}, which does not exist")
+        h = d = None
+        if "homography" in e:
+            h = e["homography"]
+            h = read_homography(base / h) if isinstance(h, str) else check_homography(
+                np.asarray(h, dtype=np.float64), f"manifest {path}: pair '{name}'")
+        if "disparity" in e:
+            d = read_disparity(base / e["disparity"], float(e.get("disparity_scale", 1.0)),
+                               e.get("disparity_unknown", 0))
+        pairs.append(make_pair(name, src, tgt, homography=h, disparity=d,
+                               convention=e.get("convention", "opencv")))
+    return pairs
+
+
+def opencv_pairs() -> list[Pair]:
+    """The two real pairs of the fetched OpenCV samples: graffiti (viewpoint, homography ``H1to3p.xml``) and
+    aloe (Middlebury stereo, disparity ``aloeGT.png`` at scale 1 with 0 = unknown)."""
+    from vlens.data.opencv_samples import sample_path
+
+    return [
+        make_pair("graffiti", sample_path("graf1.png"), sample_path("graf3.png"),
+                  homography=read_homography(sample_path("H1to3p.xml"))),
+        make_pair("aloe", sample_path("aloeL.jpg"), sample_path("aloeR.jpg"),
+                  disparity=read_disparity(sample_path("aloeGT.png"), 1.0, 0)),
+    ]
+
+
+def load_pairs(spec: str | Path) -> list[Pair]:
+    """``opencv`` (the fetched OpenCV sample pairs), a manifest ``.json``, or an HPatches folder."""
+    if str(spec) == "opencv":
+        return opencv_pairs()
+    p = Path(spec)
+    if p.suffix.lower() == ".json" or p.is_file():
+        return load_manifest(p)
+    return load_hpatches(p)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def mma_curve(errors: np.ndarray, thresholds=MMA_THRESHOLDS) -> list[float]:
+    """Fraction of matches whose error is at most t, for each t (an empty set scores 0)."""
+    e = np.asarray(errors, dtype=np.float64)
+    return [float((e <= t).mean()) if e.size else 0.0 for t in thresholds]
+
+
+def pck(errors: np.ndarray, thresholds=PCK_THRESHOLDS) -> dict[str, float]:
+    return {f"pck@{t}": v for t, v in zip(thresholds, mma_curve(errors, thresholds))}
+
+
+def top_fraction(errors_ranked: np.ndarray, q: float) -> np.ndarray:
+    """The first ``ceil(q * n)`` errors of a best-first ranking (at least one when n > 0)."""
+    n = len(errors_ranked)
+    return errors_ranked[:max(1, math.ceil(q * n))] if n else errors_ranked
+
+
+def subset_stats(errors: np.ndarray) -> dict:
+    e = np.asarray(errors, dtype=np.float64)
+    return {"n": int(e.size), "median": float(np.median(e)) if e.size else float("nan"),
+            "mean": float(e.mean()) if e.size else float("nan"), "mma": mma_curve(e), **pck(e)}
+
+
+def corner_error(h_est: np.ndarray | None, h_true: np.ndarray, size: tuple[int, int]) -> float:
+    """Mean distance between the source image's four corners mapped by the estimated and the true homography
+    (inf when there is no estimate)."""
+    if h_est is None:
+        return float("inf")
+    w, h = size
+    corners = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]])
+    d = np.linalg.norm(apply_homography(h_est, corners) - apply_homography(h_true, corners), axis=1)
+    return float(d.mean()) if np.isfinite(d).all() else float("inf")
+
+
+# ------------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class PairsConfig:
+    size: int = 448  # working resolution: longer side of both images, pixels
+    pca: int | None = None  # joint PCA components (None: full dimension)
+    normalize: bool = True
+    layer: int = -1
+    facet: str = "token"
+    ransac_px: float = 3.0  # RANSAC inlier threshold, working pixels
+    ratio: float = 0.8  # Lowe's ratio for the sparse SIFT reference
+
+
+@dataclass
+class DescriptorResult:
+    """One descriptor on one pair."""
+
+    descriptor: str
+    matches: int  # source patches with a known, inside-the-target truth
+    skipped_unknown: int  # truth unknown (disparity 0)
+    skipped_outside: int  # truth outside the target
+    all: dict
+    top: dict  # "feature@10%": subset_stats, ...
+    corner_error: float | None = None  # homography pairs: RANSAC on the dense matches
+    inliers: int | None = None
+    seconds: float = 0.0
+    errors: np.ndarray | None = field(default=None, repr=False)  # (n,) valid matches, best cycle score first
+    match_xy: tuple | None = field(default=None, repr=False)  # (src (n, 2), dst (n, 2)) working px, same order
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("errors"), d.pop("match_xy")
+        return d
+
+
+@dataclass
+class PairResult:
+    pair: str
+    kind: str
+    size: tuple[tuple[int, int], tuple[int, int]]  # working (W, H) of source and target
+    descriptors: list[DescriptorResult]
+    sparse_sift: dict  # the sparse reference: keypoints, ratio matches, their accuracy, corner error
+
+    def to_dict(self) -> dict:
+        return {"pair": self.pair, "kind": self.kind, "size": self.size, "sparse_sift": self.sparse_sift,
+                "descriptors": [d.to_dict() for d in self.descriptors]}
+
+
+def working_pair(pair: Pair, size: int) -> tuple[Image.Image, Image.Image, np.ndarray, np.ndarray]:
+    """Both images at the working resolution and their scales (sx, sy) from original to working pixels."""
+    from vlens.images import load_image
+    from vlens.match.crops import working_image
+
+    imgs, scales = [], []
+    for p in (pair.source, pair.target):
+        im = load_image(p)
+        wi = working_image(im, size)
+        imgs.append(wi)
+        scales.append(np.array([wi.size[0] / im.size[0], wi.size[1] / im.size[1]]))
+    return imgs[0], imgs[1], scales[0], scales[1]
+
+
+def truth_working(pair: Pair, src_xy: np.ndarray, s_src: np.ndarray, s_tgt: np.ndarray, tgt_size) -> tuple:
+    """True target location (working pixels) of working-pixel source points and a validity mask, plus the
+    counts of unknown and outside points."""
+    t = pair.truth(src_xy / s_src) * s_tgt  # (n, 2)
+    known = np.isfinite(t).all(axis=1)
+    w, h = tgt_size
+    inside = known & (t[:, 0] >= 0) & (t[:, 0] < w) & (t[:, 1] >= 0) & (t[:, 1] < h)
+    return t, inside, int((~known).sum()), int((known & ~inside).sum())
+
+
+def homography_working(pair: Pair, s_src: np.ndarray, s_tgt: np.ndarray) -> np.ndarray:
+    return np.diag([s_tgt[0], s_tgt[1], 1.0]) @ pair.homography @ np.diag([1 / s_src[0], 1 / s_src[1], 1.0])
+
+
+def evaluate_matches(pair: Pair, matches, s_src, s_tgt, tgt_size, src_size, cfg: PairsConfig,
+                     descriptor: str) -> DescriptorResult:
+    """Errors, MMA and PCK of one set of dense matches (working pixels) against the pair's ground truth."""
+    from vlens.match.sift import ransac_homography
+
+    src = matches.src_xy.double().numpy()
+    dst = matches.dst_xy.double().numpy()
+    truth, valid, unknown, outside = truth_working(pair, src, s_src, s_tgt, tgt_size)
+    if not valid.any():
+        raise DatasetError(f"pair '{pair.name}': the ground truth maps every source patch outside the target "
+                           f"({unknown} unknown, {outside} outside); check the homography's direction (source -> "
+                           "target) and its pixel convention")
+    err = np.linalg.norm(dst - truth, axis=1)  # (n,), meaningful where valid
+    top = {}
+    for by in SCORES:
+        order = matches.order(by).numpy()
+        ranked = err[order][valid[order]]
+        for q in TOP_FRACTIONS:
+            top[f"{by}@{round(q * 100)}%"] = subset_stats(top_fraction(ranked, q))
+    res = DescriptorResult(descriptor, int(valid.sum()), unknown, outside, subset_stats(err[valid]), top)
+    cyc = matches.order("cycle").numpy()
+    res.errors = err[cyc][valid[cyc]]
+    res.match_xy = (src[cyc][valid[cyc]], dst[cyc][valid[cyc]])  # same order as errors
+    if pair.homography is not None:
+        h_est, inl = ransac_homography(src, dst, cfg.ransac_px)
+        res.corner_error = corner_error(h_est, homography_working(pair, s_src, s_tgt), src_size)
+        res.inliers = int(inl.sum())
+    return res
+
+
+def sparse_sift_reference(pair: Pair, img_s, img_t, s_src, s_tgt, cfg: PairsConfig) -> dict:
+    """SIFT keypoints + ratio test (+ RANSAC homography for homography pairs) on the working images."""
+    from vlens.match.sift import ransac_homography, sparse_sift_matches
+
+    t0 = time.time()
+    xa, xb, ka, kb = sparse_sift_matches(img_s, img_t, cfg.ratio)
+    out = {"keypoints": [ka, kb], "ratio_matches": len(xa)}
+    if len(xa):
+        truth, valid, unknown, outside = truth_working(pair, xa, s_src, s_tgt, img_t.size)
+        err = np.linalg.norm(xb - truth, axis=1)[valid]
+        out.update(evaluated=int(valid.sum()), skipped_unknown=unknown, skipped_outside=outside,
+                   all=subset_stats(err))
+    else:
+        out.update(evaluated=0, skipped_unknown=0, skipped_outside=0, all=subset_stats(np.zeros(0)))
+    if pair.homography is not None:
+        h_est, inl = ransac_homography(xa, xb, cfg.ransac_px)
+        out["corner_error"] = corner_error(h_est, homography_working(pair, s_src, s_tgt), img_s.size)
+        out["inliers"] = int(inl.sum())
+    out["seconds"] = round(time.time() - t0, 3)
+    return out
+
+
+def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig | None = None,
+                        progress=None) -> list[PairResult]:
+    """Match every source patch of every pair with each descriptor spec; see the module docstring."""
+    from vlens.match.features import extract_features, load_backbone
+    from vlens.match.matching import match_features
+
+    cfg = config or PairsConfig()
+    if not pairs:
+        raise DatasetError("no pairs to evaluate")
+    results = []
+    for pair in pairs:
+        img_s, img_t, s_src, s_tgt = working_pair(pair, cfg.size)
+        rows = []
+        for spec in specs:
+            t0 = time.time()
+            bb = load_backbone(spec)
+            fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size)
+            m = match_features(fs, ft, pca=cfg.pca, normalize=cfg.normalize)
+            r = evaluate_matches(pair, m, s_src, s_tgt, img_t.size, img_s.size, cfg, bb.spec)
+            r.seconds = round(time.time() - t0, 3)
+            rows.append(r)
+            if progress:
+                progress(f"{pair.name}: {bb.spec} {r.seconds:.1f} s")
+        results.append(PairResult(pair.name, pair.kind, (img_s.size, img_t.size), rows,
+                                  sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg)))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+TABLE_HEADERS = ["pair", "descriptor", "matches", "median px", "MMA@1-10", "PCK@5", "PCK@10", "PCK@20",
+                 "PCK@10 top10% feat", "PCK@10 top50% feat", "PCK@10 top10% cycle", "PCK@10 top50% cycle",
+                 "RANSAC corner px"]
+
+
+def _fmt_corner(v) -> str:
+    return "-" if v is None else ("failed" if not math.isfinite(v) else f"{v:.1f}")
+
+
+def table_rows(results: list[PairResult]) -> list[list]:
+    """One row per pair x descriptor (PCK in %), then the sparse SIFT reference of the pair."""
+    from vlens.match.draw import short_model
+
+    rows = []
+    for pr in results:
+        for d in pr.descriptors:
+            a = d.all
+            rows.append([pr.pair, short_model(d.descriptor), d.matches, round(a["median"], 1),
+                         round(100 * float(np.mean(a["mma"])), 1), round(100 * a["pck@5"], 1),
+                         round(100 * a["pck@10"], 1), round(100 * a["pck@20"], 1),
+                         *[round(100 * d.top[k]["pck@10"], 1)
+                           for k in ("feature@10%", "feature@50%", "cycle@10%", "cycle@50%")],
+                         _fmt_corner(d.corner_error)])
+        sp = pr.sparse_sift
+        a = sp["all"]
+        rows.append([pr.pair, "sparse SIFT + ratio" + (" + RANSAC" if "corner_error" in sp else ""),
+                     sp["evaluated"], round(a["median"], 1) if a["n"] else "-",
+                     round(100 * float(np.mean(a["mma"])), 1), round(100 * a["pck@5"], 1),
+                     round(100 * a["pck@10"], 1), round(100 * a["pck@20"], 1), "-", "-", "-", "-",
+                     _fmt_corner(sp.get("corner_error"))])
+    return rows
+
+
+def write_pairs_outputs(results: list[PairResult], cfg: PairsConfig, out) -> dict:
+    """``results.json``, ``table.md`` / ``table.csv`` and ``mma.png`` (MMA curves per pair) into ``out``."""
+    import csv
+    import io
+
+    from vlens.match.crops import markdown_table
+    from vlens.match.draw import mma_figure
+    from vlens.runs import atomic_write_text, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"results": write_json(out / "results.json", {"config": asdict(cfg),
+                                                          "pairs": [r.to_dict() for r in results]})}
+    rows = table_rows(results)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([TABLE_HEADERS, *rows])
+    paths["csv"] = atomic_write_text(out / "table.csv", buf.getvalue())
+    paths["markdown"] = atomic_write_text(out / "table.md", describe(cfg) + "\n\n" + markdown_table(TABLE_HEADERS,
+                                                                                                     rows))
+    paths["mma"] = mma_figure(results, out / "mma.png")
+    return paths
+
+
+def describe(cfg: PairsConfig) -> str:
+    return (f"Errors in target pixels at the working resolution (longer side {cfg.size} px); every source patch "
+            f"matched to its nearest target patch (PCA {cfg.pca or 'off'}); MMA@1-10 = mean of the fraction within "
+            f"t px for t = 1..10; PCK in %; top x% = the best-scored x% of the matches; RANSAC corner px = mean "
+            f"corner error of the OpenCV RANSAC homography ({cfg.ransac_px:g} px) from the dense matches.")
+
