@@ -2,7 +2,10 @@
 
 A run folder holds ``config.json`` (the resolved settings), ``metrics.json``, tables, figures and checkpoints.
 Every file is written atomically (temp file in the same folder, fsync, ``os.replace``) so a crash or a kill
-never leaves a half-written file behind: readers see the old version or the new one.
+never leaves a half-written file behind: readers see the old version or the new one. The temp files are created
+private (0600) and get the mode an ordinary ``open()`` would give (0666 minus the umask) before they replace the
+target, so datasets, models and indexes can be shared as the user's umask says. Temp files left by a killed run
+(``.NAME.XXXX``) are removed by the next run that writes NAME (see :func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,77 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, which races with other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - not Linux
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path, folder: bool = False) -> None:
+    """Give ``path`` the mode ``open()`` / ``mkdir()`` would have given it (0666 / 0777 minus the umask)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def apply_umask_tree(folder) -> Path:
+    """``apply_umask`` on a folder and everything in it (libraries such as safetensors write 0600 files)."""
+    folder = Path(folder)
+    apply_umask(folder, folder=True)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in dirnames:
+            apply_umask(os.path.join(dirpath, d), folder=True)
+        for f in filenames:
+            apply_umask(os.path.join(dirpath, f))
+    return folder
+
+
+def make_temp_dir(parent, name: str) -> Path:
+    """A fresh temp folder ``.NAME.XXXX`` inside ``parent`` with the umask's mode (``mkdtemp`` makes 0700)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    apply_umask(tmp, folder=True)
+    return tmp
+
+
+def remove_stale_temps(path, older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temp files/folders a killed writer of ``path`` left next to it (``.NAME.*``).
+
+    Only call it while holding whatever makes you the one writer of ``path`` (a run folder, an index lock)."""
+    import shutil
+
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    now = time.time()
+    for p in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        try:
+            if now - p.lstat().st_mtime < older_than_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -33,6 +107,7 @@ def atomic_path(path, suffix: str | None = None):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

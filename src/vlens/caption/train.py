@@ -174,11 +174,14 @@ def build_new(cfg: TrainConfig, captions: list[str]):
 
 def _save_folder(model, tokenizer, processor, folder: Path) -> None:
     """``save_pretrained`` into ``folder`` atomically (write a sibling, then swap)."""
+    from vlens.runs import apply_umask_tree
+
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    apply_umask_tree(tmp)  # safetensors writes its file 0600
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)

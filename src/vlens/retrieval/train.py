@@ -284,14 +284,15 @@ def validate(clip, pairs: PairSet, batch_size: int = 128):
 def save_model(clip, processor, tokenizer, folder: Path) -> Path:
     """A ``save_pretrained`` folder (weights, config, tokenizer, image processor), written then renamed."""
     import shutil
-    import tempfile
+
+    from vlens.runs import apply_umask_tree, make_temp_dir
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, folder.name)
     clip.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    apply_umask_tree(tmp)
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         folder.rename(old)

@@ -480,7 +480,9 @@ def export_backbone(backbone, folder: Path, cfg: DINOConfig, metrics: dict, hist
     backbone.save_pretrained(folder)
     image_processor(cfg.processor_size or cfg.crops.global_size).save_pretrained(folder)
     write_model_card(folder, cfg, metrics)
-    return folder
+    from vlens.runs import apply_umask_tree
+
+    return apply_umask_tree(folder)  # safetensors writes its file 0600
 
 
 def write_model_card(folder: Path, cfg: DINOConfig, metrics: dict, extra: str = "") -> Path:
