@@ -65,12 +65,18 @@ def photo_paths(names=MATCHING_PHOTOS, folder=None) -> list[Path]:
 
 
 def image_set(spec: str) -> list[Path]:
-    """Resolve an image-set spec: ``photos`` (all scikit-image photos), ``photos:matching``, ``shapes``
-    (a small generated shapes set), ``opencv:heldout`` / ``opencv:train`` (real photos from the fetched
-    opencv-doc samples, see :mod:`vlens.data.opencv_samples`), or a folder of images."""
+    """Resolve an image-set spec: ``photos`` (all scikit-image photos), ``photos:matching``, ``shapes`` or
+    ``shapes:STYLE`` (a small generated shapes set), ``opencv:heldout`` / ``opencv:train`` (real photos from the
+    fetched opencv-doc samples, see :mod:`vlens.data.opencv_samples`), or a folder of images.
+
+    A folder that exists is always used as that folder, even when its name is also a built-in set's name
+    (``./shapes``, ``shapes_v2``): only the exact names above, with no such folder present, mean a built-in set."""
     from vlens.images import list_images
 
-    if spec.startswith("opencv:"):
+    builtin = spec in ("photos", "photos:all", "photos:matching", "shapes") or spec.startswith(("shapes:", "opencv:"))
+    if builtin and Path(spec).exists():
+        builtin = False
+    if builtin and spec.startswith("opencv:"):
         from vlens.data import opencv_samples as ocv
 
         sets = {"heldout": ocv.HELDOUT_PHOTOS, "train": ocv.TRAIN_PHOTOS}
@@ -80,11 +86,11 @@ def image_set(spec: str) -> list[Path]:
 
             raise DatasetError(f"unknown image set '{spec}'; use opencv:heldout or opencv:train")
         return ocv.photo_paths(sets[name])
-    if spec in ("photos", "photos:all"):
-        return photo_paths(PHOTO_NAMES)
-    if spec == "photos:matching":
-        return photo_paths(MATCHING_PHOTOS)
-    if spec.startswith("shapes"):
+    if builtin:
+        if spec == "photos:matching":
+            return photo_paths(MATCHING_PHOTOS)
+        if spec.startswith("photos"):
+            return photo_paths(PHOTO_NAMES)
         from vlens.data.shapes import ensure_shapes
 
         style = spec.split(":", 1)[1] if ":" in spec else "target"

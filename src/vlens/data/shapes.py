@@ -211,8 +211,11 @@ def _write_one(args) -> dict:
 
 
 def make_shapes(out, train: int = 1000, val: int = 100, test: int = 100, seed: int = 0, style: str = "target",
-                size: int = 128, workers: int | None = None, progress: bool | None = None) -> Path:
-    """Write ``OUT/dataset.json`` (Karpathy format + masks + objects), ``OUT/images/`` and ``OUT/masks/``."""
+                size: int = 128, workers: int | None = None, progress: bool | None = None, force: bool = False) -> Path:
+    """Write ``OUT/dataset.json`` (Karpathy format + masks + objects), ``OUT/images/`` and ``OUT/masks/``.
+
+    A folder that already holds files is refused unless ``force`` (then the dataset's own files are replaced;
+    other files in the folder are left alone)."""
     from vlens.errors import ConfigError
     from vlens.runs import progress as bar
     from vlens.runs import write_json
@@ -222,6 +225,12 @@ def make_shapes(out, train: int = 1000, val: int = 100, test: int = 100, seed: i
     if min(train, val, test) < 0 or size < 16:
         raise ConfigError("split sizes must be >= 0 and --size at least 16 pixels")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is an existing file; give a folder for the dataset")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "a dataset (dataset.json)" if (out / "dataset.json").exists() else "files"
+        raise ConfigError(f"{out} already holds {what}; choose a new folder, or pass --force to replace the "
+                          "dataset there")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), seed, style, split, i, size)
@@ -249,7 +258,7 @@ def ensure_shapes(out, **kw) -> Path:
         if meta.get("style") == kw.get("style", "target") and len(meta.get("images", [])) == want \
                 and meta.get("seed") == kw.get("seed", 0):
             return out
-    return make_shapes(out, **kw)
+    return make_shapes(out, force=True, **kw)
 
 
 def load_mask(path) -> np.ndarray:
