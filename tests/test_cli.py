@@ -42,7 +42,16 @@ def test_make_shapes_cli(cli, tmp_path):
     assert code == 0 and "wrote 5 images" in out
     assert json.loads((tmp_path / "s" / "dataset.json").read_text())["style"] == "pretrain"
     code, _, err = cli("data", "make-shapes", tmp_path / "t", "--style", "cartoon")
-    assert code == 1 and err.startswith("error: unknown shapes style 'cartoon'")
+    assert code == 1 and err.startswith("error: invalid value for --style: 'cartoon' is not one of target, pretrain")
+    # An existing dataset is never replaced silently: refused (saying --force), then replaced with --force.
+    before = (tmp_path / "s" / "dataset.json").read_bytes()
+    code, _, err = cli("data", "make-shapes", tmp_path / "s", "--train", "2", "--val", "0", "--test", "0",
+                       "--size", "32")
+    assert code == 1 and "already holds a dataset" in err and "--force" in err and err.count("\n") == 1
+    assert (tmp_path / "s" / "dataset.json").read_bytes() == before
+    code, out, _ = cli("data", "make-shapes", tmp_path / "s", "--train", "2", "--val", "0", "--test", "0", "--size",
+                       "32", "--force")
+    assert code == 0 and len(json.loads((tmp_path / "s" / "dataset.json").read_text())["images"]) == 2
 
 
 def test_error_path_is_one_line_without_traceback(cli, tmp_path):
@@ -52,16 +61,17 @@ def test_error_path_is_one_line_without_traceback(cli, tmp_path):
 
 
 def test_debug_flag_shows_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vlens.cli.main", "--debug", "data", "inspect", str(tmp_path / "x")],
+    (tmp_path / "x.json").write_text("[1, 2]")
+    r = subprocess.run([sys.executable, "-m", "vlens.cli.main", "--debug", "data", "inspect", str(tmp_path / "x.json")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr and "DatasetError" in r.stderr
 
 
-def test_usage_errors_print_usage_not_a_bug_report(cli):
+def test_usage_errors_are_one_line_not_a_bug_report(cli):
     code, _, err = cli("data", "nonsense")
-    assert code == 2 and "No such command 'nonsense'" in err and "Usage:" in err and "bug" not in err
+    assert code == 2 and err == "error: no such command 'nonsense' (see 'vlens data --help')\n"
     code, _, err = cli("data", "inspect", "--bogus", "x")
-    assert code == 2 and "No such option: --bogus" in err and "bug" not in err
+    assert code == 2 and err.startswith("error: no such option: --bogus") and err.count("\n") == 1 and "bug" not in err
 
 
 def test_models_list_shows_embedded_and_cached(cli, tmp_path, tiny_vit, monkeypatch):

@@ -1,12 +1,44 @@
-"""Small pieces the CLI modules share: JSON output and a group with a default sub-command."""
+"""What the CLI modules share: the one option-checking layer, JSON output, a group with a default sub-command.
+
+How to declare a validated option (one way everywhere; `tests/test_cli_validation.py` walks every command and
+fails if an int, float or path parameter has no check, then feeds each one a table of bad values)::
+
+    from vlens.cli._common import check
+
+    batch_size: int = typer.Option(32, "--batch-size", help="...", callback=check.count(max=4096))
+    lr: float = typer.Option(5e-4, help="...", callback=check.number(0, 10, lo_open=True))
+    seed: int = typer.Option(0, help="...", callback=check.seed())
+    score: str = typer.Option("cycle", help="...", callback=check.choice("cycle", "feature"))
+    image: Path = typer.Argument(..., help="...", callback=check.existing("file"))   # or "dir" / "any"
+    out: Path = typer.Option(..., "--out", help="...", callback=check.output("dir"))  # or "file"
+
+A check runs while the command line is parsed, so a bad value stops the command before it loads a model or
+writes anything, with one line naming the option, the value and what is allowed::
+
+    error: invalid value for --nlist: -3 is out of range (allowed: 0 to 65536)
+
+Lists and tuples (repeatable options, ``tuple[float, float]``) are checked element by element. Every number needs
+an upper bound (absurd values must fail fast, not run out of memory) and floats never accept NaN or infinity.
+Checks between two options (e.g. min <= max) stay in the command, raised as ``ConfigError``; library functions
+still validate their own arguments.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
+
+MAX_SEED = 2**32 - 1
+MAX_IMAGE_SIDE = 4096
+"""Largest model-input / generated image side any option accepts (a ViT's memory grows with side**4)."""
+MAX_COUNT = 10_000_000
+"""Largest count of images, captions, steps, ... an option accepts."""
 
 
 def echo_json(obj) -> None:
@@ -36,6 +68,154 @@ def fail(message: str) -> None:
     from vlens.errors import VlensError
 
     raise VlensError(message)
+
+
+def option_name(param) -> str:
+    """How the user wrote a parameter: its longest flag (``--batch-size``) or its metavar (``IMAGES``)."""
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
+    return max(opts, key=len) if opts else (param.name or "argument").upper()
+
+
+class _Check:
+    """Namespace of callback factories; each returns a typer callback tagged with ``vlens_check`` (a dict that
+    says what it accepts, read by the tests that walk the CLI)."""
+
+    @staticmethod
+    def _make(spec: dict, one):
+        def callback(ctx: typer.Context, param: typer.CallbackParam, value):
+            if value is None or ctx.resilient_parsing:
+                return value
+            if isinstance(value, list | tuple):
+                return type(value)(one(v, param) for v in value)
+            return one(value, param)
+
+        callback.vlens_check = spec
+        return callback
+
+    @staticmethod
+    def _bad(param, value, allowed: str):
+        raise typer.BadParameter(f"{value!r} is not allowed ({allowed})" if not isinstance(value, int | float)
+                                 else f"{value} is out of range (allowed: {allowed})", param=param)
+
+    def integer(self, lo: int, hi: int, exclude: tuple[int, ...] = ()):
+        """An int in [lo, hi], not one of ``exclude``."""
+        allowed = f"{lo} to {hi}" + (f" except {', '.join(map(str, exclude))}" if exclude else "")
+
+        def one(v, param):
+            if not lo <= v <= hi or v in exclude:
+                self._bad(param, v, allowed)
+            return v
+        return self._make({"type": "int", "lo": lo, "hi": hi, "exclude": exclude}, one)
+
+    def layer(self):
+        """A transformer block counted from 1, or from the end with -1, -2, ..."""
+        return self.integer(-256, 256, exclude=(0,))
+
+    def count(self, lo: int = 1, max: int = MAX_COUNT):  # noqa: A002 - reads well at the call site
+        """A count (of images, steps, batches): an int in [lo, max], by default at least 1."""
+        return self.integer(lo, max)
+
+    def seed(self):
+        """A random seed: 0 to 2**32 - 1 (what NumPy accepts)."""
+        return self.integer(0, MAX_SEED)
+
+    def side(self, lo: int = 8, hi: int = MAX_IMAGE_SIDE):
+        """An image side in pixels."""
+        return self.integer(lo, hi)
+
+    def number(self, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+        """A finite float in [lo, hi] (``lo_open`` / ``hi_open`` exclude the bound)."""
+        allowed = f"{'above' if lo_open else 'from'} {lo:g} {'to below' if hi_open else 'to'} {hi:g}"
+
+        def one(v, param):
+            if not math.isfinite(v):
+                raise typer.BadParameter(f"{v} is not a finite number (allowed: {allowed})", param=param)
+            if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+                self._bad(param, v, allowed)
+            return v
+        return self._make({"type": "float", "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}, one)
+
+    def choice(self, *choices: str):
+        """One of a few words."""
+        def one(v, param):
+            if v not in choices:
+                raise typer.BadParameter(f"{v!r} is not one of {', '.join(choices)}", param=param)
+            return v
+        return self._make({"type": "choice", "choices": choices}, one)
+
+    def text(self, max_len: int = 1000, empty: bool = False):
+        """A free-text value (a model spec, a prompt): not empty unless ``empty``, at most ``max_len`` characters."""
+        def one(v, param):
+            if not empty and not str(v).strip():
+                raise typer.BadParameter("an empty value is not allowed", param=param)
+            if len(str(v)) > max_len:
+                raise typer.BadParameter(f"a value of {len(str(v))} characters is too long (allowed: up to "
+                                         f"{max_len})", param=param)
+            if "\x00" in str(v):
+                raise typer.BadParameter("a value with a NUL character is not allowed", param=param)
+            return v
+        return self._make({"type": "text", "max_len": max_len, "empty": empty}, one)
+
+    def path(self):
+        """An input path whose absence the command reports itself (e.g. skips and lists missing files)."""
+        def one(v, param):
+            if not str(v).strip() or "\x00" in str(v):
+                raise typer.BadParameter(f"{str(v)!r} is not a usable path", param=param)
+            return v
+        return self._make({"type": "path", "role": "lenient", "kind": "any"}, one)
+
+    def existing(self, kind: str = "any"):
+        """An input path that must exist: ``file``, ``dir`` or ``any``."""
+        def one(v, param):
+            p = Path(v).expanduser()
+            if not str(v).strip():
+                raise typer.BadParameter("an empty path is not allowed", param=param)
+            if not p.exists():
+                raise typer.BadParameter(f"{v} is not a folder (it does not exist)" if kind == "dir"
+                                         else f"{v}: no such file or folder", param=param)
+            if kind == "file" and p.is_dir():
+                raise typer.BadParameter(f"{v} is a folder; give a file", param=param)
+            if kind == "dir" and not p.is_dir():
+                raise typer.BadParameter(f"{v} is not a folder", param=param)
+            if not os.access(p, os.R_OK):
+                raise typer.BadParameter(f"{v}: permission denied (cannot read it)", param=param)
+            return v
+        return self._make({"type": "path", "role": "input", "kind": kind}, one)
+
+    def output(self, kind: str = "file"):
+        """An output path: a ``file`` to write (not an existing folder) or a ``dir`` to create or fill (not an
+        existing file). The nearest existing parent must be a writable folder: checked now, before the work."""
+        def one(v, param):
+            if not str(v).strip():
+                raise typer.BadParameter("an empty path is not allowed", param=param)
+            p = Path(v).expanduser()
+            if kind == "file" and p.is_dir():
+                raise typer.BadParameter(f"{v} is a folder; give a file name to write", param=param)
+            if kind == "dir" and p.exists() and not p.is_dir():
+                raise typer.BadParameter(f"{v} is an existing file; give a folder", param=param)
+            problem = writable_problem(p if kind == "dir" and p.is_dir() else p.parent)
+            if problem:
+                raise typer.BadParameter(f"cannot write {v}: {problem}", param=param)
+            return v
+        return self._make({"type": "path", "role": "output", "kind": kind}, one)
+
+
+check = _Check()
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be created under ``folder`` (which may not exist yet), or None if they can."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable (permission denied)"
+    return None
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of text.")

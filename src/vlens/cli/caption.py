@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, echo_json
+from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, check, echo_json
 
 
 class CaptionGroup(DefaultCommandGroup):
@@ -42,6 +42,7 @@ MODEL_OPTION = typer.Option(
     help="BLIP captioner: builtin:blip-tiny (default), a folder "
     "written by save_pretrained (e.g. a `caption train` run's OUT/best), or a hub id "
     "such as Salesforce/blip-image-captioning-base (must be cached when offline).",
+    callback=check.text(),
 )
 PROMPT_OPTION = typer.Option(
     None,
@@ -49,6 +50,7 @@ PROMPT_OPTION = typer.Option(
     "-p",
     help="Text the caption continues, e.g. 'a picture of' "
     "(removed from the output). Leave out for no prompt.",
+    callback=check.text(empty=True),
 )
 STRATEGY_OPTION = typer.Option(
     "greedy",
@@ -57,31 +59,44 @@ STRATEGY_OPTION = typer.Option(
     help="greedy: most probable word each step; beam: "
     "keep --num-beams partial captions; sample: random draws shaped by --top-k, "
     "--top-p and --temperature.",
+    callback=check.choice("greedy", "beam", "sample"),
 )
 TOP_K_OPTION = typer.Option(
-    50, "--top-k", help="sample: draw from the k most probable tokens (smaller = safer)."
+    50, "--top-k", help="sample: draw from the k most probable tokens (smaller = safer).",
+    callback=check.count(1, 1_000_000),
 )
 TOP_P_OPTION = typer.Option(
     1.0,
     "--top-p",
     help="sample: nucleus sampling, keep the smallest set of tokens with "
     "this much probability (1 = off; 0.9 is common).",
+    callback=check.number(0, 1, lo_open=True),
 )
 TEMP_OPTION = typer.Option(
     1.0,
     "--temperature",
     "-t",
     help="sample: <1 sharpens towards greedy, >1 flattens (more varied, more mistakes); 0 means greedy.",
+    callback=check.number(0, 100),
 )
-BEAMS_OPTION = typer.Option(3, "--num-beams", help="beam: partial captions kept (3-5 usual).")
-LENPEN_OPTION = typer.Option(1.0, "--length-penalty", help="beam: >1 prefers longer captions, <1 shorter.")
+BEAMS_OPTION = typer.Option(
+    3, "--num-beams", help="beam: partial captions kept (3-5 usual).", callback=check.count(1, 64)
+)
+LENPEN_OPTION = typer.Option(
+    1.0, "--length-penalty", help="beam: >1 prefers longer captions, <1 shorter.", callback=check.number(-100, 100)
+)
 REP_OPTION = typer.Option(
-    1.0, "--repetition-penalty", help=">1 discourages repeated words (1 = off; 1.2 mild)."
+    1.0, "--repetition-penalty", help=">1 discourages repeated words (1 = off; 1.2 mild).",
+    callback=check.number(0, 100, lo_open=True),
 )
-MAXTOK_OPTION = typer.Option(30, "--max-new-tokens", help="Longest caption in tokens.")
-MINTOK_OPTION = typer.Option(0, "--min-new-tokens", help="Shortest caption in tokens.")
-SEED_OPTION = typer.Option(None, "--seed", help="Make sampling reproducible (same seed -> same captions).")
-BATCH_OPTION = typer.Option(16, "--batch-size", help="Images captioned together (faster than one at a time).")
+MAXTOK_OPTION = typer.Option(30, "--max-new-tokens", help="Longest caption in tokens.", callback=check.count(1, 1024))
+MINTOK_OPTION = typer.Option(0, "--min-new-tokens", help="Shortest caption in tokens.", callback=check.count(0, 1024))
+SEED_OPTION = typer.Option(
+    None, "--seed", help="Make sampling reproducible (same seed -> same captions).", callback=check.seed()
+)
+BATCH_OPTION = typer.Option(
+    16, "--batch-size", help="Images captioned together (faster than one at a time).", callback=check.count(1, 4096)
+)
 
 
 def _settings(**kw):
@@ -92,7 +107,8 @@ def _settings(**kw):
 
 @app.command("run")
 def run_cmd(
-    paths: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively); missing and "
+                                       "unreadable files are skipped and listed.", callback=check.path()),
     model: str = MODEL_OPTION,
     prompt: str = PROMPT_OPTION,
     strategy: str = STRATEGY_OPTION,
@@ -108,7 +124,7 @@ def run_cmd(
         1,
         "--n",
         help="Captions per image (sample: ranked by log-probability; beam: best beams). Greedy gives one.",
-    ),
+        callback=check.count(1, 100),),
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
     json_out: bool = JSON_OPTION,
@@ -203,9 +219,9 @@ def eval_cmd(
         "--data",
         "-d",
         help="Dataset (Karpathy/COCO JSON or folder; `vlens data make-shapes` writes one).",
-    ),
-    split: str = typer.Option("test", help="Split to caption."),
-    limit: int = typer.Option(None, help="Only the first N images of the split."),
+        callback=check.existing("any"),),
+    split: str = typer.Option("test", help="Split to caption.", callback=check.text()),
+    limit: int = typer.Option(None, help="Only the first N images of the split.", callback=check.count(1)),
     model: str = MODEL_OPTION,
     prompt: str = PROMPT_OPTION,
     strategy: str = STRATEGY_OPTION,
@@ -221,8 +237,7 @@ def eval_cmd(
         "--out",
         "-o",
         help="Run folder for predictions.json (COCO results format), "
-        "metrics.json and config.json. Default: runs/caption-eval-<time>.",
-    ),
+        "metrics.json and config.json. Default: runs/caption-eval-<time>.", callback=check.output("dir"),),
     fast: bool = typer.Option(
         False,
         "--fast",
@@ -280,24 +295,26 @@ def eval_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset to caption (e.g. a shapes folder)."),
-    top_k: str = typer.Option("10,50,100", "--top-k", help="Comma-separated top-k values."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset to caption (e.g. a shapes folder).",
+                              callback=check.existing("any")),
+    top_k: str = typer.Option("10,50,100", "--top-k", help="Comma-separated top-k values.", callback=check.text()),
     temperature: str = typer.Option(
         "0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0)."
-    ),
+    , callback=check.text()),
     prompt: list[str] = typer.Option(
         None, "--prompt", help="Repeat for several prompts; leave out for none."
-    ),
+    , callback=check.text(empty=True)),
     seeds: int = typer.Option(
         3,
         "--seeds",
         help="Runs per setting with seeds 0..N-1 (mean ± std; one seed of a random process is not evidence).",
-    ),
+        callback=check.count(1, 1000),),
     top_p: float = TOP_P_OPTION,
-    split: str = typer.Option("test", help="Split to caption."),
-    limit: int = typer.Option(None, help="Only the first N images (faster sweeps)."),
+    split: str = typer.Option("test", help="Split to caption.", callback=check.text()),
+    limit: int = typer.Option(None, help="Only the first N images (faster sweeps).", callback=check.count(1)),
     model: str = MODEL_OPTION,
-    batch_size: int = typer.Option(64, "--batch-size", help="Images captioned together."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images captioned together.",
+                                   callback=check.count(1, 4096)),
     ptb: bool = typer.Option(
         False,
         "--ptb",
@@ -309,8 +326,7 @@ def sweep_cmd(
         "--out",
         "-o",
         help="Run folder (results.csv, table.md, sweep.png); rerun "
-        "with the same --out to resume. Default: runs/caption-sweep-<time>.",
-    ),
+        "with the same --out to resume. Default: runs/caption-sweep-<time>.", callback=check.output("dir"),),
     json_out: bool = JSON_OPTION,
 ):
     """Sample captions for every (prompt, top-k, temperature) x seed; one CSV row per run, a mean ± std table
@@ -344,39 +360,45 @@ def sweep_cmd(
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset with train and val splits."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder; the trained model lands in OUT/best."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset with train and val splits.",
+                              callback=check.existing("any")),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder; the trained model lands in OUT/best.",
+                             callback=check.output("dir")),
     model: str = typer.Option(
         None, "--model", "-m", help="Fine-tune this captioner (hub id, folder, builtin:NAME)."
-    ),
+    , callback=check.text()),
     preset: str = typer.Option(
         None,
         "--preset",
         help="Or train a new model: blip-tiny (embedded model's shape) "
-        "or test-blip; a tokenizer is trained on the dataset's captions.",
-    ),
-    prompt: str = typer.Option(None, "--prompt", help="Put before every caption, masked out of the loss."),
-    epochs: int = typer.Option(10, help="Passes over the training images."),
+        "or test-blip; a tokenizer is trained on the dataset's captions.", callback=check.text(),),
+    prompt: str = typer.Option(None, "--prompt", help="Put before every caption, masked out of the loss.",
+                               callback=check.text(empty=True)),
+    epochs: int = typer.Option(10, help="Passes over the training images.", callback=check.count(1, 100000)),
     lr: float = typer.Option(
         1e-3, help="Peak learning rate (1e-3 new tiny model; 1e-5 fine-tuning BLIP-base)."
-    ),
-    wd: float = typer.Option(0.05, help="AdamW weight decay (not on norms and biases)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per step per process."),
+    , callback=check.number(0, 10, lo_open=True)),
+    wd: float = typer.Option(0.05, help="AdamW weight decay (not on norms and biases).", callback=check.number(0, 100)),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step per process.",
+                                   callback=check.count(1, 65536)),
     warmup_epochs: float = typer.Option(
         1.0, "--warmup-epochs", help="Linear warm-up length before the cosine."
-    ),
-    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="BLIP's default is 0.1."),
-    image_size: int = typer.Option(128, "--image-size", help="New models only: input side in pixels."),
-    max_train: int = typer.Option(None, "--max-train", help="Use only the first N training images."),
-    val_limit: int = typer.Option(100, "--val-limit", help="Validation images captioned after each epoch."),
-    seed: int = typer.Option(0, help="Seeds initialisation, caption choice and order."),
+    , callback=check.number(0, 100000)),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="BLIP's default is 0.1.",
+                                          callback=check.number(0, 1, hi_open=True)),
+    image_size: int = typer.Option(128, "--image-size", help="New models only: input side in pixels.",
+                                   callback=check.side(16, 1024)),
+    max_train: int = typer.Option(None, "--max-train", help="Use only the first N training images.",
+                                  callback=check.count(1)),
+    val_limit: int = typer.Option(100, "--val-limit", help="Validation images captioned after each epoch.",
+                                  callback=check.count(0)),
+    seed: int = typer.Option(0, help="Seeds initialisation, caption choice and order.", callback=check.seed()),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt after an interruption."),
     threads: int = typer.Option(
         0,
         "--threads",
         help="CPU threads for torch (0 = torch's default). On a busy "
-        "machine 1 is often much faster than oversubscribing.",
-    ),
+        "machine 1 is often much faster than oversubscribing.", callback=check.count(0, 1024),),
 ):
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation
     BLEU-4 / CIDEr each epoch with the best kept in OUT/best, atomic checkpoints and --resume.

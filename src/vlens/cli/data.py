@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, echo_json
+from vlens.cli._common import JSON_OPTION, check, echo_json
 
 app = typer.Typer(help="Make and inspect captioned image datasets (Karpathy JSON, COCO JSON, image folders, shapes).",
                   no_args_is_help=True)
@@ -18,15 +18,19 @@ def register(root: typer.Typer) -> None:
 
 @app.command("make-shapes")
 def make_shapes_cmd(
-    out: Path = typer.Argument(..., help="Folder to write: dataset.json (Karpathy format), images/, masks/."),
-    train: int = typer.Option(1000, help="Number of training images."),
-    val: int = typer.Option(100, help="Number of validation images."),
-    test: int = typer.Option(100, help="Number of test images."),
-    seed: int = typer.Option(0, help="Same seed -> byte-identical dataset."),
+    out: Path = typer.Argument(..., help="Folder to write: dataset.json (Karpathy format), images/, masks/. "
+                              "An existing dataset is kept unless --force.", callback=check.output("dir")),
+    train: int = typer.Option(1000, help="Number of training images.", callback=check.count(0)),
+    val: int = typer.Option(100, help="Number of validation images.", callback=check.count(0)),
+    test: int = typer.Option(100, help="Number of test images.", callback=check.count(0)),
+    seed: int = typer.Option(0, help="Same seed -> byte-identical dataset.", callback=check.seed()),
     style: str = typer.Option("target", help="'target': photo-textured backgrounds; 'pretrain': gradient "
-                              "backgrounds, outlined shapes (a second distribution for fine-tune studies)."),
-    size: int = typer.Option(128, help="Image side in pixels."),
-    workers: int = typer.Option(0, help="Processes to use (0 = number of cores, at most 2 here)."),
+                              "backgrounds, outlined shapes (a second distribution for fine-tune studies).",
+                              callback=check.choice("target", "pretrain")),
+    size: int = typer.Option(128, help="Image side in pixels.", callback=check.side(16, 1024)),
+    workers: int = typer.Option(0, help="Processes to use (0 = number of cores, at most 2 here).",
+                                callback=check.count(0, 256)),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset in OUT."),
 ):
     """Generate the procedural shapes dataset: 1-3 objects per scene, 5 captions each, class masks."""
     import time
@@ -34,7 +38,8 @@ def make_shapes_cmd(
     from vlens.data.shapes import make_shapes
 
     t0 = time.time()
-    make_shapes(out, train=train, val=val, test=test, seed=seed, style=style, size=size, workers=workers or None)
+    make_shapes(out, train=train, val=val, test=test, seed=seed, style=style, size=size, workers=workers or None,
+                force=force)
     n = train + val + test
     typer.echo(f"wrote {n} images ({train} train / {val} val / {test} test, style {style}) to {out} "
                f"in {time.time() - t0:.1f} s")
@@ -43,8 +48,9 @@ def make_shapes_cmd(
 @app.command("inspect")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A dataset JSON (Karpathy or COCO) or a folder (dataset.json / "
-                                "metadata.jsonl / metadata.csv)."),
-    images_root: Path = typer.Option(None, "--images", help="Where the image files are, if not next to the JSON."),
+                                "metadata.jsonl / metadata.csv).", callback=check.existing("any")),
+    images_root: Path = typer.Option(None, "--images", help="Where the image files are, if not next to the JSON.",
+                                      callback=check.existing("dir")),
     verify: bool = typer.Option(True, help="Decode every image to find unreadable ones (--no-verify only checks "
                                 "that files exist)."),
     json_out: bool = JSON_OPTION,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, echo_json
+from vlens.cli._common import JSON_OPTION, check, echo_json
 
 app = typer.Typer(help="Build and maintain a search index of an image folder (FAISS vectors + SQLite metadata). "
                        "Killing a build or update is safe: rerun it to finish.", no_args_is_help=True)
@@ -31,20 +31,25 @@ def _report(rep, json_out: bool, index: Path) -> None:
 @app.command("build")
 def build_cmd(
     images: Path = typer.Argument(..., help="Folder of images to index (searched recursively; paths are stored "
-                                  "relative to it)."),
+                                  "relative to it).", callback=check.existing("dir")),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create. If it already indexes the same "
-                             "folder with the same model, the build resumes/updates instead."),
+                             "folder with the same model, the build resumes/updates instead.",
+                             callback=check.output("dir")),
     model: str = typer.Option("builtin:clip-tiny", "--model", "-m", help="Dual encoder: hub id (e.g. "
-                              "openai/clip-vit-base-patch32 when cached), save_pretrained folder or builtin:NAME."),
+                              "openai/clip-vit-base-patch32 when cached), save_pretrained folder or builtin:NAME.",
+                              callback=check.text()),
     kind: str = typer.Option("flat", "--kind", help="flat = exact (default; fine up to ~1M images). ivf = "
                              "inverted lists, hnsw = graph: approximate, for millions; their recall@10 against "
-                             "exact is measured and shown by `vlens index info`."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images embedded and committed together."),
+                             "exact is measured and shown by `vlens index info`.",
+                             callback=check.choice("flat", "ivf", "hnsw")),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images embedded and committed together.",
+                                   callback=check.count(1, 4096)),
     captioner: str = typer.Option(None, "--captioner", help="Also caption each image with this BLIP model "
-                                  "(e.g. builtin:blip-tiny); captions show in results. Slower."),
-    nlist: int = typer.Option(0, "--nlist", help="IVF lists (0 = about 4*sqrt(N))."),
+                                  "(e.g. builtin:blip-tiny); captions show in results. Slower.", callback=check.text()),
+    nlist: int = typer.Option(0, "--nlist", help="IVF lists (0 = about 4*sqrt(N)).", callback=check.integer(0, 65536)),
     target_recall: float = typer.Option(0.95, "--target-recall", help="ANN search effort (nprobe / efSearch) "
-                                        "is raised until recall@10 against exact search reaches this."),
+                                        "is raised until recall@10 against exact search reaches this.",
+                                        callback=check.number(0, 1, lo_open=True)),
     force: bool = typer.Option(False, "--force", help="Replace an existing index at --out."),
     json_out: bool = JSON_OPTION,
 ):
@@ -59,8 +64,10 @@ def build_cmd(
 
 @app.command("update")
 def update_cmd(
-    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`."),
-    root: Path = typer.Option(None, "--root", help="The image folder moved: index this folder from now on."),
+    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`.",
+                                 callback=check.path()),
+    root: Path = typer.Option(None, "--root", help="The image folder moved: index this folder from now on.",
+                              callback=check.existing("dir")),
     json_out: bool = JSON_OPTION,
 ):
     """Add new and changed files, drop deleted ones, follow renames; unchanged images are not re-embedded."""
@@ -72,7 +79,7 @@ def update_cmd(
 
 @app.command("info")
 def info_cmd(
-    index: Path = typer.Argument(..., help="An index folder."),
+    index: Path = typer.Argument(..., help="An index folder.", callback=check.path()),
     json_out: bool = JSON_OPTION,
 ):
     """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
@@ -107,11 +114,15 @@ def info_cmd(
 
 
 def search_cmd(
-    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`."),
-    query: str = typer.Argument(None, help="What to look for, in words, e.g. \"a white airplane\"."),
-    image: Path = typer.Option(None, "--image", "-i", help="Search with an image instead of words."),
-    k: int = typer.Option(5, "-k", "--top", help="How many results."),
-    out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet PNG of the results here."),
+    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`.",
+                                 callback=check.path()),
+    query: str = typer.Argument(None, help="What to look for, in words, e.g. \"a white airplane\".",
+                                callback=check.text()),
+    image: Path = typer.Option(None, "--image", "-i", help="Search with an image instead of words.",
+                               callback=check.existing("file")),
+    k: int = typer.Option(5, "-k", "--top", help="How many results.", callback=check.count(1, 10000)),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet PNG of the results here.",
+                             callback=check.output("file")),
     json_out: bool = JSON_OPTION,
 ):
     """Find the images most similar to a text or an image query; prints rank, cosine similarity and path."""

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from vlens.cli._common import check
+
 
 def register(root: typer.Typer) -> None:
     root.command("lab")(lab)
@@ -13,10 +15,11 @@ def register(root: typer.Typer) -> None:
 
 def lab(
     out: Path = typer.Option(Path("vlens-lab"), "--out", "-o", help="Folder for report.html, report.md, "
-                             "manifest.json, figures/ and the raw runs."),
-    seed: int = typer.Option(0, help="Seed for data generation, sampling and training."),
+                             "manifest.json, figures/ and the raw runs.", callback=check.output("dir")),
+    seed: int = typer.Option(0, help="Seed for data generation, sampling and training.", callback=check.seed()),
     quick: bool = typer.Option(False, help="Smaller datasets and fewer settings (for a fast look or tests)."),
-    only: list[str] = typer.Option(None, "--only", help="Run just these sections (repeatable), e.g. --only data."),
+    only: list[str] = typer.Option(None, "--only", help="Run just these sections (repeatable), e.g. --only data.",
+                                   callback=check.text()),
 ):
     """Run every part of vlens on the embedded data and models and write a lab report (offline).
 

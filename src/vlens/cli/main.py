@@ -46,7 +46,29 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"vlens.cli.{_name}").register(app)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt (which the CLI framework swallows)."""
+
+
+def _on_sigint(signum, frame):
+    raise Interrupted()
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit status: 0; 1 for a user error (a bad option value included);
+    2 for a malformed command line (unknown option or command, missing argument); 130 after Ctrl-C.
+    Every failure prints exactly one ``error: ...`` line (``--debug``: the traceback)."""
+    return invoke(typer.main.get_command(app), argv)
+
+
+def invoke(command, argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     import click
     import typer.exceptions
     from typer._click.exceptions import ClickException as TyperClickException
@@ -59,20 +81,34 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("VLENS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
-    command = typer.main.get_command(app)
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, _on_sigint)
     try:
         rv = command.main(args=args, prog_name="vlens", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except exits as exc:
+        if exc.exit_code == 130:  # a KeyboardInterrupt raised by someone else's handler
+            typer.echo("interrupted (Ctrl-C); rerun the same command to continue or start over", err=True)
         return exc.exit_code
     except usage_errors as exc:
-        exc.show()
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        param = getattr(exc, "param", None)
+        if param is not None and type(exc).__name__ == "BadParameter":
+            from vlens.cli._common import option_name
+
+            msg = f"invalid value for {option_name(param)}: {_one_line(exc.message)}"
+            exc.exit_code = 1  # a bad value, like every user error; 2 is for a malformed command line
+        else:
+            msg = _one_line(exc.format_message()).rstrip(".")
+            msg = msg[:1].lower() + msg[1:]
+        typer.echo(f"error: {msg}{where}", err=True)
         return exc.exit_code
-    except aborts:
-        typer.echo("aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except (Interrupted, KeyboardInterrupt, *aborts):
+        typer.echo("interrupted (Ctrl-C); rerun the same command to continue or start over", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001
         from vlens.errors import VlensError
@@ -80,11 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if isinstance(exc, VlensError):
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {_one_line(exc)}", err=True)
             return exc.exit_code
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc}\n"
-                   "This is a bug in vlens; rerun with --debug and report the traceback.", err=True)
+        if isinstance(exc, OSError) and exc.strerror:  # disk full, permission denied, read-only file system
+            where = f" {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: cannot access{where}: {exc.strerror}", err=True)
+            return 1
+        if isinstance(exc, MemoryError):
+            typer.echo("error: out of memory; use smaller sizes, batches or fewer images", err=True)
+            return 1
+        typer.echo(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} "
+                   "(a bug in vlens: rerun with --debug and report the traceback)", err=True)
         return 2
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
 
 
 def run() -> None:  # console-script shim

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, echo_json
+from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, check, echo_json
 
 MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
               "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
@@ -16,6 +16,7 @@ LAYER_HELP = "Transformer block to read, counted from 1; -1 = the last. Middle-t
 FACET_HELP = "token (block output) or the attention's key / query / value. DINO papers find 'key' best."
 PCA_HELP = ("Reduce descriptors to K components with a PCA fitted jointly on both images (0 = keep all). "
             "10 removes noise and speeds up matching; the lab report used 10.")
+FACETS = check.choice("token", "key", "query", "value")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 
 bench_app = typer.Typer(help="Benchmarks with tables and figures: real pairs with ground truth, the crop "
@@ -42,20 +43,24 @@ def _pca(k: int) -> int | None:
 
 
 def match_cmd(
-    image_a: Path = typer.Argument(..., help="Source image: every one of its patches gets a match."),
-    image_b: Path = typer.Argument(..., help="Destination image."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    image_a: Path = typer.Argument(..., help="Source image: every one of its patches gets a match.",
+                                   callback=check.existing("file")),
+    image_b: Path = typer.Argument(..., help="Destination image.", callback=check.existing("file")),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     score: str = typer.Option("cycle", help="Rank matches by 'cycle' (negative cycle distance: A->B->A lands "
-                              "near where it started; robust) or 'feature' (negative descriptor distance)."),
-    pca: int = typer.Option(10, help=PCA_HELP),
-    top: int = typer.Option(50, help="How many of the best matches to draw and list (0 = all)."),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    size: int = typer.Option(448, help=SIZE_HELP),
+                              "near where it started; robust) or 'feature' (negative descriptor distance).",
+                              callback=check.choice("cycle", "feature")),
+    pca: int = typer.Option(10, help=PCA_HELP, callback=check.integer(0, 1024)),
+    top: int = typer.Option(50, help="How many of the best matches to draw and list (0 = all).",
+                            callback=check.count(0)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
-                             "coloured by rank (yellow = best)."),
+                             "coloured by rank (yellow = best).", callback=check.output("file")),
     json_path: Path = typer.Option(None, "--json", help="Also write the matches (coordinates in each image's "
-                                   "pixels, both distances and scores) to this JSON file."),
+                                   "pixels, both distances and scores) to this JSON file.",
+                                   callback=check.output("file")),
 ):
     """Match two images patch by patch and draw the best matches.
 
@@ -93,23 +98,24 @@ def match_cmd(
 
 @bench_app.command("crops")
 def bench_crops_cmd(
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     images: str = typer.Option("photos", help="'photos' (the built-in scikit-image photos that have objects), "
-                               "'shapes', or a folder of images."),
+                               "'shapes', or a folder of images.", callback=check.text()),
     out: Path = typer.Option(Path("bench-crops"), "--out", "-o", help="Run folder: config.json, results.json, "
-                             "table.md, table.csv, curves.png, best_worst.png."),
+                             "table.md, table.csv, curves.png, best_worst.png.", callback=check.output("dir")),
     baselines: bool = typer.Option(True, help="Also run the raw-pixel and random-weight baselines on the same "
                                    "crops, so you see what the features buy."),
-    crops: int = typer.Option(2, help="Crops per image and scenario."),
+    crops: int = typer.Option(2, help="Crops per image and scenario.", callback=check.count(1, 1000)),
     scenario: list[str] = typer.Option(None, "--scenario", help="Run only these (repeatable): large, small, "
-                                       "photometric, geometric."),
-    pca: int = typer.Option(10, help=PCA_HELP),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
+                                       "photometric, geometric.",
+                                       callback=check.choice("large", "small", "photometric", "geometric")),
+    pca: int = typer.Option(10, help=PCA_HELP, callback=check.integer(0, 1024)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     source_side: int = typer.Option(448, help="Working resolution: the source's longer side in pixels. Crop "
-                                    "errors are in these pixels."),
-    crop_side: int = typer.Option(224, help="Longer side of each crop as fed to the model."),
-    seed: int = typer.Option(0, help="Same seed -> same crops, for every model."),
+                                    "errors are in these pixels.", callback=check.side(32)),
+    crop_side: int = typer.Option(224, help="Longer side of each crop as fed to the model.", callback=check.side(16)),
+    seed: int = typer.Option(0, help="Same seed -> same crops, for every model.", callback=check.seed()),
     json_out: bool = JSON_OPTION,
 ):
     """Crop benchmark: match random crops back to their source and measure the error in pixels.
@@ -218,20 +224,26 @@ def _save(img, path: Path) -> None:
 
 @segment_app.command("transfer")
 def segment_cmd(
-    ref: list[Path] = typer.Option(..., "--ref", help="Reference image (repeatable; pair each with --ref-mask)."),
+    ref: list[Path] = typer.Option(..., "--ref", help="Reference image (repeatable; pair each with --ref-mask).",
+                                   callback=check.existing("file")),
     ref_mask: list[Path] = typer.Option(..., "--ref-mask", help="Class-id mask of the matching --ref: a PNG whose "
-                                        "pixel values are class ids (0 = background), same size as the image."),
-    target: Path = typer.Option(..., "--target", help="Image to segment."),
+                                        "pixel values are class ids (0 = background), same size as the image.",
+                                        callback=check.existing("file")),
+    target: Path = typer.Option(..., "--target", help="Image to segment.", callback=check.existing("file")),
     out: Path = typer.Option(Path("segment"), "--out", "-o", help="Folder: labels.png (class ids), "
-                             "overlay.png (colours over the target), segment.json."),
-    target_mask: Path = typer.Option(None, "--target-mask", help="Ground truth for the target: adds IoU per class."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    k: int = typer.Option(10, help="Reference patches that vote for each target patch."),
-    temperature: float = typer.Option(0.07, help="Vote weight exp(similarity / T): lower = nearest dominate."),
-    size: int = typer.Option(224, help=SIZE_HELP),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    classes: int = typer.Option(0, "--classes", help="Number of classes (0 = 1 + the largest reference label)."),
+                             "overlay.png (colours over the target), segment.json.", callback=check.output("dir")),
+    target_mask: Path = typer.Option(None, "--target-mask", help="Ground truth for the target: adds IoU per class.",
+                                     callback=check.existing("file")),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
+    k: int = typer.Option(10, help="Reference patches that vote for each target patch.",
+                          callback=check.count(1, 10000)),
+    temperature: float = typer.Option(0.07, help="Vote weight exp(similarity / T): lower = nearest dominate.",
+                                      callback=check.number(0, 100, lo_open=True)),
+    size: int = typer.Option(224, help=SIZE_HELP, callback=check.side(16)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    classes: int = typer.Option(0, "--classes", help="Number of classes (0 = 1 + the largest reference label).",
+                                callback=check.integer(0, 255)),
     json_out: bool = JSON_OPTION,
 ):
     """Segment an image by label transfer: each patch takes a similarity-weighted vote of its k nearest
@@ -295,16 +307,16 @@ def _read_mask(path: Path):
 @segment_app.command("parts")
 def parts_cmd(
     images: list[Path] = typer.Argument(..., help="One or more images; parts are clustered jointly, so a colour "
-                                        "means the same part in every image."),
-    k: int = typer.Option(5, "--k", help="Number of parts (k-means clusters)."),
+                                        "means the same part in every image.", callback=check.existing("file")),
+    k: int = typer.Option(5, "--k", help="Number of parts (k-means clusters).", callback=check.count(1, 256)),
     out: Path = typer.Option(Path("parts.png"), "--out", "-o", help="Picture: each image, its parts overlay and "
-                             "the PCA-to-RGB view of its features."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    size: int = typer.Option(224, help=SIZE_HELP),
-    pca: int = typer.Option(10, help="PCA components before clustering (0 = all)."),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    seed: int = typer.Option(0, help="k-means++ seed."),
+                             "the PCA-to-RGB view of its features.", callback=check.output("file")),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
+    size: int = typer.Option(224, help=SIZE_HELP, callback=check.side(16)),
+    pca: int = typer.Option(10, help="PCA components before clustering (0 = all).", callback=check.integer(0, 1024)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    seed: int = typer.Option(0, help="k-means++ seed.", callback=check.seed()),
 ):
     """Unsupervised part discovery: k-means on the features of one or more images, drawn as a colour overlay,
     next to the features' first three PCA components as RGB."""
@@ -329,16 +341,18 @@ def parts_cmd(
 
 @bench_app.command("segment")
 def bench_segment_cmd(
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     data: Path = typer.Option(None, "--data", help="A dataset with masks (e.g. from `vlens data make-shapes`); "
-                              "default: a small generated shapes set."),
-    refs: int = typer.Option(20, help="Annotated reference images (from the train split)."),
-    targets: int = typer.Option(40, help="Images to segment and score (from the test split)."),
-    k: int = typer.Option(10, help="Neighbours that vote."),
-    size: int = typer.Option(224, help=SIZE_HELP),
+                              "default: a small generated shapes set.", callback=check.existing("any")),
+    refs: int = typer.Option(20, help="Annotated reference images (from the train split).",
+                             callback=check.count(1, 100000)),
+    targets: int = typer.Option(40, help="Images to segment and score (from the test split).",
+                                callback=check.count(1, 100000)),
+    k: int = typer.Option(10, help="Neighbours that vote.", callback=check.count(1, 10000)),
+    size: int = typer.Option(224, help=SIZE_HELP, callback=check.side(16)),
     baselines: bool = typer.Option(True, help="Also score raw pixels, random weights and the majority class."),
     out: Path = typer.Option(Path("bench-segment"), "--out", "-o", help="Run folder: results.json, table.md, "
-                             "examples.png."),
+                             "examples.png.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
 ):
     """Label-transfer segmentation benchmark: mIoU and pixel accuracy on masks, against baselines."""

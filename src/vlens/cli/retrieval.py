@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, echo_json
+from vlens.cli._common import JSON_OPTION, check, echo_json
 
 app = typer.Typer(help="Image-text retrieval: contrastive training (scratch or fine-tune), the COCO 5-captions "
                   "recall protocol, hyperparameter sweeps.", no_args_is_help=True)
@@ -28,34 +28,46 @@ def _floats(text: str, flag: str) -> list[float]:
 @app.command("train")
 def train_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset: Karpathy/COCO JSON, image folder with metadata, or "
-                              "a `vlens data make-shapes` folder. Uses its train split (and val, if present)."),
+                              "a `vlens data make-shapes` folder. Uses its train split (and val, if present).",
+                              callback=check.existing("any")),
     out: Path = typer.Option(..., "--out", help="Run folder: config.json, metrics.json, checkpoint.pt (resume), "
-                             "best/ (the best-on-validation model, loadable with --model)."),
+                             "best/ (the best-on-validation model, loadable with --model).",
+                             callback=check.output("dir")),
     scratch: bool = typer.Option(False, "--scratch", help="Start from random weights of --preset (the default "
                                  "when --finetune is not given)."),
     finetune: str = typer.Option(None, "--finetune", help="Start from this dual encoder: builtin:clip-tiny, a "
-                                 "save_pretrained folder, or a cached hub id such as openai/clip-vit-base-patch32."),
+                                 "save_pretrained folder, or a cached hub id such as openai/clip-vit-base-patch32.",
+                                 callback=check.text()),
     preset: str = typer.Option("clip-tiny", help="Architecture for --scratch (clip-tiny: 128 wide, 4+4 layers, "
-                               "64 px; test-clip: the 32-wide test model)."),
-    image_size: int = typer.Option(64, help="--scratch only: input resolution of the new model."),
+                               "64 px; test-clip: the 32-wide test model).", callback=check.text()),
+    image_size: int = typer.Option(64, help="--scratch only: input resolution of the new model.",
+                                   callback=check.side(16, 1024)),
     lr: float = typer.Option(5e-4, help="Peak AdamW learning rate (after warm-up). Scratch tiny models: 5e-4 - "
-                             "1e-3; fine-tuning: 1e-4 - 3e-4; real CLIP checkpoints: 1e-5."),
-    wd: float = typer.Option(0.1, help="AdamW weight decay (never applied to biases, norms, temperature)."),
-    epochs: int = typer.Option(10, help="Passes over the training images (one random caption each per pass)."),
+                             "1e-3; fine-tuning: 1e-4 - 3e-4; real CLIP checkpoints: 1e-5.",
+                             callback=check.number(0, 10, lo_open=True)),
+    wd: float = typer.Option(0.1, help="AdamW weight decay (never applied to biases, norms, temperature).",
+                             callback=check.number(0, 100)),
+    epochs: int = typer.Option(10, help="Passes over the training images (one random caption each per pass).",
+                               callback=check.count(1, 100000)),
     batch_size: int = typer.Option(64, help="Global batch (all processes together). Bigger = more negatives "
-                                   "per image = usually better recall."),
+                                   "per image = usually better recall.", callback=check.count(1, 65536)),
     temperature: float = typer.Option(0.07, help="Softmax temperature T (logits = cos / T). 0.07 is CLIP's "
-                                      "start; lower is sharper."),
+                                      "start; lower is sharper.", callback=check.number(0, 100, lo_open=True)),
     learn_temperature: bool = typer.Option(False, "--learn-temperature", help="Learn T (as log(1/T)), clamped "
                                            "to [0.01, 1] after each step; --temperature is the start value."),
-    warmup: int = typer.Option(20, help="Optimiser steps of linear learning-rate warm-up, then cosine to 0."),
+    warmup: int = typer.Option(20, help="Optimiser steps of linear learning-rate warm-up, then cosine to 0.",
+                               callback=check.count(0)),
     grad_accum: int = typer.Option(1, help="Micro-batches per optimiser step. Note: negatives stay within a "
-                                   "micro-batch, so this saves memory but is not a bigger contrastive batch."),
-    freeze: str = typer.Option("none", help="Freeze a tower: none, image or text (e.g. fine-tune only text)."),
-    limit: int = typer.Option(None, help="Use only the first N training images (quick experiments)."),
-    seed: int = typer.Option(0, help="Seeds weights, data order and caption sampling."),
+                                   "micro-batch, so this saves memory but is not a bigger contrastive batch.",
+                                   callback=check.count(1, 4096)),
+    freeze: str = typer.Option("none", help="Freeze a tower: none, image or text (e.g. fine-tune only text).",
+                               callback=check.choice("none", "image", "text")),
+    limit: int = typer.Option(None, help="Use only the first N training images (quick experiments).",
+                              callback=check.count(1)),
+    seed: int = typer.Option(0, help="Seeds weights, data order and caption sampling.", callback=check.seed()),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    mixed_precision: str = typer.Option("auto", help="auto (bf16/fp16 on a GPU, none on CPU), no, fp16, bf16."),
+    mixed_precision: str = typer.Option("auto", help="auto (bf16/fp16 on a GPU, none on CPU), no, fp16, bf16.",
+                                        callback=check.choice("auto", "no", "fp16", "bf16")),
     json_out: bool = JSON_OPTION,
 ):
     """Train a CLIP-style dual encoder with symmetric InfoNCE; validation recall each epoch, best kept.
@@ -93,13 +105,16 @@ def train_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    data: Path = typer.Option(..., "--data", help="Dataset (any format `vlens data inspect` reads)."),
+    data: Path = typer.Option(..., "--data", help="Dataset (any format `vlens data inspect` reads).",
+                              callback=check.existing("any")),
     model: str = typer.Option(None, "--model", help="Dual encoder: builtin:clip-tiny (default), a folder "
-                              "(e.g. RUN/best), or a cached hub id. Zero-shot models work too."),
-    split: str = typer.Option("test", help="Split to evaluate (train, val, test or all)."),
-    limit: int = typer.Option(None, help="Evaluate only the first N images of the split."),
-    batch_size: int = typer.Option(64, help="Images per forward pass."),
-    out: Path = typer.Option(None, "--out", help="Also write metrics.json, recall.md and ranks (.npz) here."),
+                              "(e.g. RUN/best), or a cached hub id. Zero-shot models work too.", callback=check.text()),
+    split: str = typer.Option("test", help="Split to evaluate (train, val, test or all).",
+                              callback=check.text()),
+    limit: int = typer.Option(None, help="Evaluate only the first N images of the split.", callback=check.count(1)),
+    batch_size: int = typer.Option(64, help="Images per forward pass.", callback=check.count(1, 65536)),
+    out: Path = typer.Option(None, "--out", help="Also write metrics.json, recall.md and ranks (.npz) here.",
+                             callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
 ):
     """Recall@1/5/10 both ways (COCO 5-captions protocol: an image hits if ANY of its captions is in the top K)
@@ -137,24 +152,27 @@ def eval_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    data: Path = typer.Option(..., "--data", help="Dataset with train, val and test splits."),
+    data: Path = typer.Option(..., "--data", help="Dataset with train, val and test splits.",
+                              callback=check.existing("any")),
     out: Path = typer.Option(..., "--out", help="Sweep folder: results.csv (one row per run; rerun the same "
-                             "command to resume), results.md, sweep.png, runs/<point>/."),
+                             "command to resume), results.md, sweep.png, runs/<point>/.", callback=check.output("dir")),
     init: str = typer.Option("scratch", help="Comma-separated starting points: 'scratch' and/or model specs to "
-                             "fine-tune, e.g. scratch,builtin:clip-tiny."),
-    lr: str = typer.Option("5e-4", help="Comma-separated learning rates, e.g. 1e-4,5e-4,1e-3."),
-    wd: str = typer.Option("0.1", help="Comma-separated weight decays."),
-    epochs: str = typer.Option("10", help="Comma-separated epoch counts."),
-    temperature: str = typer.Option("0.07", help="Comma-separated temperatures."),
-    seeds: str = typer.Option("0", help="Comma-separated seeds; tables show mean ± std over them."),
-    batch_size: int = typer.Option(64, help="Global batch for every run."),
+                             "fine-tune, e.g. scratch,builtin:clip-tiny.", callback=check.text()),
+    lr: str = typer.Option("5e-4", help="Comma-separated learning rates, e.g. 1e-4,5e-4,1e-3.", callback=check.text()),
+    wd: str = typer.Option("0.1", help="Comma-separated weight decays.", callback=check.text()),
+    epochs: str = typer.Option("10", help="Comma-separated epoch counts.", callback=check.text()),
+    temperature: str = typer.Option("0.07", help="Comma-separated temperatures.", callback=check.text()),
+    seeds: str = typer.Option("0", help="Comma-separated seeds; tables show mean ± std over them.",
+                              callback=check.text()),
+    batch_size: int = typer.Option(64, help="Global batch for every run.", callback=check.count(1, 65536)),
     learn_temperature: bool = typer.Option(False, "--learn-temperature", help="Learn T in every run "
                                            "(the swept temperature is then the start value)."),
-    warmup: int = typer.Option(20, help="Warm-up steps for every run."),
-    preset: str = typer.Option("clip-tiny", help="Architecture of the scratch runs."),
-    image_size: int = typer.Option(64, help="Input resolution of the scratch runs."),
-    limit: int = typer.Option(None, help="Use only the first N training images."),
-    test_split: str = typer.Option("test", help="Split each best-on-val model is scored on."),
+    warmup: int = typer.Option(20, help="Warm-up steps for every run.", callback=check.count(0)),
+    preset: str = typer.Option("clip-tiny", help="Architecture of the scratch runs.", callback=check.text()),
+    image_size: int = typer.Option(64, help="Input resolution of the scratch runs.", callback=check.side(16, 1024)),
+    limit: int = typer.Option(None, help="Use only the first N training images.", callback=check.count(1)),
+    test_split: str = typer.Option("test", help="Split each best-on-val model is scored on.",
+                                   callback=check.text()),
     json_out: bool = JSON_OPTION,
 ):
     """Grid over init x lr x wd x epochs x temperature x seeds: train, pick the best epoch on val, score on

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from vlens.cli._common import check
+
 
 def register(root: typer.Typer) -> None:
     root.command("serve")(serve_cmd)
@@ -13,18 +15,22 @@ def register(root: typer.Typer) -> None:
 
 def serve_cmd(
     index: Path = typer.Option(None, "--index", help="Index folder for the Search tab (from `vlens index build`). "
-                               "Without it, Search is off and the other tabs still work."),
+                               "Without it, Search is off and the other tabs still work.",
+                               callback=check.existing("dir")),
     captioner: str = typer.Option("builtin:blip-tiny", "--captioner", help="Captioning model for the Caption tab "
-                                  "(hub id, save_pretrained folder or builtin:NAME)."),
-    backbone: str = typer.Option("builtin:dino-tiny", "--backbone", help="Backbone for the Match tab."),
+                                  "(hub id, save_pretrained folder or builtin:NAME).", callback=check.text()),
+    backbone: str = typer.Option("builtin:dino-tiny", "--backbone", help="Backbone for the Match tab.",
+                                 callback=check.text()),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default is this machine only; "
-                             "0.0.0.0 exposes the app (and your indexed images) to your network."),
-    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
-    max_upload_mb: float = typer.Option(10, "--max-upload-mb", help="Uploads above this size are refused (413)."),
+                             "0.0.0.0 exposes the app (and your indexed images) to your network.",
+                             callback=check.text()),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port.", callback=check.integer(1, 65535)),
+    max_upload_mb: float = typer.Option(10, "--max-upload-mb", help="Uploads above this size are refused (413).",
+                                        callback=check.number(0, 1024, lo_open=True)),
     preload: bool = typer.Option(True, help="Load the search model at start (first query is then fast)."),
     threads: int = typer.Option(1, "--threads", help="Torch and FAISS threads per request. 1 (default) suits "
                                 "small models and many concurrent users: requests run in parallel instead; raise "
-                                "it for a large model and few users."),
+                                "it for a large model and few users.", callback=check.count(1, 1024)),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.
 

@@ -1,0 +1,95 @@
+"""Ordinary mistakes and hostile inputs: refused with one line before any work, user data never replaced or
+misread, files shared as the umask says."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+@pytest.fixture()
+def umask():
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_atomic_writes_and_temp_folders_respect_the_umask(tmp_path, umask):
+    from vlens.runs import make_temp_dir, write_json
+
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)):
+        umask(mask)
+        f = write_json(tmp_path / f"m{mask:o}.json", {"a": 1})
+        d = make_temp_dir(tmp_path, f"model{mask:o}")
+        assert (_mode(f), _mode(d)) == (file_mode, dir_mode), oct(mask)
+
+
+def test_a_saved_model_folder_respects_the_umask(tmp_path, umask, tiny_clip):
+    from vlens.retrieval.model import DualEncoder
+    from vlens.retrieval.train import save_model
+
+    umask(0o022)
+    enc = DualEncoder.from_spec(str(tiny_clip))
+    out = save_model(enc.model, enc.processor, enc.tokenizer, tmp_path / "best")
+    assert _mode(out) == 0o755 and all(_mode(p) == 0o644 for p in out.iterdir() if p.is_file())
+
+
+def _images(folder: Path, n: int, colour=(10, 200, 30)) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (40, 30), colour).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_a_folder_named_like_a_builtin_set_is_used_as_that_folder(tmp_path, monkeypatch):
+    from vlens.data.photos import image_set
+
+    monkeypatch.chdir(tmp_path)
+    mine = _images(tmp_path / "shapes_v2", 3)
+    assert sorted(p.name for p in image_set("shapes_v2")) == ["img0.png", "img1.png", "img2.png"]
+    assert sorted(p.resolve() for p in image_set(str(mine))) == sorted(mine.glob("*.png"))
+    _images(tmp_path / "shapes", 2)  # exactly the built-in set's name, but a folder the user has: the folder wins
+    assert sorted(p.name for p in image_set("shapes")) == ["img0.png", "img1.png"]
+
+
+def test_output_mistakes_are_refused_before_any_work(cli, tmp_path, monkeypatch):
+    imgs = _images(tmp_path / "imgs", 2)
+    a, b = imgs / "img0.png", imgs / "img1.png"
+    # --out names an existing folder where a file is written: refused while parsing (no model is loaded).
+    code, out, err = cli("match", a, b, "--model", "builtin:does-not-exist", "--out", imgs)
+    assert code == 1 and err == f"error: invalid value for --out: {imgs} is a folder; give a file name to write " \
+                                "(see 'vlens match --help')\n"
+    # A run folder that is an existing file, or that sits under a file.
+    code, _, err = cli("bench", "crops", "--out", a)
+    assert code == 1 and "is an existing file; give a folder" in err and err.count("\n") == 1
+    code, _, err = cli("bench", "crops", "--out", a / "run")
+    assert code == 1 and "is a file, not a folder" in err
+    # A folder the user cannot write to (root can write anywhere, so the permission answer is simulated).
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro and mode & os.W_OK
+                        else real_access(p, mode, **kw))
+    code, _, err = cli("index", "build", imgs, "--out", ro / "index", "--model", "builtin:does-not-exist")
+    assert code == 1 and f"cannot write {ro / 'index'}: {ro} is not writable" in err
+    assert not (ro / "index").exists()
+
+
+def test_os_errors_during_the_work_are_one_line(cli, tmp_path, monkeypatch):
+    import vlens.data.shapes as shapes
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "s" / "images" / "x.png"))
+
+    monkeypatch.setattr(shapes, "make_shapes", full_disk)
+    code, _, err = cli("data", "make-shapes", tmp_path / "s", "--train", "1", "--val", "0", "--test", "0")
+    assert code == 1 and err == f"error: cannot access {tmp_path / 's' / 'images' / 'x.png'}: No space left on " \
+                                "device\n"
