@@ -86,9 +86,10 @@ def inspect_cmd(
 @app.command("fetch")
 def fetch_cmd(
     name: str = typer.Argument(..., help="What to fetch: 'opencv-samples' (real photos, the graffiti pair with its "
-                               "homography, the aloe stereo pair with its disparities; from Debian's opencv-doc)."),
+                               "homography, the aloe stereo pair with its disparities; from Debian's opencv-doc).",
+                               callback=check.choice("opencv-samples")),
     deb: Path = typer.Option(None, "--deb", help="Unpack this downloaded opencv-doc_*.deb instead of running "
-                             "`apt-get download opencv-doc`."),
+                             "`apt-get download opencv-doc`.", callback=check.existing("file")),
     force: bool = typer.Option(False, "--force", help="Fetch again even if the images are already cached."),
     json_out: bool = JSON_OPTION,
 ):

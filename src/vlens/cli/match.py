@@ -162,19 +162,20 @@ def bench_pairs_cmd(
     data: str = typer.Option("opencv", "--data", help="'opencv' (the graffiti homography pair and the aloe stereo "
                              "pair from `vlens data fetch opencv-samples`), a JSON manifest of pairs (homography or "
                              "disparity, see vlens.match.pairs.load_manifest) or an HPatches folder (one sequence "
-                             "or a folder of them: 1.ppm..6.ppm, H_1_2..H_1_6)."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+                             "or a folder of them: 1.ppm..6.ppm, H_1_2..H_1_6).", callback=check.text()),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     baselines: bool = typer.Option(True, help="Also run dense SIFT, raw pixels and random weights on the same "
                                    "pairs (the sparse SIFT + ratio + RANSAC reference always runs)."),
     size: int = typer.Option(448, help="Working resolution: both images' longer side in pixels. Errors are in "
-                             "target pixels at this resolution."),
+                             "target pixels at this resolution.", callback=check.side(32)),
     pca: int = typer.Option(0, help="Joint PCA components (0 = keep all). On real pairs PCA 10 costs accuracy "
-                            "for every descriptor (see benchmarks/RESULTS.md)."),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels."),
+                            "for every descriptor (see benchmarks/RESULTS.md).", callback=check.integer(0, 1024)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels.",
+                                    callback=check.number(0, 1000, lo_open=True)),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
-                             "table.md, table.csv, mma.png."),
+                             "table.md, table.csv, mma.png.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
 ):
     """Real pairs with ground truth: the error of every source patch's match in target pixels.
