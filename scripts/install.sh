@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Chromium for the browser tests (Debian's package: Playwright cannot download browsers here). Installed with
+# apt-get when this runs as root on a Debian-like system; otherwise a note says how (the tests then say it too).
+if [ -x /usr/bin/chromium ]; then
+  :
+elif [ "${VLENS_NO_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium for the browser tests (apt-get) ..."
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+      >/dev/null; } \
+    || echo "note: apt-get could not install chromium; the browser tests will fail until it is installed"
+else
+  echo "note: chromium is not installed and this script can only install it as root with apt-get; for the" \
+       "browser tests run: sudo apt-get install -y --no-install-recommends chromium chromium-driver"
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}

@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/ (kept by CI as artefacts).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -63,7 +64,12 @@ def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "install Chromium: apt-get install -y chromium (see .ci/run)"
+    if not Path(CHROMIUM).exists():
+        msg = (f"no Chromium at {CHROMIUM}: `bash scripts/install.sh` installs it as root with apt-get; otherwise "
+               "run `sudo apt-get install -y --no-install-recommends chromium chromium-driver`")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b
