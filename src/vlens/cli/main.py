@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on the root app. The order is the order in `vlens --help`.
-COMMAND_MODULES = ["lab", "data", "models", "match", "caption", "retrieval", "index", "serve", "ssl"]
+COMMAND_MODULES = ["lab", "data", "models", "match", "explore", "caption", "retrieval", "index", "serve", "ssl"]
 
 
 def _version(value: bool):

@@ -1,0 +1,154 @@
+"""``vlens explore``: see what a backbone sees — where a point lands in another image, where attention looks.
+
+The computations live in :mod:`vlens.match.explore` and :mod:`vlens.match.attention`; this module parses
+options, calls them and draws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vlens.cli._common import JSON_OPTION, echo_json
+from vlens.cli.match import FACET_HELP, LAYER_HELP, MODEL_HELP, PCA_HELP, SIZE_HELP
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="See what a backbone sees.\n\n"
+         "  vlens explore point a.jpg b.jpg --xy 120,80 --out heat.png     where a point of A lands in B\n"
+         "  vlens explore attention photo.jpg --out att.png                [CLS] attention per head + PCA-RGB\n\n"
+         "The decoding inspector (which words a captioner could have picked) is `vlens caption IMG --explain`.",
+)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="explore")
+
+
+def parse_xy(text: str) -> tuple[float, float]:
+    """'X,Y' (pixels of image A, origin top-left) -> (x, y)."""
+    from vlens.errors import ConfigError
+
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--xy takes two numbers X,Y in pixels of the first image, e.g. --xy 120,80 "
+                          f"(got {text!r})") from None
+
+
+@app.command("point")
+def point_cmd(
+    image_a: Path = typer.Argument(..., help="Image A: the point is on this one."),
+    image_b: Path = typer.Argument(..., help="Image B: where does the point land here?"),
+    xy: str = typer.Option(..., "--xy", help="The point in A's pixels, X,Y from the top-left corner, e.g. 120,80."),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    pca: int = typer.Option(10, help=PCA_HELP),
+    layer: int = typer.Option(-1, help=LAYER_HELP),
+    facet: str = typer.Option("token", help=FACET_HELP),
+    size: int = typer.Option(448, help=SIZE_HELP),
+    top_k: int = typer.Option(5, "--top-k", help="How many of B's most similar patches to list (and number "
+                              "on the picture)."),
+    out: Path = typer.Option(Path("point.png"), "--out", "-o", help="Picture: A with the point and where its "
+                             "cycle A -> B -> A lands, B with the similarity heatmap and the best match."),
+    json_out: bool = JSON_OPTION,
+):
+    """Where a point of A lands in B: the similarity of every B patch to the A patch under the point.
+
+    Same features as `vlens match` (model, layer, facet, joint PCA, L2 normalisation): the best match is the
+    patch `vlens match` would pair it with; the cycle goes back from that match to its own nearest neighbour
+    in A (0 px = mutual nearest neighbours, the matches `--score cycle` trusts most).
+
+    Example: vlens explore point a.jpg b.jpg --xy 120,80 --out heat.png --json
+    """
+    import time
+
+    from vlens.errors import ConfigError
+    from vlens.images import load_image
+    from vlens.match.explore import point_match
+    from vlens.match.explore_figures import point_figure
+    from vlens.match.features import extract_features
+
+    point = parse_xy(xy)
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1 (got {top_k})")
+    t0 = time.time()
+    a, b = load_image(image_a), load_image(image_b)
+    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
+    pm = point_match(fa, fb, point, pca=None if pca <= 0 else pca, top_k=top_k)
+    point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
+                                     f"PCA {pca if pca > 0 else 'off'}")
+    info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "layer": layer, "facet": facet,
+            "pca": pca, "size": size, "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
+            "picture": str(out), "seconds": round(time.time() - t0, 3)}
+    if json_out:
+        echo_json(info)
+        return
+    bx, by = pm.best.xy
+    typer.echo(f"({point[0]:g}, {point[1]:g}) in {image_a.name} -> best match ({bx:.1f}, {by:.1f}) in "
+               f"{image_b.name}: similarity {pm.best.similarity:.3f}, feature distance "
+               f"{pm.best.feature_distance:.3f}, cycle distance {pm.cycle_distance:.1f} px"
+               + (" (mutual)" if pm.cycle_index == pm.src_index else ""))
+    for rank, c in enumerate(pm.candidates, start=1):
+        typer.echo(f"  {rank}. ({c.xy[0]:.1f}, {c.xy[1]:.1f})  similarity {c.similarity:.3f}")
+    typer.echo(f"picture: {out} ({info['seconds']:.1f} s)")
+
+
+@app.command("attention")
+def attention_cmd(
+    image: Path = typer.Argument(..., help="The image to look at."),
+    model: str = typer.Option(None, "--model", "-m", help="Backbone: builtin:dino-tiny (default), a ViT / DINO "
+                              "/ DINOv2 hub id (facebook/dinov2-small) or a save_pretrained folder. Raw pixels "
+                              "have no attention."),
+    layer: int = typer.Option(-1, help="Block whose [CLS] attention is shown, counted from 1; -1 = the last "
+                              "(where DINO's heads look at objects)."),
+    size: int = typer.Option(448, help=SIZE_HELP),
+    out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="Picture: the photo, its features' PCA "
+                             "as RGB, the heads' mean attention and one panel per head."),
+    json_out: bool = JSON_OPTION,
+):
+    """Where each attention head of the [CLS] token looks, and the features' first three PCA components as RGB.
+
+    Each head's map is the share of its patch attention on each patch (sums to 1); the title of each panel
+    says how much it put on [CLS] itself (and registers) instead. Attention weights need the eager kernel:
+    vlens switches a copy of the model to it.
+
+    Example: vlens explore attention cat.jpg --model facebook/dinov2-small --out att.png
+    """
+    import time
+
+    from vlens.images import load_image
+    from vlens.match.attention import cls_attention, pca_features
+    from vlens.match.explore_figures import attention_figure
+
+    t0 = time.time()
+    img = load_image(image)
+    att = cls_attention(img, model, layer=layer, size=size)
+    rgb = pca_features(img, model, layer=layer, size=size)
+    attention_figure(img, att, rgb, out)
+    grid = list(att.maps.shape[1:])
+    info = {"image": str(image), "model": att.model, "layer": att.layer, "heads": att.heads, "grid": grid,
+            "input_size": list(att.input_size),
+            "per_head": [{"head": h + 1, "peak": round(float(att.maps[h].max()), 5),
+                          "peak_xy": _peak_xy(att, att.maps[h]),
+                          "on_prefix": round(float(att.prefix_mass[h]), 5)} for h in range(att.heads)],
+            "mean_peak_xy": _peak_xy(att, att.mean), "picture": str(out), "seconds": round(time.time() - t0, 3)}
+    if json_out:
+        echo_json(info)
+        return
+    typer.echo(f"{att.heads} heads of block {att.layer} of {att.model} on a {grid[0]}x{grid[1]} patch grid:")
+    for h in info["per_head"]:
+        typer.echo(f"  head {h['head']}: peak {100 * h['peak']:.1f}% of its patch attention at "
+                   f"({h['peak_xy'][0]:.0f}, {h['peak_xy'][1]:.0f}); {100 * h['on_prefix']:.0f}% on [CLS]")
+    typer.echo(f"picture: {out} ({info['seconds']:.1f} s)")
+
+
+def _peak_xy(att, m) -> list[float]:
+    """Centre (x, y), in image pixels, of the patch where map ``m`` (h, w) peaks."""
+    gh, gw = m.shape
+    i = int(m.argmax())
+    sx, sy = att.image_size[0] / att.input_size[0], att.image_size[1] / att.input_size[1]
+    return [round((i % gw + 0.5) * att.patch_size * sx, 2), round((i // gw + 0.5) * att.patch_size * sy, 2)]

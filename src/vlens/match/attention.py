@@ -1,0 +1,104 @@
+"""Where a ViT looks: the [CLS] token's attention in the last block, per head, over the image's patches.
+
+The famous DINO pictures: in a self-supervised ViT the [CLS] token of the last block attends to the object,
+each head to a different part of it. ``cls_attention`` runs the backbone with eager attention (in transformers
+5.x the default sdpa kernel returns no attention weights), takes the attention row of [CLS] in the chosen block,
+``(heads, tokens)``, and splits it into the mass on the prefix tokens ([CLS] itself and any registers) and the
+patch part, reshaped to the patch grid. Each row of raw attention sums to one; ``maps`` is the patch part
+renormalised to sum to one per head (the share of the head's patch attention each patch gets), and
+``prefix_mass`` keeps what the renormalisation removed, so nothing is hidden.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from vlens.errors import ConfigError
+
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    maps: torch.Tensor  # (heads, h, w) [CLS] attention on each patch, each head's map sums to 1
+    prefix_mass: torch.Tensor  # (heads,) attention [CLS] puts on the prefix tokens ([CLS] + registers) instead
+    image_size: tuple[int, int]  # original (W, H)
+    input_size: tuple[int, int]  # model input (W_in, H_in)
+    patch_size: int
+    model: str
+    layer: int  # block counted from 1
+
+    @property
+    def heads(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The heads' average map, (h, w); sums to 1."""
+        return self.maps.mean(0)
+
+    def at_image_size(self) -> torch.Tensor:
+        """Every head's map and the mean, resized (bilinear) to the image's pixels: (heads + 1, H, W)."""
+        w, h = self.image_size
+        m = torch.cat([self.maps, self.mean[None]])[None].float()  # (1, heads + 1, h_p, w_p)
+        return torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def eager_backbone(spec: str | None):
+    """The backbone of ``spec`` with eager attention (a copy: the shared matcher keeps its fast kernel)."""
+    from vlens.match.features import load_backbone
+
+    bb = load_backbone(spec)
+    if bb.is_pixels:
+        raise ConfigError(f"'{bb.spec}' is raw pixels: it has no attention; pick a ViT / DINO / DINOv2 backbone")
+    model = copy.deepcopy(bb.model)
+    model.set_attn_implementation("eager")
+    from dataclasses import replace
+
+    return replace(bb, model=model.eval())
+
+
+@torch.no_grad()
+def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int = 448) -> AttentionMaps:
+    """[CLS] attention of block ``layer`` (counted from 1, -1 = last) on ``image`` (PIL image or path)."""
+    from PIL import Image
+
+    from vlens.images import load_image
+    from vlens.match.features import _to_tensor, input_size_for
+
+    bb = eager_backbone(model)
+    img = image if isinstance(image, Image.Image) else load_image(image)
+    n = bb.num_layers
+    li = n + layer if layer < 0 else layer - 1  # 0-based block
+    if not 0 <= li < n:
+        raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
+    w_in, h_in = input_size_for(img.size, bb.patch_size, size)
+    x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None]  # (1, 3, H_in, W_in)
+    kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
+    with _LOCK:
+        out = bb.model(pixel_values=x, output_attentions=True, **kwargs)
+    att = out.attentions[li] if out.attentions else None
+    if att is None:
+        raise ConfigError(f"'{bb.spec}' ({bb.model_type}) returned no attention weights")
+    row = att[0, :, 0, :].float()  # (heads, tokens): what [CLS] attends to
+    gh, gw = h_in // bb.patch_size, w_in // bb.patch_size
+    patches = row[:, bb.num_prefix:]  # (heads, h*w)
+    prefix = row[:, :bb.num_prefix].sum(-1)  # (heads,)
+    maps = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)  # (heads, h*w), each row sums to 1
+    return AttentionMaps(maps.reshape(-1, gh, gw), prefix, img.size, (w_in, h_in), bb.patch_size, bb.spec,
+                         li + 1)
+
+
+def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448):
+    """The image's patch features (token facet of ``layer``) as 3 PCA components in RGB: (h, w, 3) in [0, 1]."""
+    from vlens.match.draw import pca_rgb
+    from vlens.match.features import extract_features
+
+    f = extract_features([image], model, layer=layer, size=size)[0]
+    return pca_rgb(f.descriptors)[0]
