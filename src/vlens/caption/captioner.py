@@ -271,6 +271,112 @@ class Captioner:
             per_image = [sorted(c, key=lambda x: x.mean_logprob, reverse=True) for c in per_image]
         return per_image
 
+    # ---- the decoding inspector ---------------------------------------------------------------------------
+    def explain(self, image, settings: DecodeSettings | None = None, show: int = 8) -> Explanation:
+        """Caption one image and say, for every generated token, which tokens the decoding settings left
+        eligible and with what probability (``show`` candidates per step).
+
+        The caption is generated exactly as :meth:`caption` would (same seed -> same caption); the per-step
+        logits come from one teacher-forced pass over the generated sequence, and the settings' filters
+        (repetition penalty, min-new-tokens, temperature, top-k, top-p) are applied to them by
+        :func:`vlens.caption.decode.explain_steps`.
+        """
+        import torch
+
+        from vlens.caption.decode import explain_steps
+
+        s, notes = self.prepare((settings or DecodeSettings()).replace(n=1))
+        if s.strategy == "beam":
+            notes.append("beam search keeps whole captions by their probability, not one token at a time: "
+                         "the steps show the model's distribution along the best beam, nothing filtered")
+        prefix = self.prefix_ids(s.prompt)
+        with self._lock, torch.random.fork_rng(devices=[]), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
+            emb = self.model.vision_model(pixel_values=self.pixel_values([image])).last_hidden_state  # (1, L, D)
+            ids = torch.tensor([prefix], dtype=torch.long, device=self.device)  # (1, P)
+            seq = self.model.text_decoder.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), eos_token_id=self.sep_id,
+                pad_token_id=self.pad_id, encoder_hidden_states=emb,
+                encoder_attention_mask=torch.ones(emb.shape[:2], dtype=torch.long, device=self.device),
+                **self.generate_kwargs(s))[0].tolist()  # (P + new,)
+            new = seq[len(prefix):]
+            if self.sep_id in new:
+                new = new[:new.index(self.sep_id) + 1]  # up to and including the end token
+            full = torch.tensor([prefix + new], dtype=torch.long, device=self.device)  # (1, P + T)
+            logits = self.model.text_decoder(input_ids=full, encoder_hidden_states=emb).logits[0]  # (P + T, V)
+            step_logits = logits[len(prefix) - 1:len(prefix) - 1 + len(new)].float().cpu()  # (T, V)
+            caption = self._score_one(emb, prefix, [t for t in new if t not in self.eos_ids and t != self.pad_id],
+                                      s)
+        previous = [prefix + new[:t] for t in range(len(new))]
+        banned = [[self.sep_id] if t < s.min_new_tokens else [] for t in range(len(new))]
+        steps = explain_steps(step_logits, new, previous, s.strategy, s.temperature, s.top_k, s.top_p,
+                              s.repetition_penalty, banned, show)
+        greedy = self.caption([image], s.replace(strategy="greedy", seed=None))[0][0].text
+        return Explanation(caption, [self.token_text(t) for t in new], steps,
+                           [[self.token_text(c.token_id) for c in st.candidates] for st in steps], greedy, notes)
+
+    def token_text(self, token_id: int) -> str:
+        """A token as a reader sees it: WordPiece pieces keep their ##, end tokens read "[end]"."""
+        if token_id in self.eos_ids:
+            return "[end]"
+        return str(self.tokenizer.convert_ids_to_tokens(int(token_id)))
+
+    def _score_one(self, emb, prefix: list[int], ids: list[int], s: DecodeSettings) -> Caption:
+        """One caption with its log-probability (teacher-forced, temperature 1), as :meth:`caption` scores it."""
+        import torch
+
+        from vlens.caption.decode import caption_targets, token_logprobs
+
+        seq, mask = caption_targets(len(prefix), [ids], self.sep_id, self.pad_id, torch.tensor(prefix))
+        logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=emb).logits
+        total, count = token_logprobs(logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device))
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Caption(text, ids, float(total[0]), float(total[0] / max(int(count[0]), 1)), s)
+
+
+@dataclass
+class Explanation:
+    """The decoding inspector's answer for one image: the caption and, per generated token, what it competed
+    with (see :func:`vlens.caption.decode.explain_steps`)."""
+
+    caption: Caption
+    tokens: list[str]  # the chosen tokens as text ("[end]" for the end token)
+    steps: list  # list[DecodeStep], one per generated token (the end token included when it was reached)
+    candidate_tokens: list[list[str]]  # the candidates of each step as text, in the order of steps[t].candidates
+    greedy_text: str  # the greedy caption of the same image, for comparison
+    notes: list[str]
+
+    @property
+    def settings(self) -> DecodeSettings:
+        return self.caption.settings
+
+    def summary(self) -> dict:
+        """What the steps show in a few numbers: how wide the eligible set was, how often the pick was the
+        model's favourite, how probable the picks were to the model."""
+        n = len(self.steps)
+        if not n:
+            return {"steps": 0}
+        p = sorted(st.p_model for st in self.steps)
+        return {"steps": n, "mean_eligible": round(sum(st.eligible for st in self.steps) / n, 2),
+                "mean_effective_choices": round(sum(st.effective for st in self.steps) / n, 2),
+                "top_choice_steps": sum(st.rank == 1 for st in self.steps),
+                "median_p_model_of_chosen": round(p[n // 2] if n % 2 else (p[n // 2 - 1] + p[n // 2]) / 2, 4),
+                "min_p_model_of_chosen": round(p[0], 4),
+                "same_as_greedy": self.caption.text == self.greedy_text}
+
+    def to_dict(self) -> dict:
+        return {"caption": self.caption.text, "greedy_caption": self.greedy_text, "summary": self.summary(),
+                "notes": self.notes,
+                "steps": [{"step": t + 1, "token": tok, "id": st.token_id, "p_model": round(st.p_model, 5),
+                           "p_sample": round(st.p_sample, 5), "rank": st.rank, "eligible": st.eligible,
+                           "effective_choices": round(st.effective, 3),
+                           "candidates": [{"token": ct, "id": c.token_id, "p_model": round(c.p_model, 5),
+                                           "p_sample": round(c.p_sample, 5), "kept": c.kept}
+                                          for ct, c in zip(cts, st.candidates)]}
+                          for t, (tok, st, cts) in enumerate(zip(self.tokens, self.steps, self.candidate_tokens))]}
+
 
 def caption_files(captioner: Captioner, paths, settings: DecodeSettings, skips=None):
     """Caption image files: yields ``(path, captions)``; unreadable files go to ``skips`` (a ``SkipLog``)."""

@@ -3,10 +3,13 @@ token-level prompt removal.
 
 Hugging Face ``generate`` runs the loops (greedy, beam, sampling) for the captioner; these functions are what
 it lacks for our needs (per-caption log-probabilities to rank sampled captions, prompt removal on token ids),
-plus the reference versions of top-k / top-p / temperature that the tests check ``generate`` against.
+plus the reference versions of top-k / top-p / temperature that the tests check ``generate`` against, and
+the decoding inspector's per-step view: which tokens each strategy left eligible and with what probability.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -112,3 +115,104 @@ def caption_targets(
         seq[i, end] = eos_id
         mask[i, prefix_len : end + 1] = True
     return seq, mask[:, 1:]
+
+
+# ---- the decoding inspector: what the sampler could have picked at each step ------------------------------
+
+
+def repetition_penalty_logits(logits: torch.Tensor, previous: list[int], penalty: float) -> torch.Tensor:
+    """Hugging Face's repetition penalty on one row (V,): tokens already in ``previous`` get their logit divided
+    by ``penalty`` if positive, multiplied if negative (so always less likely for penalty > 1)."""
+    if penalty == 1.0 or not previous:
+        return logits
+    idx = torch.tensor(sorted(set(previous)), dtype=torch.long)
+    seen = logits[idx]
+    out = logits.clone()
+    out[idx] = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return out
+
+
+def sampling_distribution(
+    logits: torch.Tensor, strategy: str, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distribution a decoding strategy draws the next token from, for logits (T, V) already penalised.
+
+    Returns ``(probs (T, V), kept (T, V) bool)``: ``kept`` marks the tokens the filters leave eligible.
+    sample: temperature, then top-k, then top-p (Hugging Face's order), softmax over what is left; greedy: all
+    mass on the arg-max; beam: nothing is filtered per step (beams are ranked by whole-caption probability), so
+    the model's own distribution at temperature 1.
+    """
+    if strategy == "greedy":
+        best = logits.argmax(-1, keepdim=True)  # (T, 1)
+        kept = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, best, True)
+        return kept.float(), kept
+    if strategy == "beam":
+        return logits.float().softmax(-1), torch.ones_like(logits, dtype=torch.bool)
+    z = apply_temperature(logits.float(), temperature)
+    if top_k:
+        z = top_k_filter(z, top_k)
+    if top_p < 1:
+        z = top_p_filter(z, top_p)
+    return z.softmax(-1), torch.isfinite(z)
+
+
+@dataclass(frozen=True)
+class StepCandidate:
+    token_id: int
+    p_model: float  # probability under the model: temperature 1, no filtering
+    p_sample: float  # probability the strategy gives it (0 when filtered out)
+    kept: bool  # False: the filter removed it
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One generated token and what it competed with."""
+
+    token_id: int
+    p_model: float
+    p_sample: float
+    rank: int  # 1 = the model's most probable token (the greedy pick)
+    eligible: int  # tokens left after filtering
+    effective: float  # exp(entropy) of the sampling distribution: how many equally likely choices it is worth
+    candidates: list[StepCandidate]  # the most probable tokens under the model, best first (+ the chosen one)
+
+
+def explain_steps(
+    logits: torch.Tensor,
+    chosen: list[int],
+    previous: list[list[int]],
+    strategy: str,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    banned: list[list[int]] | None = None,
+    show: int = 8,
+) -> list[DecodeStep]:
+    """Per-step candidates for logits (T, V) that produced the tokens ``chosen`` (T,).
+
+    ``previous[t]``: the token ids before step t (prompt included), for the repetition penalty; ``banned[t]``:
+    ids forced to -inf at step t (the end token before ``min_new_tokens``). ``show``: candidates listed per step.
+    """
+    rows = []
+    for t in range(logits.shape[0]):
+        z = repetition_penalty_logits(logits[t].float(), previous[t], repetition_penalty)
+        if banned and banned[t]:
+            z = z.index_fill(0, torch.tensor(banned[t], dtype=torch.long), float("-inf"))
+        rows.append(z)
+    z = torch.stack(rows) if rows else logits.float()  # (T, V)
+    p_model = logits.float().softmax(-1)  # (T, V) what the model believes, before any decoding choice
+    p_sample, kept = sampling_distribution(z, strategy, temperature, top_k, top_p)
+    logp = p_sample.clamp_min(1e-30).log()
+    effective = (-(p_sample * logp).sum(-1)).exp()  # (T,) 1.0 = one certain choice
+    steps = []
+    for t, tok in enumerate(chosen):
+        order = torch.argsort(p_model[t], descending=True, stable=True)  # (V,)
+        top = order[:show].tolist()
+        if tok not in top:
+            top.append(tok)
+        rank = int((order == tok).nonzero()[0, 0]) + 1
+        cands = [StepCandidate(i, float(p_model[t, i]), float(p_sample[t, i]), bool(kept[t, i])) for i in top]
+        steps.append(DecodeStep(tok, float(p_model[t, tok]), float(p_sample[t, tok]), rank,
+                                int(kept[t].sum()), float(effective[t]), cands))
+    return steps

@@ -128,9 +128,19 @@ def run_cmd(
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
     json_out: bool = JSON_OPTION,
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Show why these words: for every generated token, the top candidates with their probability under "
+        "these settings (temperature, top-k, top-p) and under the model, which ones the filters removed, how "
+        "many stayed eligible; also drawn to --figure.",
+    ),
+    figure: Path = typer.Option(
+        Path("explain.png"), "--figure", help="--explain: the picture, one row per step (one file per image)."
+    ),
 ):
     """Caption image files and folders (the default: `vlens caption IMG...`). Unreadable files are skipped and
-    listed."""
+    listed. Add --explain to see the candidates behind every word."""
     import sys
 
     from vlens.caption.captioner import Captioner, caption_files
@@ -168,6 +178,10 @@ def run_cmd(
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
+    if explain:
+        from vlens.cli.explore import explain_images
+
+        return explain_images(captioner, files, settings, figure, json_out, notes + more)
     skips = SkipLog()
     results = []
     for path, caps in caption_files(captioner, files, settings, skips):

@@ -152,3 +152,48 @@ def _peak_xy(att, m) -> list[float]:
     i = int(m.argmax())
     sx, sy = att.image_size[0] / att.input_size[0], att.image_size[1] / att.input_size[1]
     return [round((i % gw + 0.5) * att.patch_size * sx, 2), round((i // gw + 0.5) * att.patch_size * sy, 2)]
+
+
+def explain_images(captioner, files, settings, figure: Path, json_out: bool, notes: list[str],
+                   show: int = 7) -> None:
+    """`vlens caption IMG --explain`: per image, each generated token with its competitors, as text or JSON,
+    and the same as a figure (one row per step; with several images, one figure each)."""
+    from vlens.caption.explain_figure import explain_figure
+    from vlens.errors import DatasetError
+    from vlens.images import SkipLog, load_images_safely
+
+    skips = SkipLog()
+    results = []
+    for path, img in load_images_safely(files, skips):
+        e = captioner.explain(img, settings, show=show)
+        out = figure if len(files) == 1 else figure.with_name(f"{figure.stem}-{Path(path).stem}{figure.suffix}")
+        explain_figure([e], out, columns=show)
+        results.append({"path": str(path), **e.to_dict(), "figure": str(out)})
+        if not json_out:
+            _print_explanation(path, e, out)
+    if json_out:
+        echo_json({"model": captioner.spec, "settings": settings, "notes": notes, "results": results,
+                   "skipped": [{"path": p, "reason": r} for p, r in skips.skipped]})
+    if len(skips):
+        typer.echo(skips.summary(limit=20), err=True)
+    if not results:
+        raise DatasetError("none of the given images could be read")
+
+
+def _print_explanation(path, e, figure: Path) -> None:
+    s = e.summary()
+    typer.echo(f"{path}\t{e.caption.text}")
+    for note in e.notes:
+        typer.echo(f"  note: {note}")
+    typer.echo("  step  chosen        p(set)  p(model)  rank  eligible  ~choices  candidates: p under these settings "
+               "(x = removed by the filters)")
+    for t, (tok, st, cts) in enumerate(zip(e.tokens, e.steps, e.candidate_tokens), start=1):
+        cands = "  ".join(f"{ct} {c.p_sample:.2f}" if c.kept else f"x{ct} ({c.p_model:.2f})"
+                          for ct, c in zip(cts, st.candidates))
+        typer.echo(f"  {t:>4}  {tok[:12]:<12}  {st.p_sample:6.3f}  {st.p_model:8.3f}  {st.rank:>4}  {st.eligible:>8}  "
+                   f"{st.effective:8.1f}  {cands}")
+    typer.echo(f"  the model's top token at {s['top_choice_steps']} of {s['steps']} steps; median p(model) of the "
+               f"chosen tokens {s['median_p_model_of_chosen']:.3f}, lowest {s['min_p_model_of_chosen']:.4f}; "
+               f"~{s['mean_effective_choices']:.1f} effective choices per step; "
+               + ("same caption as greedy" if s["same_as_greedy"] else f"greedy says: {e.greedy_text}"))
+    typer.echo(f"  figure: {figure}")
