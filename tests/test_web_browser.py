@@ -158,3 +158,92 @@ def test_match_picture_appears(server, page):
     page.wait_for_function("document.getElementById('match-result').naturalWidth > 0")
     assert "top 12 matches by feature" in page.inner_text("#match-status")
     page.screenshot(path=str(ARTIFACTS / "web-match.png"), full_page=True)
+
+
+# ---------------------------------------------------------------------------------------------- Explore tab
+
+
+@pytest.fixture(scope="module")
+def explore_server(tmp_path_factory, tiny_blip):
+    """A server with the embedded DINO backbone, and a photo with a shifted crop of itself on disk."""
+    import uvicorn
+
+    from vlens.data.photos import photo_paths
+    from vlens.images import load_image
+    from vlens.web.app import create_app
+
+    base = tmp_path_factory.mktemp("explore")
+    img = load_image(photo_paths(("chelsea",))[0])  # 451 x 300
+    img.save(base / "cat.png")
+    img.crop((40, 24, 440, 300)).save(base / "cat_shifted.png")  # A's pixel p is B's p - (40, 24)
+    app = create_app(captioner=str(tiny_blip), backbone="builtin:dino-tiny")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "the server did not start"
+    yield f"http://127.0.0.1:{port}", base
+    srv.should_exit = True
+    t.join(10)
+
+
+def _click_at(page, selector: str, x: float, y: float, natural: tuple[int, int]) -> None:
+    """Click ``selector`` (an image shown at any scale) at pixel (x, y) of its natural size."""
+    box = page.locator(selector).bounding_box()
+    page.click(selector, position={"x": x * box["width"] / natural[0], "y": y * box["height"] / natural[1]})
+
+
+def test_explore_click_shows_a_heatmap_peaking_at_the_true_location(explore_server, page):
+    url, base = explore_server
+    page.goto(url)
+    page.click("#tab-explore")
+    page.fill("#explore-size", "224")
+    page.set_input_files("#explore-a", str(base / "cat.png"))
+    page.wait_for_function("window.vlensExplore.a !== null")
+    page.set_input_files("#explore-b", str(base / "cat_shifted.png"))
+    page.wait_for_function("window.vlensExplore.b !== null && "
+                           "document.getElementById('explore-img-a').naturalWidth > 0")
+    statuses = []
+    for k, (x, y) in enumerate([(300, 120), (190, 240)]):  # the cat's eye, its nose
+        _click_at(page, "#explore-img-a", x, y, (451, 300))
+        page.wait_for_function(f"window.vlensExplore.lastPoint && window.vlensExplore.lastPoint.query_xy[0] > "
+                               f"{x - 3} && window.vlensExplore.lastPoint.query_xy[0] < {x + 3}")
+        d = page.evaluate("window.vlensExplore.lastPoint")
+        px, py = d["peak_xy"]
+        assert abs(px - (x - 40)) < 1.5 * 16 and abs(py - (y - 24)) < 1.5 * 16, (x, y, d["peak_xy"])
+        assert d["cached"] is (k > 0)  # the second click reuses both images' features
+        page.wait_for_function("document.getElementById('explore-img-b').src.startsWith('data:image/png')")
+        best = page.locator("#marker-best")
+        assert best.is_visible() and float(best.get_attribute("data-x")) == d["best"]["xy"][0]
+        statuses.append(page.inner_text("#explore-status"))
+        if k == 0:
+            page.screenshot(path=str(ARTIFACTS / "web-explore.png"), full_page=True)
+    assert "best match" in statuses[0] and "(features cached)" in statuses[1]
+    # attention heads and PCA-RGB of the first image
+    page.select_option("#explore-view", "attention")
+    page.wait_for_selector("#explore-attention figure img")
+    imgs = "[...document.querySelectorAll('#explore-attention img')]"
+    page.wait_for_function(f"{imgs}.length === 6 && {imgs}.every(i => i.naturalWidth === 451)")
+    assert "head 4" in page.inner_text("#explore-attention")
+    page.screenshot(path=str(ARTIFACTS / "web-explore-attention.png"), full_page=True)
+
+
+def test_why_these_words(explore_server, page):
+    url, base = explore_server
+    page.goto(url)
+    page.click("#tab-caption")
+    page.set_input_files("#caption-file", str(base / "cat.png"))
+    page.select_option("#strategy", "sample")
+    page.fill("#top-k", "5")
+    page.fill("#seed", "0")
+    page.click("#explain-btn")
+    page.wait_for_selector("#explain-table tr")
+    rows = page.locator("#explain-table tr")
+    assert rows.count() >= 1
+    assert rows.first.locator("td.chosen").count() == 1
+    assert rows.first.locator("td.removed").count() >= 1  # top-k 5 of a bigger vocabulary removes some
+    assert "effective choices" in page.inner_text("#explain-summary")
+    page.screenshot(path=str(ARTIFACTS / "web-caption-explain.png"), full_page=True)

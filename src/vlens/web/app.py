@@ -1,4 +1,4 @@
-"""The vlens web app: one page (Search, Caption, Match) over a small JSON API. OpenAPI docs at ``/docs``.
+"""The vlens web app: one page (Search, Caption, Match, Explore) over a small JSON API. OpenAPI docs at ``/docs``.
 
 ``create_app(index=..., captioner=..., backbone=...)`` returns a FastAPI app; ``vlens serve`` runs it with
 uvicorn on 127.0.0.1. Models load on first use (or at start with ``preload()``). Images are served by index id
@@ -207,6 +207,7 @@ class Services:
             from vlens.match import draw_matches, match_images  # noqa: F401
 
             out["match"] = _model_state(self.backbone_spec)
+            out["explore"] = out["match"]
         except ImportError:
             out["match"] = {"available": False, "detail": "matching is not available in this vlens install"}
         return out
@@ -353,6 +354,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
     async def caption(file: UploadFile = File(..., description="The image to caption."),
                       strategy: Literal["greedy", "beam", "sample"] = Form("greedy"),
                       top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
+                      top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
                       temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
                       prompt: str = Form("", max_length=200, description="text the caption must continue"),
                       n: int = Form(1, ge=1, le=10, description="captions to return"),
@@ -364,7 +366,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         from vlens.caption import DecodeSettings
 
         img = await read_image(file, max_upload_bytes)
-        settings = DecodeSettings(strategy=strategy, top_k=top_k, temperature=temperature,
+        settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
                                   prompt=prompt.strip() or None, n=n, num_beams=max(num_beams, n), seed=seed)
         settings, notes = settings.validated()
         cap = svc.captioner()
@@ -373,7 +375,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         return CaptionResponse(
             captions=[CaptionItem(text=c.text, logprob=round(c.logprob, 4), mean_logprob=round(c.mean_logprob, 4))
                       for c in caps],
-            settings={"strategy": settings.strategy, "top_k": settings.top_k, "temperature": settings.temperature,
+            settings={"strategy": settings.strategy, "top_k": settings.top_k, "top_p": settings.top_p,
+                      "temperature": settings.temperature,
                       "prompt": settings.prompt, "n": settings.n, "num_beams": settings.num_beams},
             notes=notes, model=cap.spec, took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
@@ -405,4 +408,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                              matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
+    from vlens.web.explore import add_explore_routes
+
+    add_explore_routes(app, svc, max_upload_bytes)
     return app

@@ -1,4 +1,4 @@
-// vlens web app: three tabs over the JSON API (see /docs). No build step, no dependencies.
+// vlens web app: four tabs over the JSON API (see /docs). No build step, no dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -143,9 +143,11 @@ $("caption-form").addEventListener("submit", async (ev) => {
   form.append("file", file);
   form.append("strategy", $("strategy").value);
   form.append("top_k", $("top-k").value || "50");
+  form.append("top_p", $("top-p").value || "1");
   form.append("temperature", $("temperature").value || "1");
   form.append("n", $("n").value || "1");
   form.append("prompt", $("prompt").value);
+  if ($("seed").value) form.append("seed", $("seed").value);
   const btn = $("caption-btn");
   btn.disabled = true;
   setStatus($("caption-status"), "captioning…");
@@ -195,4 +197,208 @@ $("match-form").addEventListener("submit", async (ev) => {
   } finally {
     btn.disabled = false;
   }
+});
+
+// ---- caption: why these words
+$("explain-btn").addEventListener("click", async () => {
+  const file = $("caption-file").files[0];
+  if (!file) { setStatus($("caption-status"), "choose an image first", true); return; }
+  const form = new FormData();
+  form.append("file", file);
+  form.append("strategy", $("strategy").value);
+  form.append("top_k", $("top-k").value || "50");
+  form.append("top_p", $("top-p").value || "1");
+  form.append("temperature", $("temperature").value || "1");
+  form.append("prompt", $("prompt").value);
+  if ($("seed").value) form.append("seed", $("seed").value);
+  const btn = $("explain-btn");
+  btn.disabled = true;
+  setStatus($("caption-status"), "looking at every step…");
+  try {
+    const data = await api("/api/caption/explain", { method: "POST", body: form });
+    showExplanation(data);
+    setStatus($("caption-status"), `${data.model}, ${data.settings.strategy}, ${data.took_ms.toFixed(0)} ms` +
+      (data.notes.length ? " · " + data.notes.join("; ") : ""));
+  } catch (e) {
+    setStatus($("caption-status"), e.message, true);
+  } finally {
+    btn.disabled = false;
+  }
+});
+
+function showExplanation(data) {
+  const s = data.summary;
+  $("explain-summary").textContent = `“${data.caption}” — the model's top word at ${s.top_choice_steps} of ` +
+    `${s.steps} steps, ≈${s.mean_effective_choices} effective choices per step, lowest model probability of a ` +
+    `chosen word ${s.min_p_model_of_chosen}` +
+    (s.same_as_greedy ? " · same as greedy" : ` · greedy says “${data.greedy_caption}”`);
+  const table = $("explain-table");
+  table.innerHTML = "";
+  data.steps.forEach((st, i) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.textContent = `${i + 1}. ${st.token}`;
+    tr.appendChild(th);
+    for (const c of st.candidates) {
+      const td = document.createElement("td");
+      td.textContent = c.token;
+      const small = document.createElement("small");
+      small.textContent = c.kept ? `${c.p_sample.toFixed(2)} (${c.p_model.toFixed(2)})` : `(${c.p_model.toFixed(2)})`;
+      td.appendChild(small);
+      if (!c.kept) td.className = "removed";
+      else {
+        const a = 0.1 + 0.9 * c.p_sample;
+        td.style.background = `rgba(36, 87, 214, ${a.toFixed(3)})`;
+        td.style.color = c.p_sample > 0.55 ? "#fff" : "inherit";
+      }
+      if (c.token === st.token) td.classList.add("chosen");
+      td.title = c.kept ? `p under these settings ${c.p_sample.toFixed(4)}, model ${c.p_model.toFixed(4)}`
+        : `removed by the filters; model ${c.p_model.toFixed(4)}`;
+      tr.appendChild(td);
+    }
+    const meta = document.createElement("td");
+    meta.className = "meta";
+    meta.textContent = `rank ${st.rank} · ${st.eligible} eligible · ≈${st.effective_choices.toFixed(1)} choices`;
+    tr.appendChild(meta);
+    table.appendChild(tr);
+  });
+  $("explain").hidden = false;
+}
+
+// ---- explore: click a point, see where it lands; attention heads
+const explore = { a: null, b: null, files: { a: null, b: null } };
+window.vlensExplore = explore;  // the last answers, for people poking around in the console (and tests)
+
+function placeMarker(el, xy, size, img) {
+  el.style.left = `${(100 * xy[0] / size[0]).toFixed(3)}%`;
+  el.style.top = `${(100 * xy[1] / size[1]).toFixed(3)}%`;
+  el.dataset.x = xy[0];
+  el.dataset.y = xy[1];
+  el.hidden = false;
+}
+
+function resetMarkers() {
+  ["marker-point", "marker-cycle", "marker-best"].forEach((id) => { $(id).hidden = true; });
+}
+
+async function uploadExplore(file) {
+  const form = new FormData();
+  form.append("file", file);
+  return api("/api/explore/images", { method: "POST", body: form });
+}
+
+function setExploreImage(which, info) {
+  explore[which] = info;
+  $("explore-img-" + which).src = info.url;
+  resetMarkers();
+  $("explore-attention").innerHTML = "";
+}
+
+["a", "b"].forEach((which) => {
+  $("explore-" + which).addEventListener("change", async () => {
+    const f = $("explore-" + which).files[0];
+    if (!f) return;
+    explore.files[which] = f;
+    setStatus($("explore-status"), "uploading…");
+    try {
+      setExploreImage(which, await uploadExplore(f));
+      setStatus($("explore-status"), explore.a && explore.b ? "click anywhere on the first image" :
+        "now the other image");
+      if (which === "a" && $("explore-view").value === "attention") showAttention();
+    } catch (e) {
+      setStatus($("explore-status"), e.message, true);
+    }
+  });
+});
+
+$("explore-demo").addEventListener("click", async () => {
+  try {
+    const data = await api("/api/explore/demo", { method: "POST" });
+    explore.files = { a: null, b: null };
+    setExploreImage("a", data.a);
+    setExploreImage("b", data.b);
+    setStatus($("explore-status"), `demo: a photo and a crop of it shifted by (${data.shift.join(", ")}) px; ` +
+      "click anywhere on the first image");
+    if ($("explore-view").value === "attention") showAttention();
+  } catch (e) {
+    setStatus($("explore-status"), e.message, true);
+  }
+});
+
+async function withReupload(call) {
+  // The server keeps images in a bounded cache; if it dropped one, upload it again once.
+  try {
+    return await call();
+  } catch (e) {
+    if (!/upload it again/.test(e.message)) throw e;
+    for (const w of ["a", "b"]) {
+      if (explore.files[w]) explore[w] = await uploadExplore(explore.files[w]);
+    }
+    return await call();
+  }
+}
+
+$("explore-img-a").addEventListener("click", async (ev) => {
+  if (!explore.a || !explore.b) { setStatus($("explore-status"), "choose two images first", true); return; }
+  const img = $("explore-img-a");
+  const x = Math.min(explore.a.width - 0.01, ev.offsetX / img.clientWidth * explore.a.width);
+  const y = Math.min(explore.a.height - 0.01, ev.offsetY / img.clientHeight * explore.a.height);
+  const sizeA = [explore.a.width, explore.a.height];
+  placeMarker($("marker-point"), [x, y], sizeA);
+  setStatus($("explore-status"), "matching…");
+  try {
+    const data = await withReupload(() => api("/api/explore/point", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_a: explore.a.id, image_b: explore.b.id, x, y,
+        pca: parseInt($("explore-pca").value, 10) || 0, size: parseInt($("explore-size").value, 10) || 448 }),
+    }));
+    explore.lastPoint = data;
+    $("explore-img-b").src = data.heatmap;
+    placeMarker($("marker-best"), data.best.xy, data.size_b);
+    placeMarker($("marker-cycle"), data.cycle_xy, sizeA);
+    const b = data.best;
+    setStatus($("explore-status"), `(${x.toFixed(0)}, ${y.toFixed(0)}) → best match (${b.xy[0].toFixed(0)}, ` +
+      `${b.xy[1].toFixed(0)}) · similarity ${b.similarity.toFixed(3)} · feature distance ` +
+      `${b.feature_distance.toFixed(3)} · cycle ${data.mutual ? "returns to the same patch (mutual)" :
+        `lands ${data.cycle_distance.toFixed(0)} px away`} · ${data.took_ms.toFixed(0)} ms` +
+      (data.cached ? " (features cached)" : " (features computed)"));
+  } catch (e) {
+    setStatus($("explore-status"), e.message, true);
+  }
+});
+
+async function showAttention() {
+  if (!explore.a) { setStatus($("explore-status"), "choose a first image", true); return; }
+  setStatus($("explore-status"), "attention…");
+  try {
+    const data = await withReupload(() => api("/api/explore/attention", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image: explore.a.id, size: parseInt($("explore-size").value, 10) || 448 }),
+    }));
+    explore.lastAttention = data;
+    const grid = $("explore-attention");
+    grid.innerHTML = "";
+    for (const p of data.panels) {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = p.image;
+      img.alt = p.title;
+      const cap = document.createElement("figcaption");
+      cap.textContent = p.title + (p.peak != null ? ` · peak ${(100 * p.peak).toFixed(1)}%` : "") +
+        (p.on_prefix != null ? ` · on [CLS] ${(100 * p.on_prefix).toFixed(0)}%` : "");
+      fig.append(img, cap);
+      grid.appendChild(fig);
+    }
+    setStatus($("explore-status"), `[CLS] attention of block ${data.layer} of ${data.model}, ${data.heads} heads ` +
+      `(each panel scaled to its own peak) · ${data.took_ms.toFixed(0)} ms`);
+  } catch (e) {
+    setStatus($("explore-status"), e.message, true);
+  }
+}
+
+$("explore-view").addEventListener("change", () => {
+  const att = $("explore-view").value === "attention";
+  $("explore-point").hidden = att;
+  $("explore-attention").hidden = !att;
+  if (att) showAttention();
 });
