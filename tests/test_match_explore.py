@@ -173,5 +173,6 @@ def test_cli_attention_end_to_end(cli, tiny_dinov2, tmp_path):
     info = json.loads(out)
     assert info["heads"] == 2 and info["grid"] == [8, 8] and len(info["per_head"]) == 2
     assert (tmp_path / "att.png").exists()
-    code, _, err = cli("explore", "attention", tmp_path / "p.png", "--model", "pixels")
-    assert code != 0 and "no attention" in err
+    for spec in ("pixels", "sift"):
+        code, _, err = cli("explore", "attention", tmp_path / "p.png", "--model", spec)
+        assert code != 0 and "has no attention" in err

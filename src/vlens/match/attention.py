@@ -55,8 +55,9 @@ def eager_backbone(spec: str | None):
     from vlens.match.features import load_backbone
 
     bb = load_backbone(spec)
-    if bb.is_pixels:
-        raise ConfigError(f"'{bb.spec}' is raw pixels: it has no attention; pick a ViT / DINO / DINOv2 backbone")
+    if bb.model is None:
+        raise ConfigError(f"'{bb.spec}' is a descriptor without a model ({bb.model_type}): it has no attention; "
+                          "pick a ViT / DINO / DINOv2 backbone")
     model = copy.deepcopy(bb.model)
     model.set_attn_implementation("eager")
     from dataclasses import replace
