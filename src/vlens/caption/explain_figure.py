@@ -41,7 +41,8 @@ def explain_figure(explanations, path, titles: list[str] | None = None, max_step
         ax.set_axis_off()
         head = titles[k] if titles else _settings_label(e.settings)
         summ = e.summary()
-        ax.text(-2.2, -1.0, f"{head}: “{e.caption.text}”", fontsize=9, fontweight="bold", va="center")
+        text = e.caption.text if len(e.caption.text) <= 90 else e.caption.text[:89] + "…"
+        ax.text(-2.2, -1.0, f"{head}: “{text}”", fontsize=9, fontweight="bold", va="center")
         ax.text(-2.2, -0.45, f"picked the model's top token at {summ.get('top_choice_steps', 0)} of {len(e.steps)} "
                 f"steps; ≈{summ.get('mean_effective_choices', 0):.1f} effective choices per step; greedy: "
                 f"“{e.greedy_text}”", fontsize=7.5, va="center", color="#444")

@@ -52,8 +52,8 @@ def draw_point_panels(ax_a, ax_b, img_a: Image.Image, img_b: Image.Image, pm, vm
     ax_a.imshow(img_a)
     qx, qy = pm.query_xy
     cx, cy = pm.cycle_xy
-    ax_a.plot([qx], [qy], "o", ms=9, mfc="#00e5ff", mec="white", mew=1.5, label="the point")
-    ax_a.plot([cx], [cy], "X", ms=9, mfc="#ff9f1c", mec="black", mew=0.8,
+    ax_a.plot([qx], [qy], "o", ms=12, mfc="#00e5ff", mec="white", mew=1.5, label="the point")
+    ax_a.plot([cx], [cy], "X", ms=7, mfc="#ff9f1c", mec="black", mew=0.8,
               label=f"cycle back lands here ({pm.cycle_distance:.0f} px)")
     if pm.cycle_distance > 0:
         ax_a.annotate("", xy=(cx, cy), xytext=(qx, qy),

@@ -23,6 +23,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("caption", "vlens.report.sections.caption:section"),
     ("retrieval", "vlens.report.sections.retrieval:section"),
     ("search", "vlens.report.sections.search:section"),
+    ("explore", "vlens.report.sections.explore:section"),
 ]
 
 
