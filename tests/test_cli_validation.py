@@ -88,6 +88,8 @@ def _good(spec: dict | None, typ: type, d: Path) -> str:
         return spec["choices"][0]
     if t == "text":
         return "x"
+    if t == "pair":
+        return f"{spec['lo']:g},{spec['lo']:g}"
     if spec["role"] == "output":
         return str(d / ("new_out.png" if spec["kind"] == "file" else "new_out_dir"))
     return str(d / "images" / "a.png") if spec["kind"] == "file" else str(d / "images")
@@ -106,6 +108,9 @@ def _bad_values(spec: dict, d: Path) -> list[str]:
         return ["bogus", ""]
     if t == "text":
         return ["x" * (spec["max_len"] + 1), *([] if spec["empty"] else ["", "   "])]
+    if t == "pair":
+        lo, hi = spec["lo"], spec["hi"]
+        return ["abc", "1", "1,2,3", "", "nan,1", "1,inf", f"{lo - 1:g},{lo:g}", f"{lo:g},{hi * 2 + 1:g}"]
     # (An empty path is not in the table: typer turns "" into Path("."), the current folder.)
     not_a_path = str(d / "plain.txt" / "below")
     if spec["role"] == "lenient":

@@ -162,7 +162,7 @@ def test_cli_point_end_to_end(cli, tiny_vit, tmp_path):
                        "pixels:8", "--pca", "0", "--size", "64", "--out", tmp_path / "h2.png")
     assert code == 0 and "best match (12.0, 12.0)" in out and "(mutual)" in out
     code, _, err = cli("explore", "point", tmp_path / "a.png", tmp_path / "b.png", "--xy", "30")
-    assert code != 0 and err.startswith("error: --xy takes two numbers")
+    assert code != 0 and err.startswith("error: invalid value for --xy: '30' is not two numbers")
 
 
 def test_cli_attention_end_to_end(cli, tiny_dinov2, tmp_path):

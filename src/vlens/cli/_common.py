@@ -156,6 +156,22 @@ class _Check:
             return v
         return self._make({"type": "text", "max_len": max_len, "empty": empty}, one)
 
+    def pair(self, lo: float, hi: float):
+        """Two finite numbers written ``A,B`` (e.g. a point ``--xy 120,80``), each in [lo, hi]. The value stays
+        the text as given; :func:`parse_pair` turns it into numbers in the command."""
+        allowed = f"two numbers A,B, each from {lo:g} to {hi:g}"
+
+        def one(v, param):
+            try:
+                a, b = parse_pair(v)
+            except ValueError:
+                raise typer.BadParameter(f"{v!r} is not two numbers A,B such as 120,80 (allowed: {allowed})",
+                                         param=param) from None
+            if not (lo <= a <= hi and lo <= b <= hi):
+                raise typer.BadParameter(f"{v} is out of range (allowed: {allowed})", param=param)
+            return v
+        return self._make({"type": "pair", "lo": lo, "hi": hi}, one)
+
     def path(self):
         """An input path whose absence the command reports itself (e.g. skips and lists missing files)."""
         def one(v, param):
@@ -201,6 +217,17 @@ class _Check:
 
 
 check = _Check()
+
+
+def parse_pair(text: str) -> tuple[float, float]:
+    """``"A,B"`` -> (A, B) as finite floats; ValueError otherwise."""
+    parts = str(text).replace(" ", "").split(",")
+    if len(parts) != 2:
+        raise ValueError(text)
+    a, b = float(parts[0]), float(parts[1])
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(text)
+    return a, b
 
 
 def writable_problem(folder: Path) -> str | None:

@@ -136,7 +136,10 @@ def run_cmd(
         "many stayed eligible; also drawn to --figure.",
     ),
     figure: Path = typer.Option(
-        Path("explain.png"), "--figure", help="--explain: the picture, one row per step (one file per image)."
+        Path("explain.png"),
+        "--figure",
+        help="--explain: the picture, one row per step (one file per image).",
+        callback=check.output("file"),
     ),
 ):
     """Caption image files and folders (the default: `vlens caption IMG...`). Unreadable files are skipped and

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, echo_json
-from vlens.cli.match import FACET_HELP, LAYER_HELP, MODEL_HELP, PCA_HELP, SIZE_HELP
+from vlens.cli._common import JSON_OPTION, check, echo_json, parse_pair
+from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MODEL_HELP, PCA_HELP, SIZE_HELP
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,34 +26,23 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="explore")
 
 
-def parse_xy(text: str) -> tuple[float, float]:
-    """'X,Y' (pixels of image A, origin top-left) -> (x, y)."""
-    from vlens.errors import ConfigError
-
-    parts = text.replace(" ", "").split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ConfigError(f"--xy takes two numbers X,Y in pixels of the first image, e.g. --xy 120,80 "
-                          f"(got {text!r})") from None
-
-
 @app.command("point")
 def point_cmd(
-    image_a: Path = typer.Argument(..., help="Image A: the point is on this one."),
-    image_b: Path = typer.Argument(..., help="Image B: where does the point land here?"),
-    xy: str = typer.Option(..., "--xy", help="The point in A's pixels, X,Y from the top-left corner, e.g. 120,80."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    pca: int = typer.Option(10, help=PCA_HELP),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    size: int = typer.Option(448, help=SIZE_HELP),
+    image_a: Path = typer.Argument(..., help="Image A: the point is on this one.", callback=check.existing("file")),
+    image_b: Path = typer.Argument(..., help="Image B: where does the point land here?",
+                                   callback=check.existing("file")),
+    xy: str = typer.Option(..., "--xy", help="The point in A's pixels, X,Y from the top-left corner, e.g. 120,80.",
+                           callback=check.pair(0, 1e6)),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
+    pca: int = typer.Option(10, help=PCA_HELP, callback=check.integer(0, 1024)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
     top_k: int = typer.Option(5, "--top-k", help="How many of B's most similar patches to list (and number "
-                              "on the picture)."),
+                              "on the picture).", callback=check.count(1, 100)),
     out: Path = typer.Option(Path("point.png"), "--out", "-o", help="Picture: A with the point and where its "
-                             "cycle A -> B -> A lands, B with the similarity heatmap and the best match."),
+                             "cycle A -> B -> A lands, B with the similarity heatmap and the best match.",
+                             callback=check.output("file")),
     json_out: bool = JSON_OPTION,
 ):
     """Where a point of A lands in B: the similarity of every B patch to the A patch under the point.
@@ -66,15 +55,12 @@ def point_cmd(
     """
     import time
 
-    from vlens.errors import ConfigError
     from vlens.images import load_image
     from vlens.match.explore import point_match
     from vlens.match.explore_figures import point_figure
     from vlens.match.features import extract_features
 
-    point = parse_xy(xy)
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1 (got {top_k})")
+    point = parse_pair(xy)
     t0 = time.time()
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
@@ -99,15 +85,16 @@ def point_cmd(
 
 @app.command("attention")
 def attention_cmd(
-    image: Path = typer.Argument(..., help="The image to look at."),
+    image: Path = typer.Argument(..., help="The image to look at.", callback=check.existing("file")),
     model: str = typer.Option(None, "--model", "-m", help="Backbone: builtin:dino-tiny (default), a ViT / DINO "
                               "/ DINOv2 hub id (facebook/dinov2-small) or a save_pretrained folder. Raw pixels "
-                              "have no attention."),
+                              "and SIFT have no attention.", callback=check.text()),
     layer: int = typer.Option(-1, help="Block whose [CLS] attention is shown, counted from 1; -1 = the last "
-                              "(where DINO's heads look at objects)."),
-    size: int = typer.Option(448, help=SIZE_HELP),
+                              "(where DINO's heads look at objects).", callback=check.layer()),
+    size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="Picture: the photo, its features' PCA "
-                             "as RGB, the heads' mean attention and one panel per head."),
+                             "as RGB, the heads' mean attention and one panel per head.",
+                             callback=check.output("file")),
     json_out: bool = JSON_OPTION,
 ):
     """Where each attention head of the [CLS] token looks, and the features' first three PCA components as RGB.
