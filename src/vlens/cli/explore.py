@@ -15,7 +15,7 @@ from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MODEL_HELP, PCA_HELP
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="See what a backbone sees.\n\n"
+    help="See what a backbone sees.\n\n\b\n"
          "  vlens explore point a.jpg b.jpg --xy 120,80 --out heat.png     where a point of A lands in B\n"
          "  vlens explore attention photo.jpg --out att.png                [CLS] attention per head + PCA-RGB\n\n"
          "The decoding inspector (which words a captioner could have picked) is `vlens caption IMG --explain`.",
