@@ -267,3 +267,22 @@ def load_mask(path) -> np.ndarray:
         if m.mode not in ("P", "L", "I", "I;16"):
             m = m.convert("L")
         return np.asarray(m).astype(np.int64)
+
+
+def scene_objects(data) -> dict[str, list[dict]]:
+    """The objects of every scene of a shapes dataset (folder or its ``dataset.json``), by sample id.
+
+    Each object is ``{"shape", "colour", "size", "cx", "cy"}`` (centre in [0, 1] image units), in the order the
+    captions name them. A dataset that is not a shapes dataset gives an empty dict.
+    """
+    path = Path(data)
+    path = path / "dataset.json" if path.is_dir() else path
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(meta, dict) or meta.get("dataset") != "vlens-shapes":
+        return {}
+    return {str(im["imgid"]): list(im.get("objects", [])) for im in meta.get("images", [])}
