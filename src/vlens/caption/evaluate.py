@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from vlens.caption.attributes import SWEEP_ATTRIBUTES, attribute_columns
 from vlens.caption.captioner import Captioner, DecodeSettings
 from vlens.caption.metrics import METRIC_NAMES, score_captions
+from vlens.data.shapes import scene_objects
 
 SWEEP_METRICS = ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr")
 
@@ -71,6 +73,18 @@ def caption_and_score(
     return results, scores
 
 
+def attribute_report(data: str, results: list[dict]) -> dict:
+    """``{"attributes": {...}}`` (accuracy per attribute, see :mod:`vlens.caption.attributes`) when ``data``
+    is a shapes dataset with object metadata; ``{}`` for any other dataset."""
+    from vlens.caption.attributes import score_attributes
+    from vlens.data.shapes import scene_objects
+
+    objects = scene_objects(data)
+    if not objects:
+        return {}
+    return {"attributes": score_attributes({r["image_id"]: r["caption"] for r in results}, objects).as_dict()}
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     """Caption ``cfg.split`` of ``cfg.data``; write predictions.json (COCO results) and metrics.json."""
     from vlens.errors import DatasetError
@@ -85,7 +99,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     report = {
         "model": captioner.spec,
         "split": cfg.split,
+        "prompt": settings.prompt,
         **scores.as_dict(),
+        **attribute_report(cfg.data, results),
         "notes": notes + scores.notes + ([skips.summary()] if len(skips) else []),
         "skipped": [{"path": p, "reason": r} for p, r in skips.skipped],
     }
@@ -117,6 +133,7 @@ class SweepConfig:
 
 
 def prompt_label(prompt: str | None) -> str:
+    """Table label of a resolved prompt ("" or None: no prompt)."""
     return prompt if prompt else "(none)"
 
 
@@ -129,6 +146,7 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
     if cfg.seeds < 1:
         raise ConfigError("--seeds must be >= 1 (sampling is random: use 3 or more to see the spread)")
     captioner = Captioner.from_spec(cfg.model)
+    cfg = replace(cfg, prompts=tuple(dict.fromkeys(captioner.resolve_prompt(p) for p in cfg.prompts)))
     for p in cfg.prompts:  # fail on a bad prompt before any run
         captioner.prepare(cfg.base.replace(prompt=p, strategy="sample"))
     for t in cfg.temperature:
@@ -138,6 +156,8 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
         if k <= 0:
             raise ConfigError(f"top-k must be >= 1 (got {k})")
     samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)
+    objects = scene_objects(cfg.data)
+    columns = list(cfg.metrics) + ([f"acc:{a}" for a in SWEEP_ATTRIBUTES] if objects else [])
     run = RunDir(cfg.out, cfg)
     points = expand_grid(
         {
@@ -157,16 +177,16 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
             top_p=cfg.top_p,
             seed=seed,
         )
-        _, scores = caption_and_score(captioner, samples, images, s, cfg.metrics, cfg.tokenizer)
-        return dict(scores.scores)
+        results, scores = caption_and_score(captioner, samples, images, s, cfg.metrics, cfg.tokenizer)
+        return {**scores.scores, **attribute_columns(results, objects)}
 
     rows = run_sweep(points, run_fn, run.path, seeds=list(range(cfg.seeds)), log=log)
     by = ["prompt", "top_k", "temperature"]
-    summary = summarize(rows, by=by, metrics=list(cfg.metrics))
+    summary = summarize(rows, by=by, metrics=columns)
     greedy = {}
     if cfg.greedy_baseline:
         for p in cfg.prompts:
-            _, sc = caption_and_score(
+            results, sc = caption_and_score(
                 captioner,
                 samples,
                 images,
@@ -174,8 +194,8 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
                 cfg.metrics,
                 cfg.tokenizer,
             )
-            greedy[prompt_label(p)] = dict(sc.scores)
-    md = sweep_markdown(summary, greedy, cfg)
+            greedy[prompt_label(p)] = {**sc.scores, **attribute_columns(results, objects)}
+    md = sweep_markdown(summary, greedy, cfg, columns)
     atomic_write_text(run.file("table.md"), md)
     write_json(run.file("summary.json"), {"summary": summary, "greedy": greedy})
     plot_sweep(summary, run.file("sweep.png"), metrics=("BLEU-4", "CIDEr"))
@@ -190,14 +210,17 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
     }
 
 
-def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig) -> str:
-    """Tables like the lab report's: per prompt, per (top-k, temperature); mean ± std over seeds."""
+def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig, columns: list[str] | None = None) -> str:
+    """Tables like the lab report's: per prompt, per (top-k, temperature); mean ± std over seeds. ``columns``:
+    the metrics plus any attribute accuracies (``acc:NAME``, percent) to show."""
     from vlens.sweep import markdown_table, pivot
 
-    metrics = list(cfg.metrics)
+    metrics = columns or list(cfg.metrics)
     parts = [
         f"Sampled captions on {cfg.data} ({cfg.split}), {cfg.seeds} seed(s) per setting, mean ± std; "
-        f"scores x100, tokenizer {cfg.tokenizer}.\n",
+        f"scores x100, tokenizer {cfg.tokenizer}"
+        + ("; acc:NAME = attribute accuracy in percent (vlens.caption.attributes).\n" if len(metrics) >
+           len(cfg.metrics) else ".\n"),
         markdown_table(summary, by=["prompt", "top_k", "temperature"], metrics=metrics),
     ]
     for prompt in dict.fromkeys(e["prompt"] for e in summary):
