@@ -69,7 +69,6 @@ def test_group_help_and_subcommand_help(cli):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (("--prompt", ""), "prompt is empty"),
         (("--strategy", "sample", "--top-k", "0"), "--top-k: 0 is out of range"),
         (("--strategy", "sample", "--top-k", "-3"), "--top-k: -3 is out of range"),
         (("--strategy", "sample", "--temperature", "-1"), "--temperature: -1.0 is out of range"),
@@ -124,6 +123,12 @@ def test_eval_writes_coco_results_and_metrics(cli, tiny_blip, shapes_dir, tmp_pa
     assert len(preds) == 4 and set(preds[0]) == {"image_id", "caption"}
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"} <= set(metrics) and "BLEU-4" in out
+    # a shapes dataset: attribute accuracy next to the COCO metrics, from the same predictions
+    from vlens.caption.attributes import score_attributes
+    from vlens.data.shapes import scene_objects
+
+    again = score_attributes({p["image_id"]: p["caption"] for p in preds}, scene_objects(shapes_dir))
+    assert metrics["attributes"]["accuracy"] == again.accuracy and "colours named (all scenes)" in out
     assert any("SPICE skipped" in n for n in metrics["notes"])
 
 
@@ -196,3 +201,19 @@ def test_train_then_caption_with_the_result(cli, shapes_dir, tmp_path, img_dir):
     assert code == 0 and len(out.strip().splitlines()) == 3
     code, _, err = cli(*train)  # the same run folder again, without --resume
     assert code == 1 and "--resume" in err
+
+
+def test_the_training_prompt_is_the_default(cli, tiny_blip, img_dir, tmp_path):
+    """A model trained behind a prompt (config caption_prompt) is prompted with it unless --prompt says
+    otherwise; --prompt '' captions without one."""
+    model = tmp_path / "prompted"
+    shutil.copytree(tiny_blip, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "caption_prompt": "a picture of"}))
+    args = ("caption", img_dir, "--model", model, "--max-new-tokens", "4", "--json")
+    for extra, prompt in (((), "a picture of"), (("--prompt", ""), ""), (("--prompt", "an image of"), "an image of")):
+        code, out, err = cli(*args, *extra)
+        assert code == 0, err
+        assert json.loads(out)["settings"]["prompt"] == prompt
+    code, out, _ = cli("caption", img_dir, "--model", tiny_blip, "--max-new-tokens", "4", "--json")
+    assert json.loads(out)["settings"]["prompt"] == ""  # trained without a prompt: none by default

@@ -223,7 +223,6 @@ def test_strip_prompt_by_position():
 @pytest.mark.parametrize(
     "kw, msg",
     [
-        ({"prompt": "  "}, "prompt is empty"),
         ({"top_k": 0, "strategy": "sample"}, "top-k"),
         ({"top_k": -5, "strategy": "sample"}, "top-k"),
         ({"temperature": -0.1, "strategy": "sample"}, "temperature"),
@@ -247,3 +246,9 @@ def test_prompt_longer_than_context(captioner):
         captioner.prepare(DecodeSettings(prompt=" ".join(["circle"] * 100)))
     s, notes = captioner.prepare(DecodeSettings(prompt="a picture of", max_new_tokens=500))
     assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) == captioner.context and notes
+
+
+def test_blank_prompt_means_no_prompt(captioner):
+    assert DecodeSettings(prompt="  ").validated()[0].prompt == ""
+    assert captioner.prepare(DecodeSettings(prompt=""))[0].prompt == ""
+    assert captioner.prefix_ids("") == captioner.prefix_ids(None) == [captioner.bos_id]

@@ -162,3 +162,68 @@ def test_new_model_tokenizer_is_deterministic_and_round_trips(shapes_captions):
     assert (
         a.decode(a("a depiction of")["input_ids"], skip_special_tokens=True) == "a depiction of"
     )  # unseen word
+
+
+def test_collate_patch_classes_follow_the_mask(tiny_blip):
+    """The patch-class targets are the majority mask class of each patch, row-major like the ViT's tokens."""
+    import numpy as np
+    from PIL import Image
+
+    from vlens.models import load
+
+    lm = load(str(tiny_blip), "captioner")
+    col = Collate(lm.image_processor, lm.tokenizer, [2], sep_id=3, pad_id=0, max_len=64, grid=4, n_classes=6)
+    mask = np.zeros((64, 64), dtype=np.int64)
+    mask[:16, 48:] = 3  # a triangle in the top-right patch
+    mask[40:, :24] = 5  # a diamond over the bottom-left patch and most of its right neighbour
+    *_, classes = col([(Image.new("RGB", (64, 64)), "a red circle", mask)])
+    assert classes.shape == (1, 16)
+    grid = classes[0].reshape(4, 4)
+    assert grid[0, 3] == 3 and grid[3, 0] == 5 and grid[3, 1] == 0 and grid[2, 0] == 0
+    assert int((grid > 0).sum()) == 2
+
+
+@pytest.mark.slow
+def test_patch_class_loss_trains_a_plain_blip_that_remembers_its_prompt(shapes_dir, tmp_path):
+    import json
+
+    import transformers
+
+    from vlens.caption.captioner import Captioner, DecodeSettings
+
+    train(_cfg(shapes_dir, tmp_path / "run", epochs=2, patch_class_weight=0.5, patch_size=8), log=lambda m: None)
+    hist = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert all(h["patch_loss"] > 0 for h in hist) and hist[-1]["patch_loss"] < hist[0]["patch_loss"]
+    best = tmp_path / "run" / "best"
+    config = json.loads((best / "config.json").read_text())
+    assert config["caption_prompt"] == "a picture of"
+    from safetensors import safe_open
+
+    with safe_open(str(best / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    fresh = transformers.BlipForConditionalGeneration(transformers.BlipConfig.from_pretrained(best))
+    assert saved <= set(fresh.state_dict())  # a plain BLIP: the training-only head is not saved
+    cap = Captioner.from_spec(str(best), device="cpu")
+    assert cap.prepare(DecodeSettings())[0].prompt == "a picture of"  # used by default
+    assert cap.prepare(DecodeSettings(prompt=""))[0].prompt == ""  # "" = no prompt
+    assert cap.prefix_ids("") == [cap.bos_id]
+
+
+def test_patch_class_loss_needs_masks(tmp_path):
+    from vlens.data.shapes import make_shapes
+
+    data = make_shapes(tmp_path / "d", train=4, val=2, test=0, size=32, progress=False)
+    meta = json_load(data / "dataset.json")
+    for im in meta["images"]:
+        im.pop("mask")
+    (data / "dataset.json").write_text(__import__("json").dumps(meta))
+    with pytest.raises(ConfigError, match="needs a dataset with per-pixel masks"):
+        train(_cfg(data, tmp_path / "run", epochs=1, patch_class_weight=1.0), log=lambda m: None)
+    with pytest.raises(ConfigError, match="multiple of --patch-size"):
+        train(_cfg(data, tmp_path / "run2", epochs=1, patch_size=5), log=lambda m: None)
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())

@@ -48,7 +48,8 @@ class DecodeSettings:
     n: int = 1
     """captions per image (sample: n independent draws ranked by log-probability; beam: the n best beams)."""
     prompt: str | None = None
-    """text the caption must continue, e.g. "a picture of"; removed from the output (None: no prompt)."""
+    """text the caption must continue, e.g. "a picture of"; removed from the output. None: the prompt the
+    model was trained behind (its config's ``caption_prompt``; none if it has none); "": no prompt."""
     seed: int | None = None
     """makes sampling reproducible (same seed, same images, same batch size -> same captions)."""
     batch_size: int = 16
@@ -61,11 +62,8 @@ class DecodeSettings:
         s, notes = self, []
         if s.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{s.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        if s.prompt is not None and not s.prompt.strip():
-            raise ConfigError(
-                "the prompt is empty; give some words (e.g. --prompt 'a picture of') or leave "
-                "--prompt out to caption without one"
-            )
+        if s.prompt is not None and not s.prompt.strip() and s.prompt != "":
+            s = s.replace(prompt="")  # only spaces: no prompt, like --prompt ""
         if s.temperature < 0:
             raise ConfigError(
                 f"temperature must be >= 0 (got {s.temperature}); below 1 is more conservative, "
@@ -159,10 +157,19 @@ class Captioner:
         return int(self.model.config.vision_config.image_size)
 
     # ---- prompt handling -------------------------------------------------------------------------------
+    @property
+    def default_prompt(self) -> str:
+        """The prompt the model was trained behind (``caption_prompt`` in its config), "" if none."""
+        return getattr(self.model.config, "caption_prompt", None) or ""
+
+    def resolve_prompt(self, prompt: str | None) -> str:
+        """None -> the model's training prompt; anything else as given ("" = no prompt)."""
+        return self.default_prompt if prompt is None else prompt
+
     def prefix_ids(self, prompt: str | None) -> list[int]:
         """BOS followed by the prompt's tokens (no trailing [SEP]), as BLIP's ``generate`` conditions on
-        them."""
-        if prompt is None:
+        them. None or "" is no prompt (resolve the model's default first with :meth:`resolve_prompt`)."""
+        if not prompt:
             return [self.bos_id]
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         if ids and ids[0] in (self.tokenizer.cls_token_id, self.bos_id):
@@ -172,8 +179,10 @@ class Captioner:
         return [self.bos_id, *ids]
 
     def prepare(self, settings: DecodeSettings) -> tuple[DecodeSettings, list[str]]:
-        """Validate ``settings`` against this model (prompt and caption must fit in its context)."""
+        """Validate ``settings`` against this model (prompt and caption must fit in its context) and resolve
+        the default prompt (None -> the model's training prompt, so the result's prompt is never None)."""
         s, notes = settings.validated()
+        s = s.replace(prompt=self.resolve_prompt(s.prompt))
         prefix = len(self.prefix_ids(s.prompt))
         if prefix >= self.context - 1:
             raise ConfigError(

@@ -3,7 +3,12 @@
 - a new model from a preset (``--preset blip-tiny``) gets a WordPiece tokenizer trained on the dataset's
   captions; an existing one (``--model SPEC``) is fine-tuned with its own tokenizer;
 - every training caption is ``BOS + prompt + caption + SEP``; the loss counts only caption and SEP tokens,
-  so the prompt conditions the caption without being learnt;
+  so the prompt conditions the caption without being learnt; the prompt is stored in the saved model's config
+  (``caption_prompt``) and ``vlens caption`` uses it by default;
+- optional (``patch_class_weight`` > 0, datasets with masks such as shapes): a linear head on the vision
+  tower's patch tokens learns each patch's mask class (background or which shape) beside the caption loss.
+  Dense labels teach the small tower shapes and where objects are far sooner than one caption word per image;
+  the head is training-only and the saved model is a plain ``BlipForConditionalGeneration``;
 - AdamW (no decay on norms/biases), linear warm-up then cosine learning rate, gradient clipping;
 - one epoch = every training image once with one of its captions drawn at random (seeded per epoch);
 - after each epoch: greedy captions on the validation split scored with BLEU-4 and CIDEr; the best epoch by
@@ -48,6 +53,10 @@ class TrainConfig:
     grad_accum: int = 1
     image_size: int = 128
     """preset only: model input side in pixels."""
+    patch_size: int | None = None
+    """preset only: ViT patch side in pixels (image_size / patch_size patches per side); None: the preset's."""
+    patch_class_weight: float = 0.0
+    """weight of the training-only patch-class loss (needs masks, e.g. shapes; 0 = off)."""
     vocab_size: int = 400
     """preset only: WordPiece vocabulary size cap (the shapes grammar needs ~60)."""
     max_train: int | None = None
@@ -65,13 +74,21 @@ class TrainConfig:
             raise ConfigError("need --epochs >= 1, --batch-size >= 1, --lr > 0, --wd >= 0")
         if self.prompt is not None and not self.prompt.strip():
             raise ConfigError("the prompt is empty; leave --prompt out to train without one")
+        if self.patch_size is not None and (self.patch_size < 1 or self.image_size % self.patch_size):
+            raise ConfigError(
+                f"--image-size {self.image_size} must be a multiple of --patch-size {self.patch_size}"
+            )
+        if self.patch_class_weight < 0:
+            raise ConfigError("--patch-class-weight must be >= 0 (0 turns the patch-class loss off)")
 
 
 class CaptionPairs:
-    """Dataset of (image, caption): item i is image i with a caption drawn by ``(seed, epoch, i)``."""
+    """Dataset of (image, caption[, mask]): item i is image i with a caption drawn by ``(seed, epoch, i)``.
 
-    def __init__(self, samples, seed: int):
-        self.samples, self.seed, self.epoch = list(samples), seed, 0
+    No augmentation on purpose: a flip or crop would contradict captions that say "left" or "top"."""
+
+    def __init__(self, samples, seed: int, with_masks: bool = False):
+        self.samples, self.seed, self.epoch, self.with_masks = list(samples), seed, 0, with_masks
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -83,21 +100,28 @@ class CaptionPairs:
 
         s = self.samples[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        return load_image(s.image_path), s.captions[int(rng.integers(len(s.captions)))]
+        item = (load_image(s.image_path), s.captions[int(rng.integers(len(s.captions)))])
+        if self.with_masks:
+            from vlens.data.shapes import load_mask
+
+            item += (load_mask(s.mask_path),)
+        return item
 
 
 class Collate:
-    """(image, caption) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask
-    (B,T-1)."""
+    """(image, caption[, mask]) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask
+    (B,T-1)[, patch classes (B, g*g) for a g x g patch grid]."""
 
-    def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int):
+    def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int,
+                 grid: int | None = None, n_classes: int = 0):
         self.image_processor, self.tokenizer = image_processor, tokenizer
         self.prefix, self.sep_id, self.pad_id, self.max_len = prefix, sep_id, pad_id, max_len
+        self.grid, self.n_classes = grid, n_classes
 
     def __call__(self, batch):
         import torch
 
-        images, captions = zip(*batch)
+        images, captions = [b[0] for b in batch], [b[1] for b in batch]
         pixel_values = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         room = self.max_len - len(self.prefix) - 1
         caps = [ids[:room] for ids in self.tokenizer(list(captions), add_special_tokens=False)["input_ids"]]
@@ -112,7 +136,15 @@ class Collate:
         # target j (token j+1) is learnt only if it is a caption/SEP token: not BOS/prompt, not padding
         loss_mask = attn[:, 1:].bool().clone()  # (B, T-1)
         loss_mask[:, : p - 1] = False
-        return pixel_values, input_ids, attn, loss_mask
+        if self.grid is None:
+            return pixel_values, input_ids, attn, loss_mask
+        from vlens.ssl.probe import patch_labels
+
+        classes = torch.stack([
+            patch_labels(torch.from_numpy(b[2]), (self.grid, self.grid), self.n_classes).reshape(-1)
+            for b in batch
+        ])  # (B, g*g), row-major like the ViT's patch tokens
+        return pixel_values, input_ids, attn, loss_mask, classes
 
 
 def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
@@ -164,12 +196,33 @@ def build_new(cfg: TrainConfig, captions: list[str]):
 
     texts = captions + ([cfg.prompt] if cfg.prompt else [])
     tok = train_wordpiece(texts, vocab_size=cfg.vocab_size)
-    config = get_preset(cfg.preset, vocab_size=len(tok), image_size=cfg.image_size)
+    extra = {} if cfg.patch_size is None else {"patch_size": cfg.patch_size}
+    config = get_preset(cfg.preset, vocab_size=len(tok), image_size=cfg.image_size, **extra)
     model = transformers.BlipForConditionalGeneration(config)
     init_sincos_positions(model)
     size = {"height": cfg.image_size, "width": cfg.image_size}
     proc = transformers.BlipImageProcessorPil(size=size)
     return model, tok, proc
+
+
+def with_patch_head(model, n_classes: int):
+    """BLIP plus a training-only linear head on its vision patch tokens.
+
+    forward(pixel_values, input_ids, attention_mask) -> (caption logits (B,T,V), patch logits (B,L,C)). One
+    module, so accelerate/DDP wraps and synchronises the head with the model."""
+    import torch
+
+    class BlipWithPatchHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blip = model
+            self.head = torch.nn.Linear(model.config.vision_config.hidden_size, n_classes)
+
+        def forward(self, pixel_values, input_ids, attention_mask):
+            out = self.blip(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+            return out.logits, self.head(out.image_embeds[:, 1:])  # (B,T,V), (B,L,C): [CLS] dropped
+
+    return BlipWithPatchHead()
 
 
 def _save_folder(model, tokenizer, processor, folder: Path) -> None:
@@ -260,6 +313,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     else:
         loaded = load(cfg.model, "captioner")
         model, tokenizer, processor = loaded.model, loaded.tokenizer, loaded.image_processor
+    model.config.caption_prompt = cfg.prompt  # what the model was last trained behind; None = no prompt
+    use_masks = cfg.patch_class_weight > 0
+    if use_masks and not all(s.mask_path for s in train_set):
+        raise ConfigError(
+            "--patch-class-weight needs a dataset with per-pixel masks (e.g. `vlens data make-shapes`)"
+        )
     if not resume and acc.is_main_process:
         model.config.save_pretrained(assets)
         tokenizer.save_pretrained(assets)
@@ -268,8 +327,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     probe = Captioner(LoadedModel(model, processor, tokenizer, "training", assets, "local", "captioner"))
     prefix = probe.prefix_ids(cfg.prompt)
-    collate = Collate(processor, tokenizer, prefix, probe.sep_id, probe.pad_id, probe.context)
-    pairs = CaptionPairs(train_set.samples, cfg.seed)
+    vc = model.config.vision_config
+    grid = vc.image_size // vc.patch_size
+    from vlens.data.shapes import CLASSES
+
+    collate = Collate(processor, tokenizer, prefix, probe.sep_id, probe.pad_id, probe.context,
+                      grid=grid if use_masks else None, n_classes=len(CLASSES))
+    pairs = CaptionPairs(train_set.samples, cfg.seed, with_masks=use_masks)
+    net = with_patch_head(model, len(CLASSES)) if use_masks else model
     steps_per_epoch = math.ceil(len(pairs) / (cfg.batch_size * acc.num_processes * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     lrs = cosine_schedule(
@@ -279,16 +344,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
         int(cfg.warmup_epochs * steps_per_epoch),
         warmup_start=cfg.lr * 0.01,
     )
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(param_groups(net, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98))
 
     start_epoch, step, best, history = 0, 0, -1.0, []
     if resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
+        if use_masks:
+            net.head.load_state_dict(state["patch_head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
         log(f"resuming from {ckpt_path}: epoch {start_epoch + 1}/{cfg.epochs}, step {step}")
-    model, optimizer = acc.prepare(model, optimizer)
+    net, optimizer = acc.prepare(net, optimizer)
     (log if acc.is_main_process else (lambda m: None))(
         f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {len(pairs)} "
         "images, "
@@ -306,19 +373,28 @@ def train(cfg: TrainConfig, log=print) -> dict:
             shuffle=False,
         )
         loader = acc.prepare(loader)
-        model.train()
-        losses = []
-        for pixel_values, input_ids, attn, loss_mask in progress(loader, desc=f"epoch {epoch + 1}"):
-            with acc.accumulate(model):
+        net.train()
+        losses, patch_losses = [], []
+        for batch in progress(loader, desc=f"epoch {epoch + 1}"):
+            pixel_values, input_ids, attn, loss_mask = batch[:4]
+            with acc.accumulate(net):
                 for g in optimizer.param_groups:
                     g["lr"] = float(lrs[min(step, total - 1)])
                 input_ids = input_ids.clone()
                 input_ids[:, 0] = probe.bos_id
-                logits = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attn).logits
+                if use_masks:
+                    logits, patch_logits = net(pixel_values, input_ids, attn)  # (B,T,V), (B,L,C)
+                    patch_loss = torch.nn.functional.cross_entropy(
+                        patch_logits.reshape(-1, patch_logits.shape[-1]), batch[4].reshape(-1)
+                    )
+                    patch_losses.append(float(patch_loss.detach()))
+                else:
+                    logits = net(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attn).logits
                 loss = caption_loss(logits, input_ids, loss_mask, cfg.label_smoothing)
-                acc.backward(loss)
+                total_loss = loss + cfg.patch_class_weight * patch_loss if use_masks else loss
+                acc.backward(total_loss)
                 if acc.sync_gradients and cfg.grad_clip:
-                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if acc.sync_gradients:
@@ -332,8 +408,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "lr": float(lrs[min(step, total) - 1]),
             "elapsed_s": round(time.time() - t0, 1),
         }
+        if patch_losses:
+            entry["patch_loss"] = sum(patch_losses) / len(patch_losses)
         if acc.is_main_process:
-            raw = acc.unwrap_model(model)
+            raw = acc.unwrap_model(net)
+            raw = raw.blip if use_masks else raw
             entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt))
             if entry["val_CIDEr"] > best:
                 best = entry["val_CIDEr"]
@@ -347,6 +426,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             save_checkpoint(
                 ckpt_path,
                 model=raw.state_dict(),
+                patch_head=acc.unwrap_model(net).head.state_dict() if use_masks else None,
                 optimizer=optimizer.state_dict(),
                 epoch=epoch,
                 step=step,
@@ -355,7 +435,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 config=asdict(cfg),
             )
             log(
-                f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}  val BLEU-4 "
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}"
+                + (f" (patch classes {entry['patch_loss']:.3f})" if "patch_loss" in entry else "")
+                + f"  val BLEU-4 "
                 f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}"
                 f"{'  (best)' if entry.get('best') else ''}"
                 f'  [{entry["elapsed_s"]:.0f} s]  e.g. "{entry["example"]}"'

@@ -49,7 +49,8 @@ PROMPT_OPTION = typer.Option(
     "--prompt",
     "-p",
     help="Text the caption continues, e.g. 'a picture of' "
-    "(removed from the output). Leave out for no prompt.",
+    "(removed from the output). Leave out to use the prompt the model was trained behind "
+    "(builtin:blip-tiny: 'a picture of'); --prompt '' for none.",
     callback=check.text(empty=True),
 )
 STRATEGY_OPTION = typer.Option(
@@ -305,6 +306,13 @@ def eval_cmd(
     for m in METRIC_NAMES:
         if m in report:
             typer.echo(f"  {m:8s} {report[m]:6.1f}")
+    if "attributes" in report:
+        from vlens.caption.attributes import LABELS
+
+        acc, counts = report["attributes"]["accuracy"], report["attributes"]["counts"]
+        typer.echo("attribute accuracy (captions parsed with the shapes grammar):")
+        for a, v in acc.items():
+            typer.echo(f"  {LABELS[a]:46s} {v:6.1f}%  ({counts[a]} captions)")
     for r in report["predictions"][:3]:
         typer.echo(f"  e.g. {r['image_id']}: {r['caption']}")
     typer.echo(f"wrote predictions.json and metrics.json to {report['out']}")
@@ -319,8 +327,11 @@ def sweep_cmd(
         "0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0)."
     , callback=check.text()),
     prompt: list[str] = typer.Option(
-        None, "--prompt", help="Repeat for several prompts; leave out for none."
-    , callback=check.text(empty=True)),
+        None,
+        "--prompt",
+        help="Repeat for several prompts ('' = none); leave out for the model's training prompt.",
+        callback=check.text(empty=True),
+    ),
     seeds: int = typer.Option(
         3,
         "--seeds",
@@ -405,6 +416,20 @@ def train_cmd(
                                           callback=check.number(0, 1, hi_open=True)),
     image_size: int = typer.Option(128, "--image-size", help="New models only: input side in pixels.",
                                    callback=check.side(16, 1024)),
+    patch_size: int = typer.Option(
+        None,
+        "--patch-size",
+        help="New models only: ViT patch side in pixels (smaller = finer detail, slower; "
+        "default: the preset's, 16 for blip-tiny).",
+        callback=check.count(1, 256),
+    ),
+    patch_class_weight: float = typer.Option(
+        0.0,
+        "--patch-class-weight",
+        help="Weight of a training-only loss that teaches the vision tower each patch's mask class "
+        "(needs masks, e.g. shapes; 0 = off, 0.5 a good start). The saved model is plain BLIP.",
+        callback=check.number(0, 100),
+    ),
     max_train: int = typer.Option(None, "--max-train", help="Use only the first N training images.",
                                   callback=check.count(1)),
     val_limit: int = typer.Option(100, "--val-limit", help="Validation images captioned after each epoch.",
@@ -439,6 +464,8 @@ def train_cmd(
         warmup_epochs,
         label_smoothing=label_smoothing,
         image_size=image_size,
+        patch_size=patch_size,
+        patch_class_weight=patch_class_weight,
         max_train=max_train,
         val_limit=val_limit,
         seed=seed,
