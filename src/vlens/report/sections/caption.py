@@ -1,9 +1,11 @@
 """Report section: image captioning with the embedded BLIP (the lab report's section 3.1, Tables 2-3, Figure
 3).
 
-Greedy COCO metrics on the shapes test split, then sampling sweeps with several seeds per setting: prompts at
-a fixed top-k / temperature, and top-k x temperature without a prompt; a plot of BLEU-4 / CIDEr against
-temperature and example captions next to their references.
+Greedy COCO metrics and attribute accuracies (colour, count, shape, position, relation: each caption parsed
+with the shapes grammar, :mod:`vlens.caption.attributes`) on the shapes test split, then sampling sweeps with
+several seeds per setting: prompts (the model's training prompt, none, and the lab report's others) at a fixed
+top-k / temperature, and top-k x temperature behind the training prompt; a plot of BLEU-4 / CIDEr against
+temperature, and example captions the model gets right and wrong.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ import textwrap
 
 from vlens.report.section import LabContext, Section, fmt
 
-PROMPTS = (None, "a picture of", "an image of", "a depiction of", "a figure of")
+PROMPTS = ("", "a picture of", "an image of", "a depiction of", "a figure of")  # "" = no prompt
+ATTRIBUTE_COLUMNS = {
+    "acc:colour": "colour",
+    "acc:count": "count",
+    "acc:shape_single": "shape (1 object)",
+    "acc:position": "position (1 object)",
+    "acc:relation": "relation",
+}
 TOP_K = (10, 50, 100)
 TEMPERATURES = (0.3, 0.5, 0.7, 1.0)
 
 
 def section(ctx: LabContext) -> Section:
+    from vlens.caption.attributes import attribute_columns, caption_attributes
     from vlens.caption.captioner import Captioner, DecodeSettings
     from vlens.caption.evaluate import (
         SweepConfig,
@@ -26,6 +36,7 @@ def section(ctx: LabContext) -> Section:
         run_caption_sweep,
     )
     from vlens.caption.metrics import METRIC_NAMES
+    from vlens.data.shapes import scene_objects
     from vlens.report.plots import image_grid
     from vlens.report.sections.data import shapes_dataset
 
@@ -35,6 +46,7 @@ def section(ctx: LabContext) -> Section:
     seeds = 2 if ctx.quick else 3
     cap = Captioner.from_spec("builtin:blip-tiny")
     card = cap.loaded.path / "MODEL_CARD.md"
+    trained_prompt = cap.default_prompt
     s.text(
         "`builtin:blip-tiny` is a 1.3M-parameter BLIP (`BlipForConditionalGeneration`) trained by "
         "`vlens caption train` on the target-style shapes dataset (see its model card). Captions here are "
@@ -50,8 +62,12 @@ def section(ctx: LabContext) -> Section:
     s.table(
         ["decoding", *greedy.scores],
         [["greedy", *[fmt(v) for v in greedy.scores.values()]]],
-        f"Greedy decoding, COCO metrics on PTB-tokenised text. {' '.join(greedy.notes)}",
+        "Greedy decoding"
+        + (f" (behind the training prompt {trained_prompt!r})" if trained_prompt else "")
+        + f", COCO metrics on PTB-tokenised text. {' '.join(greedy.notes)}",
     )
+    objects = scene_objects(str(data))
+    greedy_attrs = attribute_columns(results, objects)
 
     base = DecodeSettings(strategy="sample", batch_size=64)
     prompts = run_caption_sweep(
@@ -62,14 +78,14 @@ def section(ctx: LabContext) -> Section:
             model="builtin:blip-tiny",
             top_k=(50,),
             temperature=(0.7,),
-            prompts=PROMPTS,
+            prompts=(None, *PROMPTS),  # None: the training prompt, listed first
             seeds=seeds,
             base=base,
         )
     )
     rows = [
         [
-            e["prompt"],
+            e["prompt"] + (" (training prompt)" if e["prompt"] == (trained_prompt or "(none)") else ""),
             e["top_k"],
             e["temperature"],
             *[_pm(e, m) for m in ("BLEU-4", "CIDEr")],
@@ -80,7 +96,8 @@ def section(ctx: LabContext) -> Section:
     s.table(
         ["prompt", "top-k", "temperature", "BLEU-4", "CIDEr", "greedy BLEU-4"],
         rows,
-        f"Prompts (cf. the lab report's Table 2): sampled captions, mean ± std over {seeds} seeds.",
+        f"Prompts (cf. the lab report's Table 2): sampled captions, mean ± std over {seeds} seeds; "
+        "(none) is no prompt.",
     )
     grid = run_caption_sweep(
         SweepConfig(
@@ -90,7 +107,7 @@ def section(ctx: LabContext) -> Section:
             model="builtin:blip-tiny",
             top_k=TOP_K,
             temperature=TEMPERATURES,
-            prompts=(None,),
+            prompts=(None,),  # the training prompt
             seeds=seeds,
             base=base,
             greedy_baseline=False,
@@ -103,7 +120,7 @@ def section(ctx: LabContext) -> Section:
         s.table(
             headers,
             table,
-            f"{metric} by top-k (rows) and temperature (columns), no prompt (cf. Table 3), "
+            f"{metric} by top-k (rows) and temperature (columns), training prompt (cf. Table 3), "
             f"mean ± std over {seeds} seeds.",
         )
     fig = ctx.figures / "caption_sweep.png"
@@ -111,23 +128,57 @@ def section(ctx: LabContext) -> Section:
 
     shutil.copy(ctx.work("caption") / "grid" / "sweep.png", fig)
     s.figure(fig, "BLEU-4 and CIDEr against temperature, one line per top-k (error bars: std over seeds).")
-    s.text(describe(grid["summary"], prompts["summary"], greedy["BLEU-4"]))
+    s.text(describe(grid["summary"], prompts["summary"], greedy["BLEU-4"], trained_prompt))
 
-    shown = list(zip(samples, images, results))[:8]
+    best = max(grid["summary"], key=lambda e: e["BLEU-4"])
+    worst = min(grid["summary"], key=lambda e: e["BLEU-4"])
+    cols = [c for c in ATTRIBUTE_COLUMNS if c in greedy_attrs]
+    s.table(
+        ["decoding", "BLEU-4", "CIDEr", *[ATTRIBUTE_COLUMNS[c] for c in cols]],
+        [
+            ["greedy", fmt(greedy.scores["BLEU-4"]), fmt(greedy.scores["CIDEr"]),
+             *[fmt(greedy_attrs[c]) for c in cols]],
+            *[
+                [f"{name}: top-k {e['top_k']}, T {e['temperature']}", _pm(e, "BLEU-4"), _pm(e, "CIDEr"),
+                 *[_pm(e, c) for c in cols]]
+                for name, e in (("best sampled", best), ("worst sampled", worst))
+            ],
+        ],
+        "Attribute accuracy (% of captions that name it right; shape and position on one-object scenes, "
+        "relation where one is stated) beside BLEU-4 / CIDEr: greedy, and the best and worst sampled settings "
+        f"of the grid by BLEU-4 (mean ± std over {seeds} seeds). The n-gram scores cannot say whether the "
+        "model saw the shape or the place; these columns do.",
+    )
+
+    right, wrong = [], []
+    for smp, im, r in zip(samples, images, results):
+        verdict = caption_attributes(r["caption"], objects.get(smp.id, []))
+        missed = [a for a, v in verdict.items() if v is False and a != "shape_single"]
+        (wrong if missed else right).append((smp, im, r, missed))
+    shown = right[:4] + wrong[:4]
     titles = [
-        "\n".join(textwrap.wrap("pred: " + r["caption"], 30) + textwrap.wrap("ref: " + smp.captions[0], 30))
-        for smp, _, r in shown
+        "\n".join(
+            textwrap.wrap(("RIGHT " if not missed else "WRONG ") + "pred: " + r["caption"], 30)
+            + textwrap.wrap("ref: " + smp.captions[0], 30)
+            + ([f"wrong: {', '.join(missed)}"] if missed else [])
+        )
+        for smp, _, r, missed in shown
     ]
     fig = image_grid(
-        [im for _, im, _ in shown], titles, ctx.figures / "caption_examples.png", cols=4, fontsize=7
+        [im for _, im, _, _ in shown], titles, ctx.figures / "caption_examples.png", cols=4, fontsize=7
     )
     s.figure(
-        fig, "Greedy captions (pred) and the first of five references (ref) on test images (cf. Figure 3)."
+        fig,
+        f"Greedy captions (pred) and the first of five references (ref) on test images (cf. Figure 3): "
+        f"the first row where every attribute is right ({len(right)} of {len(samples)} captions), the second "
+        f"where at least one is wrong ({len(wrong)}), with what is wrong.",
     )
-    best = max(grid["summary"], key=lambda e: e["BLEU-4"])
     s.metrics = {
         "greedy": greedy.scores,
-        "best_sampled": {k: best[k] for k in ("top_k", "temperature", "BLEU-4")},
+        "greedy_attributes": greedy_attrs,
+        "trained_prompt": trained_prompt,
+        "best_sampled": {k: best.get(k) for k in ("top_k", "temperature", "BLEU-4", *cols)},
+        "worst_sampled": {k: worst.get(k) for k in ("top_k", "temperature", "BLEU-4", *cols)},
         "prompts": {e["prompt"]: e["BLEU-4"] for e in prompts["summary"]},
         "images": len(samples),
         "seeds": seeds,
@@ -141,7 +192,7 @@ def _pm(e: dict, metric: str) -> str:
     return f"{e[metric]:.1f} ± {std:.1f}" if e["n"] > 1 else f"{e[metric]:.1f}"
 
 
-def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float) -> str:
+def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float, trained_prompt: str = "") -> str:
     """What the tables show, in words computed from them (nothing here is typed in)."""
     best = max(grid, key=lambda e: e["BLEU-4"])
     worst = min(grid, key=lambda e: e["BLEU-4"])
@@ -184,7 +235,28 @@ def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float) -> str:
         lo = min(prompts, key=lambda e: e["BLEU-4"])
         parts.append(
             f"Prompts move BLEU-4 between {lo['BLEU-4']:.1f} ({lo['prompt']!r}) and {hi['BLEU-4']:.1f} "
-            f"({hi['prompt']!r}); the model was trained without a prompt, so every prompt is an unfamiliar "
-            "prefix it has to continue from."
+            f"({hi['prompt']!r})."
         )
+        label = trained_prompt or "(none)"
+        trained = next((e for e in prompts if e["prompt"] == label), None)
+        others = [e for e in prompts if e["prompt"] != label]
+        if trained and others:
+            rest = sum(e["BLEU-4"] for e in others) / len(others)
+            if trained_prompt:
+                parts.append(
+                    f"The model was fine-tuned behind {trained_prompt!r} (masked out of the loss, as BLIP does): "
+                    f"that prompt gives {trained['BLEU-4']:.1f}, the other prefixes {rest:.1f} on average"
+                    + (
+                        ", so a prompt helps when it is the one the model learnt to continue and is otherwise "
+                        "an unfamiliar prefix it has to recover from."
+                        if trained["BLEU-4"] >= max(e["BLEU-4"] for e in others)
+                        else "; here another prefix does as well or better, so the captioner does not depend on "
+                        "the exact training words."
+                    )
+                )
+            else:
+                parts.append(
+                    "The model was trained without a prompt, so every prompt is an unfamiliar prefix it has to "
+                    "continue from."
+                )
     return " ".join(parts)
