@@ -176,9 +176,9 @@ def test_collate_patch_classes_follow_the_mask(tiny_blip):
     mask = np.zeros((64, 64), dtype=np.int64)
     mask[:16, 48:] = 3  # a triangle in the top-right patch
     mask[40:, :24] = 5  # a diamond over the bottom-left patch and most of its right neighbour
-    *_, classes = col([(Image.new("RGB", (64, 64)), "a red circle", mask)])
-    assert classes.shape == (1, 16)
-    grid = classes[0].reshape(4, 4)
+    *_, targets = col([(Image.new("RGB", (64, 64)), "a red circle", {"mask": mask})])
+    assert targets["patch_classes"].shape == (1, 16)
+    grid = targets["patch_classes"][0].reshape(4, 4)
     assert grid[0, 3] == 3 and grid[3, 0] == 5 and grid[3, 1] == 0 and grid[2, 0] == 0
     assert int((grid > 0).sum()) == 2
 
@@ -191,9 +191,11 @@ def test_patch_class_loss_trains_a_plain_blip_that_remembers_its_prompt(shapes_d
 
     from vlens.caption.captioner import Captioner, DecodeSettings
 
-    train(_cfg(shapes_dir, tmp_path / "run", epochs=2, patch_class_weight=0.5, patch_size=8), log=lambda m: None)
+    cfg = _cfg(shapes_dir, tmp_path / "run", epochs=2, patch_class_weight=0.5, scene_weight=1.0, patch_size=8)
+    train(cfg, log=lambda m: None)
     hist = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert all(h["patch_loss"] > 0 for h in hist) and hist[-1]["patch_loss"] < hist[0]["patch_loss"]
+    assert hist[-1]["scene_loss"] < hist[0]["scene_loss"]
     best = tmp_path / "run" / "best"
     config = json.loads((best / "config.json").read_text())
     assert config["caption_prompt"] == "a picture of"
@@ -227,3 +229,30 @@ def json_load(path):
     import json
 
     return json.loads(path.read_text())
+
+
+def test_scene_targets_and_aux_losses():
+    """Per colour: shape id and place id (0 = absent); the losses are plain cross-entropies of the heads."""
+    import torch.nn.functional as F
+
+    from vlens.caption.train import aux_losses, scene_targets
+    from vlens.data.shapes import COLOURS
+
+    shape, place = scene_targets(
+        [{"shape": "star", "colour": "blue", "cx": 0.1, "cy": 0.9}, {"shape": "circle", "colour": "red", "cx": 0.5,
+                                                                     "cy": 0.5}]
+    )
+    blue, red = list(COLOURS).index("blue"), list(COLOURS).index("red")
+    assert shape[blue] == 4 and shape[red] == 1 and shape.sum() == 5  # star is SHAPES[3], circle SHAPES[0]
+    assert place[blue] == 7 and place[red] == 5 and place.sum() == 12  # bottom left = 6th phrase, middle = 4th
+    g = torch.Generator().manual_seed(0)
+    aux = {"scene_shape": torch.randn(2, 7, 6, generator=g), "scene_place": torch.randn(2, 7, 10, generator=g),
+           "patch_classes": torch.randn(2, 4, 6, generator=g)}
+    targets = {"scene_shape": torch.tensor([shape, shape]), "scene_place": torch.tensor([place, place]),
+               "patch_classes": torch.tensor([[0, 1, 2, 0], [5, 0, 0, 3]])}
+    got = aux_losses(aux, targets)
+    scene = 0.5 * (F.cross_entropy(aux["scene_shape"].reshape(14, 6), targets["scene_shape"].reshape(14))
+                   + F.cross_entropy(aux["scene_place"].reshape(14, 10), targets["scene_place"].reshape(14)))
+    assert torch.isclose(got["scene"], scene)
+    patch = F.cross_entropy(aux["patch_classes"].reshape(8, 6), targets["patch_classes"].reshape(8))
+    assert torch.isclose(got["patch"], patch)

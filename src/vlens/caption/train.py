@@ -9,6 +9,9 @@
   tower's patch tokens learns each patch's mask class (background or which shape) beside the caption loss.
   Dense labels teach the small tower shapes and where objects are far sooner than one caption word per image;
   the head is training-only and the saved model is a plain ``BlipForConditionalGeneration``;
+- optional (``scene_weight`` > 0, shapes datasets): a linear head on the vision [CLS] token learns, for each
+  colour, which shape has it and where it is (or that none has it). The decoder cross-attends to [CLS] like
+  any token; a summary held in one fixed token is far easier for it to find than the object's own patches;
 - AdamW (no decay on norms/biases), linear warm-up then cosine learning rate, gradient clipping;
 - one epoch = every training image once with one of its captions drawn at random (seeded per epoch);
 - after each epoch: greedy captions on the validation split scored with BLEU-4 and CIDEr; the best epoch by
@@ -57,6 +60,8 @@ class TrainConfig:
     """preset only: ViT patch side in pixels (image_size / patch_size patches per side); None: the preset's."""
     patch_class_weight: float = 0.0
     """weight of the training-only patch-class loss (needs masks, e.g. shapes; 0 = off)."""
+    scene_weight: float = 0.0
+    """weight of the training-only [CLS] scene loss: per colour, the shape and place (shapes data; 0 = off)."""
     vocab_size: int = 400
     """preset only: WordPiece vocabulary size cap (the shapes grammar needs ~60)."""
     max_train: int | None = None
@@ -78,6 +83,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--image-size {self.image_size} must be a multiple of --patch-size {self.patch_size}"
             )
+        if self.scene_weight < 0:
+            raise ConfigError("--scene-weight must be >= 0 (0 turns the scene loss off)")
         if self.patch_class_weight < 0:
             raise ConfigError("--patch-class-weight must be >= 0 (0 turns the patch-class loss off)")
 
@@ -87,8 +94,10 @@ class CaptionPairs:
 
     No augmentation on purpose: a flip or crop would contradict captions that say "left" or "top"."""
 
-    def __init__(self, samples, seed: int, with_masks: bool = False):
+    def __init__(self, samples, seed: int, with_masks: bool = False, objects: dict | None = None):
         self.samples, self.seed, self.epoch, self.with_masks = list(samples), seed, 0, with_masks
+        self.objects = objects
+        """sample id -> shapes objects, for the scene targets (None: no scene targets)."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,16 +110,36 @@ class CaptionPairs:
         s = self.samples[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
         item = (load_image(s.image_path), s.captions[int(rng.integers(len(s.captions)))])
+        extras = {}
         if self.with_masks:
             from vlens.data.shapes import load_mask
 
-            item += (load_mask(s.mask_path),)
-        return item
+            extras["mask"] = load_mask(s.mask_path)
+        if self.objects is not None:
+            extras["scene"] = scene_targets(self.objects.get(s.id, []))
+        return (*item, extras) if extras else item
+
+
+def scene_targets(objects: list[dict]):
+    """Per colour of the shapes palette: (shape id (C,), place id (C,)), 0 = no object of that colour; shape
+    1..5 in ``SHAPES`` order, place 1..9 in ``vlens.caption.probe.POSITION_PHRASES`` order."""
+    import numpy as np
+
+    from vlens.caption.probe import position_class
+    from vlens.data.shapes import COLOURS, SHAPES
+
+    shape, place = np.zeros(len(COLOURS), dtype=np.int64), np.zeros(len(COLOURS), dtype=np.int64)
+    for o in objects:
+        c = list(COLOURS).index(o["colour"])
+        shape[c] = SHAPES.index(o["shape"]) + 1
+        place[c] = position_class(o["cx"], o["cy"]) + 1
+    return shape, place
 
 
 class Collate:
-    """(image, caption[, mask]) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T), loss_mask
-    (B,T-1)[, patch classes (B, g*g) for a g x g patch grid]."""
+    """(image, caption[, extras]) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T),
+    loss_mask (B,T-1)[, targets]. With extras ({"mask": (H,W) class ids, "scene": (shape, place)}), targets is
+    a dict: "patch_classes" (B, g*g) for a g x g patch grid, "scene_shape" / "scene_place" (B, colours)."""
 
     def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int,
                  grid: int | None = None, n_classes: int = 0):
@@ -136,15 +165,20 @@ class Collate:
         # target j (token j+1) is learnt only if it is a caption/SEP token: not BOS/prompt, not padding
         loss_mask = attn[:, 1:].bool().clone()  # (B, T-1)
         loss_mask[:, : p - 1] = False
-        if self.grid is None:
+        if len(batch[0]) < 3:
             return pixel_values, input_ids, attn, loss_mask
-        from vlens.ssl.probe import patch_labels
+        targets = {}
+        if "mask" in batch[0][2]:
+            from vlens.ssl.probe import patch_labels
 
-        classes = torch.stack([
-            patch_labels(torch.from_numpy(b[2]), (self.grid, self.grid), self.n_classes).reshape(-1)
-            for b in batch
-        ])  # (B, g*g), row-major like the ViT's patch tokens
-        return pixel_values, input_ids, attn, loss_mask, classes
+            targets["patch_classes"] = torch.stack([
+                patch_labels(torch.from_numpy(b[2]["mask"]), (self.grid, self.grid), self.n_classes).reshape(-1)
+                for b in batch
+            ])  # (B, g*g), row-major like the ViT's patch tokens
+        if "scene" in batch[0][2]:
+            targets["scene_shape"] = torch.stack([torch.from_numpy(b[2]["scene"][0]) for b in batch])  # (B, C)
+            targets["scene_place"] = torch.stack([torch.from_numpy(b[2]["scene"][1]) for b in batch])  # (B, C)
+        return pixel_values, input_ids, attn, loss_mask, targets
 
 
 def caption_loss(logits, input_ids, loss_mask, label_smoothing: float = 0.0):
@@ -205,24 +239,57 @@ def build_new(cfg: TrainConfig, captions: list[str]):
     return model, tok, proc
 
 
-def with_patch_head(model, n_classes: int):
-    """BLIP plus a training-only linear head on its vision patch tokens.
+N_SHAPE_IDS, N_PLACE_IDS = 6, 10  # 0 = no object of that colour, then 5 shapes / 9 places
 
-    forward(pixel_values, input_ids, attention_mask) -> (caption logits (B,T,V), patch logits (B,L,C)). One
-    module, so accelerate/DDP wraps and synchronises the head with the model."""
+
+def with_aux_heads(model, patch_classes: int = 0, scene: bool = False):
+    """BLIP plus training-only linear heads on its vision tokens: patch classes on the patch tokens, the scene
+    (per colour: shape id, place id) on [CLS].
+
+    forward(pixel_values, input_ids, attention_mask) -> (caption logits (B,T,V), {"patch_classes": (B,L,K),
+    "scene_shape": (B,C,6), "scene_place": (B,C,10)}). One module, so accelerate/DDP wraps and synchronises the
+    heads with the model."""
     import torch
 
-    class BlipWithPatchHead(torch.nn.Module):
+    from vlens.data.shapes import COLOURS
+
+    d, n_col = model.config.vision_config.hidden_size, len(COLOURS)
+
+    class BlipWithAuxHeads(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.blip = model
-            self.head = torch.nn.Linear(model.config.vision_config.hidden_size, n_classes)
+            self.head = torch.nn.Linear(d, patch_classes) if patch_classes else None
+            self.scene_head = torch.nn.Linear(d, n_col * (N_SHAPE_IDS + N_PLACE_IDS)) if scene else None
 
         def forward(self, pixel_values, input_ids, attention_mask):
             out = self.blip(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-            return out.logits, self.head(out.image_embeds[:, 1:])  # (B,T,V), (B,L,C): [CLS] dropped
+            aux = {}
+            if self.head is not None:
+                aux["patch_classes"] = self.head(out.image_embeds[:, 1:])  # (B, L, K): [CLS] dropped
+            if self.scene_head is not None:
+                z = self.scene_head(out.image_embeds[:, 0]).view(-1, n_col, N_SHAPE_IDS + N_PLACE_IDS)
+                aux["scene_shape"], aux["scene_place"] = z[..., :N_SHAPE_IDS], z[..., N_SHAPE_IDS:]
+            return out.logits, aux
 
-    return BlipWithPatchHead()
+    return BlipWithAuxHeads()
+
+
+def aux_losses(aux: dict, targets: dict) -> dict:
+    """Cross-entropy of each auxiliary head against its targets: {"patch": ..., "scene": ...}."""
+    import torch.nn.functional as F
+
+    out = {}
+    if "patch_classes" in aux:
+        logits = aux["patch_classes"]
+        out["patch"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets["patch_classes"].reshape(-1))
+    if "scene_shape" in aux:
+        shape, place = aux["scene_shape"], aux["scene_place"]
+        out["scene"] = 0.5 * (
+            F.cross_entropy(shape.reshape(-1, shape.shape[-1]), targets["scene_shape"].reshape(-1))
+            + F.cross_entropy(place.reshape(-1, place.shape[-1]), targets["scene_place"].reshape(-1))
+        )
+    return out
 
 
 def _save_folder(model, tokenizer, processor, folder: Path) -> None:
@@ -314,11 +381,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
         loaded = load(cfg.model, "captioner")
         model, tokenizer, processor = loaded.model, loaded.tokenizer, loaded.image_processor
     model.config.caption_prompt = cfg.prompt  # what the model was last trained behind; None = no prompt
-    use_masks = cfg.patch_class_weight > 0
+    use_masks, use_scene = cfg.patch_class_weight > 0, cfg.scene_weight > 0
     if use_masks and not all(s.mask_path for s in train_set):
         raise ConfigError(
             "--patch-class-weight needs a dataset with per-pixel masks (e.g. `vlens data make-shapes`)"
         )
+    objects = None
+    if use_scene:
+        from vlens.data.shapes import scene_objects
+
+        objects = scene_objects(cfg.data)
+        if not objects:
+            raise ConfigError("--scene-weight needs a shapes dataset (its dataset.json lists each scene's objects)")
     if not resume and acc.is_main_process:
         model.config.save_pretrained(assets)
         tokenizer.save_pretrained(assets)
@@ -333,8 +407,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     collate = Collate(processor, tokenizer, prefix, probe.sep_id, probe.pad_id, probe.context,
                       grid=grid if use_masks else None, n_classes=len(CLASSES))
-    pairs = CaptionPairs(train_set.samples, cfg.seed, with_masks=use_masks)
-    net = with_patch_head(model, len(CLASSES)) if use_masks else model
+    pairs = CaptionPairs(train_set.samples, cfg.seed, with_masks=use_masks, objects=objects)
+    use_aux = use_masks or use_scene
+    net = with_aux_heads(model, len(CLASSES) if use_masks else 0, use_scene) if use_aux else model
+    weights = {"patch": cfg.patch_class_weight, "scene": cfg.scene_weight}
     steps_per_epoch = math.ceil(len(pairs) / (cfg.batch_size * acc.num_processes * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     lrs = cosine_schedule(
@@ -350,8 +426,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
-        if use_masks:
-            net.head.load_state_dict(state["patch_head"])
+        if use_aux:
+            net.load_state_dict({**{f"blip.{k}": v for k, v in state["model"].items()}, **state["aux_heads"]})
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best, history = state["epoch"] + 1, state["step"], state["best"], state["history"]
         log(f"resuming from {ckpt_path}: epoch {start_epoch + 1}/{cfg.epochs}, step {step}")
@@ -374,7 +450,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         )
         loader = acc.prepare(loader)
         net.train()
-        losses, patch_losses = [], []
+        losses, aux_hist = [], {"patch": [], "scene": []}
         for batch in progress(loader, desc=f"epoch {epoch + 1}"):
             pixel_values, input_ids, attn, loss_mask = batch[:4]
             with acc.accumulate(net):
@@ -382,16 +458,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     g["lr"] = float(lrs[min(step, total - 1)])
                 input_ids = input_ids.clone()
                 input_ids[:, 0] = probe.bos_id
-                if use_masks:
-                    logits, patch_logits = net(pixel_values, input_ids, attn)  # (B,T,V), (B,L,C)
-                    patch_loss = torch.nn.functional.cross_entropy(
-                        patch_logits.reshape(-1, patch_logits.shape[-1]), batch[4].reshape(-1)
-                    )
-                    patch_losses.append(float(patch_loss.detach()))
+                if use_aux:
+                    logits, aux = net(pixel_values, input_ids, attn)  # (B,T,V), head outputs
+                    extra = aux_losses(aux, batch[4])
+                    for k, v in extra.items():
+                        aux_hist[k].append(float(v.detach()))
                 else:
-                    logits = net(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attn).logits
+                    logits, extra = net(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attn).logits, {}
                 loss = caption_loss(logits, input_ids, loss_mask, cfg.label_smoothing)
-                total_loss = loss + cfg.patch_class_weight * patch_loss if use_masks else loss
+                total_loss = loss + sum(weights[k] * v for k, v in extra.items())
                 acc.backward(total_loss)
                 if acc.sync_gradients and cfg.grad_clip:
                     acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -408,11 +483,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "lr": float(lrs[min(step, total) - 1]),
             "elapsed_s": round(time.time() - t0, 1),
         }
-        if patch_losses:
-            entry["patch_loss"] = sum(patch_losses) / len(patch_losses)
+        for k, v in aux_hist.items():
+            if v:
+                entry[f"{k}_loss"] = sum(v) / len(v)
         if acc.is_main_process:
             raw = acc.unwrap_model(net)
-            raw = raw.blip if use_masks else raw
+            raw = raw.blip if use_aux else raw
             entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt))
             if entry["val_CIDEr"] > best:
                 best = entry["val_CIDEr"]
@@ -426,7 +502,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             save_checkpoint(
                 ckpt_path,
                 model=raw.state_dict(),
-                patch_head=acc.unwrap_model(net).head.state_dict() if use_masks else None,
+                aux_heads={k: v for k, v in acc.unwrap_model(net).state_dict().items() if not k.startswith("blip.")}
+                if use_aux
+                else None,
                 optimizer=optimizer.state_dict(),
                 epoch=epoch,
                 step=step,
@@ -437,6 +515,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             log(
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}"
                 + (f" (patch classes {entry['patch_loss']:.3f})" if "patch_loss" in entry else "")
+                + (f" (scene {entry['scene_loss']:.3f})" if "scene_loss" in entry else "")
                 + f"  val BLEU-4 "
                 f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}"
                 f"{'  (best)' if entry.get('best') else ''}"

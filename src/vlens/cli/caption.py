@@ -430,6 +430,13 @@ def train_cmd(
         "(needs masks, e.g. shapes; 0 = off, 0.5 a good start). The saved model is plain BLIP.",
         callback=check.number(0, 100),
     ),
+    scene_weight: float = typer.Option(
+        0.0,
+        "--scene-weight",
+        help="Weight of a training-only loss that teaches the vision [CLS] token, for each colour, which shape "
+        "has it and where it is (shapes data; 0 = off, 1 a good start). The saved model is plain BLIP.",
+        callback=check.number(0, 100),
+    ),
     max_train: int = typer.Option(None, "--max-train", help="Use only the first N training images.",
                                   callback=check.count(1)),
     val_limit: int = typer.Option(100, "--val-limit", help="Validation images captioned after each epoch.",
@@ -466,6 +473,7 @@ def train_cmd(
         image_size=image_size,
         patch_size=patch_size,
         patch_class_weight=patch_class_weight,
+        scene_weight=scene_weight,
         max_train=max_train,
         val_limit=val_limit,
         seed=seed,
