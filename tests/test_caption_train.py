@@ -233,6 +233,7 @@ def json_load(path):
 
 def test_scene_targets_and_aux_losses():
     """Per colour: shape id and place id (0 = absent); the losses are plain cross-entropies of the heads."""
+    import numpy as np
     import torch.nn.functional as F
 
     from vlens.caption.train import aux_losses, scene_targets
@@ -248,7 +249,8 @@ def test_scene_targets_and_aux_losses():
     g = torch.Generator().manual_seed(0)
     aux = {"scene_shape": torch.randn(2, 7, 6, generator=g), "scene_place": torch.randn(2, 7, 10, generator=g),
            "patch_classes": torch.randn(2, 4, 6, generator=g)}
-    targets = {"scene_shape": torch.tensor([shape, shape]), "scene_place": torch.tensor([place, place]),
+    targets = {"scene_shape": torch.from_numpy(np.stack([shape, shape])),
+               "scene_place": torch.from_numpy(np.stack([place, place])),
                "patch_classes": torch.tensor([[0, 1, 2, 0], [5, 0, 0, 3]])}
     got = aux_losses(aux, targets)
     scene = 0.5 * (F.cross_entropy(aux["scene_shape"].reshape(14, 6), targets["scene_shape"].reshape(14))
