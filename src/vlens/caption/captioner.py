@@ -118,12 +118,13 @@ _CACHE_LOCK = threading.Lock()
 class Captioner:
     """A loaded BLIP captioner. Build it with :meth:`from_spec` (cached) or from a ``LoadedModel``."""
 
-    def __init__(self, loaded, device: str = "cpu"):
+    def __init__(self, loaded, device: str = "cpu", dtype=None):
         import torch
 
         self.loaded = loaded
-        self.model = loaded.model.to(device).eval()
         self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self.model = loaded.model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = loaded.tokenizer
         self.image_processor = loaded.image_processor
         tc = self.model.config.text_config
@@ -133,19 +134,21 @@ class Captioner:
         self._lock = threading.Lock()  # one generate at a time per model (the web app calls from threads)
 
     @classmethod
-    def from_spec(cls, spec: str | None = None, device: str = "auto") -> Captioner:
-        """Load (once per process) the captioner for ``spec``: hub id, local folder or ``builtin:NAME``."""
-        import torch
+    def from_spec(cls, spec: str | None = None, device: str | None = "auto", dtype: str | None = "auto") -> Captioner:
+        """Load (once per process) the captioner for ``spec``: hub id, local folder or ``builtin:NAME``.
 
+        ``device``/``dtype``: see :mod:`vlens.devices` (auto = a GPU in bf16/fp16 when present, else CPU fp32).
+        """
+        from vlens.devices import resolve_device, resolve_dtype
         from vlens.models import DEFAULTS, load
 
         spec = spec or DEFAULTS["captioner"]
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        key = (str(spec), device)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        key = (str(spec), str(dev), str(dt))
         with _CACHE_LOCK:
             if key not in _CACHE:
-                _CACHE[key] = cls(load(spec, "captioner"), device=device)
+                _CACHE[key] = cls(load(spec, "captioner"), device=dev, dtype=dt)
             return _CACHE[key]
 
     @property
@@ -219,33 +222,40 @@ class Captioner:
 
     # ---- captioning --------------------------------------------------------------------------------------
     def pixel_values(self, images):
-        """RGB PIL images -> (B, 3, S, S) model input."""
-        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        """RGB PIL images -> (B, 3, S, S) model input on the model's device and dtype."""
+        px = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return px.to(device=self.device, dtype=self.dtype)
 
     def caption(self, images, settings: DecodeSettings | None = None) -> list[list[Caption]]:
         """Captions for each image (a list of ``settings.n`` per image, best first)."""
+        images = list(images)
+        return self._run(lambda a, b: self.pixel_values(images[a:b]), len(images), settings)
+
+    def caption_pixels(self, pixel_values, settings: DecodeSettings | None = None) -> list[list[Caption]]:
+        """Like :meth:`caption` for images already preprocessed (B, 3, S, S) (e.g. by decode workers)."""
+        return self._run(lambda a, b: pixel_values[a:b].to(device=self.device, dtype=self.dtype),
+                         len(pixel_values), settings)
+
+    def _run(self, pixels, n: int, settings: DecodeSettings | None) -> list[list[Caption]]:
         import torch
 
         s, _ = self.prepare(settings or DecodeSettings())
-        images = list(images)
         out: list[list[Caption]] = []
         with self._lock, torch.random.fork_rng(devices=[]), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if s.seed is not None:
                 torch.manual_seed(s.seed)
-            for start in range(0, len(images), s.batch_size):
-                out += self._caption_batch(images[start : start + s.batch_size], s)
+            for start in range(0, n, s.batch_size):
+                out += self._caption_batch(pixels(start, start + s.batch_size), s)
         return out
 
-    def _caption_batch(self, images, s: DecodeSettings) -> list[list[Caption]]:
+    def _caption_batch(self, pixel_values, s: DecodeSettings) -> list[list[Caption]]:
         import torch
 
         from vlens.caption.decode import caption_targets, strip_prompt, token_logprobs
 
-        b = len(images)
-        image_embeds = self.model.vision_model(
-            pixel_values=self.pixel_values(images)
-        ).last_hidden_state  # (B, L, D)
+        b = len(pixel_values)
+        image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, L, D)
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)

@@ -143,6 +143,16 @@ class _Check:
             return v
         return self._make({"type": "choice", "choices": choices}, one)
 
+    def device(self):
+        """auto, cpu, mps, cuda or cuda:N (whether it exists is checked when the model loads: vlens.devices)."""
+        def one(v, param):
+            ok = v in ("auto", "cpu", "mps", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+            if not ok:
+                raise typer.BadParameter(f"{v!r} is not a device (allowed: auto, cpu, mps, cuda, cuda:N)",
+                                         param=param)
+            return v
+        return self._make({"type": "choice", "choices": ("auto", "cpu", "mps", "cuda", "cuda:N")}, one)
+
     def text(self, max_len: int = 1000, empty: bool = False):
         """A free-text value (a model spec, a prompt): not empty unless ``empty``, at most ``max_len`` characters."""
         def one(v, param):
@@ -246,3 +256,20 @@ def writable_problem(folder: Path) -> str | None:
 
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of text.")
+
+
+DEVICE_OPTION = typer.Option(
+    "auto", "--device", help="Where to run the model: cuda (or cuda:N), mps, cpu, or auto (default: a GPU when "
+    "torch sees one, else the CPU). Asking for a GPU that is not there is an error, not a quiet CPU run.",
+    callback=check.device())
+DTYPE_OPTION = typer.Option(
+    "auto", "--dtype", help="Model number format: bf16 (recent GPUs and CPUs; half the memory), fp16 (older GPUs), "
+    "fp32, or auto (default: bf16/fp16 on a GPU, fp32 on the CPU).", callback=check.choice("auto", "bf16", "fp16",
+                                                                                           "fp32"))
+PRECISION_OPTION = typer.Option(
+    "auto", "--mixed-precision", help="Automatic mixed precision (accelerate autocast, fp32 master weights): auto "
+    "(bf16, or fp16 on GPUs without bf16; off on the CPU), bf16 (GPUs and CPUs), fp16 (CUDA only), no.",
+    callback=check.choice("auto", "no", "bf16", "fp16", "fp32"))
+WORKERS_OPTION = typer.Option(
+    2, "--workers", help="Processes decoding and resizing images while the model runs (0 = none, in this process).",
+    callback=check.count(lo=0, max=64))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, check, echo_json
+from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultCommandGroup, check, echo_json
 
 
 class CaptionGroup(DefaultCommandGroup):
@@ -20,6 +20,8 @@ app = typer.Typer(
     help=(
         "Caption images with a BLIP model and study decoding.\n\n"
         "  vlens caption photo.jpg folder/              caption files and folders (greedy)\n"
+        "  vlens caption photos/ --out captions.jsonl   a large collection: streams to a file, resumes on rerun\n"
+        "  accelerate launch --num_processes 8 -m vlens caption photos/ --out captions.jsonl   one shard per GPU\n"
         "  vlens caption img.png --strategy sample --top-k 50 --temperature 0.7 --n 3 --seed 0\n"
         "  vlens caption eval --data shapes/ --split test     COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr)\n"
         "  vlens caption sweep --data shapes/ --top-k 10,50,100 --temperature 0.3,0.7,1.0 --seeds 3\n"
@@ -128,6 +130,23 @@ def run_cmd(
         callback=check.count(1, 100),),
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Stream captions to this .jsonl (one JSON object per image) or .csv file as they are made. A rerun "
+        "skips images already in it, so a killed run resumes losing at most one batch. Under `accelerate "
+        "launch`/torchrun each process captions its own shard and the first writes the file.",
+        callback=check.output("file"),
+    ),
+    workers: int = typer.Option(
+        2,
+        "--workers",
+        help="With --out: processes decoding and resizing images while the model runs (0 = none).",
+        callback=check.count(lo=0, max=64),
+    ),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
     explain: bool = typer.Option(
         False,
@@ -167,6 +186,8 @@ def run_cmd(
         batch_size=batch_size,
     )
     settings, notes = settings.validated()
+    if out is not None:
+        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out)
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -178,7 +199,7 @@ def run_cmd(
             files.append(p)  # missing or unreadable files are reported by the loader below
     if not files:
         raise DatasetError("no images to caption; give image files or folders that contain images")
-    captioner = Captioner.from_spec(model)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
@@ -218,6 +239,40 @@ def run_cmd(
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)
     if not results:
+        raise DatasetError("none of the given images could be read")
+
+
+def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out) -> None:
+    from vlens.bulk import Processes
+    from vlens.caption.bulk import caption_to_file
+    from vlens.caption.captioner import Captioner
+    from vlens.errors import DatasetError
+
+    procs = Processes()
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
+    settings, more = captioner.prepare(settings)
+    if procs.is_main:
+        for note in notes + more:
+            typer.echo(f"note: {note}", err=True)
+    rep = caption_to_file(paths, out, captioner, settings, workers=workers, procs=procs)
+    if not procs.is_main:
+        return
+    if json_out:
+        echo_json({"out": str(out), "model": captioner.spec, "images": rep.total, "already": rep.already,
+                   "captioned": rep.done, "seconds": round(rep.seconds, 3),
+                   "images_per_s": round(rep.images_per_s, 2), "processes": rep.processes,
+                   "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]})
+    else:
+        line = f"captioned {rep.done} image(s) into {out} in {rep.seconds:.1f} s ({rep.images_per_s:.1f} images/s"
+        line += f", {rep.processes} processes)" if rep.processes > 1 else ")"
+        if rep.already:
+            line += f"; {rep.already} were already there"
+        typer.echo(line)
+    if rep.skipped:
+        from vlens.images import SkipLog
+
+        typer.echo(SkipLog(rep.skipped).summary(limit=20), err=True)
+    if rep.total and not rep.done and not rep.already:
         raise DatasetError("none of the given images could be read")
 
 

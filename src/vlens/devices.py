@@ -1,0 +1,112 @@
+"""Where inference runs and in which number format: ``--device`` and ``--dtype`` for every inference command.
+
+``auto`` picks the best thing present (a CUDA GPU, else Apple's MPS, else the CPU; bf16 on GPUs that have it,
+fp16 on older ones, fp32 on the CPU). Asking for something that is not there is an error, never a silent fall-back
+to the CPU: a user who typed ``--device cuda`` and got an hour of CPU time has been lied to.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(spec: str | None = "auto"):
+    """``auto|cuda|cuda:N|mps|cpu`` -> ``torch.device``; an unavailable device raises :class:`ConfigError`.
+
+    Under torchrun / ``accelerate launch`` ``auto`` and ``cuda`` mean this process's GPU (``LOCAL_RANK``).
+    """
+    import torch
+
+    from vlens.errors import ConfigError
+
+    spec = (spec or "auto").strip().lower()
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local % torch.cuda.device_count())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise ConfigError("--device mps: this machine has no Apple GPU that torch can use "
+                              "(torch.backends.mps.is_available() is False); use --device cpu or auto")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: torch sees no CUDA GPU (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu, or install a CUDA "
+                              "build of torch on a machine with an NVIDIA GPU")
+        n = torch.cuda.device_count()
+        idx = int(spec.split(":", 1)[1]) if ":" in spec and spec.split(":", 1)[1].isdigit() else None
+        if ":" in spec and idx is None:
+            raise ConfigError(f"--device {spec}: write cuda or cuda:N with N a GPU number")
+        if idx is None:
+            idx = local % n
+        if idx >= n:
+            raise ConfigError(f"--device {spec}: only {n} GPU(s) visible (cuda:0..cuda:{n - 1})")
+        return torch.device("cuda", idx)
+    raise ConfigError(f"unknown device '{spec}'; choose one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_dtype(spec: str | None, device):
+    """``auto|fp32|bf16|fp16`` (or torch names) -> ``torch.dtype`` for ``device``; impossible pairs raise."""
+    import torch
+
+    from vlens.errors import ConfigError
+
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+    spec = (spec or "auto").strip().lower()
+    kind = torch.device(device).type
+    if spec == "auto":
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if kind == "mps":
+            return torch.float16
+        return torch.float32
+    if spec not in names:
+        raise ConfigError(f"unknown dtype '{spec}'; choose one of {', '.join(DTYPES)}")
+    dtype = names[spec]
+    if dtype == torch.float16 and kind == "cpu":
+        raise ConfigError("--dtype fp16 on the CPU: many CPU kernels lack fp16 and the rest are slow; "
+                          "use --dtype bf16 (same memory saving) or fp32")
+    if dtype == torch.bfloat16 and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--dtype bf16: this GPU has no bf16 support (needs Ampere or newer); use --dtype fp16")
+    return dtype
+
+
+def dtype_name(dtype) -> str:
+    import torch
+
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def mixed_precision_for(spec: str | None) -> str:
+    """A trainer's ``--precision`` (auto|fp32|bf16|fp16) -> accelerate's ``mixed_precision`` (auto|no|bf16|fp16).
+
+    Mixed precision keeps fp32 master weights and runs the forward/backward in the low format (autocast).
+    """
+    import torch
+
+    from vlens.errors import ConfigError
+
+    spec = (spec or "auto").strip().lower()
+    table = {"auto": "auto", "fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}
+    if spec not in table:
+        raise ConfigError(f"unknown precision '{spec}'; choose one of auto, fp32, bf16, fp16")
+    if table[spec] == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("--precision fp16 needs a CUDA GPU (gradient scaling); on the CPU use bf16 or fp32")
+    return table[spec]
