@@ -18,6 +18,21 @@ import pytest  # noqa: E402
 USER_CACHE = Path(os.environ.get("VLENS_CACHE") or Path.home() / ".cache" / "vlens")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying why, where torch sees no CUDA GPU."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU; torch {torch.__version__} sees none "
+                                   "(run scripts/gpu_check.py on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _vlens_cache(tmp_path_factory):
     """Keep the vlens cache (photos as PNG, small shapes sets) inside the test session."""

@@ -264,6 +264,8 @@ def run_steps(procs: Processes, items: Sequence, batch_size: int, load: Callable
     from vlens.runs import progress as bar
 
     steps = schedule(len(items), batch_size, procs.world, procs.rank)
+    if len(steps) <= 1:
+        workers = 0  # nothing to overlap with: starting worker processes would only cost time
     pbar = bar(total=len(items), desc=desc, unit="img", disable=None if progress and procs.is_main else True)
     try:
         for batch in decoded_batches(items, steps, load, workers):

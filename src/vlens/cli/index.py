@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, check, echo_json
+from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, WORKERS_OPTION, check, echo_json
 
 app = typer.Typer(help="Build and maintain a search index of an image folder (FAISS vectors + SQLite metadata). "
-                       "Killing a build or update is safe: rerun it to finish.", no_args_is_help=True)
+                       "Killing a build or update is safe: rerun it to finish. For large collections run it under "
+                       "`accelerate launch -m vlens index build ...` or `torchrun --nproc_per_node N -m vlens "
+                       "index build ...`: each process embeds its shard, the first writes one index.",
+                  no_args_is_help=True)
 
 
 def register(root: typer.Typer) -> None:
@@ -51,15 +54,21 @@ def build_cmd(
                                         "is raised until recall@10 against exact search reaches this.",
                                         callback=check.number(0, 1, lo_open=True)),
     force: bool = typer.Option(False, "--force", help="Replace an existing index at --out."),
+    workers: int = WORKERS_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
+    from vlens.bulk import Processes
     from vlens.retrieval.index import IndexConfig, build_index
 
     cfg = IndexConfig(model=model, kind=kind, batch_size=batch_size, captioner=captioner, nlist=nlist,
                       target_recall=target_recall)
-    rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True))
-    _report(rep, json_out, out)
+    rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True), workers=workers,
+                      device=device, dtype=dtype)
+    if Processes().is_main:
+        _report(rep, json_out, out)
 
 
 @app.command("update")
@@ -68,13 +77,19 @@ def update_cmd(
                                  callback=check.path()),
     root: Path = typer.Option(None, "--root", help="The image folder moved: index this folder from now on.",
                               callback=check.existing("dir")),
+    workers: int = WORKERS_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Add new and changed files, drop deleted ones, follow renames; unchanged images are not re-embedded."""
+    from vlens.bulk import Processes
     from vlens.retrieval.index import update_index
 
-    rep = update_index(index, root=root, log=lambda m: typer.echo(m, err=True))
-    _report(rep, json_out, index)
+    rep = update_index(index, root=root, log=lambda m: typer.echo(m, err=True), workers=workers, device=device,
+                       dtype=dtype)
+    if Processes().is_main:
+        _report(rep, json_out, index)
 
 
 @app.command("info")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlens.errors import ConfigError, ImageLoadError, IndexError_
+from vlens.errors import ConfigError, IndexError_
 from vlens.retrieval.ann import (  # noqa: F401
     auto_nlist,
     drop_self,
@@ -320,10 +320,11 @@ def load_faiss(folder: Path, gen: int):
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _default_embedder(model: str) -> tuple[Callable[[list], np.ndarray], int]:
+def _default_embedder(model: str, device: str = "auto",
+                      dtype: str = "auto") -> tuple[Callable[[list], np.ndarray], int]:
     from vlens.retrieval.model import DualEncoder
 
-    enc = DualEncoder.from_spec(model)
+    enc = DualEncoder.from_spec(model, device=device, dtype=dtype)
     return enc.encode_images, enc.dim
 
 
@@ -345,14 +346,23 @@ def _model_spec(model: str) -> str:
 
 
 def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bool = False, embedder=None,
-                progress: bool = True, log=print) -> UpdateReport:
+                progress: bool = True, log=print, workers: int = 2, device: str = "auto",
+                dtype: str = "auto") -> UpdateReport:
     """Create an index of every image under ``images_dir`` in folder ``out`` (or resume an unfinished one).
 
     ``embedder``: optional ``(fn(list[PIL]) -> (n, d) unit float32, d)`` to reuse a loaded model.
     An existing index for the same folder and model is resumed/updated; a different one needs ``force``.
+    ``workers``: processes decoding images while the model runs. Under torchrun / ``accelerate launch`` every
+    process embeds a disjoint shard and process 0 writes the index (the same index one process would write).
     """
+    from vlens.bulk import Processes
+
     config = config or IndexConfig()
     config.check()
+    procs = Processes()
+    if not procs.is_main:
+        follow_build(procs, embedder or _default_embedder(_model_spec(config.model), device, dtype))
+        return UpdateReport()
     root, out = Path(images_dir).expanduser(), Path(out).expanduser()
     if not root.is_dir():
         raise IndexError_(f"{root} is not a folder; give the folder of images to index")
@@ -376,7 +386,7 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
         if embedder is None:
-            embedder = _default_embedder(config.model)
+            embedder = _default_embedder(config.model, device, dtype)
         encode, dim = embedder
         con = connect(out)
         if not is_index(out):
@@ -387,13 +397,20 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
                                  "dim": int(dim), "metric": "cosine", "kind": config.kind,
                                  "root": str(root.resolve()), "created": now, "updated": now,
                                  "config": asdict(config), "count": 0, "ann": {}})
-        return _sync(out, con, config, encode, progress=progress, log=log)
+        return _sync(out, con, config, encode, progress=progress, log=log, procs=procs, workers=workers)
 
 
-def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print) -> UpdateReport:
+def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print, workers: int = 2,
+                 device: str = "auto", dtype: str = "auto") -> UpdateReport:
     """Bring an index up to date with its folder: embed new and changed files, drop deleted ones."""
+    from vlens.bulk import Processes
+
     folder = Path(index_dir).expanduser()
     manifest = read_manifest(folder)
+    procs = Processes()
+    if not procs.is_main:
+        follow_build(procs, embedder or _default_embedder(manifest["model"], device, dtype))
+        return UpdateReport()
     config = IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
                             if k in IndexConfig.__dataclass_fields__})
     with index_lock(folder, "vlens index update"):
@@ -407,20 +424,25 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
             raise IndexError_(f"the indexed folder {manifest['root']} is gone; if it moved, run "
                               f"`vlens index update {folder} --root NEW_FOLDER`")
         if embedder is None:
-            embedder = _default_embedder(manifest["model"])
+            embedder = _default_embedder(manifest["model"], device, dtype)
         encode, dim = embedder
         if int(dim) != int(manifest["dim"]):
             raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
                               f"{manifest['dim']}-d; rebuild with `vlens index build --force`")
-        return _sync(folder, connect(folder), config, encode, progress=progress, log=log)
+        return _sync(folder, connect(folder), config, encode, progress=progress, log=log, procs=procs,
+                     workers=workers)
 
 
 def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *, progress: bool,
-          log) -> UpdateReport:
-    """Diff the folder against the database, apply it in crash-safe transactions, rebuild FAISS."""
-    from vlens.images import load_image
-    from vlens.runs import progress as bar
+          log, procs=None, workers: int = 2) -> UpdateReport:
+    """Diff the folder against the database, apply it in crash-safe transactions, rebuild FAISS.
 
+    Under torchrun / ``accelerate launch`` this runs on rank 0 only; the other ranks follow in
+    :func:`_embed_steps` (they embed their shard of every step, rank 0 commits it).
+    """
+    from vlens.bulk import Processes
+
+    procs = procs or Processes()
     t0 = time.time()
     manifest = read_manifest(folder)
     root, dim = Path(manifest["root"]), int(manifest["dim"])
@@ -465,52 +487,58 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
         _bump(con)
     rep.removed, rep.renamed = len(removed), len(renames)
 
-    captioner = _captioner_fn(config.captioner) if config.captioner and rest else None
-    it = bar(range(0, len(rest), config.batch_size), total=-(-len(rest) // config.batch_size),
-             desc="embedding", disable=None if progress else True)
-    for start in it:
-        batch = rest[start:start + config.batch_size]
-        rows, bad, reuse, images, to_embed = [], [], [], [], []
-        for item in batch:
-            p, size, mtime, sha, old = item
-            twin = con.execute("SELECT vector, caption FROM images WHERE sha256 = ? AND path != ? LIMIT 1",
-                               (sha, p)).fetchone()
-            if twin is not None:  # same content already indexed under another path: copy its vector
-                reuse.append((item, twin[0], twin[1]))
-                continue
-            try:
-                images.append(load_image(root / p))
-                to_embed.append(item)
-            except ImageLoadError as exc:
-                bad.append((p, size, mtime, exc.reason))
-        te = time.time()
-        vecs = encode(images) if images else np.zeros((0, dim), np.float32)  # (n, d)
-        caps = captioner(images) if captioner and images else [None] * len(images)
-        rep.embed_seconds += time.time() - te
-        rep.embedded += len(images)
-        if vecs.shape[1:] != (dim,):
-            raise IndexError_(f"the model returned {vecs.shape[1:]} vectors, the index holds {dim}-d")
+    # Content already indexed under another path: copy its vector instead of embedding it again.
+    to_embed, reuse = [], []
+    for item in rest:
+        twin = con.execute("SELECT vector, caption FROM images WHERE sha256 = ? AND path != ? LIMIT 1",
+                           (item[3], item[0])).fetchone()
+        (reuse if twin is not None else to_embed).append((item, twin))
+    if reuse:
+        with con:
+            con.executemany("DELETE FROM images WHERE path = ?", [(it[0],) for it, _ in reuse if it[4] is not None])
+            con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(it[0], it[1], it[2], it[3], tw[1], tw[0], time.time()) for it, tw in reuse])
+            con.executemany("DELETE FROM skipped WHERE path = ?", [(it[0],) for it, _ in reuse])
+            _bump(con)
+        for it, _ in reuse:
+            rep.added += it[4] is None
+            rep.changed += it[4] is not None
+        rep.reused = len(reuse)
+    to_embed = [it for it, _ in to_embed]
+    plan = {"root": str(root), "paths": [it[0] for it in to_embed], "batch_size": config.batch_size,
+            "captioner": config.captioner, "workers": workers}
+    procs.broadcast(plan)
+
+    def commit(pairs):
+        rows, bad = [], []
         now = time.time()
-        for (p, size, mtime, sha, _old), v, c in zip(to_embed, vecs, caps):
-            rows.append((p, size, mtime, sha, c, np.ascontiguousarray(v, np.float32).tobytes(), now))
-        for (p, size, mtime, sha, _old), blob, c in reuse:
-            rows.append((p, size, mtime, sha, c, blob, now))
-        with con:  # one transaction per batch: all of it lands, or none of it
-            olds = [(item[0],) for item in batch if item[4] is not None]
+        for pos, res in pairs:
+            p, size, mtime, sha, _old = to_embed[pos]
+            if isinstance(res, str):
+                bad.append((p, size, mtime, res))
+                continue
+            vec, cap = res
+            if vec.shape != (dim,):
+                raise IndexError_(f"the model returned {vec.shape} vectors, the index holds {dim}-d")
+            rows.append((p, size, mtime, sha, cap, np.ascontiguousarray(vec, np.float32).tobytes(), now))
+        with con:  # one transaction per step: all of it lands, or none of it
+            olds = [(to_embed[pos][0],) for pos, _ in pairs if to_embed[pos][4] is not None]
             con.executemany("DELETE FROM images WHERE path = ?", olds)
             con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", bad)
             con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
             _bump(con)
-        for item in batch:
-            if any(item[0] == b[0] for b in bad):
-                continue
-            if item[4] is None:
-                rep.added += 1
-            else:
-                rep.changed += 1
-        rep.reused += len(reuse)
+        rep.embedded += len(rows)
+        for pos, res in pairs:
+            if not isinstance(res, str):
+                rep.added += to_embed[pos][4] is None
+                rep.changed += to_embed[pos][4] is not None
+
+    te = time.time()
+    _embed_steps(procs, plan, encode, commit, progress=progress)
+    rep.embed_seconds += time.time() - te
     rep.skipped = sorted(refused + [(p, r) for p, r in con.execute("SELECT path, reason FROM skipped")])
 
     ann = build_faiss(folder, con, manifest, config, log=log)
@@ -522,6 +550,47 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
     con.close()
     rep.seconds = time.time() - t0
     return rep
+
+
+def _load_for_index(path):
+    """Decode worker: path -> upright RGB image (errors are reported by the pipeline)."""
+    from vlens.images import load_image
+
+    return load_image(path)
+
+
+def _embed_steps(procs, plan: dict, encode, commit, *, progress: bool) -> None:
+    """Every rank: embed (and caption) its shard of ``plan["paths"]``; rank 0 gets the results via ``commit``."""
+    from vlens.bulk import run_steps
+
+    root = Path(plan["root"])
+    captioner = _captioner_fn(plan["captioner"]) if plan["captioner"] and plan["paths"] else None
+
+    def infer(batch):
+        good = [d for d in batch if d.error is None]
+        images = [d.value for d in good]
+        vecs = encode(images) if images else None  # (n, d)
+        caps = captioner(images) if captioner and images else [None] * len(images)
+        out, k = [], 0
+        for d in batch:
+            if d.error is not None:
+                out.append(d.error)
+            else:
+                out.append((np.asarray(vecs[k], np.float32), caps[k]))
+                k += 1
+        return out
+
+    run_steps(procs, [root / p for p in plan["paths"]], plan["batch_size"], _load_for_index, infer, commit,
+              workers=plan["workers"], progress=progress, desc="embedding")
+
+
+def follow_build(procs, embedder, *, progress: bool = False) -> None:
+    """What ranks other than 0 do in a sharded build or update: wait for rank 0's plan, embed their shards."""
+    plan = procs.broadcast(None)
+    if plan is None:
+        return
+    encode, _dim = embedder
+    _embed_steps(procs, plan, encode, commit=None, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -20,10 +20,21 @@ class DualEncoder:
         self.spec = loaded.spec
 
     @classmethod
-    def from_spec(cls, spec: str | None = None) -> DualEncoder:
+    def from_spec(cls, spec: str | None = None, device: str | None = "auto", dtype: str | None = "auto"
+                  ) -> DualEncoder:
+        """Load ``spec`` onto ``device`` in ``dtype`` (see :mod:`vlens.devices`; auto = GPU if present, else CPU
+        fp32)."""
+        from vlens.devices import resolve_device, resolve_dtype
         from vlens.models import load
 
-        return cls(load(spec, "dual_encoder"))
+        enc = cls(load(spec, "dual_encoder"))
+        dev = resolve_device(device)
+        enc.model.to(device=dev, dtype=resolve_dtype(dtype, dev))
+        return enc
+
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
 
     @property
     def dim(self) -> int:
@@ -42,7 +53,7 @@ class DualEncoder:
         import torch
 
         px = self.processor(images=list(images), return_tensors="np")["pixel_values"]
-        return torch.from_numpy(np.asarray(px)).to(self.device)
+        return torch.from_numpy(np.asarray(px)).to(device=self.device, dtype=self.dtype)
 
     def text_inputs(self, texts: Sequence[str]):
         """Texts -> tokenizer output, truncated to the text model's context."""
