@@ -120,6 +120,27 @@ def _as_list(batch):
     return list(batch)
 
 
+_CLOSE_IN_WORKERS: set[int] = set()
+
+
+def close_in_workers(fd: int, register: bool = True) -> None:
+    """Have decode workers close ``fd`` as they start (or stop doing so).
+
+    Forked workers share the parent's open files. For a ``flock`` (the index's write lock) that means a worker
+    would keep the lock held for the seconds it takes to notice its parent was killed, and a rerun would be told
+    the index is busy.
+    """
+    (_CLOSE_IN_WORKERS.add if register else _CLOSE_IN_WORKERS.discard)(fd)
+
+
+def _worker_init(_worker_id: int) -> None:
+    for fd in list(_CLOSE_IN_WORKERS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def decoded_batches(items: Sequence, steps: list[list[int]], load: Callable, workers: int = 2
                     ) -> Iterator[list[Decoded]]:
     """For each step, its items passed through ``load`` (e.g. path -> preprocessed tensor), decoded by
@@ -134,7 +155,8 @@ def decoded_batches(items: Sequence, steps: list[list[int]], load: Callable, wor
         return
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(ds, batch_sampler=steps, num_workers=workers, collate_fn=_as_list, prefetch_factor=2)
+    loader = DataLoader(ds, batch_sampler=steps, num_workers=workers, collate_fn=_as_list, prefetch_factor=2,
+                        worker_init_fn=_worker_init)
     yield from loader
 
 

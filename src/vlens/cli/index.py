@@ -42,9 +42,14 @@ def build_cmd(
                               "openai/clip-vit-base-patch32 when cached), save_pretrained folder or builtin:NAME.",
                               callback=check.text()),
     kind: str = typer.Option("flat", "--kind", help="flat = exact (default; fine up to ~1M images). ivf = "
-                             "inverted lists, hnsw = graph: approximate, for millions; their recall@10 against "
-                             "exact is measured and shown by `vlens index info`.",
-                             callback=check.choice("flat", "ivf", "hnsw")),
+                             "inverted lists, hnsw = graph: approximate, for millions. ivfpq = compressed "
+                             "(--pq-bytes per vector in RAM, exact re-ranking from the memory-mapped file), for "
+                             "100M+. Or a FAISS factory string, e.g. 'IVF4096,PQ64'. Recall@10 against exact "
+                             "search is measured and shown by `vlens index info`; see the README's memory table.",
+                             callback=check.text(max_len=200)),
+    pq_bytes: int = typer.Option(0, "--pq-bytes", help="ivfpq: bytes per vector (0 = about dim/4; must divide "
+                                 "the dimension). Fewer = less RAM, more re-ranking needed for the same recall.",
+                                 callback=check.integer(0, 4096)),
     batch_size: int = typer.Option(32, "--batch-size", help="Images embedded and committed together.",
                                    callback=check.count(1, 4096)),
     captioner: str = typer.Option(None, "--captioner", help="Also caption each image with this BLIP model "
@@ -64,7 +69,7 @@ def build_cmd(
     from vlens.retrieval.index import IndexConfig, build_index
 
     cfg = IndexConfig(model=model, kind=kind, batch_size=batch_size, captioner=captioner, nlist=nlist,
-                      target_recall=target_recall)
+                      pq_bytes=pq_bytes, target_recall=target_recall)
     rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True), workers=workers,
                       device=device, dtype=dtype)
     if Processes().is_main:
@@ -109,7 +114,8 @@ def info_cmd(
     ann = info["ann"]
     lines = [f"index     {info['index']}", f"images    {info['count']} from {info['root']}",
              f"model     {info['model']} ({info['dim']}-d, {info['metric']})",
-             f"kind      {info['kind']}" + (f" (nlist {ann['nlist']})" if ann.get("nlist") else "")]
+             f"kind      {info['kind']}" + (f" (nlist {ann['nlist']})" if ann.get("nlist") else "")
+             + (f", {ann['pq_bytes']} bytes per vector + exact re-ranking" if ann.get("pq_bytes") else "")]
     if info["kind"] == "flat":
         lines.append("recall@10 1.000 (exact search)")
     elif ann.get("recall_at_10") is not None:

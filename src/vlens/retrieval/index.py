@@ -33,17 +33,21 @@ import numpy as np
 
 from vlens.errors import ConfigError, IndexError_
 from vlens.retrieval.ann import (  # noqa: F401
+    VLENS_KINDS,
     auto_nlist,
     drop_self,
     exact_topk,
+    is_factory,
     make_faiss,
+    needs_training,
     recall_at_k,
+    search_knob,
     set_search_param,
     tune,
 )
 
 FORMAT_VERSION = 1
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = VLENS_KINDS
 MANIFEST, DB, FAISS_FILE, FAISS_STATE, LOCK = "manifest.json", "meta.sqlite", "vectors.faiss", "vectors.json", "lock"
 
 SCHEMA = """
@@ -72,7 +76,9 @@ class IndexConfig:
     """Dual encoder (hub id, save_pretrained folder or builtin:NAME). Queries must use the same model."""
     kind: str = "flat"
     """flat: exact, best up to ~1M vectors. ivf: inverted lists, fast at millions. hnsw: graph, fastest queries,
-    slowest to build, rebuilt on every update (HNSW cannot delete)."""
+    slowest to build, rebuilt on every update (HNSW cannot delete). ivfpq: inverted lists of product-quantised
+    codes (``pq_bytes`` per vector instead of 4*dim), for 100M+ vectors. Or a FAISS factory string
+    (``IVF4096,PQ64``, ``OPQ32,IVF1024,PQ32``, ``HNSW32,SQ8``)."""
     batch_size: int = 32
     """Images embedded (and committed) together; a kill loses at most one batch of work."""
     captioner: str | None = None
@@ -81,13 +87,16 @@ class IndexConfig:
     """IVF lists; 0 = about 4*sqrt(N)."""
     hnsw_m: int = 32
     """HNSW neighbours per node: more = better recall, more memory, slower build."""
+    pq_bytes: int = 0
+    """ivfpq: bytes per vector (PQ sub-quantizers of 8 bits); 0 = about dim/4. Fewer bytes = less RAM, lower
+    recall."""
     target_recall: float = 0.95
     """nprobe (IVF) / efSearch (HNSW) is raised until recall@10 against exact search reaches this."""
 
     def check(self) -> None:
-        if self.kind not in KINDS:
+        if self.kind not in KINDS and not is_factory(self.kind):
             raise ConfigError(f"unknown index kind '{self.kind}'; choose one of {', '.join(KINDS)} "
-                              "(flat = exact, the default)")
+                              "(flat = exact, the default) or a FAISS factory string such as IVF1024,PQ32")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
         if not 0 < self.target_recall <= 1:
@@ -193,9 +202,13 @@ def index_lock(folder, command: str = "vlens index") -> Iterator[None]:
                               "(searching it meanwhile is fine)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({command}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+        from vlens.bulk import close_in_workers
+
+        close_in_workers(fd)  # decode workers must not hold the lock past a kill of this process
         try:
             yield
         finally:
+            close_in_workers(fd, register=False)
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -260,9 +273,9 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
     gen = generation(con)
     n = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     train = None
-    if kind == "ivf":
+    if needs_training(kind):
         nlist = config.nlist or auto_nlist(n)
-        m = min(n, max(nlist * 64, 10_000))
+        m = min(n, max(nlist * 64, 10_000, 256 * 40 if kind != "ivf" else 0))
         rows = con.execute("SELECT vector FROM images ORDER BY random() LIMIT ?", (m,)).fetchall()
         train = np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), dim) if rows else None
     index = make_faiss(kind, dim, n, config, train)
@@ -285,10 +298,12 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
         own = np.array(pick, np.int64)
         _, truth = exact_topk(queries, _vectors(con, dim), 11)
         param, rec, curve = tune(index, kind, queries, drop_self(truth, own, 10), config.target_recall, own=own)
-        ann.update({"param": "nprobe" if kind == "ivf" else "efSearch", "value": param,
+        ann.update({"param": search_knob(index), "value": param,
                     "recall_at_10": round(rec, 4), "recall_queries": int(qn), "curve": curve})
-        if kind == "ivf":
-            ann["nlist"] = int(index.nlist)
+        if search_knob(index).startswith("nprobe"):
+            ann["nlist"] = int(faiss.extract_index_ivf(index).nlist)
+        if kind == "ivfpq":
+            ann["pq_bytes"] = int(faiss.extract_index_ivf(index).code_size)
         if rec < config.target_recall:
             log(f"warning: recall@10 {rec:.3f} is below the target {config.target_recall} at the largest setting")
     elif kind == "flat":
@@ -299,8 +314,16 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
     return ann
 
 
-def load_faiss(folder: Path, gen: int):
-    """The FAISS index if it matches database generation ``gen``, else None (stale or missing)."""
+MMAP_AUTO_BYTES = 1 << 30
+"""``ImageIndex(mmap=None)`` memory-maps FAISS files larger than this (1 GiB)."""
+
+
+def load_faiss(folder: Path, gen: int, mmap: bool | None = None):
+    """The FAISS index if it matches database generation ``gen``, else None (stale or missing).
+
+    ``mmap``: map the file instead of reading it (the OS pages in what searches touch, a server starts at once
+    and shares the pages with other processes); None = only files above :data:`MMAP_AUTO_BYTES`.
+    """
     import faiss
 
     from vlens.runs import read_json
@@ -311,7 +334,11 @@ def load_faiss(folder: Path, gen: int):
         return None, None
     if state.get("generation") != gen or not (folder / FAISS_FILE).is_file():
         return None, state
-    index = faiss.read_index(str(folder / FAISS_FILE))
+    path = folder / FAISS_FILE
+    if mmap is None:
+        mmap = path.stat().st_size > MMAP_AUTO_BYTES
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    index = faiss.read_index(str(path), flags)
     if state.get("value") is not None:
         set_search_param(index, state["kind"], state["value"])
     return index, state
@@ -599,7 +626,9 @@ def follow_build(procs, embedder, *, progress: bool = False) -> None:
 class ImageIndex:
     """An index opened for searching. Cheap to open; never writes; safe to read while another process updates."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, mmap: bool | None = None):
+        """``mmap``: memory-map the FAISS file (True), read it (False), or map it when larger than 1 GiB (None)."""
+        self.mmap = mmap
         self.folder = Path(folder).expanduser()
         self.manifest = read_manifest(self.folder)
         self.root = Path(self.manifest["root"])
@@ -611,7 +640,7 @@ class ImageIndex:
 
     def _load(self) -> None:
         self.generation = generation(self.con)
-        self.faiss, self.state = load_faiss(self.folder, self.generation)
+        self.faiss, self.state = load_faiss(self.folder, self.generation, self.mmap)
         # Stale (killed between the database and the FAISS write, or mid-update): exact search from SQLite.
         self.stale = self.faiss is None
 
