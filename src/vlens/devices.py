@@ -95,7 +95,7 @@ def dtype_name(dtype) -> str:
 
 
 def mixed_precision_for(spec: str | None) -> str:
-    """A trainer's ``--precision`` (auto|fp32|bf16|fp16) -> accelerate's ``mixed_precision`` (auto|no|bf16|fp16).
+    """A trainer's ``--mixed-precision`` (auto|no|fp32|bf16|fp16) -> accelerate's (auto|no|bf16|fp16).
 
     Mixed precision keeps fp32 master weights and runs the forward/backward in the low format (autocast).
     """
@@ -106,7 +106,7 @@ def mixed_precision_for(spec: str | None) -> str:
     spec = (spec or "auto").strip().lower()
     table = {"auto": "auto", "fp32": "no", "no": "no", "bf16": "bf16", "fp16": "fp16"}
     if spec not in table:
-        raise ConfigError(f"unknown precision '{spec}'; choose one of auto, fp32, bf16, fp16")
+        raise ConfigError(f"unknown mixed precision '{spec}'; choose one of auto, no, bf16, fp16")
     if table[spec] == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("--precision fp16 needs a CUDA GPU (gradient scaling); on the CPU use bf16 or fp32")
+        raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (gradient scaling); on the CPU use bf16 or no")
     return table[spec]

@@ -78,11 +78,14 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "auto", cpu: bo
     """An Accelerator that behaves the same under ``python``, ``accelerate launch`` and ``torchrun``.
 
     ``mixed_precision="auto"`` picks bf16 on a GPU that supports it, fp16 on other GPUs, and no mixed
-    precision on a CPU (where it only slows things down).
+    precision on a CPU (where it only slows things down); ``bf16`` on a CPU is honoured (autocast to bf16).
     """
     import torch
     from accelerate import Accelerator
 
+    from vlens.devices import mixed_precision_for
+
+    mixed_precision = mixed_precision_for(mixed_precision)  # checked: fp16 without CUDA is an error
     # Without CUDA, accelerate only sees the other torchrun processes (gloo) when told it runs on the CPU.
     cpu = cpu or not torch.cuda.is_available()
     if mixed_precision == "auto":

@@ -24,6 +24,8 @@ class EvalConfig:
     metrics: tuple[str, ...] = METRIC_NAMES
     tokenizer: str = "ptb"
     out: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def load_split(data: str, split: str, limit: int | None):
@@ -90,7 +92,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from vlens.errors import DatasetError
     from vlens.runs import RunDir, write_json
 
-    captioner = Captioner.from_spec(cfg.model)
+    captioner = Captioner.from_spec(cfg.model, device=cfg.device, dtype=cfg.dtype)
     settings, notes = captioner.prepare(cfg.settings)
     samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)
     if not samples:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultCommandGroup, check, echo_json
+from vlens.cli._common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    JSON_OPTION,
+    PRECISION_OPTION,
+    DefaultCommandGroup,
+    check,
+    echo_json,
+)
 
 
 class CaptionGroup(DefaultCommandGroup):
@@ -317,6 +325,8 @@ def eval_cmd(
         help="Skip METEOR and the PTB tokenizer (no Java start-up; "
         "same numbers on plain lower-case captions).",
     ),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Caption a dataset split and report COCO metrics x100: BLEU-1..4, METEOR, ROUGE-L, CIDEr (PTB-tokenised;
@@ -347,6 +357,8 @@ def eval_cmd(
         PURE_PYTHON if fast else METRIC_NAMES,
         "python" if fast else "ptb",
         str(out),
+        device=device,
+        dtype=dtype,
     )
     report = run_eval(cfg)
     if json_out:
@@ -503,6 +515,7 @@ def train_cmd(
         "--threads",
         help="CPU threads for torch (0 = torch's default). On a busy "
         "machine 1 is often much faster than oversubscribing.", callback=check.count(0, 1024),),
+    mixed_precision: str = PRECISION_OPTION,
 ):
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation
     BLEU-4 / CIDEr each epoch with the best kept in OUT/best, atomic checkpoints and --resume.
@@ -533,6 +546,7 @@ def train_cmd(
         val_limit=val_limit,
         seed=seed,
         resume=resume,
+        mixed_precision=mixed_precision,
     )
     metrics = train(cfg, log=lambda m: typer.echo(m, err=True))
     if metrics:

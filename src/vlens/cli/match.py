@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, DefaultCommandGroup, check, echo_json
+from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultCommandGroup, check, echo_json
 
 MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
               "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
@@ -61,6 +61,8 @@ def match_cmd(
     json_path: Path = typer.Option(None, "--json", help="Also write the matches (coordinates in each image's "
                                    "pixels, both distances and scores) to this JSON file.",
                                    callback=check.output("file")),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
 ):
     """Match two images patch by patch and draw the best matches.
 
@@ -76,12 +78,16 @@ def match_cmd(
     if score not in ("cycle", "feature"):
         raise ConfigError(f"--score must be 'cycle' or 'feature', not '{score}'")
     t0 = time.time()
-    fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size)
+    from vlens.devices import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
+                              dtype=resolve_dtype(dtype, dev))
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
             typer.echo(f"note: {p.name}: {f.note}", err=True)
-    m = match_features(fa, fb, pca=_pca(pca))
+    m = match_features(fa, fb, pca=_pca(pca), device=dev)
     ranked = m.top(top, score) if top > 0 else m.ranked(score)
     with atomic_path(out) as tmp:
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")

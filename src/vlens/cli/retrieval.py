@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, check, echo_json
+from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, PRECISION_OPTION, check, echo_json
 
 app = typer.Typer(help="Image-text retrieval: contrastive training (scratch or fine-tune), the COCO 5-captions "
                   "recall protocol, hyperparameter sweeps.", no_args_is_help=True)
@@ -66,8 +66,7 @@ def train_cmd(
                               callback=check.count(1)),
     seed: int = typer.Option(0, help="Seeds weights, data order and caption sampling.", callback=check.seed()),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    mixed_precision: str = typer.Option("auto", help="auto (bf16/fp16 on a GPU, none on CPU), no, fp16, bf16.",
-                                        callback=check.choice("auto", "no", "fp16", "bf16")),
+    mixed_precision: str = PRECISION_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Train a CLIP-style dual encoder with symmetric InfoNCE; validation recall each epoch, best kept.
@@ -115,6 +114,8 @@ def eval_cmd(
     batch_size: int = typer.Option(64, help="Images per forward pass.", callback=check.count(1, 65536)),
     out: Path = typer.Option(None, "--out", help="Also write metrics.json, recall.md and ranks (.npz) here.",
                              callback=check.output("dir")),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Recall@1/5/10 both ways (COCO 5-captions protocol: an image hits if ANY of its captions is in the top K)
@@ -124,7 +125,7 @@ def eval_cmd(
     from vlens.retrieval.model import DualEncoder
 
     ds = load_dataset(data).split(split).limit(limit)
-    enc = DualEncoder.from_spec(model)
+    enc = DualEncoder.from_spec(model, device=device, dtype=dtype)
     scores, details = evaluate_encoder(enc, ds, batch_size=batch_size)
     notes = notes_for(details)
     result = {"model": enc.spec, "data": str(data), "split": split, **scores.as_dict(),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, check, echo_json
+from vlens.cli._common import JSON_OPTION, PRECISION_OPTION, check, echo_json
 
 app = typer.Typer(help="Self-supervised learning: train a ViT with DINO on your images (`train`), compare backbones "
                        "on the shapes segmentation probe (`probe`).", no_args_is_help=True)
@@ -123,6 +123,7 @@ def train_cmd(
                                 callback=check.count(0, 1024)),
     config: Path = typer.Option(None, "--config", help="JSON file of settings (e.g. a previous run's config.json); "
                                 "flags given explicitly override it.", callback=check.existing("file")),
+    mixed_precision: str = PRECISION_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Train a ViT backbone with DINO (self-distillation, no labels) and save it with save_pretrained.

@@ -220,19 +220,26 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Ten
 
 
 def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
-                     size: int = DEFAULT_SIZE, batch_size: int = 8) -> list[DenseFeatures]:
+                     size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None) -> list[DenseFeatures]:
     """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
 
     Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
     share an input size are run as one batch. ``layer`` counts blocks from 1 (``-1`` = the last block);
     ``facet`` is ``token`` (block output, final layer norm applied) or ``key``/``query``/``value`` of that
-    block's attention.
+    block's attention. ``device``/``dtype`` (see :mod:`vlens.devices`) move the model there first; descriptors
+    always come back as float32 on the CPU.
     """
     from vlens.images import load_image
 
     if facet not in FACETS:
         raise ConfigError(f"unknown facet '{facet}'; one of {', '.join(FACETS)}")
     bb = model if isinstance(model, Backbone) else load_backbone(model)
+    if (device is not None or dtype is not None) and bb.model is not None:
+        from vlens.devices import resolve_device, resolve_dtype
+
+        run_on = resolve_device(device) if not isinstance(device, torch.device) else device
+        run_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, run_on)
+        bb.model.to(device=run_on, dtype=run_dtype)  # descriptors come back as float32 on the CPU
     if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
         images = [images]
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
@@ -254,7 +261,10 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
                                     for i in chunk])  # (B, h, w, 128)
             else:
                 x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
-                desc = _forward(bb, x, layer_idx, facet)  # (B, h, w, d)
+                if bb.model is not None:  # wherever (and in whatever dtype) the model now is
+                    w = next(bb.model.parameters())
+                    x = x.to(device=w.device, dtype=w.dtype)
+                desc = _forward(bb, x, layer_idx, facet).float().cpu()  # (B, h, w, d)
             gh, gw = desc.shape[1:3]
             for k, i in enumerate(chunk):
                 w0, h0 = pils[i].size

@@ -61,9 +61,9 @@ def nearest_neighbors_both(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = T
     n, m = a.shape[0], b.shape[0]
     rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
     a_sq, b_sq = _sq_norms(a), _sq_norms(b)  # (n,), (m,)
-    inf = torch.tensor(float("inf"), dtype=a.dtype)
-    ab_d, ab_i = torch.full((n,), inf.item(), dtype=a.dtype), torch.zeros(n, dtype=torch.long)
-    ba_d, ba_i = torch.full((m,), inf.item(), dtype=a.dtype), torch.zeros(m, dtype=torch.long)
+    inf, dev = float("inf"), a.device
+    ab_d, ab_i = torch.full((n,), inf, dtype=a.dtype, device=dev), torch.zeros(n, dtype=torch.long, device=dev)
+    ba_d, ba_i = torch.full((m,), inf, dtype=a.dtype, device=dev), torch.zeros(m, dtype=torch.long, device=dev)
     for r0 in range(0, n, rows):
         ar = a[r0:r0 + rows]  # (r, d)
         for c0 in range(0, m, cols):
@@ -94,11 +94,11 @@ def nearest_neighbors(a: torch.Tensor, b: torch.Tensor, tile_bytes: int = TILE_B
     n, m = a.shape[0], b.shape[0]
     rows, cols = _tiles(n, m, a.element_size(), tile_bytes)
     b_sq = _sq_norms(b)  # (m,); |a|^2 is constant along a row, so it does not change the arg-min
-    best_i = torch.empty(n, dtype=torch.long)
+    best_i = torch.empty(n, dtype=torch.long, device=a.device)
     for r0 in range(0, n, rows):
         ar = a[r0:r0 + rows]  # (r, d)
-        run_d = torch.full((ar.shape[0],), float("inf"), dtype=a.dtype)
-        run_i = torch.zeros(ar.shape[0], dtype=torch.long)
+        run_d = torch.full((ar.shape[0],), float("inf"), dtype=a.dtype, device=a.device)
+        run_i = torch.zeros(ar.shape[0], dtype=torch.long, device=a.device)
         for c0 in range(0, m, cols):
             d2 = torch.addmm(b_sq[c0:c0 + cols], ar, b[c0:c0 + cols].T, alpha=-2.0)  # (r, c) = |b|^2 - 2ab
             tile_d, tile_i = d2.min(1)  # (r,), (r,)
@@ -176,17 +176,28 @@ def match_descriptors(desc_a: torch.Tensor, desc_b: torch.Tensor, xy_a: torch.Te
     nn_ab, dist_ab, nn_ba, _ = nearest_neighbors_both(desc_a, desc_b, tile_bytes)  # (n,), (n,), (m,)
     back = nn_ba[nn_ab]  # (n,) where each A patch lands after A -> B -> A
     cycle = (xy_a - xy_a[back]).norm(dim=1)  # (n,) in A's pixels
-    src_index = torch.arange(desc_a.shape[0])
+    src_index = torch.arange(desc_a.shape[0], device=desc_a.device)
     return Matches(xy_a.float(), xy_b[nn_ab].float(), src_index, nn_ab, dist_ab.float(), cycle.float(),
                    back == src_index)
 
 
-def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES) -> Matches:
-    """Match two :class:`~vlens.match.features.DenseFeatures` after a joint PCA to ``pca`` components."""
+def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES,
+                   device=None) -> Matches:
+    """Match two :class:`~vlens.match.features.DenseFeatures` after a joint PCA to ``pca`` components.
+
+    ``device``: compute there (e.g. ``cuda``; see :mod:`vlens.devices`); the matches come back on the CPU.
+    """
     from vlens.match.pca import joint_pca
 
-    a, b = joint_pca(fa.flat, fb.flat, k=pca, normalize=normalize)
-    return match_descriptors(a, b, fa.centers, fb.centers, tile_bytes)
+    fa_flat, fb_flat, ca, cb = fa.flat, fb.flat, fa.centers, fb.centers
+    if device is not None:
+        from vlens.devices import resolve_device
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        fa_flat, fb_flat, ca, cb = (t.to(dev) for t in (fa_flat, fb_flat, ca, cb))
+    a, b = joint_pca(fa_flat, fb_flat, k=pca, normalize=normalize)
+    m = match_descriptors(a, b, ca, cb, tile_bytes)
+    return m if m.src_xy.device.type == "cpu" else Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
 
 
 def loop_nearest_neighbors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
