@@ -30,6 +30,8 @@ MAX_FEATURES = 24
 MAX_PAIRS = 12
 HEAT_SIDE = 640  # longer side of the heatmap picture sent back
 ID_PATTERN = "^[0-9a-f]{16}$"
+GONE = {404: {"description": "The server does not hold this image id (evicted or restarted): upload it again."},
+        422: {"description": "Invalid request (the detail says which field and why)."}}
 
 
 class LRU:
@@ -269,14 +271,15 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
         a, b, shift = await anyio.to_thread.run_sync(make)
         return DemoPair(a=_info(a, cache.image(a)), b=_info(b, cache.image(b)), shift=shift)
 
-    @app.get("/api/explore/images/{key}", tags=["explore"], responses={200: {"content": {"image/png": {}}}})
+    @app.get("/api/explore/images/{key}", tags=["explore"],
+             responses={200: {"content": {"image/png": {}}}, **GONE})
     def stored(key: str = FastPath(..., pattern=ID_PATTERN)):
         """A stored image, as the explorer sees it (PNG)."""
         buf = io.BytesIO()
         cache.image(key).save(buf, format="PNG", compress_level=1)
         return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    @app.post("/api/explore/point", response_model=PointResponse, tags=["explore"])
+    @app.post("/api/explore/point", response_model=PointResponse, tags=["explore"], responses=GONE)
     async def point(req: PointRequest) -> PointResponse:
         """Where a point of A lands in B: similarity heatmap, best match, its cycle back into A, top-k."""
         import anyio
@@ -310,7 +313,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
 
         return await anyio.to_thread.run_sync(run)
 
-    @app.post("/api/explore/attention", response_model=AttentionResponse, tags=["explore"])
+    @app.post("/api/explore/attention", response_model=AttentionResponse, tags=["explore"], responses=GONE)
     async def attention(req: AttentionRequest) -> AttentionResponse:
         """[CLS] attention of one block per head, their mean, and the features' PCA as RGB."""
         import anyio
