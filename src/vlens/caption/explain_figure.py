@@ -49,7 +49,11 @@ def explain_figure(explanations, path, titles: list[str] | None = None, max_step
         for t, (st, tok, cands) in enumerate(zip(steps, e.tokens, e.candidate_tokens)):
             y = t + 0.5
             ax.text(-0.15, y, f"{t + 1}. {tok}", ha="right", va="center", fontsize=8.5, fontweight="bold")
-            for c_i, (c, ctext) in enumerate(list(zip(st.candidates, cands))[:columns]):
+            cells = list(zip(st.candidates, cands))
+            shown = cells[:columns]
+            if st.token_id not in [c.token_id for c, _ in shown]:  # the pick ranks lower: it takes the last cell
+                shown = shown[:columns - 1] + [next(cell for cell in cells if cell[0].token_id == st.token_id)]
+            for c_i, (c, ctext) in enumerate(shown):
                 x = c_i + 0.05
                 face = cmap(0.12 + 0.88 * c.p_sample) if c.kept else (0.88, 0.88, 0.88)
                 ax.add_patch(Rectangle((x, t + 0.06), 0.9, 0.88, facecolor=face, hatch=None if c.kept else "////",
@@ -61,8 +65,8 @@ def explain_figure(explanations, path, titles: list[str] | None = None, max_step
                         fontweight="bold" if c.token_id == st.token_id else "normal")
                 ax.text(x + 0.45, t + 0.74, f"{c.p_sample:.2f} ({c.p_model:.2f})" if c.kept else
                         f"removed ({c.p_model:.2f})", ha="center", va="center", fontsize=5.8, color=colour)
-            if st.token_id not in [c.token_id for c in st.candidates[:columns]]:
-                ax.text(columns + 0.1, y, f"→ rank {st.rank}", va="center", fontsize=7, color="#f28c28")
+            if st.rank > columns:
+                ax.text(columns + 0.1, y, f"← rank {st.rank}", va="center", fontsize=7, color="#f28c28")
             ax.text(columns + 0.9, y, f"{st.eligible} eligible\n≈{st.effective:.1f} choices", va="center",
                     fontsize=6.5, color="#444")
         if len(e.steps) > n:

@@ -154,7 +154,7 @@ def explain_images(captioner, files, settings, figure: Path, json_out: bool, not
     for path, img in load_images_safely(files, skips):
         e = captioner.explain(img, settings, show=show)
         out = figure if len(files) == 1 else figure.with_name(f"{figure.stem}-{Path(path).stem}{figure.suffix}")
-        explain_figure([e], out, columns=show)
+        explain_figure([e], out, columns=show, max_steps=max(1, len(e.steps)))
         results.append({"path": str(path), **e.to_dict(), "figure": str(out)})
         if not json_out:
             _print_explanation(path, e, out)
