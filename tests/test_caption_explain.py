@@ -141,8 +141,9 @@ def test_the_lab_findings_are_visible_on_the_embedded_captioner(shapes_dir):
 
     assert all(st.eligible == min(100, vocab) for e in hot for st in e.steps)
     assert min(st.p_model for e in hot for st in e.steps) < 0.05  # an improbable pick
-    assert median_eff(cold) < 1.1 < 2.5 < median_eff(hot)
-    assert share_top(cold) >= 0.75 > 0.65 > share_top(hot)
+    # measured on the current builtin: median 1.0 vs 3.4 effective choices, 83% vs 56% favourite picks
+    assert median_eff(cold) < 1.5 and median_eff(hot) > 2 * median_eff(cold)
+    assert share_top(cold) >= 0.75 and share_top(hot) < share_top(cold) - 0.1
 
 
 def test_cli_caption_explain(cli, tiny_blip, image, tmp_path):

@@ -173,9 +173,9 @@ def _print_explanation(path, e, figure: Path) -> None:
     for note in e.notes:
         typer.echo(f"  note: {note}")
     typer.echo("  step  chosen        p(set)  p(model)  rank  eligible  ~choices  candidates: p under these settings "
-               "(x = removed by the filters)")
+               "(× = removed by the filters; its model p in brackets)")
     for t, (tok, st, cts) in enumerate(zip(e.tokens, e.steps, e.candidate_tokens), start=1):
-        cands = "  ".join(f"{ct} {c.p_sample:.2f}" if c.kept else f"x{ct} ({c.p_model:.2f})"
+        cands = "  ".join(f"{ct} {c.p_sample:.2f}" if c.kept else f"×{ct} ({c.p_model:.2f})"
                           for ct, c in zip(cts, st.candidates))
         typer.echo(f"  {t:>4}  {tok[:12]:<12}  {st.p_sample:6.3f}  {st.p_model:8.3f}  {st.rank:>4}  {st.eligible:>8}  "
                    f"{st.effective:8.1f}  {cands}")
