@@ -80,14 +80,15 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     if not 0 <= li < n:
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
     w_in, h_in = input_size_for(img.size, bb.patch_size, size)
-    x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None]  # (1, 3, H_in, W_in)
+    w = next(bb.model.parameters())  # the copy stays wherever the model was when copied (CPU, or a --device)
+    x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
     with _LOCK:
         out = bb.model(pixel_values=x, output_attentions=True, **kwargs)
     att = out.attentions[li] if out.attentions else None
     if att is None:
         raise ConfigError(f"'{bb.spec}' ({bb.model_type}) returned no attention weights")
-    row = att[0, :, 0, :].float()  # (heads, tokens): what [CLS] attends to
+    row = att[0, :, 0, :].float().cpu()  # (heads, tokens): what [CLS] attends to
     gh, gw = h_in // bb.patch_size, w_in // bb.patch_size
     patches = row[:, bb.num_prefix:]  # (heads, h*w)
     prefix = row[:, :bb.num_prefix].sum(-1)  # (heads,)
