@@ -143,3 +143,34 @@ def test_kill_and_resume(tmp_path, shapes_dir):
     for k in a["teacher"]:
         assert torch.equal(a["teacher"][k], b["teacher"][k]), k
     assert (tmp_path / "killed" / "backbone" / "model.safetensors").is_file()
+
+
+def test_init_from_weights_and_training_list(tmp_path, shapes_dir):
+    """--init starts from a trained backbone; the export lists the run's images plus the ones the initial weights
+    were trained on, so benchmarks can refuse both."""
+    from vlens.errors import ConfigError
+    from vlens.match.heldout import find_overlap, training_images
+    from vlens.ssl.train import build_backbone, init_backbone
+
+    images = sorted((shapes_dir / "images").glob("*.png"))
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "img").mkdir(parents=True), (second / "img").mkdir(parents=True)
+    for p in images[:3]:
+        (first / "img" / p.name).write_bytes(p.read_bytes())
+    for p in images[3:5]:
+        (second / "img" / p.name).write_bytes(p.read_bytes())
+    train(tiny_config(first / "run", first / "img"), log=lambda _m: None)
+    a = first / "run" / "backbone"
+    assert len(training_images(str(a))) == 3
+    fresh = build_backbone("test-vit", 32)
+    init_backbone(fresh, str(a))
+    from vlens.models import load
+
+    ref = load(str(a), "backbone").model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ConfigError, match="do not fit the preset"):
+        init_backbone(build_backbone("dino-tiny", 32), str(a))
+    train(tiny_config(second / "run", second / "img", init=str(a), epochs=1), log=lambda _m: None)
+    b = str(second / "run" / "backbone")
+    assert len(training_images(b)) == 5
+    assert [x for x, _ in find_overlap(b, images[:6])] == [p.name for p in images[:5]]

@@ -105,8 +105,10 @@ def match_cmd(
 @bench_app.command("crops")
 def bench_crops_cmd(
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
-    images: str = typer.Option("photos", help="'photos' (the built-in scikit-image photos that have objects), "
-                               "'shapes', or a folder of images.", callback=check.text()),
+    images: str = typer.Option("opencv:heldout", help="'opencv:heldout' (12 real photos no vlens backbone was "
+                               "trained on; `vlens data fetch opencv-samples` first), 'photos' (scikit-image's: "
+                               "builtin:dino-tiny's training images), 'shapes', or a folder of images.",
+                               callback=check.text()),
     out: Path = typer.Option(Path("bench-crops"), "--out", "-o", help="Run folder: config.json, results.json, "
                              "table.md, table.csv, curves.png, best_worst.png.", callback=check.output("dir")),
     baselines: bool = typer.Option(True, help="Also run the raw-pixel and random-weight baselines on the same "
@@ -122,6 +124,8 @@ def bench_crops_cmd(
                                     "errors are in these pixels.", callback=check.side(32)),
     crop_side: int = typer.Option(224, help="Longer side of each crop as fed to the model.", callback=check.side(16)),
     seed: int = typer.Option(0, help="Same seed -> same crops, for every model.", callback=check.seed()),
+    allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on images the model "
+                                            "lists as training images (refused by default); the table flags it."),
     json_out: bool = JSON_OPTION,
 ):
     """Crop benchmark: match random crops back to their source and measure the error in pixels.
@@ -149,7 +153,11 @@ def bench_crops_cmd(
     results = []
     for spec in [model, *(baseline_specs(model) if baselines else [])]:
         typer.echo(f"[bench crops] {spec} ...", err=True)
-        r = run_crop_benchmark(spec, images, cfg, keep_examples=1 if spec == model else 0)
+        r = run_crop_benchmark(spec, images, cfg, keep_examples=1 if spec == model else 0,
+                               allow_train_images=allow_train_images)
+        if r.train_overlap:
+            typer.echo(f"WARNING: {len(r.train_overlap)} of {r.images} images are training images of {spec}; its "
+                       "results measure memory, not generalisation", err=True)
         typer.echo(f"[bench crops] {spec}: {r.seconds:.1f} s", err=True)
         results.append(r)
     paths = write_crop_outputs(results, run.path)
@@ -180,6 +188,8 @@ def bench_pairs_cmd(
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels.",
                                     callback=check.number(0, 1000, lo_open=True)),
+    allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on pairs whose images "
+                                            "the model lists as training images (refused by default; flagged)."),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
                              "table.md, table.csv, mma.png.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
@@ -204,8 +214,14 @@ def bench_pairs_cmd(
 
     model = model or DEFAULTS["backbone"]
     cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px)
+    from vlens.match.heldout import check_heldout
+
     pairs = load_pairs(data)
     specs = [model, *(baseline_specs(model) if baselines else [])]
+    overlap = check_heldout(model, [p for pr in pairs for p in (pr.source, pr.target)], allow_train_images,
+                            "these pairs")
+    if overlap:
+        typer.echo(f"WARNING: {len(overlap)} pair image(s) are training images of {model}", err=True)
     run = RunDir(out, {"model": model, "data": data, "baselines": baselines, **cfg.__dict__})
     results = run_pairs_benchmark(specs, pairs, cfg, progress=lambda msg: typer.echo(f"[bench pairs] {msg}",
                                                                                       err=True))

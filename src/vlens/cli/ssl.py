@@ -28,6 +28,9 @@ def train_cmd(
     preset: str = typer.Option("dino-tiny", help="Backbone shape: dino-tiny (128 wide, 4 layers, patch 8; the "
                                "builtin), vit-tiny, vit-small, test-vit (tests). See vlens.models.presets.",
                                callback=check.text()),
+    init: str = typer.Option("", "--init", help="Start the backbone from these weights (e.g. builtin:dino-tiny; "
+                             "same shape as --preset) instead of from scratch: fine-tuning on new images.",
+                             callback=check.text(empty=True)),
     epochs: int = typer.Option(100, help="Passes over --samples-per-epoch crop-sets.", callback=check.count(1, 100000)),
     samples_per_epoch: int = typer.Option(0, help="Images (each multi-cropped) per epoch; 0 = one pass over the "
                                           "images. Raise it for small image sets (e.g. 512 for the 18 photos).",

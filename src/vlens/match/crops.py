@@ -14,7 +14,11 @@ the *error-vs-rank curve*: the mean error of the top-q fraction of matches for q
 mean over q) is low when the score puts the good matches first.
 
 Crops depend only on the seed, the image and the scenario, never on the model, so all models (and the
-``pixels`` / ``random:`` baselines) are scored on the same crops.
+``sift`` / ``pixels`` / ``random:`` baselines) are scored on the same crops.
+
+Default images: ``opencv:heldout``, 12 real photos from the fetched OpenCV samples that no vlens backbone was
+trained on. Images a backbone lists among its training images are refused unless ``allow_train_images`` (and
+then named in the result): see :mod:`vlens.match.heldout`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,6 +129,7 @@ class CropBenchmarkResult:
     images: int
     seconds: float
     examples: list[Example] = field(default_factory=list, repr=False)
+    train_overlap: list = field(default_factory=list)  # (benchmark image, training image) pairs, when allowed
 
     def get(self, scenario: str, score: str) -> ScoreStats:
         for s in self.scenarios:
@@ -141,7 +147,7 @@ class CropBenchmarkResult:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "config": asdict(self.config), "images": self.images,
-                "seconds": round(self.seconds, 2),
+                "seconds": round(self.seconds, 2), "train_overlap": [list(p) for p in self.train_overlap],
                 "scenarios": [asdict(s) for s in self.scenarios],
                 "overall": {k: asdict(self.overall(k)) for k in ("feature", "cycle")}}
 
@@ -252,22 +258,29 @@ def score_stats(errors_by_rank: list[torch.Tensor], points: int = 100) -> ScoreS
     return ScoreStats(m_all, med_all, m10, med10, m50, med50, float(np.mean(curve)), curve)
 
 
-def _resolve_images(images) -> list[Image.Image]:
+DEFAULT_IMAGES = "opencv:heldout"
+
+
+def _resolve_images(images) -> tuple[list[Image.Image], list[str]]:
+    """The benchmark's images, loaded, and their names (file names; ``image N`` for PIL images given)."""
     from vlens.data.photos import image_set
     from vlens.images import SkipLog, load_images_safely
 
     if images is None:
-        images = "photos:matching"
+        images = DEFAULT_IMAGES
     if isinstance(images, str):
         images = image_set("photos:matching" if images == "photos" else images)
     pils, paths = [], []
     for im in images:
         (pils if isinstance(im, Image.Image) else paths).append(im)
+    names = [f"image {i + 1}" for i in range(len(pils))]
     skips = SkipLog()
-    pils += [img for _, img in load_images_safely(paths, skips)]
+    for path, img in load_images_safely(paths, skips):
+        pils.append(img)
+        names.append(Path(path).name)
     if not pils:
         raise DatasetError("the crop benchmark got no readable images" + (f" ({skips.summary()})" if skips else ""))
-    return pils
+    return pils, names
 
 
 def make_config(config: CropBenchmarkConfig | None = None, **overrides) -> CropBenchmarkConfig:
@@ -282,12 +295,13 @@ def make_config(config: CropBenchmarkConfig | None = None, **overrides) -> CropB
 
 def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = None, *,
                        keep_examples: int = 1, custom_scenarios: tuple[CropScenario, ...] | None = None,
-                       **overrides) -> CropBenchmarkResult:
+                       allow_train_images: bool = False, **overrides) -> CropBenchmarkResult:
     """Run the crop benchmark for one model and return per-scenario x per-score statistics.
 
     ``model``: a model spec or folder, ``pixels`` (raw-pixel patches, patch size 16) or ``random:SPEC``, or a
     loaded :class:`~vlens.match.features.Backbone`. ``images``: a list of paths / PIL images, an image-set name
-    (``photos`` = the built-in matching photos, ``shapes``) or a folder; default the built-in photos.
+    (``opencv:heldout``, ``photos`` = the scikit-image matching photos, ``shapes``) or a folder; default
+    ``opencv:heldout``. Images the model was trained on raise a one-line error unless ``allow_train_images``.
     ``config`` / keyword overrides: :class:`CropBenchmarkConfig` fields (e.g. ``crops_per_image=1``).
     ``custom_scenarios`` replaces the built-in scenario list (for custom studies and tests); ``keep_examples``
     crops per scenario keep their images and matches for pictures.
@@ -297,8 +311,14 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
 
     cfg = make_config(config, **overrides)
     t0 = time.time()
+    from vlens.match.heldout import check_heldout
+    from vlens.models import DEFAULTS
+
+    spec = model.spec if hasattr(model, "spec") else (model or DEFAULTS["backbone"])
+    originals, names = _resolve_images(images)
+    overlap = check_heldout(spec, originals, allow_train_images, "the crop benchmark", names)  # before loading
     bb = load_backbone(model) if isinstance(model, str) or model is None else model
-    sources = [working_image(im, cfg.source_side) for im in _resolve_images(images)]
+    sources = [working_image(im, cfg.source_side) for im in originals]
     src_feats = extract_features(sources, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.source_side)
     chosen = custom_scenarios or tuple(s for s in SCENARIOS if s.name in cfg.scenarios)
     results, examples = [], []
@@ -318,7 +338,7 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
                 examples.append(Example(sc.name, crop.image, sources[crop.source], m, err, crop.affine))
         stats = {by: score_stats(v, cfg.curve_points) for by, v in ranked.items()}
         results.append(ScenarioResult(sc.name, len(crops), total, stats))
-    return CropBenchmarkResult(bb.spec, cfg, results, len(sources), time.time() - t0, examples)
+    return CropBenchmarkResult(bb.spec, cfg, results, len(sources), time.time() - t0, examples, overlap)
 
 
 def baseline_specs(model: str) -> list[str]:
@@ -377,8 +397,11 @@ def write_crop_outputs(results: list[CropBenchmarkResult], out) -> dict:
     csv.writer(buf).writerows([TABLE_HEADERS, *rows])
     paths["csv"] = atomic_write_text(out / "table.csv", buf.getvalue())
     cfg = results[0].config
-    md = (f"Crop error in source pixels (longer side {cfg.source_side} px), {results[0].images} images x "
-          f"{cfg.crops_per_image} crops per scenario, PCA {cfg.pca}, seed {cfg.seed}.\n\n"
+    flagged = [f"**WARNING: {len(r.train_overlap)} of the {r.images} images are training images of {r.model}** "
+               f"({', '.join(a for a, _ in r.train_overlap[:5])}); its numbers measure memory, not "
+               "generalisation.\n\n" for r in results if r.train_overlap]
+    md = ("".join(flagged) + f"Crop error in source pixels (longer side {cfg.source_side} px), {results[0].images} "
+          f"images x {cfg.crops_per_image} crops per scenario, PCA {cfg.pca}, seed {cfg.seed}.\n\n"
           + markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False)) + "\nPer scenario:\n\n"
           + markdown_table(TABLE_HEADERS, rows))
     paths["markdown"] = atomic_write_text(out / "table.md", md)

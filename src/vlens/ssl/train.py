@@ -33,6 +33,9 @@ class DINOConfig:
     """Image sets: ``photos``, ``photos:matching``, ``shapes``, ``shapes:pretrain`` or folders; mixed uniformly."""
     preset: str = "dino-tiny"
     """Backbone shape from ``vlens.models.presets`` (``test-vit`` for tests, ``dino-tiny``, ``vit-tiny``, ...)."""
+    init: str = ""
+    """Start the backbone (student and teacher) from these weights, a model spec such as ``builtin:dino-tiny``
+    with the preset's shape, instead of a fresh initialisation; the heads start fresh. Empty = from scratch."""
     epochs: int = 100
     samples_per_epoch: int = 0
     """Crops-sets per epoch; 0 = one pass over the images (at least one global batch). Small image sets want a
@@ -129,6 +132,19 @@ def build_backbone(preset: str, image_size: int):
     if cfg.model_type == "dinov2":
         return transformers.Dinov2Model(cfg)
     raise ConfigError(f"preset '{preset}' is a '{cfg.model_type}' model; DINO needs a ViT or DINOv2 preset")
+
+
+def init_backbone(backbone, spec: str) -> None:
+    """Copy the weights of the backbone ``spec`` into ``backbone`` (same shape required; one-line error if not)."""
+    from vlens.models import load
+
+    src = load(spec, "backbone").model.state_dict()
+    dst = backbone.state_dict()
+    bad = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
+    if bad:
+        raise ConfigError(f"--init {spec}: its weights do not fit the preset (first mismatch: {bad[0]}); pick the "
+                          "preset it was trained with")
+    backbone.load_state_dict({k: src[k] for k in dst})
 
 
 def image_processor(size: int):
@@ -264,6 +280,9 @@ def train(cfg: DINOConfig, log=print) -> dict:
         RunDir(out, cfg)  # writes config.json
 
     backbone = build_backbone(cfg.preset, cfg.crops.global_size)
+    if cfg.init and ckpt is None:
+        init_backbone(backbone, cfg.init)
+        log(f"backbone initialised from {cfg.init}")
     head = dino.DINOHead(backbone.config.hidden_size, cfg.out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                          cfg.head_layers, cfg.norm_last_layer)
     patch_head = None
@@ -480,9 +499,20 @@ def export_backbone(backbone, folder: Path, cfg: DINOConfig, metrics: dict, hist
     backbone.save_pretrained(folder)
     image_processor(cfg.processor_size or cfg.crops.global_size).save_pretrained(folder)
     write_model_card(folder, cfg, metrics)
+    write_training_list(folder, cfg)
     from vlens.runs import apply_umask_tree
 
     return apply_umask_tree(folder)  # safetensors writes its file 0600
+
+
+def write_training_list(folder: Path, cfg: DINOConfig) -> Path:
+    """``training_images.json``: the run's images and those of the weights it started from (``--init``), so
+    benchmarks can refuse them (vlens.match.heldout)."""
+    from vlens.match.heldout import training_images, write_training_images
+
+    source = ", ".join(cfg.images) + (f" (initialised from {cfg.init})" if cfg.init else "")
+    return write_training_images(folder, _resolve_images(cfg.images), source,
+                                 training_images(cfg.init) if cfg.init else [])
 
 
 def write_model_card(folder: Path, cfg: DINOConfig, metrics: dict, extra: str = "") -> Path:
