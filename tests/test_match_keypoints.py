@@ -14,8 +14,8 @@ from vlens.match import keypoints as K
 
 
 def make_spair(root, pairs_per_cat: int = 2, categories=("cat", "bus")):
-    """A tiny SPair-71k folder: an "object" (a photo patch) pasted at different grid-aligned places on a plain background;
-    keypoints at fixed points of the object, the target box around the pasted object."""
+    """A tiny SPair-71k folder: an "object" (a photo patch) pasted at different grid-aligned places on a plain
+    background; keypoints at fixed points of the object, the target box around the pasted object."""
     from vlens.data.photos import load_photo
 
     rng = np.random.default_rng(0)
