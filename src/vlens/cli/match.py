@@ -242,20 +242,26 @@ def bench_pairs_cmd(
 @bench_app.command("keypoints")
 def bench_keypoints_cmd(
     data: Path = typer.Option(..., "--data", help="Your SPair-71k folder (the one with JPEGImages/, "
-                              "PairAnnotation/{trn,val,test}/ and Layout/large/), as the authors distribute it."),
-    split: str = typer.Option("test", help="trn (train), val or test."),
-    category: list[str] = typer.Option(None, "--category", help="Only these categories (repeatable), e.g. cat."),
-    limit: int = typer.Option(0, help="At most this many pairs per category (0 = all; the test split has 12,234)."),
-    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+                              "PairAnnotation/{trn,val,test}/ and Layout/large/), as the authors distribute it.",
+                              callback=check.path()),
+    split: str = typer.Option("test", help="trn (train), val or test.",
+                              callback=check.choice("trn", "train", "val", "test")),
+    category: list[str] = typer.Option(None, "--category", help="Only these categories (repeatable), e.g. cat.",
+                                       callback=check.text()),
+    limit: int = typer.Option(0, help="At most this many pairs per category (0 = all; the test split has 12,234).",
+                              callback=check.count(0)),
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     baselines: bool = typer.Option(True, help="Also run dense SIFT, raw pixels and random weights on the same "
                                    "pairs."),
-    size: int = typer.Option(224, help="Longer side of both images fed to the model, pixels."),
-    pca: int = typer.Option(0, help="Joint PCA components per pair (0 = keep all)."),
-    layer: int = typer.Option(-1, help=LAYER_HELP),
-    facet: str = typer.Option("token", help=FACET_HELP),
-    alpha: float = typer.Option(0.1, help="PCK threshold as a fraction of max(target box width, height)."),
+    size: int = typer.Option(224, help="Longer side of both images fed to the model, pixels.",
+                             callback=check.side(16)),
+    pca: int = typer.Option(0, help="Joint PCA components per pair (0 = keep all).", callback=check.integer(0, 1024)),
+    layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
+    facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
+    alpha: float = typer.Option(0.1, help="PCK threshold as a fraction of max(target box width, height).",
+                                callback=check.number(0, 1, lo_open=True)),
     out: Path = typer.Option(Path("bench-keypoints"), "--out", "-o", help="Run folder: config.json, "
-                             "results.json, table.md."),
+                             "results.json, table.md.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
 ):
     """Semantic keypoint transfer (SPair-71k layout): PCK@alpha of the target's bounding box.
