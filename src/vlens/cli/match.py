@@ -12,10 +12,15 @@ MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-
               "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
               "px, P=16, S=48 by default: the classical anchor), 'pixels' or 'pixels:P' (raw P x P pixel patches) "
               "or 'random:SPEC' (SPEC's architecture, random weights).")
-LAYER_HELP = "Transformer block to read, counted from 1; -1 = the last. Middle-to-late blocks match best."
-FACET_HELP = "token (block output) or the attention's key / query / value. DINO papers find 'key' best."
+LAYER_HELP = ("Transformer block to read, counted from 1; -1 = the last (for builtin:dino-tiny the last matches "
+              "real pairs best).")
+FACET_HELP = ("token (block output) or the attention's key / query / value. DINO papers find 'key' best for "
+              "their models; for builtin:dino-tiny 'token' matches real pairs best.")
 PCA_HELP = ("Reduce descriptors to K components with a PCA fitted jointly on both images (0 = keep all). "
-            "10 removes noise and speeds up matching; the lab report used 10.")
+            "The lab report used 10; on real pairs with ground truth 10 costs every descriptor accuracy (see "
+            "benchmarks/RESULTS.md).")
+MATCH_PCA_HELP = PCA_HELP + (" Default 0: measured on the graffiti and aloe pairs, PCA 10 drops dino-tiny's PCK@10 "
+                             "and dense SIFT's far more; 32 is level with no PCA.")
 FACETS = check.choice("token", "key", "query", "value")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 
@@ -51,7 +56,7 @@ def match_cmd(
     score: str = typer.Option("cycle", help="Rank matches by 'cycle' (negative cycle distance: A->B->A lands "
                               "near where it started; robust) or 'feature' (negative descriptor distance).",
                               callback=check.choice("cycle", "feature")),
-    pca: int = typer.Option(10, help=PCA_HELP, callback=check.integer(0, 1024)),
+    pca: int = typer.Option(0, help=MATCH_PCA_HELP, callback=check.integer(0, 1024)),
     top: int = typer.Option(50, help="How many of the best matches to draw and list (0 = all).",
                             callback=check.count(0)),
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
@@ -67,7 +72,7 @@ def match_cmd(
 ):
     """Match two images patch by patch and draw the best matches.
 
-    Example: vlens match a.jpg b.jpg --score cycle --pca 10 --top 50 --out m.png --json m.json
+    Example: vlens match a.jpg b.jpg --score cycle --top 50 --out m.png --json m.json
     """
     import time
 
