@@ -181,3 +181,17 @@ def draw_true_error_matches(img_a: Image.Image, img_b: Image.Image, src_xy: np.n
                   torch.zeros(len(idx)), torch.zeros(len(idx)), torch.ones(len(idx), dtype=torch.bool))
     colors = _colormap(np.asarray(errors)[idx] / max_error, "RdYlGn_r")
     return draw_matches(img_a, img_b, sub, top=None, height=height, colors=colors, width=1)
+
+
+def stack_rows(images: list[Image.Image], labels: list[str], gap: int = 6) -> Image.Image:
+    """Pictures one above the other, each under a one-line label (PIL's default font)."""
+    width = max(im.width for im in images)
+    bar = 16
+    canvas = Image.new("RGB", (width, sum(im.height + bar + gap for im in images)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for im, label in zip(images, labels):
+        draw.text((4, y + 2), label, fill=(0, 0, 0))
+        canvas.paste(im.convert("RGB"), (0, y + bar))
+        y += im.height + bar + gap
+    return canvas

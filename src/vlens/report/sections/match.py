@@ -108,7 +108,7 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
     """The real-pair table (backbone, dense SIFT, pixels, random weights, sparse SIFT) and the graffiti matches
     coloured by their true error."""
     from vlens.match.crops import baseline_specs
-    from vlens.match.draw import draw_true_error_matches, short_model
+    from vlens.match.draw import draw_true_error_matches, short_model, stack_rows
     from vlens.match.pairs import PairsConfig, opencv_pairs, run_pairs_benchmark, working_pair, write_pairs_outputs
 
     pairs = opencv_pairs()
@@ -146,10 +146,10 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
     cells, titles = [], []
     for d in graf.descriptors[:2]:  # the backbone and dense SIFT
         cells.append(draw_true_error_matches(img_s, img_t, *d.match_xy, d.errors, n=120, height=260))
-        titles.append(f"{short_model(d.descriptor)}: 120 matches spread over the cycle-score ranking")
-    from vlens.report.plots import image_grid
-
-    fig = image_grid(cells, titles, ctx.figures / "match_graffiti.png", cols=1, cell=4.5)
+        titles.append(f"{short_model(d.descriptor)}: 120 matches spread over the cycle-score ranking "
+                      f"(PCK@10 {100 * d.all['pck@10']:.1f}%)")
+    fig = ctx.figures / "match_graffiti.png"
+    stack_rows(cells, titles).save(fig)
     s.figure(fig, "Graffiti 1 -> 3: matches coloured by their true error (green 0 px, red >= 50 px), from the "
                   "best-ranked (drawn on top) to the worst.")
     return res
