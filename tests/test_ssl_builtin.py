@@ -8,10 +8,11 @@ import pytest
 from vlens.models.hub import BUILTIN_DIR
 
 FOLDER = BUILTIN_DIR / "dino-tiny"
-# median crop error of the shipped model / that of random weights, on the small benchmark below, was 0.54 on the
-# scenario average and 0.50 / 0.79 / 0.47 / 0.50 on large / small / photometric / geometric: floors with slack
-FLOOR_AVERAGE = 0.75
-FLOOR_SCENARIO = 0.75
+# median crop error of the shipped model / that of random weights, on the small benchmark below (4 held-out photos),
+# was 0.78 on the scenario average and 0.79 / 0.95 / 0.68 / 0.80 on large / small / photometric / geometric (on
+# its own training photos it was 0.54 and 0.50 / 0.79 / 0.47 / 0.50): floors with slack
+FLOOR_AVERAGE = 0.9
+FLOOR_SCENARIO = 0.9
 
 
 def test_builtin_loads_and_is_small():
@@ -32,14 +33,15 @@ def test_builtin_loads_and_is_small():
 
 
 @pytest.mark.slow
-def test_builtin_beats_random_weights_on_a_small_crop_benchmark():
-    """The issue's floor (not an exact number): on a small crop benchmark (4 photos x 1 crop x 4 scenarios at the
-    benchmark's own 448 / 224 px) the trained weights put matches clearly closer to the truth than the same
-    architecture with random weights, on the scenario average and on the large, photometric and geometric crops."""
-    from vlens.data.photos import photo_paths
+def test_builtin_beats_random_weights_on_a_small_crop_benchmark(opencv_samples):
+    """The issue's floor (not an exact number): on a small crop benchmark of held-out photos (4 photos x 1 crop x 4
+    scenarios at the benchmark's own 448 / 224 px) the trained weights put matches closer to the truth than the
+    same architecture with random weights, on the scenario average and on the large, photometric and geometric
+    crops."""
+    from vlens.data.opencv_samples import HELDOUT_PHOTOS, photo_paths
     from vlens.match.crops import run_crop_benchmark
 
-    images = photo_paths(("astronaut", "coffee", "chelsea", "rocket"))
+    images = photo_paths(HELDOUT_PHOTOS[:4])
     kw = {"crops_per_image": 1, "keep_examples": 0}
     ours = run_crop_benchmark("builtin:dino-tiny", images, **kw)
     rand = run_crop_benchmark("random:builtin:dino-tiny", images, **kw)
