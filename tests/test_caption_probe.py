@@ -53,6 +53,7 @@ def test_probe_runs_on_a_captioner(shapes_dir, tiny_blip):
         scene_objects(shapes_dir),
     )
     assert [(r.features, r.target) for r in res] == [
-        ("vision tower", "position"), ("vision tower", "shape"), ("pixels", "position"), ("pixels", "shape")
+        ("object token", "position"), ("object token", "shape"), ("all tokens", "position"), ("all tokens", "shape"),
+        ("pixels", "position"), ("pixels", "shape"),
     ]
     assert all(0 <= r.test_accuracy <= 1 and r.n_train >= 10 for r in res)

@@ -1,12 +1,19 @@
 """Can a captioner's vision tower see where an object is and what shape it is? A linear probe says.
 
-On single-object shapes scenes, take the vision tower's patch features (B, L, D) (the tokens the text decoder
-cross-attends to, [CLS] dropped), flatten them to (B, L*D), and fit a multinomial logistic regression
-(scikit-learn) on the training images for two labels: the position phrase of the caption grammar (9 classes:
-"in the top left corner" ... "in the middle") and the shape (5 classes). Accuracy on held-out images far above
-chance means the information is in the features and a caption that gets it wrong is the decoder's (or the
-training's) fault; accuracy near chance means the tower cannot see it (patch size, resolution, position codes,
-preprocessing). The same probe on raw pixels pooled to the patch grid is the reference a tower should beat.
+On single-object shapes scenes, take the vision tower's output tokens (the ones the text decoder cross-attends
+to) and fit a multinomial logistic regression (scikit-learn) on the training images for two labels: the position
+phrase of the caption grammar (9 classes: "in the top left corner" ... "in the middle") and the shape (5
+classes). Two views of the tokens:
+- "object token": the one patch token under the object's centre (D features). Cross-attention reads tokens by
+  content, not by index, so this is what the decoder can use once it has found the object: does that token
+  itself say what shape it belongs to and where it is?
+- "all tokens": every patch token flattened, (L*D) features: the information anywhere in the map, its token
+  index included (an upper bound the decoder cannot read directly; with few images it overfits).
+
+Accuracy on held-out images far above chance means the information is in the features and a caption that gets
+it wrong is the decoder's (or the training's) fault; accuracy near chance means the tower cannot see it (patch
+size, resolution, position codes, preprocessing). The same probe on raw pixels pooled to the patch grid is the
+reference a tower should beat.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class ProbeResult:
     target: str
     """"position" or "shape"."""
     features: str
-    """what was probed, e.g. "vision tower" or "pixels"."""
+    """what was probed: "object token", "all tokens" or "pixels"."""
     train_accuracy: float
     test_accuracy: float
     chance: float
@@ -51,6 +58,19 @@ def tower_features(model, pixel_values: torch.Tensor, batch_size: int = 64) -> t
         for start in range(0, len(pixel_values), batch_size):
             h = model.vision_model(pixel_values=pixel_values[start : start + batch_size]).last_hidden_state
             out.append(h[:, 1:].flatten(1))  # (b, L*D)
+    return torch.cat(out)
+
+
+def object_token_features(model, pixel_values: torch.Tensor, centres, batch_size: int = 64) -> torch.Tensor:
+    """The patch token under each object's centre: (B, 3, S, S), centres [(cx, cy)] in [0, 1] -> (B, D)."""
+    cfg = model.config.vision_config
+    g = cfg.image_size // cfg.patch_size
+    idx = torch.tensor([min(int(cy * g), g - 1) * g + min(int(cx * g), g - 1) + 1 for cx, cy in centres])  # +1: [CLS]
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(pixel_values), batch_size):
+            h = model.vision_model(pixel_values=pixel_values[start : start + batch_size]).last_hidden_state
+            out.append(h[torch.arange(len(h)), idx[start : start + batch_size]])  # (b, D)
     return torch.cat(out)
 
 
@@ -104,7 +124,16 @@ def probe_captioner(
     px_train, px_test = pixels(train), pixels(test)
     cfg = model.config.vision_config
     grid = cfg.image_size // cfg.patch_size
-    feats = {"vision tower": (tower_features(model, px_train), tower_features(model, px_test))}
+    def centres(samples):
+        return [(objects[s.id][0]["cx"], objects[s.id][0]["cy"]) for s in samples]
+
+    feats = {
+        "object token": (
+            object_token_features(model, px_train, centres(train)),
+            object_token_features(model, px_test, centres(test)),
+        ),
+        "all tokens": (tower_features(model, px_train), tower_features(model, px_test)),
+    }
     if with_pixels:
         feats["pixels"] = (pixel_features(px_train, grid), pixel_features(px_test, grid))
     results = []
