@@ -48,7 +48,8 @@ def section(ctx: LabContext) -> Section:
     card = cap.loaded.path / "MODEL_CARD.md"
     trained_prompt = cap.default_prompt
     s.text(
-        "`builtin:blip-tiny` is a 1.3M-parameter BLIP (`BlipForConditionalGeneration`) trained by "
+        f"`builtin:blip-tiny` is a {sum(p.numel() for p in cap.model.parameters()) / 1e6:.2f}M-parameter BLIP "
+        "(`BlipForConditionalGeneration`) trained by "
         "`vlens caption train` on the target-style shapes dataset (see its model card). Captions here are "
         "for "
         f"the first {n_images} images of the test split, which the model never saw. Scores are x100, "
@@ -243,15 +244,18 @@ def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float, trained
         if trained and others:
             rest = sum(e["BLEU-4"] for e in others) / len(others)
             if trained_prompt:
+                top = max(others, key=lambda e: e["BLEU-4"])
+                none = next((e for e in prompts if e["prompt"] == "(none)"), None)
                 parts.append(
                     f"The model was fine-tuned behind {trained_prompt!r} (masked out of the loss, as BLIP does): "
                     f"that prompt gives {trained['BLEU-4']:.1f}, the other prefixes {rest:.1f} on average"
+                    + (f" and no prompt {none['BLEU-4']:.1f}" if none else "")
                     + (
                         ", so a prompt helps when it is the one the model learnt to continue and is otherwise "
                         "an unfamiliar prefix it has to recover from."
-                        if trained["BLEU-4"] >= max(e["BLEU-4"] for e in others)
-                        else "; here another prefix does as well or better, so the captioner does not depend on "
-                        "the exact training words."
+                        if trained["BLEU-4"] >= top["BLEU-4"]
+                        else f"; {top['prompt']!r} does as well or better ({top['BLEU-4']:.1f}): a prefix that "
+                        "reads like the training prompt works too, one made of words the model rarely saw does not."
                     )
                 )
             else:
