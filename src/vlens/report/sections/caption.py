@@ -171,8 +171,8 @@ def section(ctx: LabContext) -> Section:
     s.figure(
         fig,
         f"Greedy captions (pred) and the first of five references (ref) on test images (cf. Figure 3): "
-        f"the first row where every attribute is right ({len(right)} of {len(samples)} captions), the second "
-        f"where at least one is wrong ({len(wrong)}), with what is wrong.",
+        f"first up to four where every attribute is right (RIGHT; {len(right)} of {len(samples)} captions), then "
+        f"up to four where at least one is wrong (WRONG; {len(wrong)}), with what is wrong.",
     )
     s.metrics = {
         "greedy": greedy.scores,
