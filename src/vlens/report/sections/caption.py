@@ -240,7 +240,9 @@ def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float, trained
         )
         label = trained_prompt or "(none)"
         trained = next((e for e in prompts if e["prompt"] == label), None)
-        others = [e for e in prompts if e["prompt"] != label]
+        others = [e for e in prompts if e["prompt"] not in (label, "(none)")] if trained_prompt else [
+            e for e in prompts if e["prompt"] != label
+        ]
         if trained and others:
             rest = sum(e["BLEU-4"] for e in others) / len(others)
             if trained_prompt:
