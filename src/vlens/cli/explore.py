@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, check, echo_json, parse_pair
+from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
 from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MODEL_HELP, PCA_HELP, SIZE_HELP
 
 app = typer.Typer(
@@ -43,6 +43,8 @@ def point_cmd(
     out: Path = typer.Option(Path("point.png"), "--out", "-o", help="Picture: A with the point and where its "
                              "cycle A -> B -> A lands, B with the similarity heatmap and the best match.",
                              callback=check.output("file")),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Where a point of A lands in B: the similarity of every B patch to the A patch under the point.
@@ -55,15 +57,18 @@ def point_cmd(
     """
     import time
 
+    from vlens.devices import resolve_device, resolve_dtype
     from vlens.images import load_image
     from vlens.match.explore import point_match
     from vlens.match.explore_figures import point_figure
     from vlens.match.features import extract_features
 
     point = parse_pair(xy)
+    dev = resolve_device(device)
     t0 = time.time()
     a, b = load_image(image_a), load_image(image_b)
-    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
+    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
+                              dtype=resolve_dtype(dtype, dev))
     pm = point_match(fa, fb, point, pca=None if pca <= 0 else pca, top_k=top_k)
     point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
                                      f"PCA {pca if pca > 0 else 'off'}")
@@ -95,6 +100,8 @@ def attention_cmd(
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="Picture: the photo, its features' PCA "
                              "as RGB, the heads' mean attention and one panel per head.",
                              callback=check.output("file")),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Where each attention head of the [CLS] token looks, and the features' first three PCA components as RGB.
@@ -107,14 +114,17 @@ def attention_cmd(
     """
     import time
 
+    from vlens.devices import resolve_device, resolve_dtype
     from vlens.images import load_image
     from vlens.match.attention import cls_attention, pca_features
     from vlens.match.explore_figures import attention_figure
 
+    dev = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, dev)
     t0 = time.time()
     img = load_image(image)
-    att = cls_attention(img, model, layer=layer, size=size)
-    rgb = pca_features(img, model, layer=layer, size=size)
+    att = cls_attention(img, model, layer=layer, size=size, device=dev, dtype=run_dtype)
+    rgb = pca_features(img, model, layer=layer, size=size, device=dev, dtype=run_dtype)
     attention_figure(img, att, rgb, out)
     grid = list(att.maps.shape[1:])
     info = {"image": str(image), "model": att.model, "layer": att.layer, "heads": att.heads, "grid": grid,

@@ -66,14 +66,21 @@ def eager_backbone(spec: str | None):
 
 
 @torch.no_grad()
-def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int = 448) -> AttentionMaps:
-    """[CLS] attention of block ``layer`` (counted from 1, -1 = last) on ``image`` (PIL image or path)."""
+def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None,
+                  dtype=None) -> AttentionMaps:
+    """[CLS] attention of block ``layer`` (counted from 1, -1 = last) on ``image`` (PIL image or path).
+    ``device`` / ``dtype`` (torch objects or names, see :mod:`vlens.devices`) move the eager copy there first."""
     from PIL import Image
 
     from vlens.images import load_image
     from vlens.match.features import _to_tensor, input_size_for
 
     bb = eager_backbone(model)
+    if device is not None or dtype is not None:
+        from vlens.devices import resolve_device, resolve_dtype
+
+        run_on = device if isinstance(device, torch.device) else resolve_device(device)
+        bb.model.to(device=run_on, dtype=dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, run_on))
     img = image if isinstance(image, Image.Image) else load_image(image)
     n = bb.num_layers
     li = n + layer if layer < 0 else layer - 1  # 0-based block
@@ -97,10 +104,10 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
                          li + 1)
 
 
-def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448):
+def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None, dtype=None):
     """The image's patch features (token facet of ``layer``) as 3 PCA components in RGB: (h, w, 3) in [0, 1]."""
     from vlens.match.draw import pca_rgb
     from vlens.match.features import extract_features
 
-    f = extract_features([image], model, layer=layer, size=size)[0]
+    f = extract_features([image], model, layer=layer, size=size, device=device, dtype=dtype)[0]
     return pca_rgb(f.descriptors)[0]
