@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -173,8 +174,10 @@ def test_cli_attention_end_to_end(cli, tiny_dinov2, tmp_path):
     info = json.loads(out)
     assert info["heads"] == 2 and info["grid"] == [8, 8] and len(info["per_head"]) == 2
     assert (tmp_path / "att.png").exists()
-    code, out, err = cli("explore", "attention", tmp_path / "p.png", "--model", tiny_dinov2, "--size", "64",
-                         "--device", "cpu", "--dtype", "bf16", "--out", tmp_path / "att16.png", "--json")
+    # bf16 moves the (cached) model in place: use a copy of the folder so other tests keep their fp32 model
+    shutil.copytree(tiny_dinov2, tmp_path / "dinov2-copy")
+    code, out, err = cli("explore", "attention", tmp_path / "p.png", "--model", tmp_path / "dinov2-copy", "--size",
+                         "64", "--device", "cpu", "--dtype", "bf16", "--out", tmp_path / "att16.png", "--json")
     assert code == 0, err
     peaks16 = [h["peak"] for h in json.loads(out)["per_head"]]
     assert peaks16 == pytest.approx([h["peak"] for h in info["per_head"]], abs=0.05)  # bf16 ~ fp32
