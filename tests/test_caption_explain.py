@@ -141,7 +141,7 @@ def test_the_lab_findings_are_visible_on_the_embedded_captioner(shapes_dir):
 
     assert all(st.eligible == min(100, vocab) for e in hot for st in e.steps)
     assert min(st.p_model for e in hot for st in e.steps) < 0.05  # an improbable pick
-    # measured on the current builtin: median 1.0 vs 3.4 effective choices, 83% vs 56% favourite picks
+    # measured (first blip-tiny): median 1.0 vs 3.4 effective choices, 83% vs 56% favourite picks; the bounds are loose
     assert median_eff(cold) < 1.5 and median_eff(hot) > 2 * median_eff(cold)
     assert share_top(cold) >= 0.75 and share_top(hot) < share_top(cold) - 0.1
 
