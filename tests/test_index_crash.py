@@ -1,20 +1,21 @@
-"""Crash safety: SIGKILL a real `vlens index build/update` process at random moments, check, rerun, compare.
+"""Crash safety: SIGKILL a real `vlens index build/update` process at points the test names, check, rerun, compare.
 
-After every kill the index either does not exist yet (killed before its manifest was written) or opens and
-answers searches with a consistent subset of the final content; a rerun then yields exactly what an
-uninterrupted run yields: same paths, same vectors, no duplicates.
+The kills are deterministic: ``VLENS_FAULT=NAME:N:kill`` makes the process kill itself the N-th time it reaches
+the fault point NAME (see vlens.faults): while the model loads, right after taking the lock (before the first
+write), between an atomic write and its rename (a temp file is left behind), after the k-th committed batch,
+between the database and the FAISS file, and after the last write. After every kill the index either does not
+exist yet or opens and answers searches with a consistent subset of the final content; a rerun (without manual
+cleanup) then yields exactly what an uninterrupted run yields: same paths, same vectors, no duplicates, no temps.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,36 +48,28 @@ def _rows(out) -> dict[str, np.ndarray]:
     return rows
 
 
-def _count(out: Path) -> int:
-    if not (out / "meta.sqlite").exists():
-        return 0
+def _run_killed_at(cmd, point: str) -> None:
+    """Run ``cmd`` with a fault that SIGKILLs it at ``point`` (NAME:N); it must die there, not finish."""
+    env = dict(_env(), VLENS_FAULT=f"{point}:kill")
+    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, check=False)
+    assert p.returncode == -signal.SIGKILL, f"not killed at {point}: exit {p.returncode}\n{p.stderr.decode()[-2000:]}"
+
+
+def _fail_in_process_at(point: str, fn) -> None:
+    from vlens import faults
+
+    faults.reset()
+    os.environ["VLENS_FAULT"] = f"{point}:fail"
     try:
-        con = sqlite3.connect(f"file:{out / 'meta.sqlite'}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:  # the schema is not there yet
-        return 0
+        with pytest.raises(RuntimeError, match=f"fault injected at {point.split(':')[0]}"):
+            fn()
+    finally:
+        del os.environ["VLENS_FAULT"]
+        faults.reset()
 
 
-def _kill_at_random(cmd, started, rng: random.Random, window: float) -> bool:
-    """Start ``cmd``; once ``started()`` is true (the process is writing), SIGKILL it after a random delay.
-
-    Returns True if it was killed, False if it finished first.
-    """
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not started() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    time.sleep(rng.uniform(0, window))
-    if p.poll() is not None:
-        err = p.stderr.read().decode()
-        assert p.returncode == 0, err
-        return False
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    return True
+def _temps(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob(".*")) if out.exists() else []
 
 
 def _check_partial(out: Path, reference: dict[str, np.ndarray], encoder) -> None:
@@ -106,40 +99,51 @@ def setup(tiny_clip, shapes_dir, tmp_path_factory):
     return enc, root, _rows(ref), tiny_clip
 
 
-def test_kill_build_at_random_points_then_rerun(setup, tmp_path):
+def test_build_killed_at_every_stage_then_rerun(setup, tmp_path):
     enc, root, reference, model = setup
-    rng = random.Random(7)
-    counts = []
-    for trial in range(2):
-        out = tmp_path / f"idx{trial}"
-        cmd = _cmd("index", "build", root, "--out", out, "--model", model, "--batch-size", 2)
-        # Up to 2 kills per trial, each at a random moment after the process starts writing.
-        for _ in range(2 - trial):
-            # Kill once the database holds a random number of images (then after a further random delay), so
-            # kills land at random points of the embedding loop whatever the machine's speed.
-            target = rng.randrange(1, len(reference))
-            if not _kill_at_random(cmd, lambda out=out, target=target: _count(out) >= target, rng, window=0.05):
-                break
-            _check_partial(out, reference, enc)
-            counts.append(len(_rows(out)) if is_index(out) else 0)
-        rep = build_index(root, out, IndexConfig(model=str(model)), embedder=(enc.encode_images, enc.dim),
-                          progress=False)
-        rows = _rows(out)
-        assert rows.keys() == reference.keys() and rep.total == len(reference)
-        for p in rows:
-            np.testing.assert_allclose(rows[p], reference[p], atol=1e-5)
-        assert not ImageIndex(out).stale
-    # At least one kill landed in the middle of the embedding (some batches committed, not all).
-    assert any(0 < c < len(reference) for c in counts), counts
+    n = len(reference)
+    out = tmp_path / "idx"
+    cmd = _cmd("index", "build", root, "--out", out, "--model", model, "--batch-size", 2)
+    # While the model loads, and right after taking the lock (before the first write). Nothing a kill skips
+    # matters at these points, so they fail in this process (saving two process starts): nothing may be
+    # written while the model loads; only the lock file exists after the second.
+    for point, left in (("index.model:1", None), ("index.start:1", ["lock"])):
+        _fail_in_process_at(point, lambda: build_index(root, out, IndexConfig(model=str(model), batch_size=2),
+                                                       progress=False))
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == left and not is_index(out)
+    # Between writing the manifest's temp file and renaming it: a temp file is left behind.
+    _run_killed_at(cmd, "atomic.replace:1")
+    assert not is_index(out) and any(t.startswith(".manifest.json.") for t in _temps(out))
+    # After the first committed batch, then after 5 more: the middle of the work.
+    _run_killed_at(cmd, "index.batch:1")
+    assert len(_rows(out)) == 2 and _temps(out) == []  # the rerun cleaned the killed run's temp file
+    _check_partial(out, reference, enc)
+    _run_killed_at(cmd, "index.batch:5")
+    assert len(_rows(out)) == 12
+    _check_partial(out, reference, enc)
+    # Every vector committed, the FAISS file not yet rewritten: searches fall back to exact search.
+    _run_killed_at(cmd, "index.faiss:1")
+    assert len(_rows(out)) == n and ImageIndex(out).stale
+    _check_partial(out, reference, enc)
+    # After the last write (the CLI rerun dies there): a complete index; the next rerun finds nothing to do.
+    _run_killed_at(cmd, "index.done:1")
+    assert _rows(out).keys() == reference.keys() and not ImageIndex(out).stale
+    rep = build_index(root, out, IndexConfig(model=str(model)), embedder=(enc.encode_images, enc.dim),
+                      progress=False)
+    rows = _rows(out)
+    assert rows.keys() == reference.keys() and rep.total == n and rep.embedded == 0
+    for p in rows:
+        np.testing.assert_allclose(rows[p], reference[p], atol=1e-5)
+    assert not ImageIndex(out).stale and _temps(out) == []
 
 
-def test_kill_update_at_random_points_then_rerun(setup, tmp_path):
+def test_update_killed_mid_way_then_rerun(setup, tmp_path):
     enc, root0, _, model = setup
-    rng = random.Random(11)
     root = tmp_path / "photos"
     shutil.copytree(root0, root)
     out = tmp_path / "idx"
-    build_index(root, out, IndexConfig(model=str(model)), embedder=(enc.encode_images, enc.dim), progress=False)
+    build_index(root, out, IndexConfig(model=str(model), batch_size=4), embedder=(enc.encode_images, enc.dim),
+                progress=False)
     # A big change set: delete a third, rename a few, replace some pixels, add copies under new names.
     files = sorted(root.glob("*.png"))
     for p in files[:20]:
@@ -157,23 +161,23 @@ def test_kill_update_at_random_points_then_rerun(setup, tmp_path):
     build_index(root, ref, IndexConfig(model=str(model)), embedder=(enc.encode_images, enc.dim), progress=False)
     reference = _rows(ref)
     old = _rows(out)
-    killed = 0
-    for _ in range(3):
-        def started():
-            return (out / "lock").stat().st_size > 0
-        if _kill_at_random(_cmd("index", "update", out, "--json"), started, rng, window=1.5):
-            killed += 1
-            rows = _rows(out)
-            for path, vec in rows.items():  # every row is either still valid from before or already new
-                assert np.allclose(vec, reference.get(path, vec + 1), atol=1e-5) or \
-                    np.allclose(vec, old.get(path, vec + 1), atol=1e-5)
-            _check_partial_any(out, enc)
+    # Before the first write (in this process), after the deletions/renames and 2 batches, and between the
+    # database and the FAISS file.
+    _fail_in_process_at("index.start:1", lambda: update_index(out, embedder=(enc.encode_images, enc.dim),
+                                                              progress=False))
+    assert _rows(out).keys() == old.keys()
+    for point in ("index.batch:3", "index.faiss:1"):
+        _run_killed_at(_cmd("index", "update", out, "--json"), point)
+        rows = _rows(out)
+        for path, vec in rows.items():  # every row is either still valid from before or already new
+            assert np.allclose(vec, reference.get(path, vec + 1), atol=1e-5) or \
+                np.allclose(vec, old.get(path, vec + 1), atol=1e-5)
+        _check_partial_any(out, enc)
     update_index(out, embedder=(enc.encode_images, enc.dim), progress=False)
     rows = _rows(out)
     assert rows.keys() == reference.keys()
     for p in rows:
         np.testing.assert_allclose(rows[p], reference[p], atol=1e-5)
-    assert killed >= 1
 
 
 def _check_partial_any(out, enc) -> None:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlens.faults import fault_point
+
 
 def current_umask() -> int:
     """The process umask, read without changing it (``os.umask`` sets it, which races with other threads)."""
@@ -108,6 +110,7 @@ def atomic_path(path, suffix: str | None = None):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         apply_umask(tmp)
+        fault_point("atomic.replace")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

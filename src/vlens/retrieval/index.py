@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vlens.errors import ConfigError, IndexError_
+from vlens.faults import fault_point
 from vlens.retrieval.ann import (  # noqa: F401
     VLENS_KINDS,
     auto_nlist,
@@ -101,6 +102,16 @@ class IndexConfig:
             raise ConfigError("--batch-size must be at least 1")
         if not 0 < self.target_recall <= 1:
             raise ConfigError("target recall must be in (0, 1]")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("the index needs a model (--model)")
+        if self.captioner is not None and (not isinstance(self.captioner, str) or not self.captioner.strip()):
+            raise ConfigError("--captioner needs a model spec, e.g. builtin:blip-tiny")
+        if not 0 <= self.nlist <= 1 << 20:
+            raise ConfigError(f"--nlist must be 0 (automatic) to {1 << 20} (got {self.nlist})")
+        if not 2 <= self.hnsw_m <= 256:
+            raise ConfigError(f"HNSW M must be 2 to 256 (got {self.hnsw_m})")
+        if self.batch_size > 1 << 16:
+            raise ConfigError(f"--batch-size must be at most {1 << 16} (got {self.batch_size})")
 
 
 @dataclass
@@ -138,6 +149,21 @@ class UpdateReport:
 
 
 # ----------------------------------------------------------------------------------------------- files, lock
+
+
+INDEX_FILES = (MANIFEST, DB, DB + "-wal", DB + "-shm", DB + "-journal", FAISS_FILE, FAISS_STATE, LOCK)
+
+
+def _is_index_file(name: str) -> bool:
+    """A file an index folder may hold: its own files, or the temp file of an atomic write of one of them."""
+    return name in INDEX_FILES or any(name.startswith(f".{f}.") for f in INDEX_FILES)
+
+
+def remove_temps(folder: Path) -> list[Path]:
+    """Remove temp files that killed writers left in an index folder. Call it only while holding the lock."""
+    from vlens.runs import remove_stale_temps
+
+    return [p for f in (MANIFEST, FAISS_FILE, FAISS_STATE) for p in remove_stale_temps(Path(folder) / f)]
 
 
 def is_index(folder) -> bool:
@@ -231,6 +257,12 @@ def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]
     found, refused = {}, []
     for p in list_images(root):
         rel = p.relative_to(root).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (e.g. Latin-1 names from an old camera or zip)
+            shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+            refused.append((shown, "the file name is not valid UTF-8; rename the file to index it"))
+            continue
         if not p.resolve().is_relative_to(real_root):
             refused.append((rel, "a link that points outside the indexed folder"))
             continue
@@ -396,10 +428,30 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
     config.model = _model_spec(config.model)
     if config.captioner:
         config.captioner = _model_spec(config.captioner)
-    if out.exists() and any(out.iterdir()) and not is_index(out) and not (out / DB).exists():
-        raise IndexError_(f"{out} exists and is not a vlens index; choose an empty or new --out folder")
+    if out.exists() and not out.is_dir():
+        raise IndexError_(f"{out} is a file; choose a folder for the index (--out)")
+    foreign = sorted(p.name for p in out.iterdir() if not _is_index_file(p.name)) if out.is_dir() else []
+    if foreign and not is_index(out):
+        raise IndexError_(f"{out} holds files that are not a vlens index ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new --out folder")
+    # Resolve the models before anything is written: a mistyped --model or --captioner (or a kill while a model
+    # loads) must leave nothing behind that a rerun would trip over.
+    effective = config
+    if is_index(out) and not force:
+        with contextlib.suppress(IndexError_, TypeError):
+            m = read_manifest(out)
+            effective = IndexConfig(**{**_known(m.get("config", {})), "batch_size": config.batch_size})
+    fault_point("index.model")
+    if embedder is None:
+        embedder = _default_embedder(effective.model, device, dtype)
+    if effective.captioner:
+        from vlens.models.hub import resolve
+
+        resolve(effective.captioner)  # a ModelLoadError now, not after the images are embedded
     out.mkdir(parents=True, exist_ok=True)
     with index_lock(out, "vlens index build"):
+        fault_point("index.start")
+        remove_temps(out)
         if is_index(out) and not force:
             m = read_manifest(out)
             same = (m.get("root") == str(root.resolve()) and m.get("model") == config.model
@@ -407,13 +459,12 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
             if not same:
                 raise IndexError_(f"{out} already holds an index of {m.get('root')} with {m.get('model')} "
                                   f"({m.get('kind')}); use --force to replace it or choose another --out")
-            config = IndexConfig(**{**m.get("config", {}), "batch_size": config.batch_size})
-        elif force:
+            config = IndexConfig(**{**_known(m.get("config", {})), "batch_size": config.batch_size})
+            _check_stored(config, out)
+        else:  # --force, or what a run killed before it wrote the manifest left (no image rows yet): start clean
             for name in (MANIFEST, DB, DB + "-wal", DB + "-shm", FAISS_FILE, FAISS_STATE):
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
-        if embedder is None:
-            embedder = _default_embedder(config.model, device, dtype)
         encode, dim = embedder
         con = connect(out)
         if not is_index(out):
@@ -427,6 +478,18 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
         return _sync(out, con, config, encode, progress=progress, log=log, procs=procs, workers=workers)
 
 
+def _known(stored: dict) -> dict:
+    return {k: v for k, v in stored.items() if k in IndexConfig.__dataclass_fields__}
+
+
+def _check_stored(config: IndexConfig, folder: Path) -> None:
+    try:
+        config.check()
+    except ConfigError as exc:
+        raise IndexError_(f"{folder / MANIFEST} holds an invalid setting ({exc}); rebuild the index with "
+                          "`vlens index build IMAGES --out FOLDER --force`") from None
+
+
 def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print, workers: int = 2,
                  device: str = "auto", dtype: str = "auto") -> UpdateReport:
     """Bring an index up to date with its folder: embed new and changed files, drop deleted ones."""
@@ -438,9 +501,17 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
     if not procs.is_main:
         follow_build(procs, embedder or _default_embedder(manifest["model"], device, dtype))
         return UpdateReport()
-    config = IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
-                            if k in IndexConfig.__dataclass_fields__})
+    try:
+        config = IndexConfig(**_known(manifest.get("config", {})))
+    except TypeError as exc:
+        raise IndexError_(f"{folder / MANIFEST} is damaged ({exc}); rebuild with `vlens index build --force`") from None
+    _check_stored(config, folder)
+    if embedder is None:  # before anything is written: a model that cannot load leaves the index as it was
+        fault_point("index.model")
+        embedder = _default_embedder(manifest["model"], device, dtype)
     with index_lock(folder, "vlens index update"):
+        fault_point("index.start")
+        remove_temps(folder)
         if root is not None:
             root = Path(root).expanduser()
             if not root.is_dir():
@@ -450,8 +521,6 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
         if not Path(manifest["root"]).is_dir():
             raise IndexError_(f"the indexed folder {manifest['root']} is gone; if it moved, run "
                               f"`vlens index update {folder} --root NEW_FOLDER`")
-        if embedder is None:
-            embedder = _default_embedder(manifest["model"], device, dtype)
         encode, dim = embedder
         if int(dim) != int(manifest["dim"]):
             raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
@@ -557,6 +626,7 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
             con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", bad)
             con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
             _bump(con)
+        fault_point("index.batch")
         rep.embedded += len(rows)
         for pos, res in pairs:
             if not isinstance(res, str):
@@ -568,12 +638,14 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
     rep.embed_seconds += time.time() - te
     rep.skipped = sorted(refused + [(p, r) for p, r in con.execute("SELECT path, reason FROM skipped")])
 
+    fault_point("index.faiss")
     ann = build_faiss(folder, con, manifest, config, log=log)
     manifest = read_manifest(folder)
     rep.total = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     manifest.update({"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "count": int(rep.total), "ann": ann,
                      "skipped": len(rep.skipped)})
     write_manifest(folder, manifest)
+    fault_point("index.done")
     con.close()
     rep.seconds = time.time() - t0
     return rep
