@@ -59,10 +59,11 @@ def inspect_cmd(
     from vlens.data import load_dataset
     from vlens.data.stats import dataset_stats
 
-    ds = load_dataset(path, images_root=images_root)
+    ds = load_dataset(path, images_root=images_root, strict=False)
     st = dataset_stats(ds, verify_images=verify)
     if json_out:
         echo_json(st)
+        _refuse_malformed(ds)
         return
     cw = st["caption_words"]
     lines = [
@@ -80,7 +81,22 @@ def inspect_cmd(
     lines += [f"  {b['path']}: {b['reason']}" for b in bad[:20]]
     if len(bad) > 20:
         lines.append(f"  ... and {len(bad) - 20} more (use --json for the full list)")
+    problems = st["problems"]
+    lines.append(f"malformed   {len(problems)}" + (" (training and evaluation refuse this file until they are "
+                                                    "fixed)" if problems else ""))
+    lines += [f"  {p}" for p in problems[:20]]
+    if len(problems) > 20:
+        lines.append(f"  ... and {len(problems) - 20} more (use --json for the full list)")
     typer.echo("\n".join(lines))
+    _refuse_malformed(ds)
+
+
+def _refuse_malformed(ds) -> None:
+    if ds.problems:
+        from vlens.errors import DatasetError
+
+        raise DatasetError(f"{ds.source} has {len(ds.problems)} malformed entr"
+                           f"{'y' if len(ds.problems) == 1 else 'ies'} (listed above)")
 
 
 @app.command("fetch")

@@ -38,6 +38,17 @@ class CaptionDataset:
     format: str
     source: Path
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """Malformed entries, each naming the entry and the field (``images[3].sentences[1]: no 'raw' text``)."""
+
+    def check(self) -> CaptionDataset:
+        """Raise a DatasetError naming the file, the first malformed entry and its field; else return self."""
+        if self.problems:
+            more = len(self.problems) - 1
+            raise DatasetError(f"{self.source}: {self.problems[0]}" + (f" (and {more} more malformed entr"
+                               f"{'y' if more == 1 else 'ies'})" if more else "")
+                               + f"; `vlens data inspect {self.source}` lists them; fix the file")
+        return self
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,12 +69,12 @@ class CaptionDataset:
             have = ", ".join(f"{k} ({v})" for k, v in sorted(self.splits.items())) or "none"
             raise DatasetError(f"{self.source} has no '{name}' split; splits present: {have}. "
                                "Pick one with --split.")
-        return CaptionDataset(picked, self.format, self.source, list(self.notes))
+        return CaptionDataset(picked, self.format, self.source, list(self.notes), list(self.problems))
 
     def limit(self, n: int | None) -> CaptionDataset:
         if n is None or n >= len(self.samples):
             return self
-        return CaptionDataset(self.samples[:n], self.format, self.source, list(self.notes))
+        return CaptionDataset(self.samples[:n], self.format, self.source, list(self.notes), list(self.problems))
 
 
 def detect_format(path) -> str:
@@ -92,20 +103,26 @@ def detect_format(path) -> str:
                        "(images + annotations)")
 
 
-def load_dataset(path, images_root=None) -> CaptionDataset:
-    """Load any supported dataset; ``images_root`` overrides where image files are looked for."""
+def load_dataset(path, images_root=None, strict: bool = True) -> CaptionDataset:
+    """Load any supported dataset; ``images_root`` overrides where image files are looked for.
+
+    ``strict`` (the default, for training and evaluation): a malformed entry (a caption without text, an entry
+    without a file name, ...) raises a DatasetError naming the file, the entry and the field. ``strict=False``
+    (``vlens data inspect``) loads what it can and lists the problems in ``.problems``."""
     fmt = detect_format(path)
     if fmt == "karpathy":
         from vlens.data.karpathy import load_karpathy
 
-        return load_karpathy(path, images_root=images_root)
-    if fmt == "coco":
+        ds = load_karpathy(path, images_root=images_root)
+    elif fmt == "coco":
         from vlens.data.coco import load_coco
 
-        return load_coco(path, images_root=images_root)
-    from vlens.data.folder import load_folder
+        ds = load_coco(path, images_root=images_root)
+    else:
+        from vlens.data.folder import load_folder
 
-    return load_folder(path)
+        ds = load_folder(path)
+    return ds.check() if strict else ds
 
 
 def _read_json(p: Path):

@@ -34,10 +34,22 @@ def load_coco(path, images_root=None) -> CaptionDataset:
         m = re.search(r"(train|val|test)\d{4}", p.stem)
         candidates = [p.parent / m.group(0), p.parent.parent / m.group(0)] if m else []
         root = next((c for c in candidates if c.is_dir()), p.parent)
-    caps = defaultdict(list)
-    for a in anns:
-        caps[a["image_id"]].append(str(a.get("caption", "")).strip())
+    if not isinstance(images, list) or not isinstance(anns, list):
+        raise DatasetError(f"{p}: COCO 'images' and 'annotations' must be lists")
+    caps, problems = defaultdict(list), []
+    for j, a in enumerate(anns):
+        if not isinstance(a, dict) or "image_id" not in a:
+            problems.append(f"annotations[{j}]: no 'image_id'")
+        elif not isinstance(a.get("caption"), str) or not a["caption"].strip():
+            problems.append(f"annotations[{j}] (image_id {a['image_id']}): no 'caption' text")
+        else:
+            caps[a["image_id"]].append(a["caption"].strip())
     split = _guess_split(p.stem)
-    samples = [Sample(image_path=root / im["file_name"], captions=tuple(caps.get(im["id"], ())), split=split,
-                      id=str(im["id"])) for im in images]
-    return CaptionDataset(samples, "coco", p)
+    samples = []
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            problems.append(f"images[{i}]: needs 'id' and 'file_name'")
+            continue
+        samples.append(Sample(image_path=root / im["file_name"], captions=tuple(caps.get(im["id"], ())),
+                              split=split, id=str(im["id"])))
+    return CaptionDataset(samples, "coco", p, problems=problems)

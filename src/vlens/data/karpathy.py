@@ -20,21 +20,39 @@ def load_karpathy(path, images_root=None) -> CaptionDataset:
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise DatasetError(f"{json_path}: expected a top-level 'images' list (Karpathy split format)")
-    samples = []
+    samples, problems = [], []
     for i, im in enumerate(images):
-        try:
-            filename = im["filename"]
-        except (KeyError, TypeError):
-            raise DatasetError(f"{json_path}: images[{i}] has no 'filename'") from None
+        if not isinstance(im, dict):
+            problems.append(f"images[{i}] is a {type(im).__name__}, not an object")
+            continue
+        filename = im.get("filename")
+        if not isinstance(filename, str) or not filename.strip():
+            problems.append(f"images[{i}]: no 'filename'")
+            continue
         split = im.get("split", "train")
+        if not isinstance(split, str):
+            problems.append(f"images[{i}] ({filename}): 'split' is not a string")
+            continue
         split = "train" if split == "restval" else split
-        caps = tuple(str(s.get("raw", "")).strip() for s in im.get("sentences", []) if isinstance(s, dict))
+        sentences = im.get("sentences", [])
+        if not isinstance(sentences, list):
+            problems.append(f"images[{i}] ({filename}): 'sentences' is not a list")
+            continue
+        caps = []
+        for j, sent in enumerate(sentences):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                what = "is not an object" if not isinstance(sent, dict) else \
+                    "has no 'raw' text" if "raw" not in sent else "has an empty or non-text 'raw'"
+                problems.append(f"images[{i}].sentences[{j}] ({filename}) {what}")
+                continue
+            caps.append(raw.strip())
         mask = im.get("mask")
         samples.append(Sample(
-            image_path=root / im.get("filepath", "") / filename,
-            captions=caps,
+            image_path=root / str(im.get("filepath", "")) / filename,
+            captions=tuple(caps),
             split=split,
             id=str(im.get("cocoid", im.get("imgid", im.get("id", i)))),
-            mask_path=(root / mask) if mask else None,
+            mask_path=(root / mask) if isinstance(mask, str) and mask else None,
         ))
-    return CaptionDataset(samples, "karpathy", json_path)
+    return CaptionDataset(samples, "karpathy", json_path, problems=problems)

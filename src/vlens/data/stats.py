@@ -48,4 +48,5 @@ def dataset_stats(ds: CaptionDataset, verify_images: bool = True, progress: bool
         "unreadable": [{"path": p, "reason": r} for p, r in skips.skipped],
         "images_verified": verify_images,
         "notes": ds.notes,
+        "problems": list(ds.problems),
     }
