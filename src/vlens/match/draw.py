@@ -14,12 +14,18 @@ def _colormap(values: np.ndarray, name: str = "viridis") -> np.ndarray:
     return (np.asarray(colormaps[name](np.clip(values, 0, 1)))[:, :3] * 255).astype(np.uint8)
 
 
-def side_by_side(img_a: Image.Image, img_b: Image.Image, height: int | None = None, gap: int = 8):
-    """Both images at the same height next to each other; returns (canvas, scale_a, scale_b, offset_b)."""
+def side_by_side(img_a: Image.Image, img_b: Image.Image, height: int | None = None, gap: int = 8,
+                 max_aspect: float = 4.0):
+    """Both images at the same height next to each other; returns (canvas, scale_a, scale_b, offset_b).
+
+    An image wider than ``max_aspect`` times the height is drawn smaller (top-aligned) instead of wider, so a
+    panorama or a 1-pixel-high strip cannot make a canvas of millions of pixels."""
     h = height or max(img_a.height, img_b.height)
-    sa, sb = h / img_a.height, h / img_b.height
-    a = img_a.convert("RGB").resize((max(1, round(img_a.width * sa)), h), Image.BICUBIC)
-    b = img_b.convert("RGB").resize((max(1, round(img_b.width * sb)), h), Image.BICUBIC)
+    sa, sb = (min(h / im.height, max_aspect * h / im.width) for im in (img_a, img_b))
+    a = img_a.convert("RGB").resize((max(1, round(img_a.width * sa)), max(1, round(img_a.height * sa))),
+                                    Image.BICUBIC)
+    b = img_b.convert("RGB").resize((max(1, round(img_b.width * sb)), max(1, round(img_b.height * sb))),
+                                    Image.BICUBIC)
     canvas = Image.new("RGB", (a.width + gap + b.width, h), (255, 255, 255))
     canvas.paste(a, (0, 0))
     canvas.paste(b, (a.width + gap, 0))

@@ -27,6 +27,16 @@ from vlens.errors import ConfigError, ImageLoadError, IndexError_, ModelLoadErro
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 UPLOAD_MAX_PIXELS = 40_000_000
+WORK_MAX_SIDE = 1024
+"""Uploaded images are shrunk to this longer side before any model sees them (the models work at 224-448 px):
+the work per request does not grow with the upload."""
+MAX_ASPECT = 16.0
+"""Uploads more elongated than this (longer side / shorter side) are refused with 422."""
+REQUEST_TIMEOUT_S = 120.0
+"""CPU work of one request that takes longer than this is abandoned with 503 (the server stays responsive)."""
+CPU_SLOTS = 2
+"""Requests doing model work at the same time; others wait their turn, while light requests (info, thumbnails,
+health) keep their own threads."""
 
 
 # ----------------------------------------------------------------------------------------------- schemas
@@ -81,6 +91,27 @@ class MatchResponse(BaseModel):
     score: str
     model: str
     took_ms: float
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (4xx, and 503 when a model or the index is unavailable)."""
+
+    detail: str = Field(description="What went wrong and what to do, in one sentence.")
+    errors: list[dict] | None = Field(None, description="422 on malformed input: one entry per invalid field "
+                                      "(loc, msg, type).")
+
+
+ERROR_RESPONSES = {
+    400: {"model": ErrorBody, "description": "Bad request."},
+    404: {"model": ErrorBody, "description": "No such image, or the search index is missing."},
+    409: {"model": ErrorBody, "description": "The index is busy or was built differently."},
+    410: {"model": ErrorBody, "description": "The indexed file can no longer be read."},
+    413: {"model": ErrorBody, "description": "Upload larger than the server's limit."},
+    415: {"model": ErrorBody, "description": "Upload is not an image."},
+    422: {"model": ErrorBody, "description": "Invalid field, unreadable or unusable image (e.g. too elongated)."},
+    503: {"model": ErrorBody, "description": "A model or the index is unavailable, or the work took too long."},
+}
+"""Documented for every route (new routes inherit it from the app): the OpenAPI schema says what the bodies are."""
 
 
 class Info(BaseModel):
@@ -230,8 +261,39 @@ def _model_state(spec: str) -> dict:
     return {"available": True, "detail": f"model {spec}"}
 
 
+_cpu_limiter = None
+
+
+async def run_cpu(fn, *args):
+    """Run CPU-heavy ``fn(*args)`` in a worker thread (never on the event loop), at most ``CPU_SLOTS`` at once,
+    abandoned with 503 after ``REQUEST_TIMEOUT_S``."""
+    import anyio
+
+    global _cpu_limiter
+    if _cpu_limiter is None:
+        _cpu_limiter = anyio.CapacityLimiter(CPU_SLOTS)
+    try:
+        with anyio.fail_after(REQUEST_TIMEOUT_S):
+            return await anyio.to_thread.run_sync(fn, *args, limiter=_cpu_limiter, abandon_on_cancel=True)
+    except TimeoutError:
+        raise HTTPException(503, f"the work took longer than {REQUEST_TIMEOUT_S:.0f} s; try a smaller image or "
+                                 "fewer results") from None
+
+
+def bounded(img, name: str, max_side: int = WORK_MAX_SIDE):
+    """``img`` shrunk to ``max_side`` (aspect kept), or 422 if it is too elongated to be worth the work."""
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise HTTPException(422, f"{name}: {w}x{h} pixels is too elongated (more than {MAX_ASPECT:g}:1); crop it")
+    if max(w, h) > max_side:
+        s = max_side / max(w, h)
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))))
+    return img
+
+
 async def read_image(upload: UploadFile, limit: int, name: str = "file"):
-    """The uploaded file as an RGB PIL image, or an HTTP error that says what is wrong."""
+    """The uploaded file as an RGB PIL image (decoded off the event loop), or an HTTP error that says what is
+    wrong."""
     from vlens.images import load_image
 
     ctype = (upload.content_type or "").lower()
@@ -243,7 +305,7 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     if not data:
         raise HTTPException(422, f"{name}: the file is empty")
     try:
-        return load_image(data, name=upload.filename or name, max_pixels=UPLOAD_MAX_PIXELS)
+        return await run_cpu(lambda: load_image(data, name=upload.filename or name, max_pixels=UPLOAD_MAX_PIXELS))
     except ImageLoadError as exc:
         status = 415 if "not a recognised image format" in exc.reason else 422
         raise HTTPException(status, f"{name}: {exc.reason}") from None
@@ -263,7 +325,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
     from vlens import __version__
 
     svc = Services(index, captioner, backbone)
-    app = FastAPI(title="vlens", version=__version__,
+    app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,
                   description="Search an image index with words or a picture, caption an image, match two "
                               "images. Images are addressed by index id. Uploads: multipart/form-data, "
                               f"at most {max_upload_bytes // (1024 * 1024) or 1} MB.")
@@ -318,12 +380,10 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
     async def search_image(file: UploadFile = File(..., description="The query image."),
                            k: int = Form(12, ge=1, le=200)) -> SearchResponse:
         """Images most similar to an uploaded image."""
-        import anyio
-
         searcher = svc.searcher
-        img = await read_image(file, max_upload_bytes)
+        img = bounded(await read_image(file, max_upload_bytes), "file")
         t0 = time.perf_counter()
-        hits = await anyio.to_thread.run_sync(searcher.image, img, k)
+        hits = await run_cpu(searcher.image, img, k)
         return SearchResponse(query=None, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
                               hits=_hits(hits))
 
@@ -343,7 +403,10 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         from vlens.images import load_image
 
         try:
-            img = ImageOps.contain(load_image(path), (size, size))
+            img = load_image(path)
+            s = size / max(img.size)
+            img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s)))) if s < 1 else \
+                ImageOps.contain(img, (size, size))
         except ImageLoadError as exc:
             raise HTTPException(410, f"the file for id {image_id} can no longer be read: {exc.reason}") from None
         buf = io.BytesIO()
@@ -359,19 +422,17 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                       prompt: str = Form("", max_length=200, description="text the caption must continue"),
                       n: int = Form(1, ge=1, le=10, description="captions to return"),
                       num_beams: int = Form(3, ge=1, le=10),
-                      seed: int | None = Form(None)) -> CaptionResponse:
+                      seed: int | None = Form(None, ge=0, le=2**32 - 1)) -> CaptionResponse:
         """Caption an uploaded image with the chosen decoding strategy."""
-        import anyio
-
         from vlens.caption import DecodeSettings
 
-        img = await read_image(file, max_upload_bytes)
+        img = bounded(await read_image(file, max_upload_bytes), "file")
         settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
                                   prompt=prompt.strip() or None, n=n, num_beams=max(num_beams, n), seed=seed)
         settings, notes = settings.validated()
         cap = svc.captioner()
         t0 = time.perf_counter()
-        caps = (await anyio.to_thread.run_sync(cap.caption, [img], settings))[0]
+        caps = (await run_cpu(cap.caption, [img], settings))[0]
         return CaptionResponse(
             captions=[CaptionItem(text=c.text, logprob=round(c.logprob, 4), mean_logprob=round(c.mean_logprob, 4))
                       for c in caps],
@@ -387,22 +448,20 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                                                               "cycle (negative cycle distance) or feature"),
                     count: int = Form(30, ge=1, le=500, description="How many top matches to draw")) -> MatchResponse:
         """Dense correspondences between two images: the top matches by the chosen score, drawn."""
-        import anyio
-
         match_images, draw_matches = svc.matcher()
-        a = await read_image(image_a, max_upload_bytes, "image_a")
-        b = await read_image(image_b, max_upload_bytes, "image_b")
+        a = bounded(await read_image(image_a, max_upload_bytes, "image_a"), "image_a")
+        b = bounded(await read_image(image_b, max_upload_bytes, "image_b"), "image_b")
 
         def run():
             with svc._match_lock:
                 m = match_images(a, b, model=svc.backbone_spec, score=score, top=count)
-                return m, draw_matches(a, b, m, top=count, by=score)
+                picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x that wide per image
+            buf = io.BytesIO()
+            picture.save(buf, format="PNG")
+            return m, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
         t0 = time.perf_counter()
-        m, picture = await anyio.to_thread.run_sync(run)
-        buf = io.BytesIO()
-        picture.save(buf, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        m, url = await run_cpu(run)
         recs = m.to_records()[:count]
         return MatchResponse(image=url, score=score, model=svc.backbone_spec,
                              matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
