@@ -51,3 +51,79 @@ def test_api_never_fails_and_keeps_its_schema(app):
             case.call_and_validate(checks=CHECKS)
 
         fuzz()
+
+
+def _png(size, color=(200, 30, 30)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_match_work_is_bounded(app):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        # A 4000 x 60 strip used to take tens of seconds and answer with a picture of hundreds of MB.
+        r = c.post("/api/match", files={"image_a": ("a.png", _png((4000, 60)), "image/png"),
+                                        "image_b": ("b.png", _png((64, 48)), "image/png")})
+        assert r.status_code == 422 and r.json()["detail"] == ("image_a: 4000x60 pixels is too elongated (more "
+                                                               "than 16:1); crop it")
+        # A large image is shrunk before the model sees it; the picture stays small whatever the input.
+        r = c.post("/api/match", data={"count": "5"},
+                   files={"image_a": ("a.png", _png((3000, 200)), "image/png"),
+                          "image_b": ("b.png", _png((2000, 1500), (30, 30, 200)), "image/png")})
+        assert r.status_code == 200, r.text
+        pic = Image.open(io.BytesIO(base64.b64decode(r.json()["image"].split(",", 1)[1])))
+        assert pic.height == 384 and pic.width <= 2 * 4 * 384 + 8
+
+
+def test_a_slow_request_does_not_block_the_others(app, monkeypatch):
+    """A match whose picture encoding cannot finish until the test says so: meanwhile other requests answer
+    (the old code encoded the PNG on the event loop, so they waited for it)."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    svc = app.state.services
+    match_images, draw_matches = svc.matcher()
+    release, order = threading.Event(), []
+
+    def slow_draw(*a, **k):
+        picture = draw_matches(*a, **k)
+        real_save = picture.save
+
+        def save(*sa, **sk):
+            order.append("encoding")
+            release.wait(60)
+            order.append("encoded")
+            return real_save(*sa, **sk)
+
+        picture.save = save
+        return picture
+
+    monkeypatch.setattr(svc, "matcher", lambda: (match_images, slow_draw))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        results = {}
+        t = threading.Thread(target=lambda: results.setdefault("match", c.post(
+            "/api/match", files={"image_a": ("a.png", _png((64, 48)), "image/png"),
+                                 "image_b": ("b.png", _png((64, 48)), "image/png")})))
+        t.start()
+        for _ in range(6000):  # until the match is stuck in its encoding (no timing: a condition)
+            if order:
+                break
+            threading.Event().wait(0.01)
+        assert order == ["encoding"]
+        assert c.get("/api/health").json() == {"status": "ok"}
+        assert c.post("/api/search", json={"query": "a red circle", "k": 2}).status_code == 200
+        order.append("others answered")
+        release.set()
+        t.join(120)
+    assert order == ["encoding", "others answered", "encoded"] and results["match"].status_code == 200

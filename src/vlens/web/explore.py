@@ -240,7 +240,7 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    from vlens.web.app import read_image
+    from vlens.web.app import read_image, run_cpu
 
     cache = ExploreCache()
     app.state.explore = cache
@@ -248,17 +248,13 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     @app.post("/api/explore/images", response_model=ExploreImage, tags=["explore"])
     async def upload(file: UploadFile = File(..., description="An image to explore.")) -> ExploreImage:
         """Keep an image for exploring (longer side at most 1024 px); returns its content id."""
-        import anyio
-
         img = await read_image(file, max_upload_bytes)
-        key = await anyio.to_thread.run_sync(cache.add, img)
+        key = await run_cpu(cache.add, img)
         return _info(key, cache.image(key))
 
     @app.post("/api/explore/demo", response_model=DemoPair, tags=["explore"])
     async def demo() -> DemoPair:
         """A ready pair: a photo (scikit-image's cat) and a shifted crop of it."""
-        import anyio
-
         def make():
             from vlens.data.photos import photo_paths
             from vlens.images import load_image
@@ -268,7 +264,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
             crop = img.crop((dx, dy, img.width, img.height))
             return cache.add(img), cache.add(crop), [float(dx), float(dy)]
 
-        a, b, shift = await anyio.to_thread.run_sync(make)
+        a, b, shift = await run_cpu(make)
         return DemoPair(a=_info(a, cache.image(a)), b=_info(b, cache.image(b)), shift=shift)
 
     @app.get("/api/explore/images/{key}", tags=["explore"],
@@ -282,8 +278,6 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     @app.post("/api/explore/point", response_model=PointResponse, tags=["explore"], responses=GONE)
     async def point(req: PointRequest) -> PointResponse:
         """Where a point of A lands in B: similarity heatmap, best match, its cycle back into A, top-k."""
-        import anyio
-
         a_img, b_img = cache.image(req.image_a), cache.image(req.image_b)
         if not (req.x < a_img.width and req.y < a_img.height):
             raise HTTPException(422, f"the point ({req.x:g}, {req.y:g}) is outside image A "
@@ -311,13 +305,11 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
                 similarity_range=[round(lo, 4), round(hi, 4)], size_b=[b_img.width, b_img.height],
                 model=svc.backbone_spec, cached=cached, took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
-        return await anyio.to_thread.run_sync(run)
+        return await run_cpu(run)
 
     @app.post("/api/explore/attention", response_model=AttentionResponse, tags=["explore"], responses=GONE)
     async def attention(req: AttentionRequest) -> AttentionResponse:
         """[CLS] attention of one block per head, their mean, and the features' PCA as RGB."""
-        import anyio
-
         img = cache.image(req.image)
 
         def run():
@@ -350,7 +342,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
             return AttentionResponse(panels=panels, heads=heads, layer=layer, model=svc.backbone_spec,
                                      took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
-        return await anyio.to_thread.run_sync(run)
+        return await run_cpu(run)
 
     @app.post("/api/caption/explain", response_model=ExplainResponse, tags=["caption"])
     async def explain(file: UploadFile = File(..., description="The image to caption."),
@@ -364,7 +356,6 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
                       show: int = Form(8, ge=1, le=30, description="candidates listed per step")) -> ExplainResponse:
         """Why these words: the caption and, per generated token, its competitors with their probabilities
         under these settings and under the model, and which ones the filters removed."""
-        import anyio
 
         from vlens.caption import DecodeSettings
 
@@ -374,7 +365,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
         settings, notes = settings.validated()
         cap = svc.captioner()
         t0 = time.perf_counter()
-        e = await anyio.to_thread.run_sync(lambda: cap.explain(img, settings, show=show))
+        e = await run_cpu(lambda: cap.explain(img, settings, show=show))
         d = e.to_dict()
         steps = [ExplainStep(**{k: st[k] for k in ExplainStep.model_fields if k != "candidates"},
                              candidates=[ExplainCandidate(**{k: c[k] for k in ExplainCandidate.model_fields})
