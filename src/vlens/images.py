@@ -69,7 +69,9 @@ def load_image(source, *, max_pixels: int | None = None, name: str | None = None
                 )
             im.load()
             im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            out = to_rgb(im)
+            out.info["vlens_source"] = str(label)  # names the file in later messages about this image
+            return out
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

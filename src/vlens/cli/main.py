@@ -78,6 +78,9 @@ def invoke(command, argv: list[str] | None = None) -> int:
     exits = (click.exceptions.Exit, typer.exceptions.Exit)
     aborts = (click.exceptions.Abort, typer.exceptions.Abort)
 
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("VLENS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]

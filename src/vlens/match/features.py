@@ -246,7 +246,8 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     if not bb.has_model and facet != "token":
         raise ConfigError(f"'{bb.spec}' has no attention facets; use facet 'token'")
     layer_idx = layer if layer < 0 or not bb.has_model else layer - 1
-    names = [str(im) if not isinstance(im, Image.Image) else f"image {i + 1} of {len(pils)}"
+    names = [str(im) if not isinstance(im, Image.Image) else
+             im.info.get("vlens_source") or getattr(im, "filename", "") or f"image {i + 1} of {len(pils)}"
              for i, im in enumerate(images)]
     sizes = [input_size_for(im.size, bb.patch_size, size, n) for im, n in zip(pils, names)]
     results: list[DenseFeatures | None] = [None] * len(pils)

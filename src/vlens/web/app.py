@@ -366,6 +366,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
             ix = {k: full[k] for k in ("count", "model", "dim", "kind", "metric", "updated", "stale")}
             ix["recall_at_10"] = full["ann"].get("recall_at_10")
             ix["name"] = Path(full["index"]).name
+            ix["skipped"] = len(full["skipped"])  # unreadable files, listed by name (first 20)
+            ix["skipped_files"] = full["skipped"][:20]
         return Info(version=__version__, index=ix, features=svc.features(), max_upload_bytes=max_upload_bytes)
 
     @app.post("/api/search", response_model=SearchResponse, tags=["search"])

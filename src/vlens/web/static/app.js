@@ -35,7 +35,12 @@ api("/api/info").then((info) => {
   if (info.index) {
     const recall = info.index.kind === "flat" ? "exact" : `recall@10 ${info.index.recall_at_10}`;
     $("index-info").textContent = `${info.index.name}: ${info.index.count} images · ${info.index.model} · ` +
-      `${info.index.kind} (${recall})`;
+      `${info.index.kind} (${recall})` +
+      (info.index.skipped ? ` · ${info.index.skipped} unreadable file(s) skipped` : "");
+    if (info.index.skipped) {  // the names, on hover: the same list `vlens index info` prints
+      $("index-info").title = "skipped: " + info.index.skipped_files.map((s) => `${s.path} (${s.reason})`)
+        .join("; ");
+    }
   } else {
     $("index-info").textContent = "no index loaded";
   }
