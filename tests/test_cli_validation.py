@@ -90,6 +90,8 @@ def _good(spec: dict | None, typ: type, d: Path) -> str:
         return "x"
     if t == "pair":
         return f"{spec['lo']:g},{spec['lo']:g}"
+    if t == "numbers":
+        return f"{spec['lo']:g},{spec['hi']:g}"
     if spec["role"] == "output":
         return str(d / ("new_out.png" if spec["kind"] == "file" else "new_out_dir"))
     return str(d / "images" / "a.png") if spec["kind"] == "file" else str(d / "images")
@@ -111,6 +113,10 @@ def _bad_values(spec: dict, d: Path) -> list[str]:
     if t == "pair":
         lo, hi = spec["lo"], spec["hi"]
         return ["abc", "1", "1,2,3", "", "nan,1", "1,inf", f"{lo - 1:g},{lo:g}", f"{lo:g},{hi * 2 + 1:g}"]
+    if t == "numbers":
+        lo, hi = spec["lo"], spec["hi"]
+        return ["", ",", "abc", "1,abc", "nan", f"{lo:g},inf", f"{lo - 1:g}", f"{lo:g},{hi * 2 + 1:g}", "1e400",
+                *(["1.5"] if spec["integer"] else [])]
     # (An empty path is not in the table: typer turns "" into Path("."), the current folder.)
     not_a_path = str(d / "plain.txt" / "below")
     if spec["role"] == "lenient":

@@ -93,3 +93,14 @@ def test_os_errors_during_the_work_are_one_line(cli, tmp_path, monkeypatch):
     code, _, err = cli("data", "make-shapes", tmp_path / "s", "--train", "1", "--val", "0", "--test", "0")
     assert code == 1 and err == f"error: cannot access {tmp_path / 's' / 'images' / 'x.png'}: No space left on " \
                                 "device\n"
+
+
+def test_inconsistent_ranges_and_sweep_grids_are_one_line(cli, tmp_path, shapes_dir):
+    code, _, err = cli("ssl", "train", "--out", tmp_path / "ssl", "--global-scale", "0.5", "0.2", "--preset",
+                       "test-vit", "--epochs", "1", "--warmup-epochs", "0")
+    assert code == 1 and err == "error: --global-scale MIN MAX needs 0 < MIN <= MAX <= 1 (got 0.5 0.2)\n"
+    assert not (tmp_path / "ssl").exists()
+    code, _, err = cli("retrieval", "sweep", "--data", shapes_dir, "--out", tmp_path / "sw", "--lr", "1e-3,nan")
+    assert code == 1 and err.startswith("error: invalid value for --lr: 'nan' is not one of the numbers expected")
+    code, _, err = cli("caption", "sweep", "--data", shapes_dir, "--top-k", "10,1e30")
+    assert code == 1 and "--top-k: 1e30 is out of range" in err and not (tmp_path / "sw").exists()

@@ -182,6 +182,30 @@ class _Check:
             return v
         return self._make({"type": "pair", "lo": lo, "hi": hi}, one)
 
+    def numbers(self, lo: float, hi: float, integer: bool = False):
+        """A comma-separated list of finite numbers (a sweep grid, ``1e-4,5e-4``), each in [lo, hi]. The value
+        stays the text as given; the command splits it."""
+        kind = "whole numbers" if integer else "numbers"
+        allowed = f"comma-separated {kind}, each from {lo:g} to {hi:g}"
+
+        def one(v, param):
+            items = [x.strip() for x in str(v).split(",") if x.strip()]
+            if not items:
+                raise typer.BadParameter(f"{v!r} is empty (allowed: {allowed})", param=param)
+            for x in items:
+                try:
+                    num = float(x)
+                    ok = math.isfinite(num) and (not integer or num == int(num))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise typer.BadParameter(f"{x!r} is not one of the {kind} expected (allowed: {allowed})",
+                                             param=param)
+                if not lo <= num <= hi:
+                    raise typer.BadParameter(f"{x} is out of range (allowed: {allowed})", param=param)
+            return v
+        return self._make({"type": "numbers", "lo": lo, "hi": hi, "integer": integer}, one)
+
     def path(self):
         """An input path whose absence the command reports itself (e.g. skips and lists missing files)."""
         def one(v, param):

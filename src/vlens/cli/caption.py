@@ -135,7 +135,8 @@ def run_cmd(
         1,
         "--n",
         help="Captions per image (sample: ranked by log-probability; beam: best beams). Greedy gives one.",
-        callback=check.count(1, 100),),
+        callback=check.count(1, 100),
+    ),
     seed: int = SEED_OPTION,
     batch_size: int = BATCH_OPTION,
     out: Path = typer.Option(
@@ -300,7 +301,8 @@ def eval_cmd(
         "--data",
         "-d",
         help="Dataset (Karpathy/COCO JSON or folder; `vlens data make-shapes` writes one).",
-        callback=check.existing("any"),),
+        callback=check.existing("any"),
+    ),
     split: str = typer.Option("test", help="Split to caption.", callback=check.text()),
     limit: int = typer.Option(None, help="Only the first N images of the split.", callback=check.count(1)),
     model: str = MODEL_OPTION,
@@ -318,7 +320,9 @@ def eval_cmd(
         "--out",
         "-o",
         help="Run folder for predictions.json (COCO results format), "
-        "metrics.json and config.json. Default: runs/caption-eval-<time>.", callback=check.output("dir"),),
+        "metrics.json and config.json. Default: runs/caption-eval-<time>.",
+        callback=check.output("dir"),
+    ),
     fast: bool = typer.Option(
         False,
         "--fast",
@@ -389,10 +393,12 @@ def eval_cmd(
 def sweep_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset to caption (e.g. a shapes folder).",
                               callback=check.existing("any")),
-    top_k: str = typer.Option("10,50,100", "--top-k", help="Comma-separated top-k values.", callback=check.text()),
+    top_k: str = typer.Option("10,50,100", "--top-k", help="Comma-separated top-k values.",
+                              callback=check.numbers(1, 1_000_000, integer=True)),
     temperature: str = typer.Option(
-        "0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0)."
-    , callback=check.text()),
+        "0.3,0.5,0.7,1.0", "--temperature", help="Comma-separated temperatures (> 0).",
+        callback=check.numbers(1e-4, 100),
+    ),
     prompt: list[str] = typer.Option(
         None,
         "--prompt",
@@ -403,7 +409,8 @@ def sweep_cmd(
         3,
         "--seeds",
         help="Runs per setting with seeds 0..N-1 (mean ± std; one seed of a random process is not evidence).",
-        callback=check.count(1, 1000),),
+        callback=check.count(1, 1000),
+    ),
     top_p: float = TOP_P_OPTION,
     split: str = typer.Option("test", help="Split to caption.", callback=check.text()),
     limit: int = typer.Option(None, help="Only the first N images (faster sweeps).", callback=check.count(1)),
@@ -421,7 +428,9 @@ def sweep_cmd(
         "--out",
         "-o",
         help="Run folder (results.csv, table.md, sweep.png); rerun "
-        "with the same --out to resume. Default: runs/caption-sweep-<time>.", callback=check.output("dir"),),
+        "with the same --out to resume. Default: runs/caption-sweep-<time>.",
+        callback=check.output("dir"),
+    ),
     json_out: bool = JSON_OPTION,
 ):
     """Sample captions for every (prompt, top-k, temperature) x seed; one CSV row per run, a mean ± std table
@@ -460,25 +469,30 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder; the trained model lands in OUT/best.",
                              callback=check.output("dir")),
     model: str = typer.Option(
-        None, "--model", "-m", help="Fine-tune this captioner (hub id, folder, builtin:NAME)."
-    , callback=check.text()),
+        None, "--model", "-m", help="Fine-tune this captioner (hub id, folder, builtin:NAME).",
+        callback=check.text(),
+    ),
     preset: str = typer.Option(
         None,
         "--preset",
         help="Or train a new model: blip-tiny (embedded model's shape) "
-        "or test-blip; a tokenizer is trained on the dataset's captions.", callback=check.text(),),
+        "or test-blip; a tokenizer is trained on the dataset's captions.",
+        callback=check.text(),
+    ),
     prompt: str = typer.Option(None, "--prompt", help="Put before every caption, masked out of the loss.",
                                callback=check.text(empty=True)),
     epochs: int = typer.Option(10, help="Passes over the training images.", callback=check.count(1, 100000)),
     lr: float = typer.Option(
-        1e-3, help="Peak learning rate (1e-3 new tiny model; 1e-5 fine-tuning BLIP-base)."
-    , callback=check.number(0, 10, lo_open=True)),
+        1e-3, help="Peak learning rate (1e-3 new tiny model; 1e-5 fine-tuning BLIP-base).",
+        callback=check.number(0, 10, lo_open=True),
+    ),
     wd: float = typer.Option(0.05, help="AdamW weight decay (not on norms and biases).", callback=check.number(0, 100)),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step per process.",
                                    callback=check.count(1, 65536)),
     warmup_epochs: float = typer.Option(
-        1.0, "--warmup-epochs", help="Linear warm-up length before the cosine."
-    , callback=check.number(0, 100000)),
+        1.0, "--warmup-epochs", help="Linear warm-up length before the cosine.",
+        callback=check.number(0, 100000),
+    ),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="BLIP's default is 0.1.",
                                           callback=check.number(0, 1, hi_open=True)),
     image_size: int = typer.Option(128, "--image-size", help="New models only: input side in pixels.",
@@ -514,7 +528,9 @@ def train_cmd(
         0,
         "--threads",
         help="CPU threads for torch (0 = torch's default). On a busy "
-        "machine 1 is often much faster than oversubscribing.", callback=check.count(0, 1024),),
+        "machine 1 is often much faster than oversubscribing.",
+        callback=check.count(0, 1024),
+    ),
     mixed_precision: str = PRECISION_OPTION,
 ):
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation

@@ -446,6 +446,10 @@ def _validate(cfg: DINOConfig) -> None:
         (cfg.cls_weight >= 0, "--cls-weight must not be negative"),
         (cfg.export in ("student", "teacher"), "--export must be student or teacher"),
         (0 <= cfg.crops.rotation <= 180, "--rotation must be in [0, 180] degrees"),
+        (0 < cfg.crops.global_scale[0] <= cfg.crops.global_scale[1] <= 1,
+         f"--global-scale MIN MAX needs 0 < MIN <= MAX <= 1 (got {' '.join(map(str, cfg.crops.global_scale))})"),
+        (0 < cfg.crops.local_scale[0] <= cfg.crops.local_scale[1] <= 1,
+         f"--local-scale MIN MAX needs 0 < MIN <= MAX <= 1 (got {' '.join(map(str, cfg.crops.local_scale))})"),
     ]
     for ok, msg in checks:
         if not ok:
