@@ -21,7 +21,7 @@ def broken_karpathy(tmp_path):
         images.append({"filepath": "img", "filename": f"{i}.png", "split": "train" if i < 3 else "val",
                        "sentences": [{"raw": f"a red square number {i}"}, {"raw": "a shape"}]})
     images[1]["sentences"][1] = {"tokens": ["a", "shape"]}  # no 'raw'
-    images[2]["sentences"] = [{"raw": ""}]  # empty caption
+    images[2]["sentences"] = [{"raw": 5}]  # not text (an empty caption is data: counted and skipped later)
     images.append({"filepath": "img", "split": "train", "sentences": []})  # no file name
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps({"images": images}))
@@ -35,7 +35,7 @@ def test_loader_names_file_entry_and_field(broken_karpathy):
     assert msg.startswith(f"{broken_karpathy}: images[1].sentences[1] (1.png) has no 'raw' text (and 2 more")
     ds = load_dataset(broken_karpathy, strict=False)
     assert ds.problems == ["images[1].sentences[1] (1.png) has no 'raw' text",
-                           "images[2].sentences[0] (2.png) has an empty or non-text 'raw'",
+                           "images[2].sentences[0] (2.png) has a non-text 'raw' (int)",
                            "images[4]: no 'filename'"]
     assert len(ds) == 4 and ds.samples[1].captions == ("a red square number 1",)
 

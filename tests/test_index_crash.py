@@ -196,8 +196,8 @@ def test_two_processes_updating_at_once(setup, tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", ("import sys, time; from vlens.retrieval.index import index_lock\n"
                                 f"with index_lock({str(out)!r}, 'vlens index update'):\n"
-                                "    print('locked', flush=True); time.sleep(30)")],
-        env=_env(), stdout=subprocess.PIPE)
+                                "    print('locked', flush=True); sys.stdin.readline()")],
+        env=_env(), stdout=subprocess.PIPE, stdin=subprocess.PIPE)  # holds the lock until killed, however slow
     try:
         assert holder.stdout.readline().strip() == b"locked"
         with pytest.raises(IndexError_, match=f"pid {holder.pid}"):

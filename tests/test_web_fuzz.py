@@ -127,3 +127,58 @@ def test_a_slow_request_does_not_block_the_others(app, monkeypatch):
         release.set()
         t.join(120)
     assert order == ["encoding", "others answered", "encoded"] and results["match"].status_code == 200
+
+
+def test_uploads_of_any_shape_and_settings_never_fail(app):
+    """The schema fuzz cannot make decodable images, so this one does: any size and aspect ratio, any mode, with
+    any settings the schema allows. Every answer is a success or a documented 4xx with an ErrorBody."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from hypothesis import strategies as st
+    from PIL import Image
+
+    from vlens.web.app import ErrorBody
+
+    def png(w, h, mode):
+        buf = io.BytesIO()
+        Image.new(mode, (w, h)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    sides = st.integers(1, 1500)
+    modes = st.sampled_from(["RGB", "L", "RGBA", "P", "1", "I;16"])
+    with TestClient(app, raise_server_exceptions=True) as c:
+
+        def ok(r):
+            assert r.status_code < 500, r.text
+            if r.status_code >= 400:
+                ErrorBody.model_validate(r.json())
+
+        @given(w=sides, h=sides, mode=modes, strategy=st.sampled_from(["greedy", "beam", "sample"]),
+               top_k=st.integers(1, 10000), top_p=st.floats(0.01, 1.0), temperature=st.floats(0, 5),
+               n=st.integers(1, 10), beams=st.integers(1, 10), seed=st.integers(0, 2**32 - 1),
+               prompt=st.text(max_size=40))
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def caption(w, h, mode, strategy, top_k, top_p, temperature, n, beams, seed, prompt):
+            ok(c.post("/api/caption", files={"file": ("x.png", png(w, h, mode), "image/png")},
+                      data={"strategy": strategy, "top_k": top_k, "top_p": top_p, "temperature": temperature,
+                            "n": n, "num_beams": beams, "seed": seed, "prompt": prompt}))
+
+        @given(wa=sides, ha=sides, wb=sides, hb=sides, mode=modes, score=st.sampled_from(["cycle", "feature"]),
+               count=st.integers(1, 500))
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def match(wa, ha, wb, hb, mode, score, count):
+            ok(c.post("/api/match", data={"score": score, "count": count},
+                      files={"image_a": ("a.png", png(wa, ha, mode), "image/png"),
+                             "image_b": ("b.png", png(wb, hb, "RGB"), "image/png")}))
+
+        @given(size=st.integers(16, 2048), image_id=st.integers(1, 8))
+        @settings(max_examples=15, deadline=None, derandomize=True, database=None)
+        def thumbnail(size, image_id):
+            ok(c.get(f"/api/images/{image_id}", params={"size": size}))
+
+        caption()
+        match()
+        thumbnail()

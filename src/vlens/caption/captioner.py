@@ -23,6 +23,10 @@ from vlens.errors import ConfigError
 STRATEGIES = ("greedy", "beam", "sample")
 
 
+MIN_SAMPLE_TEMPERATURE = 1e-2
+"""Colder sampling is greedy decoding (and overflows the logits)."""
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     """How to turn model probabilities into captions."""
@@ -64,6 +68,8 @@ class DecodeSettings:
             raise ConfigError(f"unknown strategy '{s.strategy}'; choose one of {', '.join(STRATEGIES)}")
         if s.prompt is not None and not s.prompt.strip() and s.prompt != "":
             s = s.replace(prompt="")  # only spaces: no prompt, like --prompt ""
+        if not s.temperature == s.temperature or s.temperature in (float("inf"), float("-inf")):
+            raise ConfigError(f"temperature must be a finite number (got {s.temperature})")
         if s.temperature < 0:
             raise ConfigError(
                 f"temperature must be >= 0 (got {s.temperature}); below 1 is more conservative, "
@@ -88,6 +94,12 @@ class DecodeSettings:
         if s.strategy == "sample" and s.temperature == 0:
             s = s.replace(strategy="greedy")
             notes.append("temperature 0 means always taking the most probable token: decoding greedily")
+        elif s.strategy == "sample" and s.temperature < MIN_SAMPLE_TEMPERATURE:
+            # logits / 1e-300 overflow to inf and the sampler fails on NaN probabilities; the result would be
+            # greedy decoding anyway.
+            s = s.replace(strategy="greedy")
+            notes.append(f"temperature {s.temperature:g} is below {MIN_SAMPLE_TEMPERATURE:g}: sampling that cold "
+                         "always takes the most probable token, so decoding greedily")
         if s.strategy == "greedy" and s.n > 1:
             raise ConfigError(
                 f"greedy decoding gives one caption per image; use --strategy sample or beam for --n {s.n}"

@@ -40,7 +40,7 @@ def load_coco(path, images_root=None) -> CaptionDataset:
     for j, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a:
             problems.append(f"annotations[{j}]: no 'image_id'")
-        elif not isinstance(a.get("caption"), str) or not a["caption"].strip():
+        elif not isinstance(a.get("caption"), str):
             problems.append(f"annotations[{j}] (image_id {a['image_id']}): no 'caption' text")
         else:
             caps[a["image_id"]].append(a["caption"].strip())

@@ -41,9 +41,9 @@ def load_karpathy(path, images_root=None) -> CaptionDataset:
         caps = []
         for j, sent in enumerate(sentences):
             raw = sent.get("raw") if isinstance(sent, dict) else None
-            if not isinstance(raw, str) or not raw.strip():
+            if not isinstance(raw, str):  # an empty caption is data (counted and skipped by the users)
                 what = "is not an object" if not isinstance(sent, dict) else \
-                    "has no 'raw' text" if "raw" not in sent else "has an empty or non-text 'raw'"
+                    "has no 'raw' text" if "raw" not in sent else f"has a non-text 'raw' ({type(raw).__name__})"
                 problems.append(f"images[{i}].sentences[{j}] ({filename}) {what}")
                 continue
             caps.append(raw.strip())
