@@ -50,9 +50,15 @@ def _rows(out) -> dict[str, np.ndarray]:
 
 def _run_killed_at(cmd, point: str) -> None:
     """Run ``cmd`` with a fault that SIGKILLs it at ``point`` (NAME:N); it must die there, not finish."""
+    import tempfile
+
     env = dict(_env(), VLENS_FAULT=f"{point}:kill")
-    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, check=False)
-    assert p.returncode == -signal.SIGKILL, f"not killed at {point}: exit {p.returncode}\n{p.stderr.decode()[-2000:]}"
+    # stderr to a file, not a pipe: a pipe stays open (and the wait hangs) while any child process lives on.
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=300, check=False)
+        err.seek(0)
+        assert p.returncode == -signal.SIGKILL, f"not killed at {point}: exit {p.returncode}\n" \
+            f"{err.read().decode()[-2000:]}"
 
 
 def _fail_in_process_at(point: str, fn) -> None:
@@ -103,7 +109,7 @@ def test_build_killed_at_every_stage_then_rerun(setup, tmp_path):
     enc, root, reference, model = setup
     n = len(reference)
     out = tmp_path / "idx"
-    cmd = _cmd("index", "build", root, "--out", out, "--model", model, "--batch-size", 2)
+    cmd = _cmd("index", "build", root, "--out", out, "--model", model, "--batch-size", 2, "--workers", 0)
     # While the model loads, and right after taking the lock (before the first write). Nothing a kill skips
     # matters at these points, so they fail in this process (saving two process starts): nothing may be
     # written while the model loads; only the lock file exists after the second.
@@ -167,7 +173,7 @@ def test_update_killed_mid_way_then_rerun(setup, tmp_path):
                                                               progress=False))
     assert _rows(out).keys() == old.keys()
     for point in ("index.batch:3", "index.faiss:1"):
-        _run_killed_at(_cmd("index", "update", out, "--json"), point)
+        _run_killed_at(_cmd("index", "update", out, "--json", "--workers", 0), point)
         rows = _rows(out)
         for path, vec in rows.items():  # every row is either still valid from before or already new
             assert np.allclose(vec, reference.get(path, vec + 1), atol=1e-5) or \
