@@ -217,3 +217,35 @@ def test_two_processes_updating_at_once(setup, tmp_path):
     # The holder died without unlocking: the OS released the lock, the next update just works.
     rep = update_index(out, embedder=(enc.encode_images, enc.dim), progress=False)
     assert rep.total == len(reference) and _rows(out).keys() == reference.keys()
+
+
+def test_decode_workers_die_with_a_killed_build(setup, tmp_path):
+    # A SIGKILLed build with decode workers used to leave them alive for good (seen: 48 minutes, ~300 MB each):
+    # a worker blocked on its result pipe never noticed. They now ask the kernel to kill them with their parent.
+    import uuid
+
+    import psutil
+
+    _, root, _, model = setup
+    tag = uuid.uuid4().hex
+    cmd = _cmd("index", "build", root, "--out", tmp_path / "idx", "--model", model, "--batch-size", 2,
+               "--workers", 2)
+    env = dict(_env(), VLENS_FAULT="index.batch:2:kill", VLENS_TEST_TAG=tag)
+    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+    assert p.returncode == -signal.SIGKILL
+
+    def tagged() -> list[psutil.Process]:
+        found = []
+        for q in psutil.process_iter():
+            try:
+                if q.environ().get("VLENS_TEST_TAG") == tag:
+                    found.append(q)
+            except (psutil.Error, OSError):
+                pass
+        return found
+
+    # The kernel sends the death signal at once; the bound only absorbs scheduling on a loaded machine.
+    _, alive = psutil.wait_procs(tagged(), timeout=60)
+    for q in alive:
+        q.kill()
+    assert not alive, f"decode workers outlived the killed build: {[q.pid for q in alive]}"
