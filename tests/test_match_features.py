@@ -108,3 +108,19 @@ def test_grayscale_and_huge_images(tiny_vit):
     f = extract_features([big], str(tiny_vit), size=32)[0]
     assert "resized from 400x300 to 32x24" in f.note
     assert f.centers[:, 0].max() < 400 and f.centers[:, 1].max() < 300
+
+
+def test_device_dtype_leave_the_cached_backbone_alone(tiny_vit):
+    # --dtype bf16 used to convert the process-wide cached model in place: every later call (web app, notebook)
+    # silently ran in bf16.
+    from vlens.match.attention import cls_attention, eager_backbone
+    from vlens.match.features import load_backbone
+
+    spec, img = str(tiny_vit), _img(40, 24)
+    before = extract_features(img, spec)[0].descriptors
+    half = extract_features(img, spec, dtype="bf16")[0].descriptors
+    assert half.dtype == torch.float32 and not torch.equal(half, before)  # it did run in bf16
+    assert next(load_backbone(spec).model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(extract_features(img, spec)[0].descriptors, before, rtol=0, atol=0)
+    cls_attention(img, spec, dtype="bf16")
+    assert next(eager_backbone(spec).model.parameters()).dtype == torch.float32

@@ -73,21 +73,16 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     from PIL import Image
 
     from vlens.images import load_image
-    from vlens.match.features import _to_tensor, input_size_for
+    from vlens.match.features import _to_tensor, input_size_for, placed
 
-    bb = eager_backbone(model)
-    if device is not None or dtype is not None:
-        from vlens.devices import resolve_device, resolve_dtype
-
-        run_on = device if isinstance(device, torch.device) else resolve_device(device)
-        bb.model.to(device=run_on, dtype=dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, run_on))
+    bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     img = image if isinstance(image, Image.Image) else load_image(image)
     n = bb.num_layers
     li = n + layer if layer < 0 else layer - 1  # 0-based block
     if not 0 <= li < n:
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
     w_in, h_in = input_size_for(img.size, bb.patch_size, size)
-    w = next(bb.model.parameters())  # the copy stays wherever the model was when copied (CPU, or a --device)
+    w = next(bb.model.parameters())
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
     with _LOCK:

@@ -17,7 +17,10 @@ spec returns the same :class:`DenseFeatures`; loaded models are cached per spec.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,6 +158,31 @@ def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
     return Backbone(spec, model, patch, mean, std, prefix, cfg.num_hidden_layers, cfg.model_type)
 
 
+_PLACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): moved copy}
+
+
+def placed(bb: Backbone, device=None, dtype=None) -> Backbone:
+    """``bb`` with its model on ``device`` in ``dtype`` (see :mod:`vlens.devices`; None = leave as loaded).
+
+    The model is a copy, made once per (model, device, dtype): moving the cached backbone itself would hand bf16
+    or a GPU model to every later caller in the process (the web app, a notebook) that asked for neither.
+    """
+    if bb.model is None or (device is None and dtype is None):
+        return bb
+    from vlens.devices import resolve_device, resolve_dtype
+
+    run_on = device if isinstance(device, torch.device) else resolve_device(device)
+    run_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, run_on)
+    w = next(bb.model.parameters())
+    if w.device == run_on and w.dtype == run_dtype:
+        return bb
+    copies = _PLACED.setdefault(bb.model, {})
+    key = (str(run_on), str(run_dtype))
+    if key not in copies:
+        copies[key] = copy.deepcopy(bb.model).to(device=run_on, dtype=run_dtype).eval()
+    return dataclasses.replace(bb, model=copies[key])
+
+
 def _to_tensor(img: Image.Image, w: int, h: int, mean, std) -> torch.Tensor:
     """Resize (bicubic) and normalise one image: (3, h, w)."""
     from vlens.images import to_rgb
@@ -233,13 +261,7 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
 
     if facet not in FACETS:
         raise ConfigError(f"unknown facet '{facet}'; one of {', '.join(FACETS)}")
-    bb = model if isinstance(model, Backbone) else load_backbone(model)
-    if (device is not None or dtype is not None) and bb.model is not None:
-        from vlens.devices import resolve_device, resolve_dtype
-
-        run_on = resolve_device(device) if not isinstance(device, torch.device) else device
-        run_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, run_on)
-        bb.model.to(device=run_on, dtype=run_dtype)  # descriptors come back as float32 on the CPU
+    bb = placed(model if isinstance(model, Backbone) else load_backbone(model), device, dtype)
     if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
         images = [images]
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
