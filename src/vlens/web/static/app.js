@@ -140,19 +140,25 @@ preview($("match-a"), $("preview-a"));
 preview($("match-b"), $("preview-b"));
 
 // ---- caption
-$("caption-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const file = $("caption-file").files[0];
-  if (!file) { setStatus($("caption-status"), "choose an image first", true); return; }
+// The image and the decoding settings of the Caption tab, as both "Caption" and "Why these words?" send them.
+function decodingForm(file) {
   const form = new FormData();
   form.append("file", file);
   form.append("strategy", $("strategy").value);
   form.append("top_k", $("top-k").value || "50");
   form.append("top_p", $("top-p").value || "1");
   form.append("temperature", $("temperature").value || "1");
-  form.append("n", $("n").value || "1");
   form.append("prompt", $("prompt").value);
   if ($("seed").value) form.append("seed", $("seed").value);
+  return form;
+}
+
+$("caption-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("caption-file").files[0];
+  if (!file) { setStatus($("caption-status"), "choose an image first", true); return; }
+  const form = decodingForm(file);
+  form.append("n", $("n").value || "1");
   const btn = $("caption-btn");
   btn.disabled = true;
   setStatus($("caption-status"), "captioning…");
@@ -208,14 +214,7 @@ $("match-form").addEventListener("submit", async (ev) => {
 $("explain-btn").addEventListener("click", async () => {
   const file = $("caption-file").files[0];
   if (!file) { setStatus($("caption-status"), "choose an image first", true); return; }
-  const form = new FormData();
-  form.append("file", file);
-  form.append("strategy", $("strategy").value);
-  form.append("top_k", $("top-k").value || "50");
-  form.append("top_p", $("top-p").value || "1");
-  form.append("temperature", $("temperature").value || "1");
-  form.append("prompt", $("prompt").value);
-  if ($("seed").value) form.append("seed", $("seed").value);
+  const form = decodingForm(file);
   const btn = $("explain-btn");
   btn.disabled = true;
   setStatus($("caption-status"), "looking at every step…");
