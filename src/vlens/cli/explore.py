@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
-from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MODEL_HELP, PCA_HELP, SIZE_HELP
+from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MATCH_PCA_HELP, MODEL_HELP, SIZE_HELP
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,7 +34,7 @@ def point_cmd(
     xy: str = typer.Option(..., "--xy", help="The point in A's pixels, X,Y from the top-left corner, e.g. 120,80.",
                            callback=check.pair(0, 1e6)),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
-    pca: int = typer.Option(10, help=PCA_HELP, callback=check.integer(0, 1024)),
+    pca: int = typer.Option(0, help=MATCH_PCA_HELP, callback=check.integer(0, 1024)),
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),

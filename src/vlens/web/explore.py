@@ -148,7 +148,7 @@ class PointRequest(BaseModel):
     y: float = Field(..., ge=0, le=STORE_SIDE, description="The point in A's pixels (from the top).")
     layer: int = Field(-1, ge=-64, le=64, description="Block counted from 1; -1 = the last.")
     facet: Literal["token", "key", "query", "value"] = "token"
-    pca: int = Field(10, ge=0, le=256, description="Joint PCA components (0 = off), as `vlens match --pca`.")
+    pca: int = Field(0, ge=0, le=256, description="Joint PCA components (0 = off, the default of `vlens match`).")
     size: int = Field(448, ge=32, le=896, description="Longer side of the model input in pixels.")
     top_k: int = Field(5, ge=1, le=50)
 
