@@ -201,6 +201,9 @@ def test_explore_click_shows_a_heatmap_peaking_at_the_true_location(explore_serv
     page.goto(url)
     page.click("#tab-explore")
     page.fill("#explore-size", "224")
+    # The lab report's PCA 10 (the tab defaults to 0 like `vlens match`): at 224 px dino-tiny's raw tokens put the
+    # nose's best match 78 px off, the 10-component projection within a patch.
+    page.fill("#explore-pca", "10")
     page.set_input_files("#explore-a", str(base / "cat.png"))
     page.wait_for_function("window.vlensExplore.a !== null")
     page.set_input_files("#explore-b", str(base / "cat_shifted.png"))
