@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/ (kept by CI as artefacts).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,10 +32,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
+@contextlib.contextmanager
+def _serving(app):
+    """Run ``app`` with uvicorn on a free local port in a thread; yields its URL."""
     import uvicorn
 
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.time() + 120  # a bound for a loaded machine, not a speed check
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
     from vlens.retrieval.model import DualEncoder
     from vlens.web.app import create_app
 
@@ -47,17 +66,8 @@ def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
     build_index(root, base / "idx", IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
                 progress=False)
     app = create_app(index=base / "idx", captioner=str(tiny_blip), backbone=str(tiny_vit))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", root
-    srv.should_exit = True
-    t.join(10)
+    with _serving(app) as url:
+        yield url, root
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +176,6 @@ def test_match_picture_appears(server, page):
 @pytest.fixture(scope="module")
 def explore_server(tmp_path_factory, tiny_blip):
     """A server with the embedded DINO backbone, and a photo with a shifted crop of itself on disk."""
-    import uvicorn
-
     from vlens.data.photos import photo_paths
     from vlens.images import load_image
     from vlens.web.app import create_app
@@ -177,17 +185,8 @@ def explore_server(tmp_path_factory, tiny_blip):
     img.save(base / "cat.png")
     img.crop((40, 24, 440, 300)).save(base / "cat_shifted.png")  # A's pixel p is B's p - (40, 24)
     app = create_app(captioner=str(tiny_blip), backbone="builtin:dino-tiny")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", base
-    srv.should_exit = True
-    t.join(10)
+    with _serving(app) as url:
+        yield url, base
 
 
 def _click_at(page, selector: str, x: float, y: float, natural: tuple[int, int]) -> None:
