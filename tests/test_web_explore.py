@@ -64,6 +64,15 @@ def test_images_are_keyed_by_content(client):
     assert max(big["width"], big["height"]) == 1024  # stored bounded
 
 
+def test_uploads_are_bounded_like_every_other_route(client):
+    # /api/explore/images and /api/caption/explain read uploads without the shape check the other routes made.
+    strip = _png(Image.new("RGB", (4000, 60), (10, 200, 30)))
+    for route in ("/api/explore/images", "/api/caption/explain"):
+        r = client.post(route, files={"file": ("strip.png", strip, "image/png")})
+        assert r.status_code == 422, (route, r.status_code)
+        assert r.json()["detail"] == "file: 4000x60 pixels is too elongated (more than 16:1); crop it"
+
+
 def test_point_heatmap_peaks_at_the_true_location_and_features_are_cached(client):
     tex = _texture((160, 160), seed=2)
     a_img, b_img = tex.crop((0, 0, 96, 96)), tex.crop((24, 16, 120, 112))  # A's p is B's p - (24, 16)

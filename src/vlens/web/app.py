@@ -292,8 +292,8 @@ def bounded(img, name: str, max_side: int = WORK_MAX_SIDE):
 
 
 async def read_image(upload: UploadFile, limit: int, name: str = "file"):
-    """The uploaded file as an RGB PIL image (decoded off the event loop), or an HTTP error that says what is
-    wrong."""
+    """The uploaded file as an RGB PIL image (decoded off the event loop) and :func:`bounded` (every route's work
+    stays bounded), or an HTTP error that says what is wrong."""
     from vlens.images import load_image
 
     ctype = (upload.content_type or "").lower()
@@ -305,7 +305,8 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     if not data:
         raise HTTPException(422, f"{name}: the file is empty")
     try:
-        return await run_cpu(lambda: load_image(data, name=upload.filename or name, max_pixels=UPLOAD_MAX_PIXELS))
+        return await run_cpu(lambda: bounded(load_image(data, name=upload.filename or name,
+                                                        max_pixels=UPLOAD_MAX_PIXELS), name))
     except ImageLoadError as exc:
         status = 415 if "not a recognised image format" in exc.reason else 422
         raise HTTPException(status, f"{name}: {exc.reason}") from None
@@ -383,7 +384,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                            k: int = Form(12, ge=1, le=200)) -> SearchResponse:
         """Images most similar to an uploaded image."""
         searcher = svc.searcher
-        img = bounded(await read_image(file, max_upload_bytes), "file")
+        img = await read_image(file, max_upload_bytes)
         t0 = time.perf_counter()
         hits = await run_cpu(searcher.image, img, k)
         return SearchResponse(query=None, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
@@ -428,7 +429,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         """Caption an uploaded image with the chosen decoding strategy."""
         from vlens.caption import DecodeSettings
 
-        img = bounded(await read_image(file, max_upload_bytes), "file")
+        img = await read_image(file, max_upload_bytes)
         settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
                                   prompt=prompt.strip() or None, n=n, num_beams=max(num_beams, n), seed=seed)
         settings, notes = settings.validated()
@@ -451,8 +452,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     count: int = Form(30, ge=1, le=500, description="How many top matches to draw")) -> MatchResponse:
         """Dense correspondences between two images: the top matches by the chosen score, drawn."""
         match_images, draw_matches = svc.matcher()
-        a = bounded(await read_image(image_a, max_upload_bytes, "image_a"), "image_a")
-        b = bounded(await read_image(image_b, max_upload_bytes, "image_b"), "image_b")
+        a = await read_image(image_a, max_upload_bytes, "image_a")
+        b = await read_image(image_b, max_upload_bytes, "image_b")
 
         def run():
             with svc._match_lock:
