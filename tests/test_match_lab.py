@@ -30,3 +30,28 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch, opencv_samples):
     assert {"graffiti sift:8", "aloe sift:8", f"graffiti {tiny_vit.name}"} <= set(pairs)
     assert pairs["aloe sift:8"]["pck@10"] > pairs["aloe pixels:8"]["pck@10"]  # the classical anchor earns its place
     assert any("graffiti" in b[1].name for b in s.blocks if b[0] == "figure")
+
+
+def test_match_section_without_opencv_samples_says_what_it_skipped(tmp_path, tiny_vit, monkeypatch):
+    """A fresh machine without the OpenCV samples: the section still renders its other parts and says, in one
+    paragraph, what it skipped and the command that fetches the images; it never reaches the pair benchmark."""
+    import vlens.data.opencv_samples
+    import vlens.models
+    import vlens.report.sections.match as match_section
+    from vlens.report.section import LabContext
+
+    monkeypatch.setitem(vlens.models.DEFAULTS, "backbone", str(tiny_vit))
+    monkeypatch.setattr(vlens.data.opencv_samples, "is_available", lambda: False)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the real-pair / crop parts ran without the samples")
+
+    monkeypatch.setattr(match_section, "_real_pairs", must_not_run)
+    monkeypatch.setattr(match_section, "_crop_benchmark", must_not_run)
+    s = match_section.section(LabContext(out=tmp_path, quick=True))
+    texts = [b[1] for b in s.blocks if b[0] == "text"]
+    skipped = [t for t in texts if t.startswith("**Skipped")]
+    assert len(skipped) == 1 and "vlens data fetch opencv-samples" in skipped[0]
+    assert s.metrics["crops"] == {} and s.metrics["pairs"] == {}
+    assert any(b[0] == "table" for b in s.blocks)  # label transfer still reported
+    assert not (tmp_path / "runs" / "match-pairs").exists()

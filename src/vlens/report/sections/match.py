@@ -24,8 +24,9 @@ def section(ctx: LabContext) -> Section:
 
     model = DEFAULTS["backbone"]
     s = Section("Dense correspondences")
-    s.text(f"Patch features of `{model}` (last block, final layer norm) are reduced to 10 components with a PCA "
-           "fitted jointly on both images and matched by nearest neighbour. A match is scored by the negative "
+    s.text(f"Patch features of `{model}` (last block, final layer norm) are matched by nearest neighbour, as "
+           "`vlens match` does by default (no PCA; the crop benchmark below keeps the lab report's PCA to 10 "
+           "components, fitted jointly on both images). A match is scored by the negative "
            "feature distance or by the negative *cycle distance* (patch -> nearest neighbour in the other image -> "
            "back; 0 px when the two patches are mutual nearest neighbours).")
 
