@@ -201,6 +201,29 @@ def test_caption_endpoint(client):
     assert r.status_code == 415
 
 
+def test_caption_prompt_field_default_none_or_text():
+    """The Caption tab's prompt: an empty field is the model's training prompt, the "no prompt" box is none at
+    all (what `vlens caption --prompt ''` does), and both at once is a 422 naming the conflict. The shipped
+    blip-tiny was trained behind "a picture of", so the three are told apart in what the server answers."""
+    from vlens.web.app import create_app
+
+    img = ("q.png", _png((64, 64)), "image/png")
+    with TestClient(create_app(captioner="builtin:blip-tiny")) as c:
+        def prompt_of(**form):
+            r = c.post("/api/caption", files={"file": img}, data={"strategy": "greedy", **form})
+            assert r.status_code == 200, r.text
+            return r.json()["settings"]["prompt"]
+
+        assert prompt_of() == "a picture of"
+        assert prompt_of(no_prompt="true") == ""
+        assert prompt_of(prompt="an image of") == "an image of"
+        for route in ("/api/caption", "/api/caption/explain"):
+            r = c.post(route, files={"file": img}, data={"prompt": "an image of", "no_prompt": "true"})
+            assert r.status_code == 422 and "not both" in r.text
+        r = c.post("/api/caption/explain", files={"file": img}, data={"no_prompt": "true"})
+        assert r.status_code == 200, r.text
+
+
 def test_match_endpoint(client, indexed):
     root = indexed[1]
     a = ("a.png", (root / "test_00001.png").read_bytes(), "image/png")

@@ -152,6 +152,15 @@ def test_caption_appears_for_an_upload(server, page):
     assert page.locator("#captions li.caption").count() == 2
     assert "sample" in page.inner_text("#caption-status")
     page.screenshot(path=str(ARTIFACTS / "web-caption.png"), full_page=True)
+    # "no prompt" greys out the prompt field and still captions (the form sends no_prompt=true, not a clash)
+    page.fill("#prompt", "")
+    page.check("#no-prompt")
+    assert page.is_disabled("#prompt")
+    page.select_option("#strategy", "greedy")
+    page.fill("#n", "1")
+    page.click("#caption-btn")
+    page.wait_for_function("document.querySelectorAll('#captions li.caption').length === 1")
+    assert "error" not in (page.get_attribute("#caption-status", "class") or "")
 
 
 def test_match_picture_appears(server, page):

@@ -291,6 +291,14 @@ def bounded(img, name: str, max_side: int = WORK_MAX_SIDE):
     return img
 
 
+def caption_prompt(prompt: str, no_prompt: bool) -> str | None:
+    """The prompt a caption form asks for: None = the model's training prompt (an empty field), "" = none at all
+    (the "no prompt" box), else the text; both at once is a 422 that says which to drop."""
+    if no_prompt and prompt.strip():
+        raise HTTPException(422, "prompt: give a prompt or tick 'no prompt', not both")
+    return "" if no_prompt else (prompt.strip() or None)
+
+
 async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     """The uploaded file as an RGB PIL image (decoded off the event loop) and :func:`bounded` (every route's work
     stays bounded), or an HTTP error that says what is wrong."""
@@ -422,7 +430,9 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                       top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
                       top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
                       temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
-                      prompt: str = Form("", max_length=200, description="text the caption must continue"),
+                      prompt: str = Form("", max_length=200, description="text the caption must continue "
+                                         "(empty: the model's training prompt)"),
+                      no_prompt: bool = Form(False, description="caption with no prompt at all"),
                       n: int = Form(1, ge=1, le=10, description="captions to return"),
                       num_beams: int = Form(3, ge=1, le=10),
                       seed: int | None = Form(None, ge=0, le=2**32 - 1)) -> CaptionResponse:
@@ -431,9 +441,10 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
 
         img = await read_image(file, max_upload_bytes)
         settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                                  prompt=prompt.strip() or None, n=n, num_beams=max(num_beams, n), seed=seed)
+                                  prompt=caption_prompt(prompt, no_prompt), n=n, num_beams=max(num_beams, n), seed=seed)
         settings, notes = settings.validated()
         cap = svc.captioner()
+        settings = settings.replace(prompt=cap.resolve_prompt(settings.prompt))  # report the prompt used
         t0 = time.perf_counter()
         caps = (await run_cpu(cap.caption, [img], settings))[0]
         return CaptionResponse(

@@ -240,7 +240,7 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    from vlens.web.app import read_image, run_cpu
+    from vlens.web.app import caption_prompt, read_image, run_cpu
 
     cache = ExploreCache()
     app.state.explore = cache
@@ -350,7 +350,9 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
                       top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
                       top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
                       temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
-                      prompt: str = Form("", max_length=200, description="text the caption must continue"),
+                      prompt: str = Form("", max_length=200, description="text the caption must continue "
+                                         "(empty: the model's training prompt)"),
+                      no_prompt: bool = Form(False, description="caption with no prompt at all"),
                       num_beams: int = Form(3, ge=1, le=10),
                       seed: int | None = Form(None, ge=0, le=2**31 - 1),
                       show: int = Form(8, ge=1, le=30, description="candidates listed per step")) -> ExplainResponse:
@@ -361,7 +363,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
 
         img = await read_image(file, max_upload_bytes)
         settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                                  prompt=prompt.strip() or None, num_beams=num_beams, seed=seed)
+                                  prompt=caption_prompt(prompt, no_prompt), num_beams=num_beams, seed=seed)
         settings, notes = settings.validated()
         cap = svc.captioner()
         t0 = time.perf_counter()

@@ -149,9 +149,13 @@ function decodingForm(file) {
   form.append("top_p", $("top-p").value || "1");
   form.append("temperature", $("temperature").value || "1");
   form.append("prompt", $("prompt").value);
+  form.append("no_prompt", $("no-prompt").checked ? "true" : "false");
   if ($("seed").value) form.append("seed", $("seed").value);
   return form;
 }
+
+// "no prompt" and a typed prompt exclude each other: ticking the box greys the field out.
+$("no-prompt").addEventListener("change", () => { $("prompt").disabled = $("no-prompt").checked; });
 
 $("caption-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
