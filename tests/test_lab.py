@@ -45,3 +45,21 @@ def test_html_renders_inline_markdown_and_escapes():
     assert inline_html("The **shapes** set, `a_b*c*`, _note_") == \
         "The <strong>shapes</strong> set, <code>a_b*c*</code>, <em>note</em>"
     assert inline_html("<b>x</b> & 3 * 4 * 5 snake_case") == "&lt;b&gt;x&lt;/b&gt; &amp; 3 * 4 * 5 snake_case"
+
+
+def test_caption_sweep_sentence_is_computed_from_the_table():
+    """The lab's words under the sweep table come from the numbers: best/worst cells, the temperature trend,
+    and the cold-temperature spread (0 -> "the same BLEU-4", not "within 0.0 points")."""
+    from vlens.report.sections.caption import describe
+
+    def cell(t, k, b):
+        return {"temperature": t, "top_k": k, "BLEU-4": b, "BLEU-4_std": 1.0}
+
+    grid = [cell(0.3, 10, 48.0), cell(0.3, 100, 48.0), cell(1.0, 10, 46.0), cell(1.0, 100, 30.0)]
+    text = describe(grid, [], greedy_bleu4=51.0)
+    assert "best sampled setting is top-k 10, temperature 0.3 (48.0" in text
+    assert "worst top-k 100, temperature 1.0 (30.0" in text
+    assert "from 48.0 at temperature 0.3 to 38.0 at 1.0: lower temperature is better" in text
+    assert "every top-k gives the same BLEU-4" in text and "within 0.0" not in text
+    grid[1] = cell(0.3, 100, 45.5)
+    assert "all top-k values lie within 2.5 points" in describe(grid, [], greedy_bleu4=51.0)

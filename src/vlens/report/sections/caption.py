@@ -228,8 +228,10 @@ def describe(grid: list[dict], prompts: list[dict], greedy_bleu4: float, trained
     )
     parts.append(
         f"At temperature {temps[-1]}, top-k {ks[0]} gives {hot_small:.1f} and top-k {ks[-1]} gives "
-        f"{hot_large:.1f}; at temperature {temps[0]} all top-k values lie within {cold_spread:.1f} "
-        "points, since a cold distribution rarely reaches past its first few tokens."
+        f"{hot_large:.1f}; at temperature {temps[0]} "
+        + ("every top-k gives the same BLEU-4" if round(cold_spread, 1) == 0
+           else f"all top-k values lie within {cold_spread:.1f} points")
+        + ", since a cold distribution rarely reaches past its first few tokens."
     )
     if prompts:
         hi = max(prompts, key=lambda e: e["BLEU-4"])
