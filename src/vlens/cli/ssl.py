@@ -74,6 +74,12 @@ def train_cmd(
     contrast_keys: str = typer.Option("student", help="Keys of the InfoNCE term: student (its own other global "
                                       "view; fastest on short runs) or teacher (the EMA teacher's, MoCo-style).",
                                       callback=check.choice("student", "teacher")),
+    sift_weight: float = typer.Option(0.0, help="Weight of a dense-SIFT distillation term: a training-only linear "
+                                      "head on the patch tokens regresses the dense SIFT descriptor of the same "
+                                      "patch of each global view (0 = off).", callback=check.number(0, 1000)),
+    sift_head: str = typer.Option("linear", help="Map from patch tokens to SIFT space for --sift-weight: linear (a "
+                                  "training-only layer) or none (the 128-wide tokens themselves).",
+                                  callback=check.choice("linear", "none")),
     cls_weight: float = typer.Option(1.0, help="Weight of DINO's [CLS] term (lower it for matching-only "
                                      "backbones: it pulls the patches of an image towards one code).",
                                      callback=check.number(0, 1000)),
@@ -101,6 +107,10 @@ def train_cmd(
     rotation: float = typer.Option(0.0, help="Largest crop rotation in degrees (+-); the dense terms follow the "
                                    "rotation exactly. 15 teaches the tilt of the crop benchmark's geometric "
                                    "scenario.", callback=check.number(0, 180)),
+    perspective: float = typer.Option(0.0, help="Projective warp of the global crops: corners move inwards by up "
+                                      "to this fraction of the side (a viewpoint-like homography between the "
+                                      "views; the dense terms follow it exactly). 0 = none.",
+                                      callback=check.number(0, 0.5, hi_open=True)),
     min_overlap: float = typer.Option(0.0, help="Redraw the second global crop until it overlaps the first by this "
                                       "fraction of the smaller box (the dense terms learn only on the overlap).",
                                       callback=check.number(0, 1)),
@@ -144,7 +154,7 @@ def train_cmd(
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
     cfg = load_config(config) if config else DINOConfig()
     crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale", "flip_p", "gray_p",
-                   "hue", "rotation", "min_overlap", "solarize_p"}
+                   "hue", "rotation", "min_overlap", "solarize_p", "perspective"}
     for name, value in ctx.params.items():
         if name in ("config", "json_out", "threads"):
             continue

@@ -56,6 +56,15 @@ class MultiCropConfig:
     """Blur probability for global crop 1, global crop 2 and local crops (DINO's values)."""
     solarize_p: float = 0.2
     """Solarisation probability for the second global crop."""
+    perspective: float = 0.0
+    """Projective warp of the global crops: each corner of the crop moves inwards by up to this fraction of the
+    crop side (independently in x and y), so the view shows a quadrilateral of its box, i.e. a homography of the
+    image (the two global views then differ by a viewpoint-like homography). 0 = no warp. The correspondences
+    stay exact: the warp is part of the view geometry."""
+    sift_patch: int = 0
+    """When > 0, each global crop also gets the L2-normalised dense SIFT descriptor of every ``sift_patch``-pixel
+    patch of the crop as shown (vlens.match.sift.dense_sift, 48 px support): the targets of the SIFT distillation
+    term. 0 = none."""
 
 
 def rng_for(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -134,14 +143,65 @@ def rotated_box(box: tuple[int, int, int, int], width: int, height: int, angle_d
     return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
+IDENTITY9 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def homography_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 3x3 homography (H[2, 2] = 1) mapping 4 points ``src`` (4, 2) onto ``dst`` (4, 2) (direct linear solve)."""
+    a, b = [], []
+    for (x, y), (u, v) in zip(np.asarray(src, float), np.asarray(dst, float)):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b += [u, v]
+    h = np.linalg.solve(np.array(a), np.array(b))  # (8,)
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def random_perspective(strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A homography of the unit square (3, 3) that maps its corners to corners moved inwards by up to ``strength``
+    (uniform, independently in x and y): the warped square stays inside the unit square."""
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    inward = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], dtype=float)  # direction to the inside per corner
+    moved = corners + inward * rng.uniform(0, strength, size=(4, 2))
+    return homography_from_points(corners, moved)
+
+
+def view_homography(box, angle_deg: float, size: int, unit_h: np.ndarray) -> np.ndarray:
+    """3x3 map from output pixels of a ``size`` px view to image pixels: output -> unit square (/ size) ->
+    ``unit_h`` -> box pixels (* size) -> the box's affine (crop_affine: box centre, size, rotation)."""
+    from vlens.match.crops import crop_affine
+
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    a = np.vstack([crop_affine(centre, (box[2] - box[0], box[3] - box[1]), (size, size), angle_deg), [0, 0, 1]])
+    s, si = np.diag([size, size, 1.0]), np.diag([1.0 / size, 1.0 / size, 1.0])
+    h = a @ s @ unit_h @ si
+    return h / h[2, 2]
+
+
+def sift_targets(crop: Image.Image, patch: int) -> torch.Tensor:
+    """L2-normalised dense SIFT of a crop as shown, one 128-d row per ``patch`` px patch, row-major: (N, 128)."""
+    from vlens.match.sift import dense_sift, gray_uint8
+
+    d = torch.from_numpy(dense_sift(gray_uint8(crop), patch)).flatten(0, 1)  # (N, 128)
+    return torch.nn.functional.normalize(d, dim=-1)
+
+
 def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float, solarize_p: float,
-         rng: np.random.Generator) -> tuple[torch.Tensor, tuple[float, ...]]:
+         rng: np.random.Generator, perspective: float = 0.0, sift_patch: int = 0):
     """One augmented, normalised crop (3, size, size) and its geometry ``(x0, y0, x1, y1, flipped, angle)``: the
     crop box in image pixels before rotation, the flip flag and the rotation about the box centre in radians.
+    With ``perspective`` > 0 the geometry has 9 more numbers: the unit-square homography of the warp (row-major;
+    see :func:`random_perspective`); with ``sift_patch`` > 0 a third item, the crop's SIFT targets (N, 128).
     PIL does the pixel work: on small crops its C loops are ~100x faster than launching torch ops."""
     box = random_resized_box(img.width, img.height, scale, cfg.ratio, rng)
     angle = float(rng.uniform(-cfg.rotation, cfg.rotation)) if cfg.rotation > 0 else 0.0
-    if angle:
+    unit_h = random_perspective(perspective, rng) if perspective > 0 else None
+    if unit_h is not None:
+        if angle:
+            box = rotated_box(box, img.width, img.height, angle, rng)
+        h = view_homography(box, angle, size, unit_h)
+        crop = img.transform((size, size), Image.PERSPECTIVE, data=tuple(h.ravel()[:8]), resample=Image.BICUBIC)
+    elif angle:
         from vlens.match.crops import crop_affine, render_crop
 
         box = rotated_box(box, img.width, img.height, angle, rng)
@@ -163,7 +223,12 @@ def view(img: Image.Image, size: int, scale, cfg: MultiCropConfig, blur_p: float
     if rng.random() < solarize_p:
         crop = ImageOps.solarize(crop, 128)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
-    return normalize(x).contiguous(), (*map(float, box), float(flipped), math.radians(angle))
+    geom = (*map(float, box), float(flipped), math.radians(angle))
+    if perspective > 0:
+        geom += tuple(map(float, unit_h.ravel()))
+    if sift_patch > 0:
+        return normalize(x).contiguous(), geom, sift_targets(crop, sift_patch)
+    return normalize(x).contiguous(), geom
 
 
 def box_overlap(a, b) -> float:
@@ -175,22 +240,30 @@ def box_overlap(a, b) -> float:
     return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator
-               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def multi_crop(img: Image.Image, cfg: MultiCropConfig, rng: np.random.Generator):
     """2 global crops then ``n_local`` local crops, each (3, S, S), from one RGB image, plus their geometry
-    (V, 6): crop box ``x0, y0, x1, y1`` in image pixels, a horizontal-flip flag and the box rotation (radians)."""
+    (V, 6): crop box ``x0, y0, x1, y1`` in image pixels, a horizontal-flip flag and the box rotation (radians);
+    (V, 15) with ``cfg.perspective`` > 0 (the global views' unit-square homography; identity for local views).
+    With ``cfg.sift_patch`` > 0 a third item: the global views' SIFT targets (2, N, 128)."""
     g1, g2, loc = cfg.blur_p
-    first = view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng)
+    kw = {"perspective": cfg.perspective, "sift_patch": cfg.sift_patch}
+    first = view(img, cfg.global_size, cfg.global_scale, cfg, g1, 0.0, rng, **kw)
     for _ in range(20 if cfg.min_overlap > 0 else 1):
-        second = view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng)
+        second = view(img, cfg.global_size, cfg.global_scale, cfg, g2, cfg.solarize_p, rng, **kw)
         if box_overlap(first[1], second[1]) >= cfg.min_overlap:
             break
     views = [first, second]
     views += [view(img, cfg.local_size, cfg.local_scale, cfg, loc, 0.0, rng) for _ in range(cfg.n_local)]
-    return [v[0] for v in views], torch.tensor([v[1] for v in views], dtype=torch.float32)
+    geoms = [v[1] + (IDENTITY9 if cfg.perspective > 0 and len(v[1]) == 6 else ()) for v in views]
+    out = [v[0] for v in views], torch.tensor(geoms, dtype=torch.float32)
+    if cfg.sift_patch > 0:
+        return (*out, torch.stack([first[2], second[2]]))
+    return out
 
 
-def collate_crops(samples: list[tuple[list[torch.Tensor], torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """B samples of (V crops, geometry) -> (V tensors of (B, 3, S_v, S_v), geometry (B, V, 6))."""
+def collate_crops(samples: list[tuple]) -> tuple:
+    """B samples of (V crops, geometry[, SIFT targets]) -> (V tensors of (B, 3, S_v, S_v), geometry (B, V, G)
+    [, SIFT targets (B, 2, N, 128)])."""
     crops = [torch.stack([s[0][v] for s in samples]) for v in range(len(samples[0][0]))]
-    return crops, torch.stack([s[1] for s in samples])
+    rest = tuple(torch.stack([s[k] for s in samples]) for k in range(1, len(samples[0])))
+    return (crops, *rest)

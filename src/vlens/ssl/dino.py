@@ -73,16 +73,19 @@ class MultiCropNet(nn.Module):
     ``forward(crops)`` with ``crops`` a list of (B, 3, H_i, W_i) tensors returns (len(crops) * B, out_dim),
     crop-major: rows ``i*B:(i+1)*B`` belong to crop ``i``. With a ``patch_head`` or ``return_tokens`` it returns
     ``(cls_logits, patch_logits, patch_tokens)`` where ``patch_logits[i]`` is (B, h_i*w_i, patch_out_dim) (an
-    empty list without a patch head) and ``patch_tokens[i]`` the backbone's (B, h_i*w_i, D) patch tokens.
+    empty list without a patch head) and ``patch_tokens[i]`` the backbone's (B, h_i*w_i, D) patch tokens. With a
+    ``sift_head`` (a training-only linear map of patch tokens to 128-d SIFT space) a 4th item: its output on the
+    first two (global) crops, (B, 2, h*w, 128).
     """
 
     def __init__(self, backbone: nn.Module, head: DINOHead, patch_head: DINOHead | None = None,
-                 return_tokens: bool = False):
+                 return_tokens: bool = False, sift_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.patch_head = patch_head
-        self.return_tokens = return_tokens or patch_head is not None
+        self.sift_head = sift_head
+        self.return_tokens = return_tokens or patch_head is not None or sift_head is not None
 
     def forward(self, crops: list[torch.Tensor]):
         cls, patches, tokens_out, i = [], [], [], 0
@@ -101,18 +104,32 @@ class MultiCropNet(nn.Module):
                 tokens_out += list(tokens[:, n_prefix:].split(b))  # j-i tensors of (B, h*w, D)
             i = j
         logits = self.head(torch.cat(cls))  # (n_crops*B, out_dim)
+        if self.sift_head is not None:
+            sift = self.sift_head(torch.stack(tokens_out[:2], 1))  # (B, 2, h*w, 128)
+            return logits, patches, tokens_out, sift
         return (logits, patches, tokens_out) if self.return_tokens else logits
+
+
+def apply_unit_homography(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map points (B, N) of the unit square through per-sample homographies ``h`` (B, 3, 3)."""
+    w = h[:, 2, 0:1] * u + h[:, 2, 1:2] * v + h[:, 2, 2:3]  # (B, N)
+    return ((h[:, 0, 0:1] * u + h[:, 0, 1:2] * v + h[:, 0, 2:3]) / w,
+            (h[:, 1, 0:1] * u + h[:, 1, 1:2] * v + h[:, 1, 2:3]) / w)
 
 
 def view_to_image(geom: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Points given in a view's own units (``u``, ``v`` in [0, 1) across / down the crop as shown) -> image pixels.
 
-    ``geom``: (B, 5 or 6) ``x0, y0, x1, y1, flipped[, angle]``: the box before rotation, a flip flag and the
-    rotation about the box centre in radians (0 if absent). ``u``, ``v``: (B, N) or (1, N). Returns (B, N) x, y.
+    ``geom``: (B, 5, 6 or 15) ``x0, y0, x1, y1, flipped[, angle[, h00..h22]]``: the box before rotation, a flip
+    flag, the rotation about the box centre in radians (0 if absent) and a projective warp of the unit square
+    (row-major 3x3, applied after un-flipping, before the box; see vlens.ssl.augment.random_perspective).
+    ``u``, ``v``: (B, N) or (1, N). Returns (B, N) x, y.
     """
     x0, y0, x1, y1, fl = (geom[:, k:k + 1] for k in range(5))  # each (B, 1)
     ang = geom[:, 5:6] if geom.shape[1] > 5 else torch.zeros_like(x0)
     u = torch.where(fl > 0.5, 1 - u, u)  # a flipped crop shows its box mirrored
+    if geom.shape[1] > 6:
+        u, v = apply_unit_homography(geom[:, 6:15].reshape(-1, 3, 3), u.expand_as(x0 * u), v.expand_as(x0 * v))
     dx, dy = (u - 0.5) * (x1 - x0), (v - 0.5) * (y1 - y0)  # offsets from the box centre, box frame
     c, s = torch.cos(ang), torch.sin(ang)
     return (x0 + x1) / 2 + c * dx - s * dy, (y0 + y1) / 2 + s * dx + c * dy
@@ -126,6 +143,8 @@ def image_to_view(geom: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple
     c, s = torch.cos(ang), torch.sin(ang)
     dx, dy = c * px + s * py, -s * px + c * py  # rotate back by -angle
     u, v = dx / (x1 - x0) + 0.5, dy / (y1 - y0) + 0.5
+    if geom.shape[1] > 6:
+        u, v = apply_unit_homography(torch.linalg.inv(geom[:, 6:15].reshape(-1, 3, 3)), u, v)
     return torch.where(fl > 0.5, 1 - u, u), v
 
 
@@ -134,7 +153,7 @@ def patch_correspondence(geom_s: torch.Tensor, geom_t: torch.Tensor, grid_s: int
     """For every patch centre of student view s, the index of the teacher-view patch that covers the same
     image point, and whether that point lies inside the teacher view at all.
 
-    ``geom_*``: (B, 5 or 6) crop geometry (see :func:`view_to_image`); square grids of ``grid_s`` / ``grid_t``
+    ``geom_*``: (B, 5, 6 or 15) crop geometry (see :func:`view_to_image`); square grids of ``grid_s`` / ``grid_t``
     patches. Returns ``idx`` (B, grid_s**2) into the teacher's row-major patches and ``valid`` (B, grid_s**2).
     """
     c = (torch.arange(grid_s, dtype=torch.float32, device=geom_s.device) + 0.5) / grid_s  # (g,)
@@ -271,3 +290,11 @@ def dense_contrastive_loss(student_tokens: list[torch.Tensor], teacher_tokens: l
             total = total + (ce * valid).sum()
             count += int(valid.sum())
     return total / max(count, 1)
+
+
+def sift_distill_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distillation of a classical descriptor: mean ``1 - cos(pred, target)`` over all patches.
+
+    ``pred``: (B, N, 128) a linear head's output on the patch tokens; ``target``: (B, N, 128) the dense SIFT
+    descriptors of the same patches (L2-normalised). 0 when every prediction points along its target."""
+    return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()

@@ -80,6 +80,14 @@ class DINOConfig:
     contrast_weight: float = 0.0
     """Weight of a patch InfoNCE term: a student patch must find the teacher patch showing the same image point
     among all patches of that view (rewards features that separate locations within an image, for matching)."""
+    sift_weight: float = 0.0
+    """Weight of a dense-SIFT distillation term: a training-only linear head on the student's patch tokens of
+    the global views regresses (cosine) the L2-normalised dense SIFT descriptor of the same patch of the view
+    (vlens.match.sift, 48 px support): the tokens learn the gradient-orientation histograms that make SIFT a
+    strong matcher. The head is not exported. 0 = off."""
+    sift_head: str = "linear"
+    """What maps patch tokens to SIFT space for that term: ``linear`` (a training-only linear layer, D -> 128) or
+    ``none`` (the tokens themselves must point along the SIFT descriptor; needs 128-wide tokens, as dino-tiny's)."""
     contrast_temp: float = 0.1
     contrast_keys: str = "student"
     """Where the InfoNCE term's keys come from: ``student`` (the student's own global views, gradients on both
@@ -289,8 +297,17 @@ def train(cfg: DINOConfig, log=print) -> dict:
     if cfg.dense_weight > 0:
         d = backbone.config.hidden_size
         patch_head = dino.DINOHead(d, cfg.patch_out_dim, hidden_dim=2 * d, bottleneck_dim=64, n_layers=2)
-    dense = cfg.dense_weight > 0 or cfg.contrast_weight > 0  # any patch-level term
-    student = dino.MultiCropNet(backbone, head, patch_head, return_tokens=cfg.contrast_weight > 0)
+    dense = cfg.dense_weight > 0 or cfg.contrast_weight > 0 or cfg.sift_weight > 0  # any patch-level term
+    sift_head = None
+    if cfg.sift_weight > 0:  # training-only head: tokens -> SIFT descriptor (not part of the exported backbone)
+        if cfg.sift_head == "none" and backbone.config.hidden_size != 128:
+            raise ConfigError(f"--sift-head none needs 128-wide tokens (SIFT's size); {cfg.preset} has "
+                              f"{backbone.config.hidden_size}: use --sift-head linear")
+        sift_head = (torch.nn.Linear(backbone.config.hidden_size, 128) if cfg.sift_head == "linear"
+                     else torch.nn.Identity())
+        cfg.crops.sift_patch = int(backbone.config.patch_size)
+    student = dino.MultiCropNet(backbone, head, patch_head, return_tokens=cfg.contrast_weight > 0,
+                                sift_head=sift_head)
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay))
@@ -344,7 +361,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
             _write_log(out, history)
         accelerator.wait_for_everyone()
 
-    for crops, geom in loader:
+    for crops, geom, *sift in loader:
         crops = [c.to(accelerator.device, non_blocking=True) for c in crops]
         geom = geom.to(accelerator.device)  # (B, V, 6) crop geometry, for the dense terms
         epoch = step // spe
@@ -357,7 +374,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
             with torch.no_grad():
                 t_out = teacher(crops[:2])
             if dense:
-                (s_out, s_patch, s_tok), (t_out, t_patch, t_tok) = s_out, t_out
+                (s_out, s_patch, s_tok, *s_sift), (t_out, t_patch, t_tok, *_) = s_out, t_out
             s_out, t_out = s_out.float(), t_out.float()  # (V*B, K), (2*B, K)
             loss_cls = dino.dino_loss(s_out, t_out, center, cfg.student_temp, float(tt_s[step]), 2)
             loss = cfg.cls_weight * loss_cls
@@ -373,6 +390,10 @@ def train(cfg: DINOConfig, log=print) -> dict:
                     [x.float() for x in s_tok], [x.float() for x in keys], geom, cfg.contrast_temp,
                     detach_keys=cfg.contrast_keys != "student")
                 loss = loss + cfg.contrast_weight * terms["loss_contrast"]
+            if cfg.sift_weight > 0:
+                target = sift[0].to(accelerator.device)  # (B, 2, N, 128) dense SIFT of the global views
+                terms["loss_sift"] = dino.sift_distill_loss(s_sift[0].float(), target)
+                loss = loss + cfg.sift_weight * terms["loss_sift"]
         if not torch.isfinite(loss):
             raise ConfigError(f"DINO loss is {loss.item()} at step {step}; lower --lr or raise --warmup-epochs")
         optimizer.zero_grad(set_to_none=True)
@@ -446,6 +467,9 @@ def _validate(cfg: DINOConfig) -> None:
         (cfg.cls_weight >= 0, "--cls-weight must not be negative"),
         (cfg.export in ("student", "teacher"), "--export must be student or teacher"),
         (0 <= cfg.crops.rotation <= 180, "--rotation must be in [0, 180] degrees"),
+        (0 <= cfg.crops.perspective < 0.5, "--perspective must be in [0, 0.5)"),
+        (cfg.sift_weight >= 0, "--sift-weight must not be negative"),
+        (cfg.sift_head in ("linear", "none"), "--sift-head must be linear or none"),
         (0 < cfg.crops.global_scale[0] <= cfg.crops.global_scale[1] <= 1,
          f"--global-scale MIN MAX needs 0 < MIN <= MAX <= 1 (got {' '.join(map(str, cfg.crops.global_scale))})"),
         (0 < cfg.crops.local_scale[0] <= cfg.crops.local_scale[1] <= 1,
@@ -462,7 +486,8 @@ def _write_log(out: Path, history: list[dict]) -> None:
     atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
-LOSS_TERMS = {"loss_cls": "[CLS] (DINO)", "loss_dense": "dense DINO (patches)", "loss_contrast": "patch InfoNCE"}
+LOSS_TERMS = {"loss_cls": "[CLS] (DINO)", "loss_dense": "dense DINO (patches)", "loss_contrast": "patch InfoNCE",
+              "loss_sift": "dense-SIFT distillation"}
 
 
 def loss_curve_figure(history: list[dict], path: Path, height: float = 3.2) -> Path:
