@@ -191,11 +191,12 @@ def test_patch_class_loss_trains_a_plain_blip_that_remembers_its_prompt(shapes_d
 
     from vlens.caption.captioner import Captioner, DecodeSettings
 
-    cfg = _cfg(shapes_dir, tmp_path / "run", epochs=2, patch_class_weight=0.5, scene_weight=1.0, patch_size=8)
+    cfg = _cfg(shapes_dir, tmp_path / "run", epochs=2, patch_class_weight=0.5, scene_weight=1.0, patch_size=8,
+               patch_place_weight=1.0)
     train(cfg, log=lambda m: None)
     hist = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert all(h["patch_loss"] > 0 for h in hist) and hist[-1]["patch_loss"] < hist[0]["patch_loss"]
-    assert hist[-1]["scene_loss"] < hist[0]["scene_loss"]
+    assert hist[-1]["scene_loss"] < hist[0]["scene_loss"] and hist[-1]["place_loss"] < hist[0]["place_loss"]
     best = tmp_path / "run" / "best"
     config = json.loads((best / "config.json").read_text())
     assert config["caption_prompt"] == "a picture of"
@@ -258,3 +259,68 @@ def test_scene_targets_and_aux_losses():
     assert torch.isclose(got["scene"], scene)
     patch = F.cross_entropy(aux["patch_classes"].reshape(8, 6), targets["patch_classes"].reshape(8))
     assert torch.isclose(got["patch"], patch)
+
+
+def test_patch_place_targets_by_hand():
+    """Each object patch gets its own object's position phrase (nearest centre), background is ignored."""
+    from vlens.caption.probe import POSITION_PHRASES
+    from vlens.caption.train import IGNORE, patch_place_targets
+
+    classes = torch.zeros(4, 4, dtype=torch.long)
+    classes[0, 0] = classes[0, 1] = 1  # a circle at (0.1, 0.1): patch centres (0.125, 0.125), (0.375, 0.125)
+    classes[1, 2] = classes[1, 3] = classes[2, 3] = 4  # a star at (0.85, 0.5): (0.625, 0.375) is 0.26 from it,
+    # 0.59 from the circle
+    objects = [{"shape": "circle", "colour": "red", "cx": 0.1, "cy": 0.1},
+               {"shape": "star", "colour": "blue", "cx": 0.85, "cy": 0.5}]
+    got = patch_place_targets(classes.reshape(-1), objects, 4).reshape(4, 4)
+    tl, right = POSITION_PHRASES.index("in the top left corner"), POSITION_PHRASES.index("on the right")
+    want = torch.full((4, 4), IGNORE)
+    want[0, 0] = want[0, 1] = tl
+    want[1, 2] = want[1, 3] = want[2, 3] = right
+    assert torch.equal(got, want)
+    assert (patch_place_targets(classes.reshape(-1), [], 4) == IGNORE).all()
+
+
+def test_patch_place_loss_skips_background_and_collates(tiny_blip):
+    """The place loss is the cross-entropy over object patches only; Collate builds its targets from the mask."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from vlens.caption.probe import POSITION_PHRASES
+    from vlens.caption.train import IGNORE, aux_losses
+    from vlens.models import load
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 9, generator=g)
+    want = torch.tensor([[IGNORE, 3, 3, IGNORE], [IGNORE, IGNORE, 8, IGNORE]])
+    by_hand = torch.stack([-logits[0, 1].log_softmax(-1)[3], -logits[0, 2].log_softmax(-1)[3],
+                           -logits[1, 2].log_softmax(-1)[8]]).mean()
+    got = aux_losses({"patch_places": logits}, {"patch_places": want})["place"]
+    assert torch.isclose(got, by_hand)
+    assert aux_losses({"patch_places": logits}, {"patch_places": torch.full((2, 4), IGNORE)})["place"] == 0
+    assert torch.isclose(got, F.cross_entropy(logits.reshape(8, 9), want.reshape(8), ignore_index=IGNORE))
+
+    lm = load(str(tiny_blip), "captioner")
+    col = Collate(lm.image_processor, lm.tokenizer, [2], sep_id=3, pad_id=0, max_len=64, grid=4, n_classes=6,
+                  places=True)
+    mask = np.zeros((64, 64), dtype=np.int64)
+    mask[48:, 48:] = 2  # a square in the bottom-right patch
+    objects = [{"shape": "square", "colour": "red", "cx": 0.875, "cy": 0.875}]
+    *_, targets = col([(Image.new("RGB", (64, 64)), "a red square", {"mask": mask, "objects": objects})])
+    places = targets["patch_places"][0]
+    assert places[15] == POSITION_PHRASES.index("in the bottom right corner")
+    assert (places[:15] == IGNORE).all()
+
+
+def test_patch_place_loss_needs_shapes_objects(tmp_path):
+    from vlens.data.shapes import make_shapes
+
+    data = make_shapes(tmp_path / "d", train=4, val=2, test=0, size=32, progress=False)
+    meta = json_load(data / "dataset.json")
+    meta["dataset"] = "other"
+    (data / "dataset.json").write_text(__import__("json").dumps(meta))
+    with pytest.raises(ConfigError, match="--patch-place-weight needs a shapes dataset"):
+        train(_cfg(data, tmp_path / "run", epochs=1, patch_place_weight=1.0), log=lambda m: None)
+    with pytest.raises(ConfigError, match="--patch-place-weight must be >= 0"):
+        train(_cfg(data, tmp_path / "run2", epochs=1, patch_place_weight=-1.0), log=lambda m: None)

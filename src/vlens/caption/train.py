@@ -9,6 +9,10 @@
   tower's patch tokens learns each patch's mask class (background or which shape) beside the caption loss.
   Dense labels teach the small tower shapes and where objects are far sooner than one caption word per image;
   the head is training-only and the saved model is a plain ``BlipForConditionalGeneration``;
+- optional (``patch_place_weight`` > 0, shapes datasets): a linear head on the patch tokens learns, for each
+  object patch, the position phrase of the object it belongs to (background ignored). The decoder already finds
+  an object's tokens by content to name its colour; this puts the object's place in those same tokens, where
+  cross-attention can read it;
 - optional (``scene_weight`` > 0, shapes datasets): a linear head on the vision [CLS] token learns, for each
   colour, which shape has it and where it is (or that none has it). The decoder cross-attends to [CLS] like
   any token; a summary held in one fixed token is far easier for it to find than the object's own patches;
@@ -60,6 +64,9 @@ class TrainConfig:
     """preset only: ViT patch side in pixels (image_size / patch_size patches per side); None: the preset's."""
     patch_class_weight: float = 0.0
     """weight of the training-only patch-class loss (needs masks, e.g. shapes; 0 = off)."""
+    patch_place_weight: float = 0.0
+    """weight of the training-only patch-place loss: per object patch, its object's position phrase (shapes
+    data; 0 = off)."""
     scene_weight: float = 0.0
     """weight of the training-only [CLS] scene loss: per colour, the shape and place (shapes data; 0 = off)."""
     vocab_size: int = 400
@@ -87,6 +94,8 @@ class TrainConfig:
             raise ConfigError("--scene-weight must be >= 0 (0 turns the scene loss off)")
         if self.patch_class_weight < 0:
             raise ConfigError("--patch-class-weight must be >= 0 (0 turns the patch-class loss off)")
+        if self.patch_place_weight < 0:
+            raise ConfigError("--patch-place-weight must be >= 0 (0 turns the patch-place loss off)")
 
 
 class CaptionPairs:
@@ -94,10 +103,11 @@ class CaptionPairs:
 
     No augmentation on purpose: a flip or crop would contradict captions that say "left" or "top"."""
 
-    def __init__(self, samples, seed: int, with_masks: bool = False, objects: dict | None = None):
+    def __init__(self, samples, seed: int, with_masks: bool = False, objects: dict | None = None,
+                 scene: bool = True):
         self.samples, self.seed, self.epoch, self.with_masks = list(samples), seed, 0, with_masks
-        self.objects = objects
-        """sample id -> shapes objects, for the scene targets (None: no scene targets)."""
+        self.objects, self.scene = objects, scene
+        """sample id -> shapes objects (None: none passed on); scene: also make the [CLS] scene targets."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,7 +126,9 @@ class CaptionPairs:
 
             extras["mask"] = load_mask(s.mask_path)
         if self.objects is not None:
-            extras["scene"] = scene_targets(self.objects.get(s.id, []))
+            extras["objects"] = self.objects.get(s.id, [])
+            if self.scene:
+                extras["scene"] = scene_targets(extras["objects"])
         return (*item, extras) if extras else item
 
 
@@ -136,16 +148,45 @@ def scene_targets(objects: list[dict]):
     return shape, place
 
 
+IGNORE = -100
+"""target id that cross-entropy skips (background patches of the patch-place loss)."""
+
+
+def patch_place_targets(patch_classes, objects: list[dict], grid: int):
+    """Per patch, the position phrase of the object it belongs to: (g*g,) patch classes (0 = background, row-major)
+    -> (g*g,) int64 ids into ``vlens.caption.probe.POSITION_PHRASES``, ``IGNORE`` on background patches.
+
+    Objects never overlap, so an object patch is given to the object whose centre (``cx``, ``cy`` in [0, 1]) is
+    nearest the patch centre. A scene without objects gives all ``IGNORE``."""
+    import torch
+
+    from vlens.caption.probe import position_class
+
+    out = torch.full((grid * grid,), IGNORE, dtype=torch.long)
+    if not objects:
+        return out
+    centre = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid  # (g,)
+    ys, xs = torch.meshgrid(centre, centre, indexing="ij")  # (g, g) each
+    pts = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)  # (g*g, 2) patch centres as (x, y)
+    obj = torch.tensor([[o["cx"], o["cy"]] for o in objects], dtype=torch.float32)  # (N, 2)
+    nearest = torch.cdist(pts, obj).argmin(1)  # (g*g,)
+    place = torch.tensor([position_class(o["cx"], o["cy"]) for o in objects])  # (N,)
+    fg = patch_classes.reshape(-1) > 0
+    out[fg] = place[nearest[fg]]
+    return out
+
+
 class Collate:
     """(image, caption[, extras]) list -> pixel_values (B,3,S,S), input_ids (B,T), attention_mask (B,T),
-    loss_mask (B,T-1)[, targets]. With extras ({"mask": (H,W) class ids, "scene": (shape, place)}), targets is
-    a dict: "patch_classes" (B, g*g) for a g x g patch grid, "scene_shape" / "scene_place" (B, colours)."""
+    loss_mask (B,T-1)[, targets]. With extras ({"mask": (H,W) class ids, "scene": (shape, place), "objects":
+    shapes objects}), targets is a dict: "patch_classes" (B, g*g) for a g x g patch grid, "scene_shape" /
+    "scene_place" (B, colours), and with ``places`` (needs mask and objects) "patch_places" (B, g*g)."""
 
     def __init__(self, image_processor, tokenizer, prefix: list[int], sep_id: int, pad_id: int, max_len: int,
-                 grid: int | None = None, n_classes: int = 0):
+                 grid: int | None = None, n_classes: int = 0, places: bool = False):
         self.image_processor, self.tokenizer = image_processor, tokenizer
         self.prefix, self.sep_id, self.pad_id, self.max_len = prefix, sep_id, pad_id, max_len
-        self.grid, self.n_classes = grid, n_classes
+        self.grid, self.n_classes, self.places = grid, n_classes, places
 
     def __call__(self, batch):
         import torch
@@ -175,6 +216,11 @@ class Collate:
                 patch_labels(torch.from_numpy(b[2]["mask"]), (self.grid, self.grid), self.n_classes).reshape(-1)
                 for b in batch
             ])  # (B, g*g), row-major like the ViT's patch tokens
+            if self.places:
+                targets["patch_places"] = torch.stack([
+                    patch_place_targets(pc, b[2]["objects"], self.grid)
+                    for pc, b in zip(targets["patch_classes"], batch)
+                ])  # (B, g*g)
         if "scene" in batch[0][2]:
             targets["scene_shape"] = torch.stack([torch.from_numpy(b[2]["scene"][0]) for b in batch])  # (B, C)
             targets["scene_place"] = torch.stack([torch.from_numpy(b[2]["scene"][1]) for b in batch])  # (B, C)
@@ -242,13 +288,13 @@ def build_new(cfg: TrainConfig, captions: list[str]):
 N_SHAPE_IDS, N_PLACE_IDS = 6, 10  # 0 = no object of that colour, then 5 shapes / 9 places
 
 
-def with_aux_heads(model, patch_classes: int = 0, scene: bool = False):
-    """BLIP plus training-only linear heads on its vision tokens: patch classes on the patch tokens, the scene
-    (per colour: shape id, place id) on [CLS].
+def with_aux_heads(model, patch_classes: int = 0, scene: bool = False, places: int = 0):
+    """BLIP plus training-only linear heads on its vision tokens: patch classes and patch places (the object's
+    position phrase) on the patch tokens, the scene (per colour: shape id, place id) on [CLS].
 
     forward(pixel_values, input_ids, attention_mask) -> (caption logits (B,T,V), {"patch_classes": (B,L,K),
-    "scene_shape": (B,C,6), "scene_place": (B,C,10)}). One module, so accelerate/DDP wraps and synchronises the
-    heads with the model."""
+    "patch_places": (B,L,P), "scene_shape": (B,C,6), "scene_place": (B,C,10)}). One module, so accelerate/DDP
+    wraps and synchronises the heads with the model."""
     import torch
 
     from vlens.data.shapes import COLOURS
@@ -261,12 +307,15 @@ def with_aux_heads(model, patch_classes: int = 0, scene: bool = False):
             self.blip = model
             self.head = torch.nn.Linear(d, patch_classes) if patch_classes else None
             self.scene_head = torch.nn.Linear(d, n_col * (N_SHAPE_IDS + N_PLACE_IDS)) if scene else None
+            self.place_head = torch.nn.Linear(d, places) if places else None
 
         def forward(self, pixel_values, input_ids, attention_mask):
             out = self.blip(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
             aux = {}
             if self.head is not None:
                 aux["patch_classes"] = self.head(out.image_embeds[:, 1:])  # (B, L, K): [CLS] dropped
+            if self.place_head is not None:
+                aux["patch_places"] = self.place_head(out.image_embeds[:, 1:])  # (B, L, P)
             if self.scene_head is not None:
                 z = self.scene_head(out.image_embeds[:, 0]).view(-1, n_col, N_SHAPE_IDS + N_PLACE_IDS)
                 aux["scene_shape"], aux["scene_place"] = z[..., :N_SHAPE_IDS], z[..., N_SHAPE_IDS:]
@@ -276,13 +325,18 @@ def with_aux_heads(model, patch_classes: int = 0, scene: bool = False):
 
 
 def aux_losses(aux: dict, targets: dict) -> dict:
-    """Cross-entropy of each auxiliary head against its targets: {"patch": ..., "scene": ...}."""
+    """Cross-entropy of each auxiliary head against its targets: {"patch": ..., "place": ..., "scene": ...}; the
+    place loss is over object patches only (background targets are ``IGNORE``)."""
     import torch.nn.functional as F
 
     out = {}
     if "patch_classes" in aux:
         logits = aux["patch_classes"]
         out["patch"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets["patch_classes"].reshape(-1))
+    if "patch_places" in aux:
+        logits, want = aux["patch_places"], targets["patch_places"].reshape(-1)
+        out["place"] = (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), want, ignore_index=IGNORE)
+                        if (want != IGNORE).any() else logits.sum() * 0.0)  # no object patch: nothing to learn
     if "scene_shape" in aux:
         shape, place = aux["scene_shape"], aux["scene_place"]
         out["scene"] = 0.5 * (
@@ -310,8 +364,10 @@ def _save_folder(model, tokenizer, processor, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def validate(model, tokenizer, processor, samples, prompt: str | None, batch_size: int = 32) -> dict:
-    """Greedy captions on ``samples`` -> BLEU-4 and CIDEr (x100; Python tokenisation, no JVM per epoch)."""
+def validate(model, tokenizer, processor, samples, prompt: str | None, batch_size: int = 32,
+             objects: dict | None = None) -> dict:
+    """Greedy captions on ``samples`` -> BLEU-4 and CIDEr (x100; Python tokenisation, no JVM per epoch), and with
+    ``objects`` (shapes data, sample id -> objects) the attribute accuracies ``val_acc:NAME`` (percent)."""
     from vlens.caption.captioner import Captioner, DecodeSettings
     from vlens.caption.metrics import score_captions
     from vlens.images import load_image
@@ -332,7 +388,12 @@ def validate(model, tokenizer, processor, samples, prompt: str | None, batch_siz
         metrics=("BLEU-4", "CIDEr"),
         tokenizer="python",
     )
-    return {"val_BLEU-4": scores["BLEU-4"], "val_CIDEr": scores["CIDEr"], "example": preds[0][0].text}
+    from vlens.caption.attributes import attribute_columns
+
+    attrs = attribute_columns([{"image_id": s.id, "caption": p[0].text} for s, p in zip(samples, preds)],
+                              objects or {})
+    return {"val_BLEU-4": scores["BLEU-4"], "val_CIDEr": scores["CIDEr"],
+            **{f"val_{k}": v for k, v in attrs.items()}, "example": preds[0][0].text}
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -382,17 +443,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model, tokenizer, processor = loaded.model, loaded.tokenizer, loaded.image_processor
     model.config.caption_prompt = cfg.prompt  # what the model was last trained behind; None = no prompt
     use_masks, use_scene = cfg.patch_class_weight > 0, cfg.scene_weight > 0
-    if use_masks and not all(s.mask_path for s in train_set):
-        raise ConfigError(
-            "--patch-class-weight needs a dataset with per-pixel masks (e.g. `vlens data make-shapes`)"
-        )
-    objects = None
-    if use_scene:
-        from vlens.data.shapes import scene_objects
+    use_place = cfg.patch_place_weight > 0
+    for on, name in ((use_masks, "--patch-class-weight"), (use_place, "--patch-place-weight")):
+        if on and not all(s.mask_path for s in train_set):
+            raise ConfigError(f"{name} needs a dataset with per-pixel masks (e.g. `vlens data make-shapes`)")
+    from vlens.data.shapes import scene_objects
 
-        objects = scene_objects(cfg.data)
+    objects = scene_objects(cfg.data)  # {} unless shapes data
+    if use_scene or use_place:
         if not objects:
-            raise ConfigError("--scene-weight needs a shapes dataset (its dataset.json lists each scene's objects)")
+            name = "--scene-weight" if use_scene else "--patch-place-weight"
+            raise ConfigError(f"{name} needs a shapes dataset (its dataset.json lists each scene's objects)")
     if not resume and acc.is_main_process:
         model.config.save_pretrained(assets)
         tokenizer.save_pretrained(assets)
@@ -403,14 +464,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
     prefix = probe.prefix_ids(cfg.prompt)
     vc = model.config.vision_config
     grid = vc.image_size // vc.patch_size
+    from vlens.caption.probe import POSITION_PHRASES
     from vlens.data.shapes import CLASSES
 
     collate = Collate(processor, tokenizer, prefix, probe.sep_id, probe.pad_id, probe.context,
-                      grid=grid if use_masks else None, n_classes=len(CLASSES))
-    pairs = CaptionPairs(train_set.samples, cfg.seed, with_masks=use_masks, objects=objects)
-    use_aux = use_masks or use_scene
-    net = with_aux_heads(model, len(CLASSES) if use_masks else 0, use_scene) if use_aux else model
-    weights = {"patch": cfg.patch_class_weight, "scene": cfg.scene_weight}
+                      grid=grid if use_masks or use_place else None, n_classes=len(CLASSES), places=use_place)
+    pairs = CaptionPairs(train_set.samples, cfg.seed, with_masks=use_masks or use_place,
+                         objects=objects if use_scene or use_place else None, scene=use_scene)
+    use_aux = use_masks or use_scene or use_place
+    net = with_aux_heads(
+        model, len(CLASSES) if use_masks else 0, use_scene, len(POSITION_PHRASES) if use_place else 0
+    ) if use_aux else model
+    weights = {"patch": cfg.patch_class_weight, "scene": cfg.scene_weight, "place": cfg.patch_place_weight}
     steps_per_epoch = math.ceil(len(pairs) / (cfg.batch_size * acc.num_processes * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     lrs = cosine_schedule(
@@ -450,7 +515,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         )
         loader = acc.prepare(loader)
         net.train()
-        losses, aux_hist = [], {"patch": [], "scene": []}
+        losses, aux_hist = [], {"patch": [], "place": [], "scene": []}
         for batch in progress(loader, desc=f"epoch {epoch + 1}"):
             pixel_values, input_ids, attn, loss_mask = batch[:4]
             with acc.accumulate(net):
@@ -489,7 +554,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if acc.is_main_process:
             raw = acc.unwrap_model(net)
             raw = raw.blip if use_aux else raw
-            entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt))
+            entry.update(validate(raw, tokenizer, processor, val_set.samples, cfg.prompt, objects=objects))
             if entry["val_CIDEr"] > best:
                 best = entry["val_CIDEr"]
                 entry["best"] = True
@@ -515,10 +580,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
             log(
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.3f}"
                 + (f" (patch classes {entry['patch_loss']:.3f})" if "patch_loss" in entry else "")
+                + (f" (patch places {entry['place_loss']:.3f})" if "place_loss" in entry else "")
                 + (f" (scene {entry['scene_loss']:.3f})" if "scene_loss" in entry else "")
                 + f"  val BLEU-4 "
                 f"{entry['val_BLEU-4']:.1f}  CIDEr {entry['val_CIDEr']:.1f}"
-                f"{'  (best)' if entry.get('best') else ''}"
+                + (f"  shape {entry['val_acc:shape_single']:.0f}%" if "val_acc:shape_single" in entry else "")
+                + (f"  place {entry['val_acc:position']:.0f}%" if "val_acc:position" in entry else "")
+                + f"{'  (best)' if entry.get('best') else ''}"
                 f'  [{entry["elapsed_s"]:.0f} s]  e.g. "{entry["example"]}"'
             )
         acc.wait_for_everyone()

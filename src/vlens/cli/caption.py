@@ -511,6 +511,14 @@ def train_cmd(
         "(needs masks, e.g. shapes; 0 = off, 0.5 a good start). The saved model is plain BLIP.",
         callback=check.number(0, 100),
     ),
+    patch_place_weight: float = typer.Option(
+        0.0,
+        "--patch-place-weight",
+        help="Weight of a training-only loss that teaches each object patch the position phrase of its object, "
+        "so the decoder can read the place where it reads the colour (shapes data; 0 = off, 1 a good start). "
+        "The saved model is plain BLIP.",
+        callback=check.number(0, 100),
+    ),
     scene_weight: float = typer.Option(
         0.0,
         "--scene-weight",
@@ -557,6 +565,7 @@ def train_cmd(
         image_size=image_size,
         patch_size=patch_size,
         patch_class_weight=patch_class_weight,
+        patch_place_weight=patch_place_weight,
         scene_weight=scene_weight,
         max_train=max_train,
         val_limit=val_limit,
