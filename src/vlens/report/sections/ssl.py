@@ -41,6 +41,11 @@ def _build_eval(folder, s: Section) -> None:
         s.table(["backbone", "scenario", "median error (px)", "top-50% mean, feature score",
                  "top-50% mean, cycle score"], rows,
                 f"Crop benchmark measured when builtin:dino-tiny was built ({crop['note']})")
+    seg = data.get("segment")
+    if seg:
+        s.table(["descriptor", "label-transfer mIoU", "pixel accuracy"],
+                [[r["model"], fmt(r["miou"], 3), fmt(r["pixel_accuracy"], 3)] for r in seg["rows"]],
+                f"Label transfer on the shapes masks measured when builtin:dino-tiny was built (`{seg['command']}`)")
 
 
 def section(ctx: LabContext) -> Section:
@@ -54,8 +59,12 @@ def section(ctx: LabContext) -> Section:
            "DINO (student/teacher ViT, multi-crop, EMA teacher, centering and sharpening) and, for dense use, "
            "patch terms between two views whose geometry (crop box, rotation) is known: a patch-level DINO "
            "cross-entropy and a patch InfoNCE, where each patch must find the patch of the other view that shows "
-           "the same image point. The embedded `builtin:dino-tiny` was trained with DINO + patch InfoNCE on the "
-           "scikit-image photos; its card (`MODEL_CARD.md`) has the command, seed, wall time and what mattered.")
+           "the same image point. The embedded `builtin:dino-tiny` was trained in two stages: DINO + patch "
+           "InfoNCE on the scikit-image photos, then fine-tuned with the same terms plus a dense-SIFT distillation "
+           "term (a training-only linear head on its patch tokens regresses OpenCV's SIFT descriptor of the same "
+           "patch: it distils a classical descriptor besides DINO) and homography crops, on those photos, 16 "
+           "opencv-doc photos and 40 unlabelled shapes images; its card (`MODEL_CARD.md`) has the commands, seeds, "
+           "wall times and the held-out tables.")
     _training_curve(ctx, folder, s)
     _build_eval(folder, s)
     n_train, n_test = (20, 8) if ctx.quick else (40, 16)
