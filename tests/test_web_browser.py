@@ -210,7 +210,7 @@ def test_explore_click_shows_a_heatmap_peaking_at_the_true_location(explore_serv
     page.click("#tab-explore")
     page.fill("#explore-size", "224")
     # The lab report's PCA 10 (the tab defaults to 0 like `vlens match`): at 224 px dino-tiny's raw tokens put the
-    # nose's best match 78 px off, the 10-component projection within a patch.
+    # nose's best match 79 px off (78 px with the previous weights), the 10-component projection within a patch.
     page.fill("#explore-pca", "10")
     page.set_input_files("#explore-a", str(base / "cat.png"))
     page.wait_for_function("window.vlensExplore.a !== null")
