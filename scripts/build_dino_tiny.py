@@ -136,7 +136,8 @@ def evaluate(out: Path) -> dict:
                          "cycle_median": c["median"]})
     cfg = crops[0]["config"]
     note = (f"{crops[0]['images']} held-out opencv-doc photos (opencv:heldout) x {cfg['crops_per_image']} crops per "
-            f"scenario, source {cfg['source_side']} px, crops {cfg['crop_side']} px, PCA {cfg['pca']}, seed "
+            f"scenario, source {cfg['source_side']} px, crops {cfg['crop_side']} px, "
+            f"{'PCA ' + str(cfg['pca']) if cfg['pca'] else 'no PCA'}, seed "
             f"{cfg['seed']}; errors in source pixels")
     pairs = json.loads((out / "pairs" / "results.json").read_text())["pairs"]
     pair_rows = [{"pair": p["pair"], "descriptor": d["descriptor"], "median": d["all"]["median"],

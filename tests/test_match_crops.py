@@ -21,6 +21,7 @@ from vlens.match.crops import (
     score_stats,
     write_crop_outputs,
 )
+from vlens.match.draw import short_model
 from vlens.match.features import extract_features
 from vlens.match.matching import match_features
 
@@ -108,6 +109,11 @@ def test_benchmark_with_tiny_model_and_outputs(tiny_vit, tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| pixels | cycle | all (average) |" in table
     assert f"{res.overall('cycle').mean:.1f}" in table
+    assert "no PCA" in table.splitlines()[0]  # the default, as vlens match
+    # one rounding only: each cell is the exact value to 1 decimal (the CSV keeps 2), never a rounded rounding
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(f"| {short_model(res.model)} |")]
+    exact = [res.overall("feature"), res.overall("cycle")] + [st.scores["feature"] for st in res.scenarios]
+    assert [r[4] for r in rows[:2] + rows[3:7]] == [f"{st.median:.1f}" for st in exact]
 
 
 def test_identity_scenario_with_pixels_is_exact():

@@ -30,6 +30,8 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch, opencv_samples):
     assert {"graffiti sift:8", "aloe sift:8", f"graffiti {tiny_vit.name}"} <= set(pairs)
     assert pairs["aloe sift:8"]["pck@10"] > pairs["aloe pixels:8"]["pck@10"]  # the classical anchor earns its place
     assert any("graffiti" in b[1].name for b in s.blocks if b[0] == "figure")
+    cost = [b[1] for b in s.blocks if b[0] == "text" and "PCA to 10 components costs" in b[1]]
+    assert any(all(f"{n} " in t for n in ("large", "small", "photometric", "geometric")) for t in cost)
 
 
 def test_match_section_without_opencv_samples_says_what_it_skipped(tmp_path, tiny_vit, monkeypatch):

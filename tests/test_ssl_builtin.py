@@ -8,11 +8,11 @@ import pytest
 from vlens.models.hub import BUILTIN_DIR
 
 FOLDER = BUILTIN_DIR / "dino-tiny"
-# median crop error of the shipped model / that of random weights, on the small benchmark below (4 held-out photos),
-# was 0.73 on the scenario average and 0.69 / 1.06 / 0.56 / 0.77 on large / small / photometric / geometric (the
-# previous weights: 0.78 and 0.79 / 0.95 / 0.68 / 0.80): floors with slack
+# median crop error of the shipped model / that of the better baseline (pixels or random weights), on the small
+# benchmark below (4 held-out photos, no PCA): 0.70 on the scenario average, 0.60-0.92 per scenario (small crops
+# the tightest); floors with slack
 FLOOR_AVERAGE = 0.9
-FLOOR_SCENARIO = 0.9
+FLOOR_SCENARIO = 0.97
 
 
 def test_builtin_loads_and_is_small():
@@ -33,21 +33,24 @@ def test_builtin_loads_and_is_small():
 
 
 @pytest.mark.slow
-def test_builtin_beats_random_weights_on_a_small_crop_benchmark(opencv_samples):
-    """The issue's floor (not an exact number): on a small crop benchmark of held-out photos (4 photos x 1 crop x 4
-    scenarios at the benchmark's own 448 / 224 px) the trained weights put matches closer to the truth than the
-    same architecture with random weights, on the scenario average and on the large, photometric and geometric
-    crops."""
+def test_builtin_beats_pixels_and_random_weights_in_every_crop_scenario(opencv_samples):
+    """The issue's bar, on a small crop benchmark of held-out photos (4 photos x 1 crop x 4 scenarios at the
+    benchmark's own 448 / 224 px and its default, no PCA): the trained weights put matches closer to the truth
+    than raw pixels and than the same architecture with random weights, in every scenario. Measured when
+    shipped, medians large / small / photometric / geometric / average: 35.2 / 55.1 / 62.8 / 54.2 / 51.8 px
+    (pixels 58.5 / 59.8 / 117.9 / 58.2 / 73.6, random weights 56.7 / 64.9 / 134.3 / 66.8 / 80.7); the tightest
+    margin is 8% (small crops), hence the 0.97 floor per scenario."""
     from vlens.data.opencv_samples import HELDOUT_PHOTOS, photo_paths
     from vlens.match.crops import run_crop_benchmark
 
     images = photo_paths(HELDOUT_PHOTOS[:4])
     kw = {"crops_per_image": 1, "keep_examples": 0}
     ours = run_crop_benchmark("builtin:dino-tiny", images, **kw)
-    rand = run_crop_benchmark("random:builtin:dino-tiny", images, **kw)
-    assert ours.overall("feature").median < FLOOR_AVERAGE * rand.overall("feature").median
-    for name in ("large", "photometric", "geometric"):
-        assert ours.get(name, "feature").median < FLOOR_SCENARIO * rand.get(name, "feature").median, name
+    for spec in ("pixels:8", "random:builtin:dino-tiny"):
+        base = run_crop_benchmark(spec, images, **kw)
+        assert ours.overall("feature").median < FLOOR_AVERAGE * base.overall("feature").median, spec
+        for name in ("large", "small", "photometric", "geometric"):
+            assert ours.get(name, "feature").median < FLOOR_SCENARIO * base.get(name, "feature").median, (spec, name)
 
 
 @pytest.mark.slow

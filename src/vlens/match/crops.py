@@ -5,7 +5,8 @@ the working resolution, and every crop error is in these pixels. A crop is defin
 crop pixel coordinates to S coordinates (box centre, box size, rotation, aspect change) and rendered with
 ``PIL.Image.transform`` (which uses the same corner-origin, centre-at-+0.5 convention as vlens.match), so the
 true S location of every crop patch centre ``c`` is exactly ``T(c)``. The prediction is the centre of c's
-nearest neighbour in S (features jointly PCA-reduced). Crop error = ``|prediction - T(c)|`` in S pixels.
+nearest neighbour in S (raw features by default, as ``vlens match``; optionally jointly PCA-reduced, as the
+lab report did). Crop error = ``|prediction - T(c)|`` in S pixels.
 
 Scores rank the matches of one crop (higher = more confident): ``feature`` = -descriptor distance, ``cycle`` =
 -cycle distance C -> S -> C in crop pixels (ties broken by feature distance). For each scenario and score we
@@ -66,7 +67,7 @@ class CropBenchmarkConfig:
     scenarios: tuple[str, ...] = SCENARIO_NAMES  # which of SCENARIOS to run
     crops_per_image: int = 2  # crops per image and scenario
     seed: int = 0  # same seed -> same crops for every model
-    pca: int | None = 10  # joint PCA components (None: full dimension)
+    pca: int | None = None  # joint PCA components (None: full dimension, vlens match's default; the lab report: 10)
     normalize: bool = True  # L2-normalise descriptors after PCA
     layer: int = -1  # transformer block, 1-based; -1 = last
     facet: str = "token"  # token | key | query | value
@@ -356,8 +357,10 @@ TABLE_HEADERS = ["model", "score", "scenario", "mean", "median", "mean top10%", 
                  "median top50%", "AUC"]
 
 
-def table_rows(results: list[CropBenchmarkResult], per_scenario: bool = True) -> list[list]:
-    """Rows of the crop table: per model x score, the scenario average first, then each scenario."""
+def table_rows(results: list[CropBenchmarkResult], per_scenario: bool = True, digits: int | None = 2) -> list[list]:
+    """Rows of the crop table: per model x score, the scenario average first, then each scenario. Values are
+    rounded to ``digits`` (the CSV's 2); None keeps them exact for a table that formats them itself (rounding
+    twice would print 82.448 as 82.5)."""
     from vlens.match.draw import short_model
 
     rows = []
@@ -367,9 +370,9 @@ def table_rows(results: list[CropBenchmarkResult], per_scenario: bool = True) ->
             if per_scenario:
                 items += [(s.scenario, s.scores[score]) for s in res.scenarios]
             for name, st in items:
+                values = (st.mean, st.median, st.mean_top10, st.median_top10, st.mean_top50, st.median_top50, st.auc)
                 rows.append([short_model(res.model), score, name] +
-                            [round(v, 2) for v in (st.mean, st.median, st.mean_top10, st.median_top10,
-                                                   st.mean_top50, st.median_top50, st.auc)])
+                            [v if digits is None else round(v, digits) for v in values])
     return rows
 
 
@@ -401,9 +404,10 @@ def write_crop_outputs(results: list[CropBenchmarkResult], out) -> dict:
                f"({', '.join(a for a, _ in r.train_overlap[:5])}); its numbers measure memory, not "
                "generalisation.\n\n" for r in results if r.train_overlap]
     md = ("".join(flagged) + f"Crop error in source pixels (longer side {cfg.source_side} px), {results[0].images} "
-          f"images x {cfg.crops_per_image} crops per scenario, PCA {cfg.pca}, seed {cfg.seed}.\n\n"
-          + markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False)) + "\nPer scenario:\n\n"
-          + markdown_table(TABLE_HEADERS, rows))
+          f"images x {cfg.crops_per_image} crops per scenario, "
+          f"{f'PCA {cfg.pca}' if cfg.pca else 'no PCA'}, seed {cfg.seed}.\n\n"
+          + markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False, digits=None))
+          + "\nPer scenario:\n\n" + markdown_table(TABLE_HEADERS, table_rows(results, digits=None)))
     paths["markdown"] = atomic_write_text(out / "table.md", md)
     paths["curves"] = crop_curves_figure(results, out / "curves.png")
     if results[0].examples:
