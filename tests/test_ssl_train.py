@@ -104,6 +104,31 @@ def test_cli_train_and_errors(tmp_path, shapes_dir, cli):
     assert code == 1 and "ViT" in err
 
 
+def test_relative_image_folder_exports_from_anywhere(tmp_path, shapes_dir, cli, monkeypatch):
+    """A run started with relative paths (`--images imgs` in the run's directory) stores them absolute, so its
+    checkpoint exports from any directory; an export whose images are gone stops before writing any file."""
+    import shutil
+
+    from vlens.errors import DatasetError
+
+    work = tmp_path / "work"
+    shutil.copytree(shapes_dir / "images", work / "imgs")
+    monkeypatch.chdir(work)
+    code, _, err = cli("ssl", "train", "--out", "run", "--images", "imgs", "--preset", "test-vit", "--epochs", "1",
+                       "--warmup-epochs", "0", "--batch-size", "2", "--samples-per-epoch", "2", "--global-size",
+                       "32", "--local-size", "16", "--n-local", "1", "--out-dim", "16", "--json")
+    assert code == 0, err
+    assert json.loads((work / "run" / "config.json").read_text())["config"]["images"] == [str(work / "imgs")]
+    monkeypatch.chdir(tmp_path)
+    folder = export_checkpoint(work / "run" / "checkpoint.pt", tmp_path / "exported")
+    listed = json.loads((folder / "training_images.json").read_text())
+    assert len(listed["images"]) == len(list((work / "imgs").iterdir()))
+    shutil.rmtree(work / "imgs")
+    with pytest.raises(DatasetError, match="not a folder of images"):
+        export_checkpoint(work / "run" / "checkpoint.pt", tmp_path / "exported-2")
+    assert not (tmp_path / "exported-2").exists()
+
+
 def test_help_teaches(cli):
     code, out, _ = cli("ssl", "train", "--help")
     assert code == 0 and "--momentum-teacher" in out and "--resume" in out and "collapse" in out

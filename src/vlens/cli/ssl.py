@@ -16,6 +16,13 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="ssl")
 
 
+def _absolute(spec: str) -> str:
+    """A spec naming an existing path (an image folder, a model folder) as an absolute path, so the run's config
+    still finds it when the run is resumed or exported from another directory; other specs (photos,
+    opencv:train, builtin:NAME, a hub id) as given."""
+    return str(Path(spec).resolve()) if spec and Path(spec).exists() else spec
+
+
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
@@ -165,7 +172,9 @@ def train_cmd(
         elif name == "out":
             cfg.out = str(value)
         elif name == "images":
-            cfg.images = list(value)
+            cfg.images = [_absolute(v) for v in value]
+        elif name == "init":
+            cfg.init = _absolute(value)
         else:
             setattr(cfg, name, value)
     metrics = train(cfg, log=lambda m: typer.echo(m, err=json_out))

@@ -524,24 +524,31 @@ def export_backbone(backbone, folder: Path, cfg: DINOConfig, metrics: dict, hist
     from vlens.models import quiet_transformers
 
     quiet_transformers()
+    images = training_list(cfg)  # first: a training image that cannot be found stops here, before any file
     folder.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(folder)
     image_processor(cfg.processor_size or cfg.crops.global_size).save_pretrained(folder)
     write_model_card(folder, cfg, metrics)
-    write_training_list(folder, cfg)
+    write_training_list(folder, *images)
     from vlens.runs import apply_umask_tree
 
     return apply_umask_tree(folder)  # safetensors writes its file 0600
 
 
-def write_training_list(folder: Path, cfg: DINOConfig) -> Path:
-    """``training_images.json``: the run's images and those of the weights it started from (``--init``), so
-    benchmarks can refuse them (vlens.match.heldout)."""
-    from vlens.match.heldout import training_images, write_training_images
+def training_list(cfg: DINOConfig) -> tuple[list[Path], str, list[dict]]:
+    """What ``training_images.json`` lists: the run's image paths, a one-line source, and the rows of the weights
+    it started from (``--init``), so benchmarks can refuse them all (vlens.match.heldout)."""
+    from vlens.match.heldout import training_images
 
     source = ", ".join(cfg.images) + (f" (initialised from {cfg.init})" if cfg.init else "")
-    return write_training_images(folder, _resolve_images(cfg.images), source,
-                                 training_images(cfg.init) if cfg.init else [])
+    return _resolve_images(cfg.images), source, training_images(cfg.init) if cfg.init else []
+
+
+def write_training_list(folder: Path, paths: list[Path], source: str, inherited: list[dict]) -> Path:
+    """``training_images.json`` in ``folder`` (see :func:`training_list`)."""
+    from vlens.match.heldout import write_training_images
+
+    return write_training_images(folder, paths, source, inherited)
 
 
 def write_model_card(folder: Path, cfg: DINOConfig, metrics: dict, extra: str = "") -> Path:
