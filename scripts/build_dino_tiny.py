@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "src" / "vlens" / "models" / "builtin" / "dino-tiny"
 SCENARIOS = ("large", "small", "photometric", "geometric")
-SHAPES = "runs/shapes-seed7"  # relative to the repository root, as recorded in the run's config
+SHAPES = "runs/shapes-seed7"  # relative to the repository root (the run's config records it absolute)
 
 # Stage 1: the recipe of the previously shipped weights (commit ae998dd), from scratch. Why each non-default
 # matters is in the card's notes.
