@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -299,6 +299,21 @@ def caption_prompt(prompt: str, no_prompt: bool) -> str | None:
     return "" if no_prompt else (prompt.strip() or None)
 
 
+def decoding_form(strategy: Literal["greedy", "beam", "sample"] = Form("greedy"),
+                  top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
+                  top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
+                  temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
+                  prompt: str = Form("", max_length=200, description="text the caption must continue "
+                                     "(empty: the model's training prompt)"),
+                  no_prompt: bool = Form(False, description="caption with no prompt at all"),
+                  num_beams: int = Form(3, ge=1, le=10),
+                  seed: int | None = Form(None, ge=0, le=2**32 - 1)) -> dict:
+    """The Caption tab's decoding fields, shared by /api/caption and /api/caption/explain (a FastAPI
+    dependency): keyword arguments of :class:`vlens.caption.DecodeSettings`."""
+    return {"strategy": strategy, "top_k": top_k, "top_p": top_p, "temperature": temperature,
+            "prompt": caption_prompt(prompt, no_prompt), "num_beams": num_beams, "seed": seed}
+
+
 async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     """The uploaded file as an RGB PIL image (decoded off the event loop) and :func:`bounded` (every route's work
     stays bounded), or an HTTP error that says what is wrong."""
@@ -426,22 +441,13 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
 
     @app.post("/api/caption", response_model=CaptionResponse, tags=["caption"])
     async def caption(file: UploadFile = File(..., description="The image to caption."),
-                      strategy: Literal["greedy", "beam", "sample"] = Form("greedy"),
-                      top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
-                      top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
-                      temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
-                      prompt: str = Form("", max_length=200, description="text the caption must continue "
-                                         "(empty: the model's training prompt)"),
-                      no_prompt: bool = Form(False, description="caption with no prompt at all"),
-                      n: int = Form(1, ge=1, le=10, description="captions to return"),
-                      num_beams: int = Form(3, ge=1, le=10),
-                      seed: int | None = Form(None, ge=0, le=2**32 - 1)) -> CaptionResponse:
+                      decoding: dict = Depends(decoding_form),
+                      n: int = Form(1, ge=1, le=10, description="captions to return")) -> CaptionResponse:
         """Caption an uploaded image with the chosen decoding strategy."""
         from vlens.caption import DecodeSettings
 
         img = await read_image(file, max_upload_bytes)
-        settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                                  prompt=caption_prompt(prompt, no_prompt), n=n, num_beams=max(num_beams, n), seed=seed)
+        settings = DecodeSettings(**{**decoding, "n": n, "num_beams": max(decoding["num_beams"], n)})
         settings, notes = settings.validated()
         cap = svc.captioner()
         settings = settings.replace(prompt=cap.resolve_prompt(settings.prompt))  # report the prompt used

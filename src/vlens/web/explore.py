@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from typing import Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi import Path as FastPath
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -240,7 +240,7 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    from vlens.web.app import caption_prompt, read_image, run_cpu
+    from vlens.web.app import decoding_form, read_image, run_cpu
 
     cache = ExploreCache()
     app.state.explore = cache
@@ -346,15 +346,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
 
     @app.post("/api/caption/explain", response_model=ExplainResponse, tags=["caption"])
     async def explain(file: UploadFile = File(..., description="The image to caption."),
-                      strategy: Literal["greedy", "beam", "sample"] = Form("greedy"),
-                      top_k: int = Form(50, ge=1, le=10000, description="sample: draw from the k likeliest tokens"),
-                      top_p: float = Form(1.0, gt=0, le=1, description="sample: nucleus mass (1 = off)"),
-                      temperature: float = Form(1.0, ge=0, le=5, description="sample: <1 safer, >1 more varied"),
-                      prompt: str = Form("", max_length=200, description="text the caption must continue "
-                                         "(empty: the model's training prompt)"),
-                      no_prompt: bool = Form(False, description="caption with no prompt at all"),
-                      num_beams: int = Form(3, ge=1, le=10),
-                      seed: int | None = Form(None, ge=0, le=2**31 - 1),
+                      decoding: dict = Depends(decoding_form),
                       show: int = Form(8, ge=1, le=30, description="candidates listed per step")) -> ExplainResponse:
         """Why these words: the caption and, per generated token, its competitors with their probabilities
         under these settings and under the model, and which ones the filters removed."""
@@ -362,8 +354,7 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
         from vlens.caption import DecodeSettings
 
         img = await read_image(file, max_upload_bytes)
-        settings = DecodeSettings(strategy=strategy, top_k=top_k, top_p=top_p, temperature=temperature,
-                                  prompt=caption_prompt(prompt, no_prompt), num_beams=num_beams, seed=seed)
+        settings = DecodeSettings(**decoding)
         settings, notes = settings.validated()
         cap = svc.captioner()
         t0 = time.perf_counter()

@@ -157,6 +157,12 @@ function decodingForm(file) {
 // "no prompt" and a typed prompt exclude each other: ticking the box greys the field out.
 $("no-prompt").addEventListener("change", () => { $("prompt").disabled = $("no-prompt").checked; });
 
+// "model, strategy, time · notes": what both caption buttons report under the form.
+function decodingSummary(data) {
+  return `${data.model}, ${data.settings.strategy}, ${data.took_ms.toFixed(0)} ms` +
+    (data.notes.length ? " · " + data.notes.join("; ") : "");
+}
+
 $("caption-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const file = $("caption-file").files[0];
@@ -180,8 +186,7 @@ $("caption-form").addEventListener("submit", async (ev) => {
       li.appendChild(lp);
       list.appendChild(li);
     }
-    setStatus($("caption-status"), `${data.model}, ${data.settings.strategy}, ${data.took_ms.toFixed(0)} ms` +
-      (data.notes.length ? " · " + data.notes.join("; ") : ""));
+    setStatus($("caption-status"), decodingSummary(data));
   } catch (e) {
     setStatus($("caption-status"), e.message, true);
   } finally {
@@ -225,8 +230,7 @@ $("explain-btn").addEventListener("click", async () => {
   try {
     const data = await api("/api/caption/explain", { method: "POST", body: form });
     showExplanation(data);
-    setStatus($("caption-status"), `${data.model}, ${data.settings.strategy}, ${data.took_ms.toFixed(0)} ms` +
-      (data.notes.length ? " · " + data.notes.join("; ") : ""));
+    setStatus($("caption-status"), decodingSummary(data));
   } catch (e) {
     setStatus($("caption-status"), e.message, true);
   } finally {
