@@ -294,6 +294,7 @@ class BulkReport:
     skipped: list[tuple[str, str]] | None = None
     seconds: float = 0.0
     processes: int = 1
+    notes: list[str] | None = None
 
     @property
     def images_per_s(self) -> float:

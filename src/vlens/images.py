@@ -107,6 +107,35 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def shown_name(path) -> str:
+    """``path`` as text that any terminal, log line, JSON or CSV file can hold: bytes that are not UTF-8 are
+    written ``\\xe9`` and control characters (newline, tab, ...) as escapes, so one file is always one line."""
+    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    if any(map(_breaks_lines, text)):
+        text = "".join(c.encode("unicode_escape").decode("ascii") if _breaks_lines(c) else c for c in text)
+    return text
+
+
+def _breaks_lines(c: str) -> bool:
+    """A control character (C0, DEL, C1) or a line/paragraph separator: breaks or garbles a line of output."""
+    import unicodedata
+
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def name_problem(path) -> str | None:
+    """Why the name of ``path`` cannot be written to a record (a JSONL/CSV line, SQLite text, a line of output)
+    exactly as it is, or None. Such files are skipped and listed by their :func:`shown_name`, never fatal."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (e.g. Latin-1 names from an old camera or zip)
+        return "the file name is not valid UTF-8; rename the file to use it"
+    if any(map(_breaks_lines, text)):
+        return "the file name contains a newline, tab or other control character; rename the file to use it"
+    return None
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -138,7 +167,7 @@ class SkipLog:
         if not self.skipped:
             return "all images were readable"
         lines = [f"skipped {len(self.skipped)} unreadable image(s):"]
-        lines += [f"  {p}: {r}" for p, r in self.skipped[:limit]]
+        lines += [f"  {shown_name(p)}: {r}" for p, r in self.skipped[:limit]]
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more")
         return "\n".join(lines)

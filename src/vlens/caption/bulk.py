@@ -8,15 +8,23 @@ retry that file). CSV: one row per caption with columns ``path, rank, caption, l
 Lines are in the order of the file list (folders sorted recursively), whatever the number of processes.
 Under ``torchrun`` / ``accelerate launch`` each process captions its shard (:mod:`vlens.bulk`) and process 0
 writes everything.
+
+``path`` is the file's absolute path, and a rerun recognises a file by its resolved path: the same folder given
+as ``photos/``, ``./photos`` or ``/home/me/photos`` (or from another working directory) resumes instead of
+captioning everything again. What made the lines (the model and every decoding setting that changes a caption)
+is kept beside the file in ``OUT.settings.json``; a rerun with other settings is refused (choose another --out).
+A file whose name cannot be written as text (not valid UTF-8, a newline or tab in it) is skipped and listed on
+every run, never written.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from vlens.bulk import BulkReport, Processes, RecordFile, run_steps
-from vlens.errors import DatasetError
+from vlens.errors import ConfigError, DatasetError
 
 CSV_COLUMNS = ("path", "rank", "caption", "logprob", "mean_logprob", "error")
 
@@ -63,6 +71,67 @@ def expand_paths(paths, log=None) -> list[Path]:
     return files
 
 
+def collect(paths, log=None) -> tuple[list[str], list[tuple[str, str]]]:
+    """(absolute paths to caption, each file once; (shown name, reason) of files whose name cannot be written)."""
+    from vlens.images import name_problem, shown_name
+
+    files, refused, seen = [], [], set()
+    for p in expand_paths(paths, log):
+        problem = name_problem(p)
+        if problem:
+            refused.append((shown_name(p), problem))
+            continue
+        key = os.path.realpath(p)
+        if key not in seen:  # a file named twice (a folder and a file in it, two spellings): captioned once
+            seen.add(key)
+            files.append(os.path.abspath(p))
+    return files, refused
+
+
+SETTINGS_SUFFIX = ".settings.json"
+_ONLY_FOR = {"num_beams": "beam", "length_penalty": "beam", "top_k": "sample", "top_p": "sample",
+             "temperature": "sample", "seed": "sample"}
+
+
+def made_with(captioner, settings) -> dict:
+    """What decides the captions in a record file: the model and the decoding settings that apply to its
+    strategy (the batch size does not count; neither does --top-k under greedy)."""
+    import dataclasses
+
+    spec = captioner.spec
+    if Path(spec).exists():
+        spec = str(Path(spec).resolve())
+    kept = {k: v for k, v in dataclasses.asdict(settings).items()
+            if k != "batch_size" and _ONLY_FOR.get(k, settings.strategy) == settings.strategy}
+    return {"model": spec, **kept}
+
+
+def check_settings(out, made: dict, has_records: bool) -> str | None:
+    """Refuse to append captions made differently from those already in ``out``; record ``made`` if new.
+    Returns a note when ``out`` predates settings records (its settings are then assumed to be these)."""
+    from vlens.runs import read_json, write_json
+
+    side = Path(str(out) + SETTINGS_SUFFIX)
+    if side.exists():
+        try:
+            before = read_json(side)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{side} is damaged ({exc}); delete it or choose another --out") from None
+        if not isinstance(before, dict):
+            raise DatasetError(f"{side} is not a settings record written by vlens; delete it or choose another --out")
+        diff = [k for k in sorted(set(before) | set(made)) if before.get(k) != made.get(k)]
+        if diff:
+            was = ", ".join(f"{k}={before.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={made.get(k)!r}" for k in diff)
+            raise ConfigError(f"{out} holds captions made with {was}; this run asks for {now}. Rerun with the "
+                              "same settings to continue it, or choose another --out")
+        return None
+    write_json(side, made)
+    if has_records:  # written before settings were recorded: adopt this run's rather than refuse forever
+        return f"{out} has no record of the settings its captions were made with; assuming this run's"
+    return None
+
+
 def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progress: bool = True,
                     procs: Processes | None = None) -> BulkReport:
     """Caption ``paths`` (files and folders) into ``out`` (.jsonl or .csv), skipping paths already there."""
@@ -70,14 +139,22 @@ def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progre
 
     procs = procs or Processes()
     settings, _ = captioner.prepare(settings)
-    files = [str(p) for p in expand_paths(paths)]
+    files, refused = collect(paths)
     rf = record_file(out)
-    todo = None
+    todo, problem, note = None, None, None
     if procs.is_main:
-        done = rf.open_for_append()
-        todo = [p for p in files if p not in done]
-    todo = procs.broadcast(todo)
-    rep = BulkReport(total=len(files), already=len(files) - len(todo), skipped=[], processes=procs.world)
+        try:
+            had = rf.path.exists() and rf.path.stat().st_size > 0
+            note = check_settings(out, made_with(captioner, settings), had)
+            done = {os.path.realpath(p) for p in rf.open_for_append()}  # older files hold relative paths too
+            todo = [p for p in files if os.path.realpath(p) not in done]
+        except (ConfigError, DatasetError) as exc:
+            problem = exc  # every process stops with the same message, none waits for the others
+    todo, problem = procs.broadcast((todo, problem))
+    if problem is not None:
+        raise problem
+    rep = BulkReport(total=len(files) + len(refused), already=len(files) - len(todo), skipped=list(refused),
+                     processes=procs.world, notes=[note] if note else [])
 
     def infer(batch):
         good = [d for d in batch if d.error is None]

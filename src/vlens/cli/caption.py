@@ -177,7 +177,7 @@ def run_cmd(
 
     from vlens.caption.captioner import Captioner, caption_files
     from vlens.errors import DatasetError
-    from vlens.images import SkipLog, list_images
+    from vlens.images import SkipLog, list_images, shown_name
 
     settings = _settings(
         strategy=strategy,
@@ -228,10 +228,10 @@ def run_cmd(
         }
         results.append(entry)
         if not json_out:
-            if len(caps) == 1:
-                typer.echo(f"{path}\t{caps[0].text}")
+            if len(caps) == 1:  # one line per image: a newline or tab in a file name is shown escaped
+                typer.echo(f"{shown_name(path)}\t{caps[0].text}")
             else:
-                typer.echo(str(path))
+                typer.echo(shown_name(path))
                 for c in caps:
                     typer.echo(f"  {c.mean_logprob:7.3f}  {c.text}")
             sys.stdout.flush()
@@ -266,6 +266,8 @@ def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, 
     rep = caption_to_file(paths, out, captioner, settings, workers=workers, procs=procs)
     if not procs.is_main:
         return
+    for note in rep.notes or []:
+        typer.echo(f"note: {note}", err=True)
     if json_out:
         echo_json({"out": str(out), "model": captioner.spec, "images": rep.total, "already": rep.already,
                    "captioned": rep.done, "seconds": round(rep.seconds, 3),

@@ -1,0 +1,126 @@
+"""Collections that survive their users (issue 23): bulk captions with hostile file names, resumed from another
+spelling of the folder or with other settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+HOSTILE_NAMES = [b"caf\xe9.png", b"new\nline.png", b"tab\there.png", b"-dash.png", b'quo"te,comma.png',
+                 "sp ace \u00e9\u4e2d.png".encode(), b"back\\slash.png", b"cr\rx.png"]
+
+
+def _folder(src_dir: Path, root: Path, names=HOSTILE_NAMES, plain: int = 3) -> Path:
+    root.mkdir(parents=True)
+    srcs = sorted((src_dir / "images").glob("test_*.png"))
+    for i in range(plain):
+        shutil.copy(srcs[i], root / f"plain{i}.png")
+    for i, name in enumerate(names):
+        shutil.copy(srcs[(plain + i) % len(srcs)], root / os.fsdecode(name))
+    return root
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
+                                                                                    HealthCheck.function_scoped_fixture])
+@given(name=st.binary(min_size=1, max_size=24).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                      and b not in (b".", b"..")))
+def test_every_file_name_is_either_recorded_exactly_or_skipped_by_name(tmp_path, name):
+    """Any bytes a file name can hold: the JSONL and CSV record files give back the exact path on resume, or the
+    file is refused up front with a reason and a one-line printable name."""
+    from vlens.caption.bulk import collect, record_file
+    from vlens.images import name_problem, shown_name
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = folder / (os.fsdecode(name) + ".png")
+    path.write_bytes(b"x")
+    files, refused = collect([folder])
+    shown = shown_name(path)
+    assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in shown)
+    shown.encode("utf-8")
+    if name_problem(path):
+        assert files == [] and refused == [(shown, name_problem(path))]
+        return
+    assert files == [str(path)] and refused == []
+    for suffix in (".jsonl", ".csv"):
+        rf = record_file(folder / f"out{suffix}")
+        rf.open_for_append()
+        rf.append([{"path": files[0], "captions": [{"text": "a", "logprob": -1.0, "mean_logprob": -0.5}]}])
+        assert record_file(folder / f"out{suffix}").open_for_append() == {files[0]}
+
+
+@pytest.fixture(scope="module")
+def hostile(shapes_dir, tmp_path_factory):
+    return _folder(shapes_dir, tmp_path_factory.mktemp("hostile") / "photos")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_bulk_captions_skip_and_list_hostile_names_and_finish(cli, hostile, tiny_blip, tmp_path, suffix):
+    out = tmp_path / f"caps{suffix}"
+    code, stdout, err = cli("caption", hostile, "--out", out, "--model", tiny_blip, "--workers", "0", "--json")
+    assert code == 0, err
+    rep = json.loads(stdout)
+    skipped = {s["path"]: s["reason"] for s in rep["skipped"]}
+    assert set(skipped) == {str(hostile / "caf\\xe9.png"), str(hostile / "new\\nline.png"),
+                            str(hostile / "tab\\there.png"), str(hostile / "cr\\rx.png")}
+    assert rep["captioned"] == 7 and rep["images"] == 11
+    assert "a bug in vlens" not in err
+    code, text, err = cli("caption", hostile, "--out", out, "--model", tiny_blip, "--workers", "0")
+    assert code == 0 and "captioned 0 image(s)" in text and "7 were already there" in text
+    assert "skipped 4 unreadable image(s):" in err and "caf\\xe9.png" in err
+    assert all(line.startswith(("skipped", "  ")) for line in err.splitlines())  # one line per file
+
+
+def test_resume_keys_on_the_resolved_file_not_its_spelling(cli, hostile, tiny_blip, tmp_path, monkeypatch):
+    out = tmp_path / "caps.jsonl"
+    args = ("--out", out, "--model", tiny_blip, "--workers", "0")
+    assert cli("caption", hostile, *args)[0] == 0
+    n = len(out.read_text().splitlines())
+    assert n == 7
+    monkeypatch.chdir(hostile.parent)
+    assert cli("caption", "photos", *args)[0] == 0
+    assert cli("caption", "./photos/", "photos/plain0.png", *args)[0] == 0
+    monkeypatch.chdir(hostile)
+    code, text, _ = cli("caption", ".", "../photos/plain1.png", *args)
+    assert code == 0 and "captioned 0 image(s)" in text
+    lines = out.read_text().splitlines()
+    assert len(lines) == n and all(Path(json.loads(x)["path"]).is_absolute() for x in lines)
+
+
+def test_a_file_named_twice_in_one_run_is_captioned_once(cli, hostile, tiny_blip, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    code, _, err = cli("caption", hostile / "plain0.png", hostile, hostile / "plain0.png", "--out", out,
+                       "--model", tiny_blip, "--workers", "0")
+    assert code == 0, err
+    paths = [json.loads(x)["path"] for x in out.read_text().splitlines()]
+    assert len(paths) == len(set(paths)) == 7
+
+
+def test_resume_with_other_settings_is_refused_in_one_line(cli, hostile, tiny_blip, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    base = ("caption", hostile / "plain0.png", "--out", out, "--workers", "0")
+    assert cli(*base, "--model", tiny_blip)[0] == 0
+    before = out.read_bytes()
+    side = json.loads(Path(str(out) + ".settings.json").read_text())
+    assert side["model"] == str(Path(tiny_blip).resolve()) and side["strategy"] == "greedy" and "top_k" not in side
+    for extra in (("--strategy", "sample", "--temperature", "0.7"), ("--n", "1", "--prompt", "a"),
+                  ("--max-new-tokens", "5"), ("--model", "builtin:blip-tiny")):
+        argv = [*base, *extra] if "--model" in extra else [*base, "--model", tiny_blip, *extra]
+        code, _, err = cli(*argv)
+        assert code == 1 and err.count("\n") == 1 and "choose another --out" in err, (extra, err)
+    assert out.read_bytes() == before
+    # What does not change a caption is not a mismatch: the batch size, workers, --top-k under greedy.
+    code, _, err = cli(*base, "--model", tiny_blip, "--batch-size", "3", "--top-k", "7")
+    assert code == 0, err
+    # A file written before settings were recorded is adopted with a note, then guarded.
+    Path(str(out) + ".settings.json").unlink()
+    code, _, err = cli(*base, "--model", tiny_blip)
+    assert code == 0 and "no record of the settings" in err
+    assert cli(*base, "--model", tiny_blip, "--max-new-tokens", "5")[0] == 1
