@@ -32,6 +32,16 @@ def test_match_cli_writes_picture_and_json(cli, tiny_vit, two_images, tmp_path):
     assert dists == sorted(dists)
     assert {"src_xy", "dst_xy", "feature_score", "cycle_score", "mutual"} <= set(info["matches"][0])
     assert Image.open(out).size[1] == 48 * 8  # drawn at the height of the taller image (upscaled to 384)
+    assert info["refine"] == "soft"  # the default: sub-patch points
+    for refine in ("none", "quadratic"):
+        code, _, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit, "--top", "0",
+                           "--size", "64", "--refine", refine, "--out", out, "--json", js)
+        assert code == 0, err
+        rows = json.loads(js.read_text())["matches"]
+        # b.png (48x32) runs at 64x40: patch centres are 6 px apart in x and 6.4 px in y, starting half a step in
+        on_centres = all(abs(v / s - 0.5 - round(v / s - 0.5)) < 0.01 for r in rows
+                         for v, s in zip(r["dst_xy"], (6.0, 6.4)))
+        assert on_centres == (refine == "none"), refine
 
 
 def test_match_cli_bad_input(cli, tiny_vit, two_images, tmp_path):

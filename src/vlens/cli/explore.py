@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
-from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MATCH_PCA_HELP, MODEL_HELP, SIZE_HELP
+from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MATCH_PCA_HELP, MODEL_HELP, REFINE_HELP, REFINES, SIZE_HELP
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -38,6 +38,7 @@ def point_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
+    refine: str = typer.Option(None, help=REFINE_HELP + " Default: as `vlens match`.", callback=REFINES),
     top_k: int = typer.Option(5, "--top-k", help="How many of B's most similar patches to list (and number "
                               "on the picture).", callback=check.count(1, 100)),
     out: Path = typer.Option(Path("point.png"), "--out", "-o", help="Picture: A with the point and where its "
@@ -69,16 +70,19 @@ def point_cmd(
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
                               dtype=resolve_dtype(dtype, dev))
-    pm = point_match(fa, fb, point, pca=None if pca <= 0 else pca, top_k=top_k)
+    from vlens.match.refine import DEFAULT_REFINE
+
+    refine = refine or DEFAULT_REFINE
+    pm = point_match(fa, fb, point, pca=None if pca <= 0 else pca, top_k=top_k, refine=refine)
     point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
-                                     f"PCA {pca if pca > 0 else 'off'}")
+                                     f"PCA {pca if pca > 0 else 'off'}, refine {refine}")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "layer": layer, "facet": facet,
             "pca": pca, "size": size, "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
             "picture": str(out), "seconds": round(time.time() - t0, 3)}
     if json_out:
         echo_json(info)
         return
-    bx, by = pm.best.xy
+    bx, by = pm.match_xy
     typer.echo(f"({point[0]:g}, {point[1]:g}) in {image_a.name} -> best match ({bx:.1f}, {by:.1f}) in "
                f"{image_b.name}: similarity {pm.best.similarity:.3f}, feature distance "
                f"{pm.best.feature_distance:.3f}, cycle distance {pm.cycle_distance:.1f} px"

@@ -22,6 +22,10 @@ PCA_HELP = ("Reduce descriptors to K components with a PCA fitted jointly on bot
 MATCH_PCA_HELP = PCA_HELP + (" Default 0: measured on the graffiti and aloe pairs, PCA 10 drops dino-tiny's PCK@10 "
                              "and dense SIFT's far more; 32 is level with no PCA.")
 FACETS = check.choice("token", "key", "query", "value")
+REFINE_HELP = ("Sub-patch refinement of each match from the similarities of the 3 x 3 patches around it: 'none' "
+               "(patch centres), 'soft' (soft-argmax, T 0.05) or 'quadratic' (parabola vertex per axis). Refined "
+               "points go to the picture and the JSON; cycle distances use them.")
+REFINES = check.choice("none", "soft", "quadratic")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 
 bench_app = typer.Typer(help="Benchmarks with tables and figures: real pairs with ground truth, SPair-style "
@@ -62,6 +66,8 @@ def match_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
+    refine: str = typer.Option(None, help=REFINE_HELP + " Default: the offline default's (see README).",
+                               callback=REFINES),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
                              "coloured by rank (yellow = best).", callback=check.output("file")),
     json_path: Path = typer.Option(None, "--json", help="Also write the matches (coordinates in each image's "
@@ -79,6 +85,7 @@ def match_cmd(
     from vlens.errors import ConfigError
     from vlens.images import load_image
     from vlens.match import draw_matches, extract_features, match_features
+    from vlens.match.refine import DEFAULT_REFINE
     from vlens.runs import atomic_path, write_json
 
     if score not in ("cycle", "feature"):
@@ -93,12 +100,13 @@ def match_cmd(
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
             typer.echo(f"note: {p.name}: {f.note}", err=True)
-    m = match_features(fa, fb, pca=_pca(pca), device=dev)
+    refine = refine or DEFAULT_REFINE
+    m = match_features(fa, fb, pca=_pca(pca), device=dev, refine=refine)
     ranked = m.top(top, score) if top > 0 else m.ranked(score)
     with atomic_path(out) as tmp:
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "score": score, "pca": pca,
-            "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
+            "refine": refine, "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
             "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
             "matches": ranked.to_records()}
     if json_path:

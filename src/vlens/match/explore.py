@@ -44,6 +44,13 @@ class PointMatch:
     cycle_xy: tuple[float, float]  # its centre in A
     cycle_distance: float  # |src_xy - cycle_xy| in A's pixels (0: mutual nearest neighbours)
     candidates: list[Candidate]  # the top-k most similar B patches, best first
+    refine: str = "none"  # sub-patch refinement (vlens.match.refine); cycle_xy / cycle_distance use it
+    refined_xy: tuple[float, float] | None = None  # the best match refined off its patch centre, in B
+
+    @property
+    def match_xy(self) -> tuple[float, float]:
+        """Where the point lands in B: the refined point, or the best patch's centre without refinement."""
+        return self.refined_xy if self.refined_xy is not None else self.best.xy
 
     def to_dict(self) -> dict:
         def cand(c: Candidate) -> dict:
@@ -53,7 +60,8 @@ class PointMatch:
         return {"query_xy": [round(v, 2) for v in self.query_xy], "src_patch": self.src_index,
                 "src_xy": [round(v, 2) for v in self.src_xy], "best": cand(self.best),
                 "cycle_xy": [round(v, 2) for v in self.cycle_xy], "cycle_distance": round(self.cycle_distance, 3),
-                "mutual": self.cycle_index == self.src_index, "candidates": [cand(c) for c in self.candidates]}
+                "mutual": self.cycle_index == self.src_index, "refine": self.refine,
+                "match_xy": [round(v, 2) for v in self.match_xy], "candidates": [cand(c) for c in self.candidates]}
 
 
 def patch_at(features, xy: tuple[float, float]) -> int:
@@ -78,8 +86,14 @@ def project_pair(fa, fb, pca: int | None = 10, normalize: bool = True) -> tuple[
     return a, b
 
 
-def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float], top_k: int = 5) -> PointMatch:
-    """Answer one click on A at ``xy`` given projected descriptors ``a`` (n, k) and ``b`` (m, k) of ``fa``/``fb``."""
+def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float], top_k: int = 5,
+               refine: str = "none") -> PointMatch:
+    """Answer one click on A at ``xy`` given projected descriptors ``a`` (n, k) and ``b`` (m, k) of ``fa``/``fb``.
+    ``refine``: ``none``, ``soft`` or ``quadratic`` (:mod:`vlens.match.refine`): the match and the cycle's
+    landing point move off their patch centres."""
+    from vlens.match.refine import check_method, grid_step, refine_points
+
+    check_method(refine)
     if top_k < 1:
         raise ConfigError(f"top-k must be >= 1 (got {top_k})")
     i = patch_at(fa, xy)
@@ -91,6 +105,11 @@ def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float]
     back = int(torch.argmin((a - b[j]).norm(dim=1)))  # (n,) -> the best match's nearest neighbour in A
     src_xy = fa.centers[i]
     cyc_xy = fa.centers[back]
+    refined = None
+    if refine != "none":
+        fwd = refine_points(q[None], b, torch.tensor([j]), fb.grid, grid_step(fb), refine)[0]
+        cyc_xy = refine_points(b[j][None], a, torch.tensor([back]), fa.grid, grid_step(fa), refine)[0]
+        refined = (float(fwd[0]), float(fwd[1]))
 
     def cand(idx: int) -> Candidate:
         return Candidate(idx, (float(fb.centers[idx, 0]), float(fb.centers[idx, 1])), float(sim[idx]),
@@ -100,14 +119,14 @@ def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float]
         query_xy=(float(xy[0]), float(xy[1])), src_index=i, src_xy=(float(src_xy[0]), float(src_xy[1])),
         similarity=sim.reshape(fb.grid), best=cand(j), cycle_index=back,
         cycle_xy=(float(cyc_xy[0]), float(cyc_xy[1])), cycle_distance=float((src_xy - cyc_xy).norm()),
-        candidates=[cand(int(k)) for k in order[:top_k]])
+        candidates=[cand(int(k)) for k in order[:top_k]], refine=refine, refined_xy=refined)
 
 
 def point_match(fa, fb, xy: tuple[float, float], pca: int | None = 10, normalize: bool = True,
-                top_k: int = 5) -> PointMatch:
+                top_k: int = 5, refine: str = "none") -> PointMatch:
     """The correspondence of pixel ``xy`` of A in B (both :class:`~vlens.match.features.DenseFeatures`)."""
     a, b = project_pair(fa, fb, pca, normalize)
-    return correspond(a, b, fa, fb, xy, top_k)
+    return correspond(a, b, fa, fb, xy, top_k, refine)
 
 
 def similarity_at_image_size(pm: PointMatch, image_size: tuple[int, int]) -> torch.Tensor:

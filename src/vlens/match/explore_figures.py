@@ -66,8 +66,9 @@ def draw_point_panels(ax_a, ax_b, img_a: Image.Image, img_b: Image.Image, pm, vm
             ax_b.plot([c.xy[0]], [c.xy[1]], "o", ms=6, mfc="none", mec="white", mew=1)
             ax_b.annotate(str(rank), c.xy, xytext=(4, 4), textcoords="offset points", color="white",
                           fontsize=fontsize - 2)
-    bx, by = pm.best.xy
-    ax_b.plot([bx], [by], "*", ms=15, mfc="#39ff14", mec="black", mew=0.8, label="best match")
+    bx, by = pm.match_xy
+    ax_b.plot([bx], [by], "*", ms=15, mfc="#39ff14", mec="black", mew=0.8,
+              label="best match" + ("" if pm.refined_xy is None else f" ({pm.refine}-refined)"))
     ax_b.legend(loc="lower left", fontsize=fontsize - 1, framealpha=0.85)
     ax_b.set_axis_off()
     return lo, hi
@@ -85,10 +86,11 @@ def point_figure(img_a: Image.Image, img_b: Image.Image, pm, path, title: str = 
                                          gridspec_kw={"width_ratios": [wa, wb]})
     lo, hi = draw_point_panels(ax_a, ax_b, img_a, img_b, pm)
     ax_a.set_title(f"A: point ({pm.query_xy[0]:.0f}, {pm.query_xy[1]:.0f})", fontsize=9)
-    ax_b.set_title(f"B: best match ({pm.best.xy[0]:.0f}, {pm.best.xy[1]:.0f}), feature distance "
+    ax_b.set_title(f"B: best match ({pm.match_xy[0]:.0f}, {pm.match_xy[1]:.0f}), feature distance "
                    f"{pm.best.feature_distance:.3f}", fontsize=9)
     _colorbar(fig, ax_b, HEAT_CMAP, lo, hi, "cosine similarity to the point's patch")
-    verdict = "mutual nearest neighbours" if pm.cycle_distance == 0 else \
+    verdict = ("mutual nearest neighbours" + (f" (refined cycle {pm.cycle_distance:.1f} px)" if pm.cycle_distance
+                                               else "")) if pm.cycle_index == pm.src_index else \
         f"not mutual: the cycle A -> B -> A lands {pm.cycle_distance:.0f} px away"
     fig.suptitle((title + "\n" if title else "") + verdict, fontsize=9)
     fig.tight_layout()

@@ -182,12 +182,18 @@ def match_descriptors(desc_a: torch.Tensor, desc_b: torch.Tensor, xy_a: torch.Te
 
 
 def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES,
-                   device=None) -> Matches:
+                   device=None, refine: str = "none", temperature: float | None = None) -> Matches:
     """Match two :class:`~vlens.match.features.DenseFeatures` after a joint PCA to ``pca`` components.
 
-    ``device``: compute there (e.g. ``cuda``; see :mod:`vlens.devices`); the matches come back on the CPU.
+    ``refine``: ``none`` (patch centres), ``soft`` or ``quadratic`` (sub-patch target points and refined cycle
+    distances from the 3 x 3 window around each match, see :mod:`vlens.match.refine`; ``temperature`` of the
+    soft-argmax, default 0.05). ``device``: compute there (e.g. ``cuda``; see :mod:`vlens.devices`); the matches
+    come back on the CPU.
     """
     from vlens.match.pca import joint_pca
+    from vlens.match.refine import TEMPERATURE, check_method, grid_step, refine_matches
+
+    check_method(refine)
 
     fa_flat, fb_flat, ca, cb = fa.flat, fb.flat, fa.centers, fb.centers
     if device is not None:
@@ -197,7 +203,12 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
         fa_flat, fb_flat, ca, cb = (t.to(dev) for t in (fa_flat, fb_flat, ca, cb))
     a, b = joint_pca(fa_flat, fb_flat, k=pca, normalize=normalize)
     m = match_descriptors(a, b, ca, cb, tile_bytes)
-    return m if m.src_xy.device.type == "cpu" else Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
+    if m.src_xy.device.type != "cpu":
+        m = Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
+    if refine != "none":
+        m = refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
+                           TEMPERATURE if temperature is None else temperature)
+    return m
 
 
 def loop_nearest_neighbors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
