@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Reproducible: the tests run the embedded models (VLENS_OFFLINE=1: no task default looks for a real model) and never
+# see the user's Hugging Face cache (an empty one of their own). Tests of the real-default path unset VLENS_OFFLINE
+# and save a tiny model into a temporary cache laid out like the real one.
+os.environ["VLENS_OFFLINE"] = "1"
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vlens-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLENS_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -128,3 +138,35 @@ def cli():
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+class HFCache:
+    """A temporary Hugging Face hub cache laid out like the real one (models--ORG--NAME/refs/main,
+    snapshots/COMMIT/...): ``add(repo_id, folder)`` puts a saved model there as if downloaded."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def add(self, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+        repo = self.root / ("models--" + repo_id.replace("/", "--"))
+        snap = repo / "snapshots" / commit
+        shutil.copytree(folder, snap)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        return snap
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> HFCache:
+    """The real-default path: VLENS_OFFLINE unset, HF_HUB_OFFLINE=1, an empty temporary HF cache (fill it with
+    ``hf_cache.add``), the resolver's memory of earlier defaults forgotten."""
+    from vlens.models.hub import forget_choices
+
+    root = tmp_path / "hf-hub"
+    root.mkdir()
+    monkeypatch.delenv("VLENS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    forget_choices()
+    yield HFCache(root)
+    forget_choices()

@@ -77,15 +77,13 @@ def test_usage_errors_are_one_line_not_a_bug_report(cli):
 def test_models_list_shows_embedded_and_cached(cli, tmp_path, tiny_vit, monkeypatch):
     import shutil
 
-    from huggingface_hub import constants
-
     cache = tmp_path / "hub"
     commit = "0" * 40
     shutil.copytree(tiny_vit, cache / "models--acme--vit" / "snapshots" / commit)
     (cache / "models--acme--vit" / "refs").mkdir()
     (cache / "models--acme--vit" / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     code, out, _ = cli("models", "list", "--json")
-    rows = json.loads(out)
-    assert code == 0 and {"spec": "acme/vit", "kind": "backbone"}.items() <= next(
-        r for r in rows if r["spec"] == "acme/vit").items()
+    rows = json.loads(out)["cached"]
+    assert code == 0 and {"id": "acme/vit", "kind": "backbone", "complete": True}.items() <= next(
+        r for r in rows if r["id"] == "acme/vit").items()

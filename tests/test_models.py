@@ -25,17 +25,15 @@ def test_wrong_kind_is_a_clear_error(tiny_blip):
 
 
 def test_hub_id_from_a_cache_laid_out_like_the_real_one(tmp_path, tiny_vit, monkeypatch):
-    from huggingface_hub import constants
-
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snap = cache / "models--acme--tiny-vit" / "snapshots" / commit
     shutil.copytree(tiny_vit, snap)
     (cache / "models--acme--tiny-vit" / "refs").mkdir()
     (cache / "models--acme--tiny-vit" / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     m = load("acme/tiny-vit", "backbone")
-    assert m.source == "hub" and m.path == snap and type(m.model).__name__ == "ViTModel"
+    assert m.source == "cache" and m.path == snap and type(m.model).__name__ == "ViTModel"
 
 
 def test_uncached_hub_id_fails_fast_offline():
@@ -48,6 +46,7 @@ def test_uncached_hub_id_fails_fast_offline():
 
 def test_uncached_hub_id_fails_fast_when_hub_unreachable(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("VLENS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t0 = time.time()
     with pytest.raises(ModelLoadError, match="cannot be reached"):

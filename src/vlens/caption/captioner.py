@@ -152,9 +152,9 @@ class Captioner:
         ``device``/``dtype``: see :mod:`vlens.devices` (auto = a GPU in bf16/fp16 when present, else CPU fp32).
         """
         from vlens.devices import resolve_device, resolve_dtype
-        from vlens.models import DEFAULTS, load
+        from vlens.models import default_spec, load
 
-        spec = spec or DEFAULTS["captioner"]
+        spec = spec or default_spec("captioner")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         key = (str(spec), str(dev), str(dt))

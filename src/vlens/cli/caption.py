@@ -239,6 +239,7 @@ def run_cmd(
         echo_json(
             {
                 "model": captioner.spec,
+                "model_source": captioner.loaded.source,
                 "settings": settings,
                 "notes": notes + more,
                 "results": results,
@@ -269,7 +270,8 @@ def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, 
     for note in rep.notes or []:
         typer.echo(f"note: {note}", err=True)
     if json_out:
-        echo_json({"out": str(out), "model": captioner.spec, "images": rep.total, "already": rep.already,
+        echo_json({"out": str(out), "model": captioner.spec, "model_source": captioner.loaded.source,
+                   "images": rep.total, "already": rep.already,
                    "captioned": rep.done, "seconds": round(rep.seconds, 3),
                    "images_per_s": round(rep.images_per_s, 2), "processes": rep.processes,
                    "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]})

@@ -24,7 +24,11 @@ def _report(rep, json_out: bool, index: Path) -> None:
     if json_out:
         d = {k: getattr(rep, k) for k in ("total", "added", "changed", "removed", "renamed", "reused", "unchanged",
                                           "embedded", "seconds", "embed_seconds")}
-        d.update(index=str(index), images_per_s=round(rep.images_per_s, 2),
+        from vlens.models.hub import source_of
+        from vlens.retrieval.index import read_manifest
+
+        model = read_manifest(index).get("model") if (Path(index) / "manifest.json").is_file() else None
+        d.update(index=str(index), model=model, model_source=source_of(model), images_per_s=round(rep.images_per_s, 2),
                  skipped=[{"path": p, "reason": r} for p, r in rep.skipped])
         echo_json(d)
     else:
@@ -38,9 +42,10 @@ def build_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create. If it already indexes the same "
                              "folder with the same model, the build resumes/updates instead.",
                              callback=check.output("dir")),
-    model: str = typer.Option("builtin:clip-tiny", "--model", "-m", help="Dual encoder: hub id (e.g. "
-                              "openai/clip-vit-base-patch32 when cached), save_pretrained folder or builtin:NAME.",
-                              callback=check.text()),
+    model: str = typer.Option(None, "--model", "-m", help="Dual encoder: hub id, save_pretrained folder or "
+                              "builtin:NAME. Default: the index's own model when OUT is an index, else "
+                              "openai/clip-vit-base-patch32 when cached or downloadable, else builtin:clip-tiny "
+                              "(with a note; see `vlens models list`).", callback=check.text()),
     kind: str = typer.Option("flat", "--kind", help="flat = exact (default; fine up to ~1M images). ivf = "
                              "inverted lists, hnsw = graph: approximate, for millions. ivfpq = compressed "
                              "(--pq-bytes per vector in RAM, exact re-ranking from the memory-mapped file), for "
@@ -66,8 +71,14 @@ def build_cmd(
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
     from vlens.bulk import Processes
-    from vlens.retrieval.index import IndexConfig, build_index
+    from vlens.retrieval.index import IndexConfig, build_index, is_index, read_manifest
 
+    if not model and not force and is_index(out):
+        model = read_manifest(out).get("model")  # resume / update with the model the index was built with
+    if not model:
+        from vlens.models import default_spec
+
+        model = default_spec("dual_encoder")
     cfg = IndexConfig(model=model, kind=kind, batch_size=batch_size, captioner=captioner, nlist=nlist,
                       pq_bytes=pq_bytes, target_recall=target_recall)
     rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True), workers=workers,

@@ -26,8 +26,12 @@ def lab(
     Sections: data, then each capability vlens has (correspondences, captioning, retrieval, search).
     Open OUT/report.html in a browser when it is done.
     """
+    import os
+
     from vlens.errors import VlensError
     from vlens.report.lab import run_lab
+
+    os.environ["VLENS_OFFLINE"] = "1"  # the lab runs the embedded models only: reproducible, no download
 
     manifest = run_lab(out, seed=seed, quick=quick, only=only or None, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {out / 'report.html'}  ({manifest['total_s']:.0f} s)")

@@ -58,6 +58,29 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def model_event_line(event: dict) -> str | None:
+    """The stderr line for what the model resolver reports (vlens.models.hub events): the builtin-fallback notice,
+    a download's size before it starts, its end."""
+    kind = event.get("event")
+    if kind == "fallback":
+        from vlens.models.defaults import notice
+
+        return notice(event["task"], event["spec"], event["reason"])
+    if kind == "download":
+        return (f"downloading {event['repo']} from {event['endpoint']}: {event['bytes'] / 1e6:.1f} MB in "
+                f"{event['files']} files, once (kept in the Hugging Face cache; VLENS_OFFLINE=1 or --model "
+                "builtin:NAME stays offline)")
+    if kind == "downloaded":
+        return f"{event['repo']}: downloaded in {event['seconds']:.1f} s into {event['path']}"
+    return None
+
+
+def _print_model_event(event: dict) -> None:
+    line = model_event_line(event)
+    if line:
+        typer.echo(line, err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit status: 0; 1 for a user error (a bad option value included);
     2 for a malformed command line (unknown option or command, missing argument); 130 after Ctrl-C.
@@ -82,6 +105,9 @@ def invoke(command, argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = list(sys.argv[1:] if argv is None else argv)
+    from vlens.models.hub import add_listener
+
+    add_listener(_print_model_event)
     debug = "--debug" in args or os.environ.get("VLENS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     old_handler = None

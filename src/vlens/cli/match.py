@@ -105,7 +105,10 @@ def match_cmd(
     ranked = m.top(top, score) if top > 0 else m.ranked(score)
     with atomic_path(out) as tmp:
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
-    info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "score": score, "pca": pca,
+    from vlens.models.hub import source_of
+
+    info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
+            "score": score, "pca": pca,
             "refine": refine, "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
             "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
             "matches": ranked.to_records()}
@@ -158,10 +161,10 @@ def bench_crops_cmd(
         table_rows,
         write_crop_outputs,
     )
-    from vlens.models import DEFAULTS
+    from vlens.models import default_spec
     from vlens.runs import RunDir
 
-    model = model or DEFAULTS["backbone"]
+    model = model or default_spec("backbone")
     cfg = make_config(scenarios=tuple(scenario) if scenario else SCENARIO_NAMES, crops_per_image=crops,
                       seed=seed, pca=_pca(pca), layer=layer, facet=facet, source_side=source_side,
                       crop_side=crop_side)
@@ -225,10 +228,10 @@ def bench_pairs_cmd(
         table_rows,
         write_pairs_outputs,
     )
-    from vlens.models import DEFAULTS
+    from vlens.models import default_spec
     from vlens.runs import RunDir
 
-    model = model or DEFAULTS["backbone"]
+    model = model or default_spec("backbone")
     cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px)
     from vlens.match.heldout import check_heldout
 
@@ -287,10 +290,10 @@ def bench_keypoints_cmd(
     from vlens.match.crops import baseline_specs, markdown_table
     from vlens.match.draw import short_model
     from vlens.match.keypoints import load_spair, run_keypoint_benchmark
-    from vlens.models import DEFAULTS
+    from vlens.models import default_spec
     from vlens.runs import RunDir, atomic_write_text, write_json
 
-    model = model or DEFAULTS["backbone"]
+    model = model or default_spec("backbone")
     pairs = load_spair(data, split, list(category) if category else None, limit)
     run = RunDir(out, {"model": model, "data": str(data), "split": split, "categories": category, "limit": limit,
                        "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha})
@@ -459,10 +462,10 @@ def bench_segment_cmd(
     from vlens.match.crops import markdown_table
     from vlens.match.draw import short_model
     from vlens.match.segment import SegmentConfig, run_segment_benchmark, segment_examples_figure
-    from vlens.models import DEFAULTS
+    from vlens.models import default_spec
     from vlens.runs import RunDir, atomic_write_text, write_json
 
-    model = model or DEFAULTS["backbone"]
+    model = model or default_spec("backbone")
     cfg = SegmentConfig(k=k, size=size)
     run = RunDir(out, {"model": model, "data": data, "refs": refs, "targets": targets, **cfg.__dict__})
     from vlens.match.crops import baseline_specs

@@ -1,12 +1,17 @@
-"""``vlens models``: what models can be used offline right now (embedded ones and the Hugging Face cache)."""
+"""``vlens models list|fetch|rm``: each task's default and whether it is cached, the Hugging Face cache, the
+embedded builtins; download the real models once; free their space."""
 
 from __future__ import annotations
 
 import typer
 
-from vlens.cli._common import JSON_OPTION, echo_json
+from vlens.cli._common import JSON_OPTION, check, echo_json
 
-app = typer.Typer(help="List the models vlens can load offline: embedded builtin:NAME models and the HF cache.",
+app = typer.Typer(help="The models vlens uses: each task's real default (used when it is in the Hugging Face cache "
+                       "or can be downloaded), the embedded builtin:NAME fallbacks, and the cache itself.\n\n"
+                       "  vlens models list                 what each task runs now, what is cached\n"
+                       "  vlens models fetch defaults       download the three real defaults (~1.7 GB) once\n"
+                       "  vlens models rm ORG/NAME          free a cached model's space",
                   no_args_is_help=True)
 
 
@@ -14,52 +19,78 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="models")
 
 
-def offline_models() -> list[dict]:
-    """Embedded models and cached hub models of the families vlens uses."""
-    import json
-
-    from vlens.models import _ACCEPTS
-    from vlens.models.hub import BUILTIN_DIR, builtin_names
-
-    kind_of = {t: k for k, types in _ACCEPTS.items() for t in types}
-    rows = []
-    for name in builtin_names():
-        folder = BUILTIN_DIR / name
-        mtype = json.loads((folder / "config.json").read_text()).get("model_type", "?")
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        card = folder / "MODEL_CARD.md"
-        summary = next((ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()), "") \
-            if card.is_file() else ""
-        rows.append({"spec": f"builtin:{name}", "kind": kind_of.get(mtype, "?"), "type": mtype,
-                     "size_mb": round(size / 1e6, 2), "about": summary})
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        for repo in scan_cache_dir().repos:
-            if repo.repo_type != "model":
-                continue
-            for rev in repo.revisions:
-                cfg = next((f.file_path for f in rev.files if f.file_name == "config.json"), None)
-                mtype = json.loads(cfg.read_text()).get("model_type", "?") if cfg else "?"
-                if mtype in kind_of:
-                    rows.append({"spec": repo.repo_id, "kind": kind_of[mtype], "type": mtype,
-                                 "size_mb": round(rev.size_on_disk / 1e6, 1), "about": "Hugging Face cache"})
-                    break
-    except Exception:  # noqa: BLE001 - no cache folder, or an unreadable one: nothing cached to list
-        pass
-    return rows
-
-
 @app.command("list")
 def list_cmd(json_out: bool = JSON_OPTION):
-    """Models usable without a network: pass the spec to --model."""
-    rows = offline_models()
+    """Each task's default and whether it is cached, every cached model with its size, the builtins."""
+    from vlens.models.hub import hf_cache_dir, offline_reason
+    from vlens.models.inventory import builtins, cached_models, task_defaults
+
+    info = {"tasks": task_defaults(), "cached": cached_models(), "builtins": builtins(),
+            "cache_dir": str(hf_cache_dir()), "offline": offline_reason()}
     if json_out:
-        echo_json(rows)
+        echo_json(info)
         return
-    if not rows:
-        typer.echo("no models available offline")
-        return
-    w = max(len(r["spec"]) for r in rows)
-    for r in rows:
-        typer.echo(f"{r['spec']:<{w}}  {r['kind']:<12} {r['type']:<8} {r['size_mb']:>7.2f} MB  {r['about']}")
+    typer.echo("Task defaults (used without --model):")
+    for t in info["tasks"]:
+        state = "cached" if t["cached"] else f"not cached (about {t['download_mb']} MB; `{t['fetch']}`)"
+        typer.echo(f"  {t['task']:<10} {t['real']:<40} {state}")
+        if not t["cached"]:
+            typer.echo(f"  {'':<10} otherwise: {t['fallback']} ({t['fallback_knows']})")
+    typer.echo(f"\nHugging Face cache ({info['cache_dir']}):")
+    if not info["cached"]:
+        typer.echo("  empty")
+    for r in info["cached"]:
+        what = r["kind"] or f"{r['type']}: not a model vlens loads"
+        state = "" if r["complete"] else ("  (partial download: rerun `vlens models fetch " + r["id"] + "`)"
+                                          if r["partial_download"] else "  (incomplete: no config or weights)")
+        typer.echo(f"  {r['id']:<40} {r['size_mb']:>8.1f} MB  {what}{state}")
+    typer.echo("\nEmbedded (offline, always there):")
+    for b in info["builtins"]:
+        typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}")
+    if info["offline"] == "VLENS_OFFLINE=1":
+        typer.echo("\nVLENS_OFFLINE=1: runs without --model use the builtins, cached or not.")
+    elif info["offline"]:
+        typer.echo(f"\n{info['offline']}: cached defaults are used, nothing is downloaded.")
+
+
+@app.command("fetch")
+def fetch_cmd(
+    ids: list[str] = typer.Argument(..., help="Hub ids (ORG/NAME) to download, or `defaults` for every task's "
+                                    "real default.", callback=check.text(max_len=200)),
+    json_out: bool = JSON_OPTION,
+):
+    """Download models into the Hugging Face cache (size said first, progress bar, an interrupted download
+    resumes), then load each to check it works."""
+    from vlens.models.defaults import TASKS
+    from vlens.models.inventory import fetch
+
+    wanted: list[str] = []
+    for i in ids:
+        for repo in ([d.real for d in TASKS.values()] if i == "defaults" else [i]):
+            if repo not in wanted:
+                wanted.append(repo)
+    done = []
+    for repo in wanted:
+        r = fetch(repo)
+        done.append(r)
+        if not json_out:
+            how = "already in the cache" if r["source"] == "cache" else "downloaded"
+            typer.echo(f"{repo}: {how}, loads as a {r['kind']} ({r['size_mb']:.1f} MB) at {r['path']}")
+    if json_out:
+        echo_json(done)
+
+
+@app.command("rm")
+def rm_cmd(
+    repo_id: str = typer.Argument(..., metavar="ID", help="The hub id to delete from the Hugging Face cache.",
+                                  callback=check.text(max_len=200)),
+    json_out: bool = JSON_OPTION,
+):
+    """Delete a model (every revision) from the Hugging Face cache."""
+    from vlens.models.inventory import remove
+
+    r = remove(repo_id)
+    if json_out:
+        echo_json(r)
+    else:
+        typer.echo(f"removed {r['id']} ({r['freed_mb']:.1f} MB freed)")

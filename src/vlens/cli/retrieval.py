@@ -128,7 +128,8 @@ def eval_cmd(
     enc = DualEncoder.from_spec(model, device=device, dtype=dtype)
     scores, details = evaluate_encoder(enc, ds, batch_size=batch_size)
     notes = notes_for(details)
-    result = {"model": enc.spec, "data": str(data), "split": split, **scores.as_dict(),
+    result = {"model": enc.spec, "model_source": enc.loaded.source, "data": str(data), "split": split,
+              **scores.as_dict(),
               "captions_per_image": details["captions_per_image"],
               "truncated_captions": details["truncated_captions"], "empty_captions": details["empty_captions"],
               "skipped_images": details["skipped_images"], "notes": notes}

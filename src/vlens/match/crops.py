@@ -313,9 +313,9 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
     cfg = make_config(config, **overrides)
     t0 = time.time()
     from vlens.match.heldout import check_heldout
-    from vlens.models import DEFAULTS
+    from vlens.models import default_spec
 
-    spec = model.spec if hasattr(model, "spec") else (model or DEFAULTS["backbone"])
+    spec = model.spec if hasattr(model, "spec") else (model or default_spec("backbone"))
     originals, names = _resolve_images(images)
     overlap = check_heldout(spec, originals, allow_train_images, "the crop benchmark", names)  # before loading
     bb = load_backbone(model) if isinstance(model, str) or model is None else model

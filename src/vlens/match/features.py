@@ -117,12 +117,17 @@ class Backbone:
         raise ModelLoadError(f"cannot find the transformer blocks of '{self.spec}' ({self.model_type})")
 
 
-@functools.lru_cache(maxsize=8)
 def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
-    """Load (and cache) a backbone for dense features. ``spec``: model spec, ``pixels`` or ``random:SPEC``."""
-    from vlens.models import DEFAULTS, load
+    """Load (and cache) a backbone for dense features. ``spec``: model spec, ``pixels`` or ``random:SPEC``; none:
+    the match default (:func:`vlens.models.default_spec`, resolved before the cache so it is keyed by the answer)."""
+    from vlens.models import default_spec
 
-    spec = spec or DEFAULTS["backbone"]
+    return _load_backbone(spec or default_spec("backbone"), pixels_patch)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
+    from vlens.models import load
     for kind in ("pixels", "sift"):
         if spec == kind or spec.startswith(kind + ":"):
             parts = spec.split(":")[1:] or [str(pixels_patch)]

@@ -22,6 +22,17 @@ _ACCEPTS = {
     "dual_encoder": ("clip",),
 }
 DEFAULTS = {"backbone": "builtin:dino-tiny", "captioner": "builtin:blip-tiny", "dual_encoder": "builtin:clip-tiny"}
+"""The embedded model of each kind: what ``vlens lab`` and the tests run. A run without ``--model`` asks
+:func:`default_spec` instead (the real model first; :mod:`vlens.models.defaults`)."""
+
+
+def default_spec(kind: str) -> str:
+    """The spec a run of ``kind`` uses when none is given: the task's real model when it is cached or can be
+    downloaded now, else its builtin fallback (see :func:`vlens.models.hub.resolve_default`)."""
+    from vlens.models.defaults import TASK_OF_KIND
+    from vlens.models.hub import resolve_default
+
+    return resolve_default(TASK_OF_KIND[kind]).spec
 
 
 @dataclass
@@ -31,7 +42,7 @@ class LoadedModel:
     tokenizer: Any
     spec: str
     path: Path
-    source: str  # builtin | local | hub
+    source: str  # builtin | local | cache (a hub id found in the HF cache) | hub (downloaded by this process)
     kind: str
 
     @property
@@ -71,10 +82,10 @@ def model_type(folder: Path) -> str:
 
 
 def load(spec: str | None, kind: str, *, attn_implementation: str | None = None) -> LoadedModel:
-    """Load a model of ``kind`` from ``spec`` (default: the embedded model for that kind)."""
+    """Load a model of ``kind`` from ``spec`` (none: the task's default, :func:`default_spec`)."""
     if kind not in KINDS:
         raise ModelLoadError(f"unknown model kind '{kind}'; one of {', '.join(KINDS)}")
-    spec = spec or DEFAULTS[kind]
+    spec = spec or default_spec(kind).split("+")[0]  # a fused descriptor fallback: its model part
     from vlens.models.hub import resolve
 
     folder, source = resolve(spec)

@@ -1,8 +1,13 @@
-"""Resolve a model spec to a local folder: ``builtin:NAME``, a folder written by ``save_pretrained``, or a hub id.
+"""Resolve a model spec to a local folder: ``builtin:NAME``, a folder written by ``save_pretrained``, or a hub id;
+and, with no spec, each task's default (:mod:`vlens.models.defaults`: the real model first, the builtin otherwise).
 
-Hub ids are looked up in the Hugging Face cache first (``HF_HUB_CACHE`` / ``HF_HOME``). A download is tried only
-when ``HF_HUB_OFFLINE`` is not set *and* the hub answers a 3-second connection probe; otherwise we fail at once
-with a message naming the offline choices, instead of letting huggingface_hub retry for a minute.
+Hub ids are looked up in the Hugging Face cache first (``HF_HUB_CACHE`` / ``HF_HOME``, read at call time, without
+touching the network). A download is tried only when neither ``VLENS_OFFLINE`` nor ``HF_HUB_OFFLINE`` is set *and*
+the hub answers a short connection probe; otherwise we fail (or fall back to the builtin) at once, instead of
+letting huggingface_hub retry for a minute.
+
+The library prints nothing: what happened (a fallback and why, a download's size before it starts) goes to the
+listeners a front end registers with :func:`add_listener`; the CLI prints them on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,10 +38,71 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or "https://huggingface.co"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, then ``HF_HOME``/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def offline_reason() -> str | None:
+    """Why no connection may be tried (the variable the user set), or None."""
+    if _truthy("VLENS_OFFLINE"):
+        return "VLENS_OFFLINE=1"
+    if _truthy("HF_HUB_OFFLINE"):
+        return "HF_HUB_OFFLINE=1"
+    return None
+
+
+def _has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(
+        f.is_file() for pat in ("*.safetensors", "pytorch_model*.bin") for f in folder.glob(pat))
+
+
+def cached(repo_id: str) -> Path | None:
+    """The snapshot folder of ``repo_id`` (revision main) in the Hugging Face cache when it holds a config and
+    weights; None otherwise. Reads the cache's own layout (refs/main -> snapshots/HASH); no network, no retries."""
+    repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    try:
+        snap = repo / "snapshots" / ref.read_text().strip()
+    except OSError:
+        return None
+    return snap if _has_weights(snap) else None
+
+
+_LISTENERS: list[Callable[[dict], None]] = []
+
+
+def add_listener(fn: Callable[[dict], None]) -> None:
+    """Call ``fn(event)`` for what users should hear about. Events (dicts, key ``event``): ``fallback`` (task,
+    spec, real, reason), ``download`` (repo, bytes, files: said before a download starts), ``downloaded`` (repo,
+    path, seconds)."""
+    if fn not in _LISTENERS:
+        _LISTENERS.append(fn)
+
+
+def remove_listener(fn: Callable[[dict], None]) -> None:
+    if fn in _LISTENERS:
+        _LISTENERS.remove(fn)
+
+
+def _emit(event: str, **info) -> None:
+    for fn in list(_LISTENERS):
+        fn({"event": event, **info})
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """True if a TCP connection to the hub endpoint opens within ``timeout`` seconds (DNS included)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
+    url = urlparse(hub_endpoint())
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     ok = []
 
@@ -51,8 +119,74 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(ok)
 
 
+WEIGHT_PATTERNS = ("*.safetensors",)
+FILE_PATTERNS = ("*.json", "*.txt", "*.model")
+_DOWNLOADED: set[str] = set()  # ids downloaded by this process: their source is "hub", later runs say "cache"
+
+
+def _pick_files(files: dict[str, int]) -> dict[str, int]:
+    """The files of a repo that a transformers load needs: top-level configs, vocabularies and the weights
+    (safetensors when the repo has them, else the PyTorch .bin files)."""
+    from fnmatch import fnmatch
+
+    top = {f: s for f, s in files.items() if "/" not in f}
+    weights = {f: s for f, s in top.items() if f.endswith(".safetensors")}
+    if not weights:
+        weights = {f: s for f, s in top.items() if fnmatch(f, "pytorch_model*.bin")}
+    small = {f: s for f, s in top.items() if any(fnmatch(f, p) for p in FILE_PATTERNS)}
+    return {**small, **weights}
+
+
+def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0, timeout: float = 10.0) -> Path:
+    """Download ``repo_id`` (revision main) into the Hugging Face cache and return its snapshot folder.
+
+    Says the size first (a ``download`` event), shows huggingface_hub's progress bars when ``progress``, resumes a
+    partial download (huggingface_hub keeps ``.incomplete`` blobs), and fails with :class:`ModelLoadError` within
+    a few seconds when no connection may or can be made.
+    """
+    import time
+
+    why = offline_reason()
+    if why:
+        raise ModelLoadError(f"model '{repo_id}' is not in the Hugging Face cache and {why} forbids a download; "
+                             + OFFLINE_CHOICES)
+    if not hub_reachable(probe_timeout):
+        raise ModelLoadError(f"model '{repo_id}' is not in the Hugging Face cache and the hub ({hub_endpoint()}) "
+                             "cannot be reached (no network?); " + OFFLINE_CHOICES)
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    t0 = time.time()
+    cache, endpoint = hf_cache_dir(), hub_endpoint()
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True, timeout=timeout)
+        files = _pick_files({s.rfilename: int(s.size or 0) for s in (info.siblings or [])})
+        if "config.json" not in files:
+            raise ModelLoadError(f"'{repo_id}' on {endpoint} has no config.json: not a transformers model")
+        _emit("download", repo=repo_id, bytes=sum(files.values()), files=len(files), endpoint=endpoint)
+        (enable_progress_bars if progress else disable_progress_bars)()
+        path = None
+        for name in sorted(files, key=lambda f: files[f]):  # small files first: a bad repo fails before the weights
+            path = Path(hf_hub_download(repo_id, name, revision="main", cache_dir=cache, endpoint=endpoint,
+                                        etag_timeout=timeout))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network, HTTP, disk: one line, the offline choices
+        raise ModelLoadError(f"could not download '{repo_id}' from {endpoint}: {exc.__class__.__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}. " + OFFLINE_CHOICES) from None
+    finally:
+        disable_progress_bars()
+    snap = cached(repo_id) or (path.parent if path else None)
+    if snap is None or not _has_weights(snap):
+        raise ModelLoadError(f"downloaded '{repo_id}' but the cache has no config.json and weights for it")
+    _DOWNLOADED.add(repo_id)
+    _emit("downloaded", repo=repo_id, path=str(snap), seconds=round(time.time() - t0, 1))
+    return snap
+
+
 def resolve(spec: str) -> tuple[Path, str]:
-    """Return ``(folder, source)`` where source is 'builtin', 'local' or 'hub'."""
+    """Return ``(folder, source)`` where source is 'builtin', 'local', 'cache' (a hub id found in the Hugging Face
+    cache) or 'hub' (a hub id downloaded by this process)."""
     spec = str(spec)
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
@@ -69,20 +203,85 @@ def resolve(spec: str) -> tuple[Path, str]:
         return path, "local"
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"no such model folder: {spec}")
-    from huggingface_hub import snapshot_download
+    snap = cached(spec)
+    if snap is not None:
+        return snap, "hub" if spec in _DOWNLOADED else "cache"
+    return download(spec, progress=_truthy_default("VLENS_PROGRESS", True)), "hub"
 
-    try:
-        return Path(snapshot_download(spec, local_files_only=True)), "hub"
-    except Exception:  # noqa: BLE001 - any failure here means "not cached"
-        pass
-    if _truthy("HF_HUB_OFFLINE"):
-        raise ModelLoadError(f"model '{spec}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                             + OFFLINE_CHOICES)
-    if not hub_reachable():
-        raise ModelLoadError(f"model '{spec}' is not in the Hugging Face cache and the hub cannot be reached "
-                             "(no network?); " + OFFLINE_CHOICES)
-    try:
-        return Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])), "hub"
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"could not download '{spec}': {exc.__class__.__name__}: {exc}. "
-                             + OFFLINE_CHOICES) from None
+
+def _truthy_default(name: str, default: bool) -> bool:
+    v = os.environ.get(name, "").strip().lower()
+    return default if not v else v in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """What a task runs when no model is given: ``spec`` to load, ``source`` (cache | hub | builtin) and, for the
+    builtin, ``reason`` (completes "because REAL ...")."""
+
+    task: str
+    spec: str
+    source: str
+    real: str
+    reason: str = ""
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.source == "builtin"
+
+
+_CHOICES: dict[tuple, DefaultChoice] = {}
+
+
+def forget_choices() -> None:
+    """Forget the defaults resolved so far (tests; a long-running server after a ``models fetch``)."""
+    _CHOICES.clear()
+
+
+def resolve_default(task: str) -> DefaultChoice:
+    """Pick ``task``'s model: the real one from the cache, else downloaded once (when allowed and reachable), else
+    the builtin (a ``fallback`` event says why). Decided once per process and environment; never hangs."""
+    from vlens.models.defaults import for_task
+
+    d = for_task(task)
+    key = (task, os.environ.get("VLENS_OFFLINE"), os.environ.get("HF_HUB_OFFLINE"), hub_endpoint(),
+           str(hf_cache_dir()))
+    if key in _CHOICES:
+        return _CHOICES[key]
+    reason = ""
+    if _truthy("VLENS_OFFLINE"):
+        reason = "is not used when VLENS_OFFLINE=1 (offline by choice)"
+    elif cached(d.real) is not None:
+        choice = DefaultChoice(task, d.real, "hub" if d.real in _DOWNLOADED else "cache", d.real)
+    elif _truthy("HF_HUB_OFFLINE"):
+        reason = "is not in the Hugging Face cache and HF_HUB_OFFLINE=1"
+    else:
+        try:
+            download(d.real, progress=_truthy_default("VLENS_PROGRESS", True))
+            choice = DefaultChoice(task, d.real, "hub", d.real)
+        except ModelLoadError as exc:
+            msg = str(exc).replace(OFFLINE_CHOICES, "").rstrip("; .")
+            reason = ("is not in the Hugging Face cache and the hub cannot be reached" if "cannot be reached" in msg
+                      else f"is not in the Hugging Face cache and the download failed ({msg[:240]})")
+    if reason:
+        choice = DefaultChoice(task, d.fallback, "builtin", d.real, reason)
+        _emit("fallback", task=task, spec=d.fallback, real=d.real, reason=reason)
+    _CHOICES[key] = choice
+    return choice
+
+
+def source_of(spec: str | None) -> str:
+    """Where ``spec``'s weights come from, without loading or downloading anything: builtin, local, cache, hub
+    (downloaded by this process), computed (pixels, sift: no weights), random (random:SPEC) or unknown."""
+    spec = str(spec or "").split("+")[0]
+    if spec.startswith("builtin:"):
+        return "builtin"
+    if spec.startswith("random:"):
+        return "random"
+    if spec.split(":")[0] in ("pixels", "sift"):
+        return "computed"
+    if spec and Path(spec).expanduser().exists():
+        return "local"
+    if spec in _DOWNLOADED:
+        return "hub"
+    return "cache" if spec and cached(spec) is not None else "unknown"

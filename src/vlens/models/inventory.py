@@ -1,0 +1,116 @@
+"""What models this machine holds (``vlens models list|fetch|rm``): the task defaults and whether they are cached,
+every model in the Hugging Face cache with its size on disk, the embedded builtins and what they know."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from vlens.errors import ModelLoadError
+
+
+def _kind_of_type(model_type: str) -> str:
+    from vlens.models import _ACCEPTS
+
+    return next((k for k, types in _ACCEPTS.items() if model_type in types), "")
+
+
+def _dir_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def builtins() -> list[dict]:
+    """The embedded models: spec, kind, size, what they know, the first line of their model card."""
+    from vlens.models.defaults import knows
+    from vlens.models.hub import BUILTIN_DIR, builtin_names
+
+    rows = []
+    for name in builtin_names():
+        folder = BUILTIN_DIR / name
+        mtype = json.loads((folder / "config.json").read_text()).get("model_type", "?")
+        card = folder / "MODEL_CARD.md"
+        title = next((ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()), "") \
+            if card.is_file() else ""
+        rows.append({"spec": f"builtin:{name}", "kind": _kind_of_type(mtype), "type": mtype,
+                     "size_mb": round(_dir_size(folder) / 1e6, 2), "knows": knows(f"builtin:{name}"),
+                     "card": title})
+    return rows
+
+
+def cached_models() -> list[dict]:
+    """Every model repo in the Hugging Face cache (:func:`vlens.models.hub.hf_cache_dir`): id, size on disk (blobs,
+    counted once), the model type and kind vlens would load it as ("" when vlens cannot), and whether a complete
+    snapshot (config + weights) is there."""
+    from vlens.models.hub import cached, hf_cache_dir
+
+    root = hf_cache_dir()
+    rows = []
+    if not root.is_dir():
+        return rows
+    for repo in sorted(root.glob("models--*")):
+        repo_id = repo.name[len("models--"):].replace("--", "/", 1)
+        snap = cached(repo_id)
+        mtype = "?"
+        cfg = (snap / "config.json") if snap else None
+        if cfg and cfg.is_file():
+            try:
+                mtype = json.loads(cfg.read_text()).get("model_type", "?")
+            except (OSError, ValueError):
+                pass
+        partial = any(repo.glob("blobs/*.incomplete"))
+        rows.append({"id": repo_id, "size_mb": round(_dir_size(repo) / 1e6, 1), "type": mtype,
+                     "kind": _kind_of_type(mtype), "complete": snap is not None, "partial_download": partial,
+                     "path": str(snap or repo)})
+    return rows
+
+
+def task_defaults() -> list[dict]:
+    """Each task's default: the real id, whether it is cached, its download size, the builtin fallback."""
+    from vlens.models.defaults import TASKS
+    from vlens.models.hub import cached
+
+    return [{"task": d.task, "real": d.real, "cached": cached(d.real) is not None, "download_mb": d.size_mb,
+             "fallback": d.fallback, "fallback_knows": d.knows, "commands": d.commands,
+             "fetch": d.fetch_command} for d in TASKS.values()]
+
+
+def fetch(repo_id: str, *, progress: bool = True) -> dict:
+    """Download ``repo_id`` into the Hugging Face cache (resuming a partial download), then load it to check it
+    works. Returns {id, path, kind, source: cache (already there) | hub (downloaded), size_mb}."""
+    from vlens.models import load
+    from vlens.models.hub import cached, download
+
+    if repo_id.startswith("builtin:") or Path(repo_id).expanduser().exists() or repo_id.count("/") != 1:
+        raise ModelLoadError(f"'{repo_id}' is not a hub id (ORG/NAME, e.g. facebook/dino-vits8); builtins and "
+                             "local folders need no fetch")
+    snap = cached(repo_id)
+    source = "cache"
+    if snap is None:
+        snap = download(repo_id, progress=progress)
+        source = "hub"
+    mtype = json.loads((snap / "config.json").read_text()).get("model_type", "?")
+    kind = _kind_of_type(mtype)
+    if not kind:
+        raise ModelLoadError(f"'{repo_id}' is a '{mtype}' model, which vlens does not use (it loads ViT/DINO/DINOv2 "
+                             "backbones, BLIP captioners and CLIP dual encoders); `vlens models rm "
+                             f"{repo_id}` frees its space")
+    load(repo_id, kind)  # raises ModelLoadError when the files do not load
+    return {"id": repo_id, "path": str(snap), "kind": kind, "source": source,
+            "size_mb": round(_dir_size(snap.parent.parent) / 1e6, 1)}
+
+
+def remove(repo_id: str) -> dict:
+    """Delete ``repo_id`` (all its revisions and blobs) from the Hugging Face cache; returns {id, freed_mb}."""
+    from vlens.models.hub import forget_choices, hf_cache_dir
+
+    if repo_id.startswith("builtin:"):
+        raise ModelLoadError(f"'{repo_id}' is embedded in vlens and cannot be removed")
+    repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    if repo_id.count("/") != 1 or not repo.is_dir():
+        have = ", ".join(r["id"] for r in cached_models()) or "none"
+        raise ModelLoadError(f"'{repo_id}' is not in the Hugging Face cache {hf_cache_dir()} (cached: {have})")
+    size = _dir_size(repo)
+    shutil.rmtree(repo)
+    forget_choices()
+    return {"id": repo_id, "freed_mb": round(size / 1e6, 1)}
