@@ -252,3 +252,66 @@ def test_blank_prompt_means_no_prompt(captioner):
     assert DecodeSettings(prompt="  ").validated()[0].prompt == ""
     assert captioner.prepare(DecodeSettings(prompt=""))[0].prompt == ""
     assert captioner.prefix_ids("") == captioner.prefix_ids(None) == [captioner.bos_id]
+
+
+# ---- scores from generate's own logits (no second decoder pass) ----------------------------------------------
+
+
+def _reference_scores(cap: Captioner, images, caps, n: int, prompt=None):
+    """Teacher-forced log-probabilities of the captions ``caps`` (flat, n per image), the pre-issue-20 way."""
+    with torch.no_grad():
+        emb = cap.model.vision_model(pixel_values=cap.pixel_values(images)).last_hidden_state
+        prefix = torch.tensor(cap.prefix_ids(cap.resolve_prompt(prompt)))
+        return cap.teacher_forced_logprobs(emb.repeat_interleave(n, 0), prefix, [c.token_ids for c in caps])
+
+
+@pytest.mark.parametrize("settings", [
+    DecodeSettings(),
+    DecodeSettings(strategy="sample", n=3, seed=1, top_k=5, temperature=0.8),
+    DecodeSettings(strategy="sample", n=2, seed=2, top_p=0.9, repetition_penalty=1.3),
+    DecodeSettings(strategy="beam", num_beams=3, n=2),
+    DecodeSettings(prompt=""),
+])
+def test_generate_scores_equal_teacher_forced(images, settings, monkeypatch):
+    """The trained builtin ends its captions, so every score comes from generate's logits (no second pass runs);
+    each equals the teacher-forced log-probability within 1e-4 (filters and the penalty never touch a score)."""
+    cap = Captioner.from_spec("builtin:blip-tiny", device="cpu")
+    second_passes = []
+    monkeypatch.setattr(cap, "teacher_forced_logprobs",
+                        lambda *a: second_passes.append(a) or Captioner.teacher_forced_logprobs(cap, *a))
+    out = cap.caption(images, settings)
+    assert not second_passes
+    flat = [c for per in out for c in per]
+    n = 1 if settings.strategy == "greedy" else settings.n
+    total, count = _reference_scores(cap, images, flat, n, settings.prompt)  # re-ranking keeps images together
+    got = torch.tensor([c.logprob for c in flat])
+    assert torch.allclose(got, total, atol=1e-4), (got, total)
+    assert [len(c.token_ids) + 1 for c in flat] == count.tolist()
+    assert all(c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + 1)) for c in flat)
+
+
+def test_generated_logprobs_flags_captions_cut_at_the_limit(captioner, images):
+    """A random model rarely ends within 3 tokens: those captions are scored teacher-forced, and the scores equal
+    a token-by-token hand computation either way."""
+    s = DecodeSettings(strategy="sample", n=2, seed=0, max_new_tokens=3, temperature=1.5)
+    out = captioner.caption(images[:2], s)
+    prefix = captioner.prefix_ids(captioner.resolve_prompt(None))
+    for image, per in zip(images[:2], out):
+        for c in per:
+            assert c.logprob == pytest.approx(manual_logprob(captioner, image, prefix, c.token_ids), abs=1e-4)
+
+
+def test_generated_logprobs_by_hand():
+    """Two rows, vocabulary 4, stop id 3, prefix 1: row 0 ends at step 1, row 1 never ends (flagged)."""
+    logits = (torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]),
+              torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]))
+    seqs = torch.tensor([[9, 2, 3], [9, 0, 1]])
+    total, count, ok = decode.generated_logprobs(seqs, logits, 1, {3}, pad_id=7, end_id=3)
+    lp = [row.log_softmax(-1) for row in logits]
+    assert ok.tolist() == [True, False]
+    assert count.tolist() == [2, 0]
+    assert float(total[0]) == pytest.approx(float(lp[0][0, 2] + lp[1][0, 3]))
+    # beams: row 0's steps come from beam rows 1 then 0
+    total_b, _, ok_b = decode.generated_logprobs(seqs[:1], logits, 1, {3}, 7, 3, beam_indices=torch.tensor([[1, 0]]))
+    assert ok_b.tolist() == [True]
+    assert float(total_b[0]) == pytest.approx(float(lp[0][1, 2] + lp[1][0, 3]))

@@ -6,8 +6,9 @@
 
 The image is encoded once per batch; Hugging Face ``generate`` on BLIP's text decoder runs greedy / beam /
 sampling exactly as ``BlipForConditionalGeneration.generate`` would (BOS first, then the prompt tokens). On
-top of that we remove the prompt on token ids, and score every caption with one teacher-forced pass: its
-log-probability under the model (temperature 1, no filtering), which ranks sampled captions.
+top of that we remove the prompt on token ids, and score every caption from ``generate``'s own raw per-step
+logits (no second decoder pass): its log-probability under the model (temperature 1, no filtering), which ranks
+sampled captions.
 """
 
 from __future__ import annotations
@@ -264,34 +265,34 @@ class Captioner:
     def _caption_batch(self, pixel_values, s: DecodeSettings) -> list[list[Caption]]:
         import torch
 
-        from vlens.caption.decode import caption_targets, strip_prompt, token_logprobs
+        from vlens.caption.decode import generated_logprobs, strip_prompt
 
         b = len(pixel_values)
         image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, L, D)
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
-        seqs = self.model.text_decoder.generate(
+        out = self.model.text_decoder.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             eos_token_id=self.sep_id,
             pad_token_id=self.pad_id,
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=image_mask,
+            output_logits=True,
+            return_dict_in_generate=True,
             **self.generate_kwargs(s),
-        )  # (B * n, P + new)
+        )
+        seqs = out.sequences  # (B * n, P + new)
         ids = strip_prompt(seqs.cpu(), len(prefix), self.eos_ids, self.pad_id)
-        # score each caption once, teacher-forced: log p(caption, end | image, prompt) at temperature 1
-        seq, mask = caption_targets(len(prefix), ids, self.sep_id, self.pad_id, prefix.cpu())
-        enc = image_embeds.repeat_interleave(s.n, dim=0)  # (B * n, L, D), the order generate returns
-        logits = self.model.text_decoder(
-            input_ids=seq.to(self.device),
-            encoder_hidden_states=enc,
-            encoder_attention_mask=image_mask.repeat_interleave(s.n, 0),
-        ).logits
-        total, count = token_logprobs(
-            logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device)
-        )  # (B*n,)
+        # each caption's log p(caption, end | image, prompt) at temperature 1, from generate's own raw logits
+        total, count, ok = generated_logprobs(seqs, out.logits, len(prefix), self.eos_ids, self.pad_id,
+                                              self.sep_id, getattr(out, "beam_indices", None))
+        if not bool(ok.all()):  # cut at the length limit (end token never scored): one teacher-forced pass
+            redo = (~ok).nonzero().flatten().tolist()
+            t2, c2 = self.teacher_forced_logprobs(image_embeds[torch.tensor(redo) // s.n], prefix.cpu(),
+                                                  [ids[i] for i in redo])
+            total[redo], count[redo] = t2, c2
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         caps = [
             Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s)
@@ -301,6 +302,22 @@ class Captioner:
         if s.strategy == "sample" and s.n > 1:
             per_image = [sorted(c, key=lambda x: x.mean_logprob, reverse=True) for c in per_image]
         return per_image
+
+    def teacher_forced_logprobs(self, image_embeds, prefix, captions: list[list[int]]):
+        """Sum and count of log p(caption, end | image, prompt) at temperature 1 by one teacher-forced decoder
+        pass: image_embeds (N, L, D), one row per caption; prefix (P,) BOS + prompt ids. Returns ((N,), (N,))
+        on the CPU. :meth:`caption` needs it only for captions cut at the length limit; tests use it as the
+        reference for the scores taken from ``generate``'s logits."""
+        import torch
+
+        from vlens.caption.decode import caption_targets, token_logprobs
+
+        seq, mask = caption_targets(len(prefix), captions, self.sep_id, self.pad_id, prefix)
+        mask_l = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (N, L)
+        logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=image_embeds,
+                                         encoder_attention_mask=mask_l).logits  # (N, T, V)
+        total, count = token_logprobs(logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device))
+        return total.float().cpu(), count.cpu()
 
     # ---- the decoding inspector ---------------------------------------------------------------------------
     def explain(self, image, settings: DecodeSettings | None = None, show: int = 8) -> Explanation:

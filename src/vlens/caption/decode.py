@@ -117,6 +117,62 @@ def caption_targets(
     return seq, mask[:, 1:]
 
 
+def generated_logprobs(
+    sequences: torch.Tensor,
+    step_logits: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    prefix_len: int,
+    stop_ids: set[int],
+    pad_id: int,
+    end_id: int,
+    beam_indices: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each caption's log-probability from ``generate``'s own per-step logits: no second decoder pass.
+
+    sequences (N, P + T) as ``generate`` returns them; ``step_logits`` T tensors (R, V), the *raw* logits of each
+    step (``output_logits=True``: temperature 1, no filtering, no repetition penalty), R = N for greedy and
+    sampling, R = batch x beams for beam search, with ``beam_indices`` (N, >= T) naming the row of each step
+    (-1 once a beam has finished). The caption is what :func:`strip_prompt` keeps: the tokens up to the first stop
+    id; its score counts those tokens and then ``end_id`` at the stop position, exactly as the teacher-forced
+    :func:`caption_targets` + :func:`token_logprobs` do.
+
+    Returns (sum (N,), count (N,), ok (N,) bool). ``ok`` is False where the logits cannot say it: the caption
+    reached the length limit without a stop (its end token was never scored) or holds a pad token; score those
+    rows teacher-forced.
+    """
+    n, steps = sequences.shape[0], len(step_logits)
+    gen = sequences[:, prefix_len : prefix_len + steps].cpu()  # (N, T') generated tokens, T' <= T
+    total = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.long)
+    ok = torch.zeros(n, dtype=torch.bool)
+    # per row: the steps that count and the target scored at each (the caption's tokens, then end_id)
+    rows, cols, targets, owners = [], [], [], []
+    for i, toks in enumerate(gen.tolist()):
+        stop = next((t for t, tok in enumerate(toks) if tok in stop_ids), None)
+        if stop is None or pad_id in toks[:stop]:
+            continue
+        ok[i] = True
+        for t in range(stop + 1):
+            row = i if beam_indices is None else int(beam_indices[i, t])
+            if row < 0:  # a finished beam has no row at this step: cannot happen before its stop
+                ok[i] = False
+                break
+            rows.append(row)
+            cols.append(t)
+            targets.append(toks[t] if t < stop else end_id)
+            owners.append(i)
+    if not rows:
+        return total.float(), count, ok
+    stacked = torch.stack([x.float() for x in step_logits])  # (T, R, V)
+    picked = stacked[torch.tensor(cols), torch.tensor(rows)]  # (K, V) the logits of every counted step
+    logp = picked.log_softmax(-1).gather(-1, torch.tensor(targets).unsqueeze(-1)).squeeze(-1)  # (K,)
+    owner = torch.tensor(owners)
+    total.index_add_(0, owner, logp.double().cpu())
+    count.index_add_(0, owner, torch.ones_like(owner))
+    bad = ~ok
+    total[bad], count[bad] = 0.0, 0
+    return total.float(), count, ok
+
+
 # ---- the decoding inspector: what the sampler could have picked at each step ------------------------------
 
 
