@@ -18,6 +18,14 @@ atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLENS_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# vlens's CPU policy (src/vlens/cpu.py), put in force before anything imports torch, for this process and every
+# CLI subprocess a test starts: passive OpenMP waiting, so the suite does not collapse on a loaded machine, and
+# one thread, because the test models are tiny (a second thread only adds contention) and single-threaded CPU
+# kernels sum in a fixed order, which the bit-exact resume tests need. VLENS_THREADS=2 tries two.
+os.environ.setdefault("VLENS_THREADS", "1")
+from vlens import cpu  # noqa: E402
+
+cpu.apply()
 
 from pathlib import Path  # noqa: E402
 
@@ -64,19 +72,6 @@ def opencv_samples(_vlens_cache) -> Path:
     if not dst.exists():
         dst.symlink_to(src, target_is_directory=True)
     return dst
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """One intra-op torch thread for the in-process tests: the models are tiny, so on 2 cores a second thread
-    only adds contention (5-20x slower on a busy machine), and single-threaded CPU kernels sum in a fixed order,
-    which the bit-exact resume tests need. Subprocess tests (torchrun, CLI kills) set their own."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -310,11 +310,13 @@ def run_steps(procs: Processes, items: Sequence, batch_size: int, load: Callable
     ``commit(pairs)`` with ``(position, result)`` pairs sorted by position: the same calls, in the same order, as a
     single process would make. A progress bar on rank 0 counts images and shows images/s.
     """
+    from vlens import cpu
     from vlens.runs import progress as bar
 
     steps = schedule(len(items), batch_size, procs.world, procs.rank)
     if len(steps) <= 1:
         workers = 0  # nothing to overlap with: starting worker processes would only cost time
+    workers = cpu.apply(workers=workers).workers  # workers + model threads within the usable cores
     pbar = bar(total=len(items), desc=desc, unit="img", disable=None if progress and procs.is_main else True)
     try:
         for batch in decoded_batches(items, steps, load, workers):

@@ -297,3 +297,35 @@ PRECISION_OPTION = typer.Option(
 WORKERS_OPTION = typer.Option(
     2, "--workers", help="Processes decoding and resizing images while the model runs (0 = none, in this process).",
     callback=check.count(lo=0, max=64))
+THREADS_HELP = ("CPU threads for torch and FAISS in this process (default: the cores this process may use, shared "
+                "with decode workers and torchrun processes on the node; VLENS_THREADS sets it too). Lower it when "
+                "other work shares the machine.")
+THREADS_OPTION = typer.Option(None, "--threads", help=THREADS_HELP, callback=check.count(1, 1024))
+
+
+def with_threads(func):
+    """``func`` with a ``--threads`` option that puts the CPU policy (:mod:`vlens.cpu`) in force before it runs.
+
+    The CLI wraps every command that does heavy work with this (see ``LIGHT_COMMANDS`` in ``cli/main.py``), so
+    the option means the same everywhere and no command sets thread counts itself. Commands with their own
+    ``threads`` parameter (``serve``: threads per request) apply the policy themselves and are left alone.
+    """
+    import functools
+    import inspect
+
+    sig = inspect.signature(func, eval_str=True)
+    if "threads" in sig.parameters:
+        return func
+
+    @functools.wraps(func)
+    def wrapper(*args, threads: int | None = None, **kwargs):
+        from vlens import cpu
+
+        cpu.apply(threads)
+        return func(*args, **kwargs)
+
+    param = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=THREADS_OPTION,
+                              annotation=int | None)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    wrapper.__annotations__ = {**func.__annotations__, "threads": "int | None"}
+    return wrapper

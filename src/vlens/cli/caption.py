@@ -539,8 +539,8 @@ def train_cmd(
     threads: int = typer.Option(
         0,
         "--threads",
-        help="CPU threads for torch (0 = torch's default). On a busy "
-        "machine 1 is often much faster than oversubscribing.",
+        help="CPU threads for torch (0 = vlens's CPU policy: the cores this process may use, shared with the "
+        "other processes torchrun starts on the node; VLENS_THREADS sets it too).",
         callback=check.count(0, 1024),
     ),
     mixed_precision: str = PRECISION_OPTION,
@@ -548,12 +548,10 @@ def train_cmd(
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation
     BLEU-4 / CIDEr each epoch with the best kept in OUT/best, atomic checkpoints and --resume.
     Works under `accelerate launch` (multi-process) too."""
+    from vlens import cpu
     from vlens.caption.train import TrainConfig, train
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    cpu.apply(threads or None)
     cfg = TrainConfig(
         str(data),
         str(out),

@@ -45,6 +45,24 @@ def _root(version: bool = typer.Option(False, "--version", "-V", callback=_versi
 for _name in COMMAND_MODULES:
     importlib.import_module(f"vlens.cli.{_name}").register(app)
 
+# Commands that only read or move files: every other command does heavy work and takes --threads.
+LIGHT_COMMANDS = {"data inspect", "data fetch", "models", "index info"}
+
+
+def _with_threads_everywhere(typer_app: typer.Typer, path: str = "") -> None:
+    """Give every heavy command the shared ``--threads`` option (``cli._common.with_threads``)."""
+    from vlens.cli._common import with_threads
+
+    for info in typer_app.registered_commands:
+        name = f"{path}{info.name or info.callback.__name__}"
+        if name not in LIGHT_COMMANDS and path.strip() not in LIGHT_COMMANDS:
+            info.callback = with_threads(info.callback)
+    for group in typer_app.registered_groups:
+        _with_threads_everywhere(group.typer_instance, f"{path}{group.name} ")
+
+
+_with_threads_everywhere(app)
+
 
 class Interrupted(BaseException):
     """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt (which the CLI framework swallows)."""
@@ -101,6 +119,13 @@ def invoke(command, argv: list[str] | None = None) -> int:
     exits = (click.exceptions.Exit, typer.exceptions.Exit)
     aborts = (click.exceptions.Abort, typer.exceptions.Abort)
 
+    from vlens import cpu
+
+    try:  # before any command imports torch: libgomp reads its wait policy once, when torch loads
+        cpu.apply()
+    except Exception as exc:  # noqa: BLE001 - a bad VLENS_THREADS is a user error, said like every other one
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        return 1
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never fatal
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

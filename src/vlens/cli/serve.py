@@ -29,8 +29,9 @@ def serve_cmd(
                                         callback=check.number(0, 1024, lo_open=True)),
     preload: bool = typer.Option(True, help="Load the search model at start (first query is then fast)."),
     threads: int = typer.Option(1, "--threads", help="Torch and FAISS threads per request. 1 (default) suits "
-                                "small models and many concurrent users: requests run in parallel instead; raise "
-                                "it for a large model and few users.", callback=check.count(1, 1024)),
+                                "small models and many concurrent users: requests run in parallel instead (as many "
+                                "at once as the usable cores hold); raise it for a large model and few users.",
+                                callback=check.count(1, 1024)),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.
 
@@ -52,12 +53,10 @@ def serve_cmd(
         raise ConfigError("--max-upload-mb must be positive")
     if threads < 1:
         raise ConfigError("--threads must be at least 1")
-    import faiss
-    import torch
+    from vlens import cpu
 
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    app = create_app(index=index, captioner=captioner, backbone=backbone,
+    plan = cpu.apply(threads, slots=0)  # as many concurrent requests as the cores hold at --threads each
+    app = create_app(cpu_slots=plan.slots, index=index, captioner=captioner, backbone=backbone,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     if preload:
         app.state.services.preload()

@@ -138,8 +138,9 @@ def train_cmd(
                                    callback=check.count(0)),
     workers: int = typer.Option(0, help="DataLoader processes for cropping; 0 is best on 2 cores.",
                                 callback=check.count(0, 256)),
-    threads: int = typer.Option(0, help="torch CPU threads per process (0 = torch's default, all cores). Use 1 "
-                                "on a busy machine or with several processes per machine.",
+    threads: int = typer.Option(0, help="torch CPU threads per process (0 = vlens's CPU policy: the cores this "
+                                "process may use, shared with the other processes torchrun starts on the node; "
+                                "VLENS_THREADS sets it too).",
                                 callback=check.count(0, 1024)),
     config: Path = typer.Option(None, "--config", help="JSON file of settings (e.g. a previous run's config.json); "
                                 "flags given explicitly override it.", callback=check.existing("file")),
@@ -152,12 +153,10 @@ def train_cmd(
 
       vlens ssl train --images photos --epochs 20 --samples-per-epoch 256 --out runs/dino
     """
+    from vlens import cpu
     from vlens.ssl.train import DINOConfig, load_config, train
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    cpu.apply(threads or None)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
     cfg = load_config(config) if config else DINOConfig()
     crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale", "flip_p", "gray_p",

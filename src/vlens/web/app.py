@@ -344,9 +344,14 @@ def _hits(hits) -> list[Hit]:
 
 
 def create_app(index=None, captioner: str | None = None, backbone: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
-    """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs."""
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None) -> FastAPI:
+    """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
+    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy)."""
+    global CPU_SLOTS, _cpu_limiter
     from vlens import __version__
+
+    if cpu_slots:
+        CPU_SLOTS, _cpu_limiter = int(cpu_slots), None
 
     svc = Services(index, captioner, backbone)
     app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,
