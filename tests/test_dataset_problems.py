@@ -66,7 +66,7 @@ def test_coco_annotations_without_image_id_or_caption(tmp_path):
                                 "annotations": [{"image_id": 1, "caption": "a cat"}, {"caption": "a dog"},
                                                 {"image_id": 1}]}))
     ds = load_dataset(path, strict=False)
-    assert ds.problems == ["annotations[1]: no 'image_id'", "annotations[2] (image_id 1): no 'caption' text",
-                           "images[1]: needs 'id' and 'file_name'"]
-    with pytest.raises(DatasetError, match=r"annotations\[1\]: no 'image_id'"):
+    assert ds.problems == ["images[1]: needs 'id' and 'file_name'", "annotations[1]: no 'image_id'",
+                           "annotations[2] (image_id 1): no 'caption' text"]
+    with pytest.raises(DatasetError, match=r"images\[1\]: needs 'id' and 'file_name'"):
         load_dataset(path)

@@ -83,6 +83,20 @@ def load_image(source, *, max_pixels: int | None = None, name: str | None = None
         raise ImageLoadError(label, reason) from None
 
 
+def image_size(path) -> tuple[int, int]:
+    """(W, H) of an image file from its header (nothing decoded); ImageLoadError if it cannot be read."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ImageLoadError(path, "no such file" if not path.exists() else "not a readable image file")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(path, str(exc) or type(exc).__name__) from None
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; transparency is composited on a white background."""
     mode = im.mode

@@ -92,9 +92,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     from vlens.errors import DatasetError
     from vlens.runs import RunDir, write_json
 
+    samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)  # a bad file fails before the model loads
     captioner = Captioner.from_spec(cfg.model, device=cfg.device, dtype=cfg.dtype)
     settings, notes = captioner.prepare(cfg.settings)
-    samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)
     if not samples:
         raise DatasetError(f"no readable images in the '{cfg.split}' split of {cfg.data}; " + skips.summary())
     results, scores = caption_and_score(captioner, samples, images, settings, cfg.metrics, cfg.tokenizer)
@@ -147,6 +147,7 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
 
     if cfg.seeds < 1:
         raise ConfigError("--seeds must be >= 1 (sampling is random: use 3 or more to see the spread)")
+    samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)  # a bad file fails before the model loads
     captioner = Captioner.from_spec(cfg.model)
     cfg = replace(cfg, prompts=tuple(dict.fromkeys(captioner.resolve_prompt(p) for p in cfg.prompts)))
     for p in cfg.prompts:  # fail on a bad prompt before any run
@@ -157,7 +158,6 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
     for k in cfg.top_k:
         if k <= 0:
             raise ConfigError(f"top-k must be >= 1 (got {k})")
-    samples, images, skips = load_split(cfg.data, cfg.split, cfg.limit)
     objects = scene_objects(cfg.data)
     columns = list(cfg.metrics) + ([f"acc:{a}" for a in SWEEP_ATTRIBUTES] if objects else [])
     run = RunDir(cfg.out, cfg)

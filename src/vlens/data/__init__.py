@@ -96,8 +96,8 @@ def detect_format(path) -> str:
     if isinstance(head, dict) and isinstance(head.get("images"), list):
         if "annotations" in head:
             return "coco"
-        first = head["images"][0] if head["images"] else {}
-        if "sentences" in first or "filename" in first:
+        first = next((im for im in head["images"] if isinstance(im, dict)), {})
+        if "sentences" in first or "filename" in first or not first:  # entries are checked by the loader
             return "karpathy"
     raise DatasetError(f"{p}: JSON is neither Karpathy split format (images[].sentences) nor COCO captions "
                        "(images + annotations)")
@@ -125,10 +125,31 @@ def load_dataset(path, images_root=None, strict: bool = True) -> CaptionDataset:
     return ds.check() if strict else ds
 
 
+def id_problem(value) -> str | None:
+    """Why ``value`` cannot identify an image (ids key predictions to references), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, str) and not value.strip()):
+        return f"its id {value!r} is not a number or a non-empty text"
+    return None
+
+
+def duplicate_ids(samples: list[Sample]) -> list[str]:
+    """One problem per id used by more than one image (their captions would be scored against each other's)."""
+    seen: dict[str, int] = Counter(s.id for s in samples)
+    return [f"id {k!r} is used by {n} images; ids must be unique" for k, n in seen.items() if n > 1]
+
+
+def no_caption_problem(captions) -> str | None:
+    if not any(c.strip() for c in captions):
+        return "has no caption (every image needs at least one non-empty caption for training and evaluation)"
+    return None
+
+
 def _read_json(p: Path):
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {p}: {exc}") from None
+    except RecursionError:
+        raise DatasetError(f"{p} is nested too deeply to be a dataset file") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None

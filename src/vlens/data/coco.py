@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from vlens.data import CaptionDataset, Sample, _read_json
+from vlens.data import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
 from vlens.errors import DatasetError
 
 
@@ -36,20 +36,33 @@ def load_coco(path, images_root=None) -> CaptionDataset:
         root = next((c for c in candidates if c.is_dir()), p.parent)
     if not isinstance(images, list) or not isinstance(anns, list):
         raise DatasetError(f"{p}: COCO 'images' and 'annotations' must be lists")
-    caps, problems = defaultdict(list), []
+    problems, ids = [], {}
+    for i, im in enumerate(images):
+        name = im.get("file_name") if isinstance(im, dict) else None
+        if not isinstance(im, dict) or "id" not in im or not isinstance(name, str) or not name.strip() \
+                or "\x00" in name:
+            problems.append(f"images[{i}]: needs 'id' and 'file_name'")
+        elif id_problem(im["id"]):
+            problems.append(f"images[{i}] ({name}): 'id' {im['id']!r} is not a number or a non-empty text")
+        elif im["id"] in ids:
+            problems.append(f"images[{i}] ({name}): 'id' {im['id']!r} is also images[{ids[im['id']][0]}]'s")
+        else:
+            ids[im["id"]] = (i, name)
+    caps = defaultdict(list)
     for j, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a:
             problems.append(f"annotations[{j}]: no 'image_id'")
+        elif id_problem(a["image_id"]) or a["image_id"] not in ids:
+            problems.append(f"annotations[{j}]: 'image_id' {a['image_id']!r} is not the id of an image")
         elif not isinstance(a.get("caption"), str):
             problems.append(f"annotations[{j}] (image_id {a['image_id']}): no 'caption' text")
         else:
             caps[a["image_id"]].append(a["caption"].strip())
     split = _guess_split(p.stem)
     samples = []
-    for i, im in enumerate(images):
-        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-            problems.append(f"images[{i}]: needs 'id' and 'file_name'")
-            continue
-        samples.append(Sample(image_path=root / im["file_name"], captions=tuple(caps.get(im["id"], ())),
-                              split=split, id=str(im["id"])))
+    for key, (i, name) in ids.items():
+        if no_caption_problem(caps.get(key, ())):
+            problems.append(f"images[{i}] ({name}) {no_caption_problem(caps.get(key, ()))}")
+        samples.append(Sample(image_path=root / name, captions=tuple(caps.get(key, ())), split=split, id=str(key)))
+    problems += [f"images: {p}" for p in duplicate_ids(samples)]
     return CaptionDataset(samples, "coco", p, problems=problems)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlens.data import CaptionDataset, Sample, _read_json
+from vlens.data import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
 from vlens.errors import DatasetError
 
 
@@ -23,36 +23,54 @@ def load_karpathy(path, images_root=None) -> CaptionDataset:
     samples, problems = [], []
     for i, im in enumerate(images):
         if not isinstance(im, dict):
-            problems.append(f"images[{i}] is a {type(im).__name__}, not an object")
+            problems.append(f"images[{i}] is {'null' if im is None else 'a ' + type(im).__name__}, not an object")
             continue
         filename = im.get("filename")
-        if not isinstance(filename, str) or not filename.strip():
-            problems.append(f"images[{i}]: no 'filename'")
+        if not isinstance(filename, str) or not filename.strip() or "\x00" in filename:
+            problems.append(f"images[{i}]: no 'filename'" if filename is None else
+                            f"images[{i}]: 'filename' {filename!r} is not a file name")
             continue
         split = im.get("split", "train")
-        if not isinstance(split, str):
-            problems.append(f"images[{i}] ({filename}): 'split' is not a string")
+        if not isinstance(split, str) or not split.strip():
+            problems.append(f"images[{i}] ({filename}): 'split' {split!r} is not a split name")
             continue
         split = "train" if split == "restval" else split
+        filepath = im.get("filepath", "")
+        if filepath is None:
+            filepath = ""
+        if not isinstance(filepath, str) or "\x00" in filepath:
+            problems.append(f"images[{i}] ({filename}): 'filepath' {filepath!r} is not a folder name")
+            continue
+        mask = im.get("mask")
+        if mask is not None and (not isinstance(mask, str) or "\x00" in mask):
+            problems.append(f"images[{i}] ({filename}): 'mask' {mask!r} is not a file name")
+            continue
+        key = next((k for k in ("cocoid", "imgid", "id") if k in im), None)
+        if key is not None and id_problem(im[key]):
+            problems.append(f"images[{i}] ({filename}): '{key}' {im[key]!r} is not a number or a non-empty text")
+            continue
         sentences = im.get("sentences", [])
         if not isinstance(sentences, list):
             problems.append(f"images[{i}] ({filename}): 'sentences' is not a list")
             continue
-        caps = []
+        caps, bad = [], False
         for j, sent in enumerate(sentences):
             raw = sent.get("raw") if isinstance(sent, dict) else None
             if not isinstance(raw, str):  # an empty caption is data (counted and skipped by the users)
                 what = "is not an object" if not isinstance(sent, dict) else \
                     "has no 'raw' text" if "raw" not in sent else f"has a non-text 'raw' ({type(raw).__name__})"
                 problems.append(f"images[{i}].sentences[{j}] ({filename}) {what}")
+                bad = True
                 continue
             caps.append(raw.strip())
-        mask = im.get("mask")
+        if not bad and no_caption_problem(caps):
+            problems.append(f"images[{i}] ({filename}) {no_caption_problem(caps)}")
         samples.append(Sample(
-            image_path=root / str(im.get("filepath", "")) / filename,
+            image_path=root / filepath / filename,
             captions=tuple(caps),
             split=split,
-            id=str(im.get("cocoid", im.get("imgid", im.get("id", i)))),
-            mask_path=(root / mask) if isinstance(mask, str) and mask else None,
+            id=str(im[key] if key is not None else i),
+            mask_path=(root / mask) if mask else None,
         ))
+    problems += [f"images: {p}" for p in duplicate_ids(samples)]
     return CaptionDataset(samples, "karpathy", json_path, problems=problems)

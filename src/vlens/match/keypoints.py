@@ -53,25 +53,38 @@ class KeypointPair:
 
 
 def _read_pair(path: Path, images: Path) -> KeypointPair:
+    """One pair annotation, every field used checked (types, finite numbers, shapes, points inside the images)
+    before any image is decoded; a one-line DatasetError names the file and the field otherwise."""
+    from vlens import fields
+    from vlens.images import image_size
+
     try:
-        a = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"SPair annotation {path}: cannot read it ({exc})") from None
+        a = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DatasetError(f"SPair annotation {path}: cannot read it ({str(exc) or type(exc).__name__})") from None
+    if not isinstance(a, dict):
+        raise DatasetError(f"SPair annotation {path}: expected a JSON object, got {type(a).__name__}")
     missing = [k for k in ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox") if k not in a]
     if missing:
         raise DatasetError(f"SPair annotation {path}: missing {', '.join(missing)}")
-    src = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2) + 0.5
-    trg = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2) + 0.5
-    if len(src) != len(trg) or len(src) == 0:
+    where = f"SPair annotation {path}: field"
+    cat = fields.relative_file(a["category"], f"{where} 'category'")
+    names = {k: fields.relative_file(a[k], f"{where} '{k}'") for k in ("src_imname", "trg_imname")}
+    src = fields.matrix(a["src_kps"], f"{where} 'src_kps' (a list of [x, y])", cols=2, min_rows=1) + 0.5
+    trg = fields.matrix(a["trg_kps"], f"{where} 'trg_kps' (a list of [x, y])", cols=2, min_rows=1) + 0.5
+    if len(src) != len(trg):
         raise DatasetError(f"SPair annotation {path}: {len(src)} source but {len(trg)} target keypoints")
-    box = np.asarray(a["trg_bndbox"], dtype=np.float64).reshape(-1)
-    if box.size != 4 or box[2] <= box[0] or box[3] <= box[1]:
+    box = fields.vector(a["trg_bndbox"], f"{where} 'trg_bndbox' ([x1, y1, x2, y2])", size=4)
+    if box[2] <= box[0] or box[3] <= box[1]:
         raise DatasetError(f"SPair annotation {path}: trg_bndbox must be [x1, y1, x2, y2] with x2 > x1, y2 > y1")
-    cat = str(a["category"])
-    s_img, t_img = images / cat / a["src_imname"], images / cat / a["trg_imname"]
+    s_img, t_img = images / cat / names["src_imname"], images / cat / names["trg_imname"]
     for p in (s_img, t_img):
         if not p.is_file():
             raise DatasetError(f"SPair annotation {path.name} names {p}, which does not exist")
+    s_size, t_size = image_size(s_img), image_size(t_img)
+    fields.inside(src, s_size, f"{where} 'src_kps' (of {s_img.name})")
+    fields.inside(trg, t_size, f"{where} 'trg_kps' (of {t_img.name})")
+    fields.inside(box.reshape(2, 2), t_size, f"{where} 'trg_bndbox' (of {t_img.name})")
     return KeypointPair(path.stem, cat, s_img, t_img, src, trg, box)
 
 

@@ -140,21 +140,34 @@ class Pair:
         return np.stack([xy[:, 0] - disp, xy[:, 1] + 0 * disp], axis=1)  # both nan where unknown
 
 
+DISPARITY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 def read_disparity(path: Path, scale: float = 1.0, unknown: float | None = 0.0) -> np.ndarray:
     """A disparity image (PNG/PFM-free formats PIL reads) -> float disparities in pixels (value / scale), nan where
     the value equals ``unknown``."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"disparity file {path}: no such file")
-    if not scale or scale <= 0:
-        raise DatasetError(f"disparity file {path}: the scale must be positive, got {scale}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise DatasetError(f"disparity file {path}: the scale must be a positive finite number, got {scale!r}")
+    if unknown is not None and (isinstance(unknown, bool) or not isinstance(unknown, int | float)
+                                or not math.isfinite(unknown)):
+        raise DatasetError(f"disparity file {path}: the unknown value must be a finite number or None, got "
+                           f"{unknown!r}")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im if im.mode in ("L", "I", "I;16", "F") else im.convert("L")).astype(np.float64)
-    except OSError as exc:
+            if im.mode not in DISPARITY_MODES:
+                raise DatasetError(f"disparity file {path}: a disparity map has one channel (8/16-bit or float "
+                                   f"grey), this is a {im.mode} image; save the disparities as a grey PNG")
+            arr = np.asarray(im).astype(np.float64)
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"disparity file {path}: cannot read it ({exc})") from None
     if arr.ndim != 2:
         raise DatasetError(f"disparity file {path}: expected a single-channel image, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DatasetError(f"disparity file {path}: holds NaN or infinite values; mark unknown pixels with one "
+                           "value (disparity_unknown) instead")
     out = arr / scale
     if unknown is not None:
         out[arr == unknown] = np.nan
@@ -254,26 +267,64 @@ def load_manifest(path: str | Path) -> list[Pair]:
     if not isinstance(entries, list) or not entries:
         raise DatasetError(f"manifest {path}: expected {{\"pairs\": [...]}} with at least one pair")
     base = path.parent
-    pairs = []
+    pairs, names = [], set()
     for i, e in enumerate(entries):
-        if not isinstance(e, dict) or "source" not in e or "target" not in e:
-            raise DatasetError(f"manifest {path}: pair {i + 1} needs 'source' and 'target'")
-        name = str(e.get("name", f"pair{i + 1}"))
-        src, tgt = base / e["source"], base / e["target"]
-        for p in (src, tgt):
-            if not p.is_file():
-                raise DatasetError(f"manifest {path}: pair '{name}' names {p}, which does not exist")
-        h = d = None
-        if "homography" in e:
-            h = e["homography"]
-            h = read_homography(base / h) if isinstance(h, str) else check_homography(
-                np.asarray(h, dtype=np.float64), f"manifest {path}: pair '{name}'")
-        if "disparity" in e:
-            d = read_disparity(base / e["disparity"], float(e.get("disparity_scale", 1.0)),
-                               e.get("disparity_unknown", 0))
-        pairs.append(make_pair(name, src, tgt, homography=h, disparity=d,
-                               convention=e.get("convention", "opencv")))
+        try:
+            pairs.append(_manifest_pair(path, base, i, e))
+        except DatasetError as exc:  # a problem in a file the entry names: say which manifest entry named it
+            if str(path) in str(exc):
+                raise
+            raise DatasetError(f"manifest {path}: pair {i + 1}: {exc}") from None
+        if pairs[-1].name in names:
+            raise DatasetError(f"manifest {path}: two pairs are named '{pairs[-1].name}'; give each its own name")
+        names.add(pairs[-1].name)
     return pairs
+
+
+MANIFEST_FIELDS = ("name", "source", "target", "homography", "convention", "disparity", "disparity_scale",
+                   "disparity_unknown")
+
+
+def _manifest_pair(path: Path, base: Path, i: int, e) -> Pair:
+    """Entry ``i`` of a manifest, every field checked before any image is read (one line naming the field)."""
+    from vlens import fields
+
+    if not isinstance(e, dict):
+        raise DatasetError(f"manifest {path}: pair {i + 1} is {fields._show(e)}, not an object with 'source' and "
+                           "'target'")
+    e = {k: v for k, v in e.items() if v is not None or k == "disparity_unknown"}  # null = not given
+    name = fields.text(e["name"], f"manifest {path}: pair {i + 1} field 'name'") if "name" in e else f"pair{i + 1}"
+    where = f"manifest {path}: pair '{name}'"
+    unknown = sorted(set(e) - set(MANIFEST_FIELDS))
+    if unknown:
+        raise DatasetError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (known: "
+                           f"{', '.join(MANIFEST_FIELDS)})")
+    for key in ("source", "target"):
+        if key not in e:
+            raise DatasetError(f"{where} needs '{key}'")
+    src, tgt = (base / fields.relative_file(e[k], f"{where} field '{k}'") for k in ("source", "target"))
+    for p in (src, tgt):
+        if not p.is_file():
+            raise DatasetError(f"{where} names {p}, which does not exist")
+    convention = e.get("convention", "opencv")
+    if convention not in ("opencv", "vlens"):
+        raise DatasetError(f"{where} field 'convention': {fields._show(convention)} is not 'opencv' or 'vlens'")
+    if ("homography" in e) == ("disparity" in e):
+        raise DatasetError(f"{where}: give exactly one of 'homography' or 'disparity'")
+    h = d = None
+    if "homography" in e:
+        h = e["homography"]
+        hw = f"{where} field 'homography'"
+        h = read_homography(base / fields.relative_file(h, hw)) if isinstance(h, str) else check_homography(
+            fields.matrix(h, hw + " (a file name or 3 rows of 3 numbers)", rows=3, cols=3), hw)
+    else:
+        scale = fields.number(e.get("disparity_scale", 1.0), f"{where} field 'disparity_scale'", lo=0, lo_open=True)
+        unknown_value = e.get("disparity_unknown", 0)
+        if unknown_value is not None:
+            unknown_value = fields.number(unknown_value, f"{where} field 'disparity_unknown' (a number or null)")
+        d = read_disparity(base / fields.relative_file(e["disparity"], f"{where} field 'disparity'"), scale,
+                           unknown_value)
+    return make_pair(name, src, tgt, homography=h, disparity=d, convention=convention)
 
 
 def opencv_pairs() -> list[Pair]:
