@@ -11,7 +11,8 @@ from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultC
 MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
               "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
               "px, P=16, S=48 by default: the classical anchor), 'pixels' or 'pixels:P' (raw P x P pixel patches) "
-              "or 'random:SPEC' (SPEC's architecture, random weights).")
+              "or 'random:SPEC' (SPEC's architecture, random weights); or a fusion 'A+B' / 'A*0.3+B*0.7' (each part "
+              "L2-normalised per patch, weighted, concatenated on the finest part's grid).")
 LAYER_HELP = ("Transformer block to read, counted from 1; -1 = the last (for builtin:dino-tiny the last matches "
               "real pairs best).")
 FACET_HELP = ("token (block output) or the attention's key / query / value. DINO papers find 'key' best for "

@@ -344,11 +344,22 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
 
 def baseline_specs(model: str) -> list[str]:
     """The baselines run beside ``model``: dense SIFT and raw pixels (both at the model's patch size) and the same
-    architecture with random weights."""
-    from vlens.match.features import load_backbone
+    architecture with random weights. For a fusion ``A+B``: its parts first, then the same anchors (the fusion's
+    finest patch size) and the fusion with random weights in its learnt parts."""
+    from vlens.match.features import fused_parts, load_backbone
 
-    p = load_backbone(model).patch_size
-    return [f"sift:{p}", f"pixels:{p}", f"random:{model}"]
+    bb = load_backbone(model)
+    p = bb.patch_size
+    fused = fused_parts(model)
+    if fused is None:
+        return [f"sift:{p}", f"pixels:{p}", f"random:{model}"]
+    raw = model.split("+")
+    random = "+".join(r if not b.has_model else f"random:{r}" for r, (b, _) in zip(raw, bb.parts))
+    out = []
+    for spec in [name for name, _ in fused] + [f"sift:{p}", f"pixels:{p}"] + ([random] if random != model else []):
+        if spec not in out and spec != model:
+            out.append(spec)
+    return out
 
 
 # -------------------------------------------------------------------------------------------- outputs

@@ -100,6 +100,8 @@ def short_model(spec: str) -> str:
     """A short label for a model spec (folder paths shortened to their last part)."""
     from pathlib import Path
 
+    if "+" in spec and not Path(spec).exists():  # a fusion: each part shortened, weights kept
+        return "+".join(short_model(p) for p in spec.split("+"))
     if spec.startswith("random:"):
         return "random " + short_model(spec.split(":", 1)[1])
     if "/" in spec and Path(spec).exists():

@@ -13,6 +13,12 @@ Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin
 ``sift``, ``sift:P`` or ``sift:P:S`` (OpenCV's SIFT descriptor at the centre of every P x P patch, P=16 by
 default, over a support of S pixels, 48 by default: the classical anchor, see :mod:`vlens.match.sift`). Every
 spec returns the same :class:`DenseFeatures`; loaded models are cached per spec.
+
+Fused specs: ``A+B`` or with weights ``A*0.3+B*0.7`` (any number of parts, each any spec above; weight 1 when
+left out). Each part's descriptors are put on one grid, the finest part's (a coarser part is resampled bilinearly
+at the finest part's patch centres, in the original image's pixels), L2-normalised per patch, multiplied by
+their weight and concatenated: ``d = [w_A a / |a|, w_B b / |b|]``. ``layer`` and ``facet`` apply to the parts with
+a model; ``sift`` and ``pixels`` parts always give their one descriptor.
 """
 
 from __future__ import annotations
@@ -95,8 +101,9 @@ class Backbone:
     std: tuple[float, float, float]
     num_prefix: int  # CLS + register tokens to drop
     num_layers: int
-    model_type: str  # the HF model type, or "pixels" / "sift" for the descriptors without a model
+    model_type: str  # the HF model type, or "pixels" / "sift" / "fused" for the descriptors without a model
     support: float = 0.0  # sift: descriptor support in input pixels
+    parts: tuple = ()  # fused: ((Backbone, weight), ...)
 
     @property
     def is_pixels(self) -> bool:
@@ -117,9 +124,37 @@ class Backbone:
         raise ModelLoadError(f"cannot find the transformer blocks of '{self.spec}' ({self.model_type})")
 
 
+def fused_parts(spec: str) -> list[tuple[str, float]] | None:
+    """The parts ``[(spec, weight), ...]`` of a fused spec ``A+B`` / ``A*0.3+B*0.7``; None for a plain spec (an
+    existing folder is never split). One-line :class:`ConfigError` for a malformed fusion."""
+    import math
+    from pathlib import Path
+
+    if not spec or ("+" not in spec and "*" not in spec) or Path(spec).exists():
+        return None
+    if "+" not in spec:
+        raise ConfigError(f"'{spec}': a weight needs a fusion, e.g. builtin:dino-tiny*0.3+sift:8*0.7")
+    parts = []
+    for raw in spec.split("+"):
+        name, weight = raw.strip(), 1.0
+        if "*" in name:
+            name, w = name.rsplit("*", 1)
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = float("nan")
+            if not math.isfinite(weight) or weight <= 0:
+                raise ConfigError(f"'{spec}': the weight of '{name}' must be a positive number, got '{w}'")
+        if not name or "*" in name:
+            raise ConfigError(f"'{spec}': write a fusion as A+B or A*0.3+B*0.7 (each part a descriptor spec)")
+        parts.append((name, weight))
+    return parts
+
+
 def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
-    """Load (and cache) a backbone for dense features. ``spec``: model spec, ``pixels`` or ``random:SPEC``; none:
-    the match default (:func:`vlens.models.default_spec`, resolved before the cache so it is keyed by the answer)."""
+    """Load (and cache) a backbone for dense features. ``spec``: model spec, ``pixels``, ``sift``, ``random:SPEC``
+    or a fusion ``A+B`` / ``A*0.3+B*0.7`` of them; none: the match default (:func:`vlens.models.default_spec`,
+    resolved before the cache so it is keyed by the answer)."""
     from vlens.models import default_spec
 
     return _load_backbone(spec or default_spec("backbone"), pixels_patch)
@@ -128,6 +163,12 @@ def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
 @functools.lru_cache(maxsize=8)
 def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
     from vlens.models import load
+
+    fused = fused_parts(spec)
+    if fused is not None:
+        bbs = tuple((load_backbone(name, pixels_patch), w) for name, w in fused)
+        return Backbone(spec, None, min(b.patch_size for b, _ in bbs), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, 0,
+                        "fused", parts=bbs)
     for kind in ("pixels", "sift"):
         if spec == kind or spec.startswith(kind + ":"):
             parts = spec.split(":")[1:] or [str(pixels_patch)]
@@ -172,6 +213,8 @@ def placed(bb: Backbone, device=None, dtype=None) -> Backbone:
     The model is a copy, made once per (model, device, dtype): moving the cached backbone itself would hand bf16
     or a GPU model to every later caller in the process (the web app, a notebook) that asked for neither.
     """
+    if bb.parts:
+        return dataclasses.replace(bb, parts=tuple((placed(p, device, dtype), w) for p, w in bb.parts))
     if bb.model is None or (device is None and dtype is None):
         return bb
     from vlens.devices import resolve_device, resolve_dtype
@@ -269,6 +312,8 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     bb = placed(model if isinstance(model, Backbone) else load_backbone(model), device, dtype)
     if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
         images = [images]
+    if bb.parts:
+        return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size)
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
     if not bb.has_model and facet != "token":
         raise ConfigError(f"'{bb.spec}' has no attention facets; use facet 'token'")
@@ -303,3 +348,59 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
                 results[i] = DenseFeatures(desc[k].contiguous(), centers, (w0, h0), (w_in, h_in), bb.patch_size,
                                            bb.spec, layer, facet, note)
     return results  # type: ignore[return-value]
+
+
+def resample_grid(desc: torch.Tensor, patch: int, input_size: tuple[int, int], image_size: tuple[int, int],
+                  centers: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a descriptor grid (h, w, d) at points ``centers`` (n, 2) in original-image pixels:
+    (n, d). The grid's patch ``(i, j)`` sits at ``((j + 0.5) p W / W_in, (i + 0.5) p H / H_in)``; points beyond
+    the outer patch centres take the border patches' values."""
+    h, w, d = desc.shape
+    u = centers[:, 0] * input_size[0] / image_size[0] / patch - 0.5  # (n,) in patch units: centre j -> j
+    v = centers[:, 1] * input_size[1] / image_size[1] / patch - 0.5
+    gx = u / max(w - 1, 1) * 2 - 1 if w > 1 else torch.zeros_like(u)
+    gy = v / max(h - 1, 1) * 2 - 1 if h > 1 else torch.zeros_like(v)
+    grid = torch.stack([gx, gy], dim=-1).float()[None, None]  # (1, 1, n, 2)
+    out = torch.nn.functional.grid_sample(desc.permute(2, 0, 1)[None].float(), grid, mode="bilinear",
+                                          padding_mode="border", align_corners=True)  # (1, d, 1, n)
+    return out[0, :, 0].T  # (n, d)
+
+
+def fuse_features(parts: Sequence[DenseFeatures], weights: Sequence[float], spec: str) -> DenseFeatures:
+    """One image's fused descriptors (module docstring): every part on the finest part's grid, L2-normalised per
+    patch, weighted and concatenated."""
+    ref = min(parts, key=lambda f: f.patch_size)  # the first of the finest
+    gh, gw = ref.grid
+    blocks = []
+    for f, wt in zip(parts, weights):
+        if f.image_size != ref.image_size:
+            raise ConfigError(f"'{spec}': the parts saw different images ({f.image_size} vs {ref.image_size})")
+        if f.grid == ref.grid and f.input_size == ref.input_size and f.patch_size == ref.patch_size:
+            flat = f.flat  # the same grid: no resampling
+        else:
+            h, w = f.grid
+            if (h < 2 and gh > 1) or (w < 2 and gw > 1):
+                raise ConfigError(f"'{spec}': cannot align the {h}x{w} patch grid of '{f.model}' with the {gh}x{gw} "
+                                  f"grid of '{ref.model}' (a grid needs 2 patches per side to be resampled); use a "
+                                  "larger --size or parts with closer patch sizes")
+            flat = resample_grid(f.descriptors, f.patch_size, f.input_size, f.image_size, ref.centers)
+        blocks.append(wt * torch.nn.functional.normalize(flat.float(), dim=-1))
+    desc = torch.cat(blocks, dim=-1).reshape(gh, gw, -1)
+    note = next((f.note for f in parts if f.note), "")
+    return dataclasses.replace(ref, descriptors=desc.contiguous(), model=spec, note=note)
+
+
+def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, batch_size: int
+                    ) -> list[DenseFeatures]:
+    """:func:`extract_features` for a fused backbone: each part on the images, then :func:`fuse_features`."""
+    from vlens.images import load_image
+
+    imgs = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+    for im, src in zip(imgs, images):  # keep the names for one-line errors about the image
+        if not isinstance(src, Image.Image):
+            im.info.setdefault("vlens_source", str(src))
+    per_part = [extract_features(imgs, part, layer=layer if part.has_model else -1,
+                                 facet=facet if part.has_model else "token", size=size, batch_size=batch_size)
+                for part, _ in bb.parts]
+    weights = [w for _, w in bb.parts]
+    return [fuse_features([feats[i] for feats in per_part], weights, bb.spec) for i in range(len(imgs))]

@@ -72,8 +72,12 @@ def model_folder(spec: str) -> Path | None:
 
 def training_images(spec: str) -> list[dict]:
     """The training images a model lists (empty when it lists none)."""
+    from vlens.match.features import fused_parts
     from vlens.runs import read_json
 
+    fused = fused_parts(spec)
+    if fused is not None:  # a fusion was trained on what any of its parts was trained on
+        return [row for name, _ in fused for row in training_images(name)]
     folder = model_folder(spec)
     if folder is None or not (folder / FILENAME).is_file():
         return []
