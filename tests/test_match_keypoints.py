@@ -95,5 +95,9 @@ def test_bench_keypoints_cli(cli, tmp_path, tiny_vit):
     assert [r["descriptor"] for r in res] == [str(tiny_vit), "sift:8", "pixels:8", f"random:{tiny_vit}"]
     assert all(0 <= r["pck_point"] <= 1 and r["keypoints"] == 10 for r in res)
     assert (tmp_path / "run" / "table.md").is_file()
+    code, out, err = cli("bench", "keypoints", "--data", root, "--model", "sift:8", "--no-baselines", "--size", "96",
+                         "--refine", "soft", "--out", tmp_path / "run-soft", "--json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run-soft" / "config.json").read_text())["refine"] == "soft"
     code, _, err = cli("bench", "keypoints", "--data", tmp_path, "--out", tmp_path / "r2")
     assert code != 0 and err.strip().startswith("error:") and "SPair-71k" in err

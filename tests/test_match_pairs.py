@@ -39,7 +39,8 @@ def test_mma_pck_and_top_fraction_by_hand():
     # t=1: 0.5, 1.0 -> 2/6; t=2: 2/6; t=3: 3/6; t=4..6: 3/6; t=7..10: 4/6
     assert P.mma_curve(errors) == pytest.approx([2 / 6, 2 / 6, 3 / 6, 3 / 6, 3 / 6, 3 / 6, 4 / 6, 4 / 6, 4 / 6,
                                                  4 / 6])
-    assert P.pck(errors) == pytest.approx({"pck@5": 3 / 6, "pck@10": 4 / 6, "pck@20": 5 / 6})
+    assert P.pck(errors) == pytest.approx({"pck@1": 2 / 6, "pck@3": 3 / 6, "pck@5": 3 / 6, "pck@10": 4 / 6,
+                                           "pck@20": 5 / 6})
     assert list(P.top_fraction(errors, 0.1)) == [0.5]  # ceil(0.6) = 1
     assert list(P.top_fraction(errors, 0.5)) == [0.5, 1.0, 2.5]
     st = P.subset_stats(errors)
@@ -236,10 +237,11 @@ def test_bench_pairs_cli(cli, tmp_path, tiny_vit):
                          "--out", tmp_path / "run", "--json")
     assert code == 0, err
     body = json.loads(out)
-    assert [d["descriptor"] for d in body["pairs"][0]["descriptors"]] == [str(tiny_vit), "sift:8", "pixels:8",
-                                                                         f"random:{tiny_vit}"]
+    descs = body["pairs"][0]["descriptors"]
+    assert [d["descriptor"] for d in descs[::2]] == [str(tiny_vit), "sift:8", "pixels:8", f"random:{tiny_vit}"]
+    assert [d["refine"] for d in descs[:2]] == ["none", "soft"]  # each descriptor without and with refinement
     assert body["pairs"][0]["sparse_sift"]["corner_error"] < 5
-    for f in ("results.json", "table.md", "table.csv", "mma.png"):
+    for f in ("results.json", "table.md", "table.csv", "summary.csv", "mma.png"):
         assert (tmp_path / "run" / f).is_file()
     code, out, err = cli("bench", "pairs", "--data", tmp_path / "missing.json", "--out", tmp_path / "r2")
     assert code != 0 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
@@ -269,3 +271,61 @@ def test_real_pairs_conventions_and_sparse_sift(opencv_samples):
     res = P.run_pairs_benchmark(["sift:8"], [graf, aloe], P.PairsConfig())
     assert res[0].sparse_sift["corner_error"] < 5.0
     assert res[1].descriptors[0].skipped_unknown > 0
+
+
+def _fake(group, pck10, corner, refine="none"):
+    stats = {"n": 4, "median": 2 * pck10, "mean": 1.0, "mma": [pck10] * 10,
+             **{f"pck@{t}": pck10 for t in P.PCK_THRESHOLDS}}
+    d = P.DescriptorResult("sift:8", 4, 0, 0, stats, {"cycle@50%": {"pck@10": pck10}}, corner_error=corner,
+                           refine=refine)
+    return P.PairResult(f"{group}/{pck10}", "homography", ((8, 8), (8, 8)), [d],
+                        {"evaluated": 3, "all": stats, "corner_error": corner}, group)
+
+
+def test_summary_is_the_mean_over_a_sets_pairs():
+    res = [_fake("s", 0.2, 1.0, "soft"), _fake("s", 0.6, 5.0, "soft"), _fake("s", 0.7, float("inf"), "soft"),
+           _fake("t", 0.5, None, "soft")]
+    sm = P.summarize(res)
+    assert [(x["set"], x["pairs"]) for x in sm] == [("s", 3), ("t", 1)]
+    r = sm[0]["descriptors"][0]
+    assert r["label"] == "sift:8 + soft" and r["matches"] == 12
+    assert r["pck@10"] == pytest.approx(0.5) and r["mma"] == pytest.approx([0.5] * 10)
+    assert r["median"] == pytest.approx(1.0) and r["top50_cycle_pck@10"] == pytest.approx(0.5)
+    assert r["corner_error"] == 5.0  # the median over pairs (a failed fit counts as infinite)
+    assert sm[1]["descriptors"][0]["corner_error"] is None and sm[0]["sparse_sift"]["matches"] == 9
+    rows = P.summary_rows(sm)
+    assert rows[0][:3] == ["s", 3, "sift:8 + soft"] and rows[0][P.SUMMARY_HEADERS.index("PCK@10")] == 50.0
+
+
+def test_synthetic_homography_is_seeded_and_keeps_the_photo_in_view():
+    h1 = P.synthetic_homography((640, 480), np.random.default_rng([0, 3]))
+    h2 = P.synthetic_homography((640, 480), np.random.default_rng([0, 3]))
+    assert np.array_equal(h1, h2)
+    corners = np.array([[0, 0], [639, 0], [639, 479], [0, 479]], dtype=float)
+    moved = P.apply_homography(h1, corners)
+    centre = P.apply_homography(h1, np.array([[319.5, 239.5]]))[0]
+    assert np.abs(centre - [319.5, 239.5]).max() < 0.1 * 640 + 1  # the centre moves by at most the jitter
+    assert (np.linalg.norm(moved - corners, axis=1) > 1).all()  # every corner moves
+
+
+@pytest.mark.slow
+def test_heldout_pairs_ground_truth_is_photometrically_right(opencv_samples):
+    """The warped target shows the source pixel p at H(p): compare colours through the ground truth."""
+    from vlens.data.opencv_samples import HELDOUT_PHOTOS
+    from vlens.images import load_image
+
+    (pair,) = P.heldout_pairs(names=[HELDOUT_PHOTOS[1]])
+    assert pair.group == "opencv:heldout" and pair.target.is_file()
+    again = P.heldout_pairs(names=[HELDOUT_PHOTOS[1]])[0]  # cached, same truth
+    assert np.array_equal(again.homography, pair.homography)
+    a, b = (np.asarray(load_image(p), dtype=np.float64) for p in (pair.source, pair.target))
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([20, 20], [a.shape[1] - 20, a.shape[0] - 20], (400, 2))
+    t = pair.truth(xy)
+    inside = (t[:, 0] > 1) & (t[:, 1] > 1) & (t[:, 0] < b.shape[1] - 2) & (t[:, 1] < b.shape[0] - 2)
+    src = a[np.floor(xy[inside, 1]).astype(int), np.floor(xy[inside, 0]).astype(int)]
+    good = b[np.floor(t[inside, 1]).astype(int), np.floor(t[inside, 0]).astype(int)]
+    bad = b[np.floor(t[inside, 1] + 6).astype(int).clip(0, b.shape[0] - 1),
+            np.floor(t[inside, 0] + 6).astype(int).clip(0, b.shape[1] - 1)]
+    assert inside.sum() > 200
+    assert np.abs(src - good).mean() < 0.5 * np.abs(src - bad).mean()

@@ -143,6 +143,7 @@ def bench_crops_cmd(
     source_side: int = typer.Option(448, help="Working resolution: the source's longer side in pixels. Crop "
                                     "errors are in these pixels.", callback=check.side(32)),
     crop_side: int = typer.Option(224, help="Longer side of each crop as fed to the model.", callback=check.side(16)),
+    refine: str = typer.Option("none", help=REFINE_HELP, callback=REFINES),
     seed: int = typer.Option(0, help="Same seed -> same crops, for every model.", callback=check.seed()),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on images the model "
                                             "lists as training images (refused by default); the table flags it."),
@@ -168,7 +169,7 @@ def bench_crops_cmd(
     model = model or default_spec("backbone")
     cfg = make_config(scenarios=tuple(scenario) if scenario else SCENARIO_NAMES, crops_per_image=crops,
                       seed=seed, pca=_pca(pca), layer=layer, facet=facet, source_side=source_side,
-                      crop_side=crop_side)
+                      crop_side=crop_side, refine=refine)
     run = RunDir(out, {"model": model, "images": images, "baselines": baselines, **cfg.__dict__})
     results = []
     for spec in [model, *(baseline_specs(model) if baselines else [])]:
@@ -193,10 +194,12 @@ def bench_crops_cmd(
 
 @bench_app.command("pairs")
 def bench_pairs_cmd(
-    data: str = typer.Option("opencv", "--data", help="'opencv' (the graffiti homography pair and the aloe stereo "
-                             "pair from `vlens data fetch opencv-samples`), a JSON manifest of pairs (homography or "
-                             "disparity, see vlens.match.pairs.load_manifest) or an HPatches folder (one sequence "
-                             "or a folder of them: 1.ppm..6.ppm, H_1_2..H_1_6).", callback=check.text()),
+    data: list[str] = typer.Option(["opencv", "opencv:heldout"], "--data", help="Repeatable. 'opencv' (the "
+                                   "graffiti homography pair and the aloe stereo pair from `vlens data fetch "
+                                   "opencv-samples`), 'opencv:heldout' (the 12 held-out photos under seeded "
+                                   "synthetic homographies), a JSON manifest of pairs (homography or disparity, see "
+                                   "vlens.match.pairs.load_manifest) or an HPatches folder (one sequence or a "
+                                   "folder of them: 1.ppm..6.ppm, H_1_2..H_1_6).", callback=check.text()),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP, callback=check.text()),
     baselines: bool = typer.Option(True, help="Also run dense SIFT, raw pixels and random weights on the same "
                                    "pairs (the sparse SIFT + ratio + RANSAC reference always runs)."),
@@ -208,6 +211,8 @@ def bench_pairs_cmd(
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels.",
                                     callback=check.number(0, 1000, lo_open=True)),
+    refine: list[str] = typer.Option(None, "--refine", help="Repeatable: " + REFINE_HELP + " Each descriptor gets "
+                                     "one row per refinement; default: none and soft.", callback=REFINES),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on pairs whose images "
                                             "the model lists as training images (refused by default; flagged)."),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
@@ -216,9 +221,10 @@ def bench_pairs_cmd(
 ):
     """Real pairs with ground truth: the error of every source patch's match in target pixels.
 
-    Reports the mean matching accuracy (fraction within t px, t = 1..10), PCK@5/10/20 over all matches and the
+    Reports the mean matching accuracy (fraction within t px, t = 1..10), PCK@1/3/5/10/20 over all matches and the
     top 10%/50% by feature and cycle score, and for homography pairs the RANSAC homography's mean corner error,
-    beside the sparse SIFT + ratio test + RANSAC pipeline. Example: vlens bench pairs --data hpatches/v_graffiti
+    beside the sparse SIFT + ratio test + RANSAC pipeline; with and without sub-patch refinement; tables
+    per set of pairs (means over its pairs) and per pair. Example: vlens bench pairs --data hpatches/v_graffiti
     """
     from vlens.match.crops import baseline_specs, markdown_table
     from vlens.match.pairs import (
@@ -226,17 +232,19 @@ def bench_pairs_cmd(
         describe,
         load_pairs,
         run_pairs_benchmark,
-        table_rows,
         write_pairs_outputs,
     )
     from vlens.models import default_spec
     from vlens.runs import RunDir
 
+    pairs = [p for d in dict.fromkeys(data) for p in load_pairs(d)]  # bad data fails before any model notice
     model = model or default_spec("backbone")
-    cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px)
+    from vlens.match.refine import DEFAULT_REFINE
+
+    methods = tuple(dict.fromkeys(refine or ("none", DEFAULT_REFINE)))
+    cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px, refine=methods)
     from vlens.match.heldout import check_heldout
 
-    pairs = load_pairs(data)
     specs = [model, *(baseline_specs(model) if baselines else [])]
     overlap = check_heldout(model, [p for pr in pairs for p in (pr.source, pr.target)], allow_train_images,
                             "these pairs")
@@ -251,10 +259,11 @@ def bench_pairs_cmd(
         echo_json({"config": cfg.__dict__, "pairs": [r.to_dict() for r in results],
                    "files": {k: str(v) for k, v in paths.items()}})
         return
-    from vlens.match.pairs import TABLE_HEADERS
+    from vlens.match.pairs import SUMMARY_HEADERS, summarize, summary_rows
 
     typer.echo(describe(cfg) + "\n")
-    typer.echo(markdown_table(TABLE_HEADERS, table_rows(results)))
+    typer.echo(markdown_table(SUMMARY_HEADERS, summary_rows(summarize(results))))
+    typer.echo("(per-pair rows: table.md / table.csv)")
     typer.echo(f"wrote {', '.join(Path(p).name for p in paths.values())} to {run.path}")
 
 
@@ -279,6 +288,7 @@ def bench_keypoints_cmd(
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     alpha: float = typer.Option(0.1, help="PCK threshold as a fraction of max(target box width, height).",
                                 callback=check.number(0, 1, lo_open=True)),
+    refine: str = typer.Option("none", help=REFINE_HELP, callback=REFINES),
     out: Path = typer.Option(Path("bench-keypoints"), "--out", "-o", help="Run folder: config.json, "
                              "results.json, table.md.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
@@ -297,12 +307,13 @@ def bench_keypoints_cmd(
     model = model or default_spec("backbone")
     pairs = load_spair(data, split, list(category) if category else None, limit)
     run = RunDir(out, {"model": model, "data": str(data), "split": split, "categories": category, "limit": limit,
-                       "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha})
+                       "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha,
+                       "refine": refine})
     results = []
     for spec in [model, *(baseline_specs(model) if baselines else [])]:
         typer.echo(f"[bench keypoints] {spec}: {len(pairs)} pairs ...", err=True)
         results.append(run_keypoint_benchmark(spec, pairs, size=size, pca=_pca(pca), layer=layer, facet=facet,
-                                              alpha=alpha))
+                                              alpha=alpha, refine=refine))
     cats = sorted({c for r in results for c in r.per_category})
     headers = ["descriptor", "pairs", "keypoints", f"PCK@{alpha:g} (per keypoint)", f"PCK@{alpha:g} (per pair)",
                *cats]

@@ -74,6 +74,7 @@ class CropBenchmarkConfig:
     source_side: int = 448  # working resolution of the source: its longer side in pixels
     crop_side: int = 224  # longer side of each rendered crop (= model input)
     curve_points: int = 100  # resolution of the error-vs-rank curve
+    refine: str = "none"  # sub-patch refinement of the matches in the source (vlens.match.refine)
 
 
 @dataclass
@@ -330,7 +331,7 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
         ranked = {"feature": [], "cycle": []}
         total = 0
         for k, (crop, cf) in enumerate(zip(crops, crop_feats)):
-            m = match_features(cf, src_feats[crop.source], pca=cfg.pca, normalize=cfg.normalize)
+            m = match_features(cf, src_feats[crop.source], pca=cfg.pca, normalize=cfg.normalize, refine=cfg.refine)
             err = crop_errors(crop, m)  # (n,)
             total += len(err)
             for by, per_crop in ranked.items():

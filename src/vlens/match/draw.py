@@ -153,19 +153,21 @@ def overlay_labels(img: Image.Image, labels: np.ndarray, palette: np.ndarray, al
     return Image.blend(img.convert("RGB"), colour, alpha)
 
 
-def mma_figure(results, path):
-    """Mean matching accuracy curves (fraction of matches within t px), one panel per pair, one line per
-    descriptor plus the sparse SIFT reference (dashed)."""
+def mma_figure(summaries, path):
+    """Mean matching accuracy curves (fraction of matches within t px), one panel per set of pairs (the mean over
+    its pairs, :func:`vlens.match.pairs.summarize`), one line per descriptor plus the sparse SIFT reference
+    (dashed)."""
     from vlens.match.pairs import MMA_THRESHOLDS
     from vlens.report.plots import plt, save_fig
 
     pyplot = plt()
-    fig, axes = pyplot.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
-    for ax, pr in zip(axes[0], results):
-        for d in pr.descriptors:
-            ax.plot(MMA_THRESHOLDS, d.all["mma"], "-o", ms=3, label=short_model(d.descriptor))
-        ax.plot(MMA_THRESHOLDS, pr.sparse_sift["all"]["mma"], "k--", label="sparse SIFT + ratio")
-        ax.set_title(f"{pr.pair} ({pr.kind})", fontsize=9)
+    fig, axes = pyplot.subplots(1, len(summaries), figsize=(5 * len(summaries), 3.8), squeeze=False)
+    for ax, sm in zip(axes[0], summaries):
+        for r in sm["descriptors"]:
+            ax.plot(MMA_THRESHOLDS, r["mma"], "-o" if r["refine"] == "none" else "-s", ms=3, label=r["label"])
+        ax.plot(MMA_THRESHOLDS, sm["sparse_sift"]["mma"], "k--", label="sparse SIFT + ratio")
+        ax.set_title(f"{sm['set']} ({sm['kind']}" + (f", mean of {sm['pairs']} pairs)" if sm["pairs"] > 1 else ")"),
+                     fontsize=9)
         ax.set_xlabel("threshold t (target px at the working resolution)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)

@@ -141,15 +141,19 @@ def patch_index(xy: np.ndarray, grid: tuple[int, int], image_size: tuple[int, in
     return row * gw + col
 
 
-def transfer(fs, ft, src_kps: np.ndarray, pca: int | None = None) -> np.ndarray:
+def transfer(fs, ft, src_kps: np.ndarray, pca: int | None = None, refine: str = "none") -> np.ndarray:
     """Predicted target locations (target pixels) of source keypoints: the centre of the nearest target patch
-    of the patch that contains each keypoint. ``fs`` / ``ft``: :class:`DenseFeatures`. (n, 2)"""
+    of the patch that contains each keypoint (``refine``: moved off the centre, :mod:`vlens.match.refine`).
+    ``fs`` / ``ft``: :class:`DenseFeatures`. (n, 2)"""
     from vlens.match.matching import nearest_neighbors
     from vlens.match.pca import joint_pca
+    from vlens.match.refine import grid_step, refine_points
 
     a, b = joint_pca(fs.flat, ft.flat, k=pca, normalize=True)  # (hs*ws, d), (ht*wt, d)
     idx = torch.as_tensor(patch_index(src_kps, fs.grid, fs.image_size))
     nn, _ = nearest_neighbors(a[idx], b)  # (n,)
+    if refine != "none":
+        return refine_points(a[idx], b, nn, ft.grid, grid_step(ft), refine).double().numpy()
     return ft.centers[nn].double().numpy()
 
 
@@ -169,7 +173,8 @@ class KeypointResult:
 
 
 def run_keypoint_benchmark(spec: str, pairs: list[KeypointPair], size: int = 224, pca: int | None = None,
-                           layer: int = -1, facet: str = "token", alpha: float = ALPHA) -> KeypointResult:
+                           layer: int = -1, facet: str = "token", alpha: float = ALPHA,
+                           refine: str = "none") -> KeypointResult:
     """PCK@alpha (of the target box) of keypoint transfer with one descriptor spec over ``pairs``."""
     from vlens.images import load_image
     from vlens.match.features import extract_features, load_backbone
@@ -180,7 +185,7 @@ def run_keypoint_benchmark(spec: str, pairs: list[KeypointPair], size: int = 224
     for p in pairs:
         fs, ft = extract_features([load_image(p.source), load_image(p.target)], bb, layer=layer, facet=facet,
                                   size=size)
-        ok = pck_correct(transfer(fs, ft, p.src_kps, pca), p.trg_kps, p.threshold_unit, alpha)
+        ok = pck_correct(transfer(fs, ft, p.src_kps, pca, refine), p.trg_kps, p.threshold_unit, alpha)
         per_pair.append((p.name, int(ok.sum()), len(ok)))
         c = per_cat.setdefault(p.category, [0, 0, 0])
         c[0], c[1], c[2] = c[0] + 1, c[1] + int(ok.sum()), c[2] + len(ok)

@@ -34,7 +34,7 @@ from PIL import Image
 from vlens.errors import DatasetError
 
 MMA_THRESHOLDS = tuple(range(1, 11))  # px, as in HPatches papers
-PCK_THRESHOLDS = (5, 10, 20)  # px
+PCK_THRESHOLDS = (1, 3, 5, 10, 20)  # px
 TOP_FRACTIONS = (0.1, 0.5)
 SCORES = ("feature", "cycle")
 HPATCHES_IMAGES = 6
@@ -123,6 +123,7 @@ class Pair:
     target: Path
     homography: np.ndarray | None = None  # (3, 3) source -> target, vlens coordinates
     disparity: np.ndarray | None = None  # (H, W) float, nan where unknown
+    group: str = ""  # the set it belongs to (tables average over a set); "" = the pair alone
 
     @property
     def kind(self) -> str:
@@ -185,7 +186,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def make_pair(name: str, source: Path, target: Path, *, homography=None, disparity=None,
-              convention: str = "opencv") -> Pair:
+              convention: str = "opencv", group: str = "") -> Pair:
     """Check the files and the ground truth and build a :class:`Pair`. ``convention`` of the homography:
     ``opencv`` (pixel centres at integers: OpenCV, Oxford, HPatches) or ``vlens`` (centres at +0.5)."""
     if (homography is None) == (disparity is None):
@@ -197,12 +198,12 @@ def make_pair(name: str, source: Path, target: Path, *, homography=None, dispari
             raise DatasetError(f"pair '{name}': convention must be 'opencv' or 'vlens', not '{convention}'")
         h = check_homography(homography, f"pair '{name}'")
         h = homography_from_opencv(h) if convention == "opencv" else h
-        return Pair(name, Path(source), Path(target), homography=h)
+        return Pair(name, Path(source), Path(target), homography=h, group=group)
     d = np.asarray(disparity, dtype=np.float64)
     if d.shape != (src_size[1], src_size[0]):
         raise DatasetError(f"pair '{name}': the disparity map is {d.shape[1]}x{d.shape[0]} but the source image "
                            f"is {src_size[0]}x{src_size[1]}; they must be the same size")
-    return Pair(name, Path(source), Path(target), disparity=d)
+    return Pair(name, Path(source), Path(target), disparity=d, group=group)
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -218,7 +219,8 @@ def _hpatches_sequence(seq: Path) -> list[Pair]:
         raise DatasetError(f"HPatches sequence {seq}: missing {', '.join(missing)} (a sequence has 1{ext} ... "
                            f"{HPATCHES_IMAGES}{ext} and H_1_2 ... H_1_{HPATCHES_IMAGES})")
     return [make_pair(f"{seq.name}/1-{k}", seq / f"1{ext}", seq / f"{k}{ext}",
-                      homography=read_homography(seq / f"H_1_{k}"))
+                      homography=read_homography(seq / f"H_1_{k}"),
+                      group="hpatches-" + ("illumination" if seq.name.startswith("i_") else "viewpoint"))
             for k in range(2, HPATCHES_IMAGES + 1)]
 
 
@@ -334,16 +336,72 @@ def opencv_pairs() -> list[Pair]:
 
     return [
         make_pair("graffiti", sample_path("graf1.png"), sample_path("graf3.png"),
-                  homography=read_homography(sample_path("H1to3p.xml"))),
+                  homography=read_homography(sample_path("H1to3p.xml")), group="graffiti"),
         make_pair("aloe", sample_path("aloeL.jpg"), sample_path("aloeR.jpg"),
-                  disparity=read_disparity(sample_path("aloeGT.png"), 1.0, 0)),
+                  disparity=read_disparity(sample_path("aloeGT.png"), 1.0, 0), group="aloe"),
     ]
 
 
+HELDOUT_WARP_VERSION = 1  # bump when the warps below change: the cached targets are regenerated
+HELDOUT_SEED = 0
+
+
+def synthetic_homography(size: tuple[int, int], rng: np.random.Generator, max_rotation: float = 20.0,
+                         scale: tuple[float, float] = (0.8, 1.25), jitter: float = 0.1) -> np.ndarray:
+    """A random viewpoint-like homography for a (W, H) image, in OpenCV pixel convention, source -> target: the
+    corners rotated about the centre (uniform within +-``max_rotation`` degrees), scaled (log-uniform in
+    ``scale``) and each moved by up to ``jitter`` of the image size (uniform)."""
+    import cv2
+
+    w, h = size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
+    c = np.array([(w - 1) / 2, (h - 1) / 2])
+    a = np.deg2rad(rng.uniform(-max_rotation, max_rotation))
+    s = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1])))
+    rot = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    dst = c + (corners - c) @ rot.T + rng.uniform(-jitter, jitter, (4, 2)) * np.array([w, h])
+    return cv2.getPerspectiveTransform(corners.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
+
+
+def heldout_pairs(seed: int = HELDOUT_SEED, names=None) -> list[Pair]:
+    """``opencv:heldout``: each held-out photo (:data:`vlens.data.opencv_samples.HELDOUT_PHOTOS`, which no vlens
+    backbone was trained on) against itself under a seeded :func:`synthetic_homography` (bilinear warp, black
+    outside the photo). The warped targets are written once into the vlens cache (``opencv-heldout-pairs/``);
+    the ground truth is the homography itself."""
+    import os
+
+    import cv2
+
+    from vlens.data.opencv_samples import HELDOUT_PHOTOS, sample_path
+    from vlens.data.photos import cache_dir
+    from vlens.images import load_image
+
+    folder = cache_dir() / "opencv-heldout-pairs" / f"v{HELDOUT_WARP_VERSION}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, name in enumerate(names or HELDOUT_PHOTOS):
+        src = sample_path(name)
+        img = load_image(src)
+        h_cv = synthetic_homography(img.size, np.random.default_rng([seed, i]))
+        target = folder / f"{Path(name).stem}.png"
+        if not target.is_file():
+            arr = cv2.warpPerspective(np.asarray(img), h_cv, img.size, flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            tmp = target.with_name(f".{target.stem}.{os.getpid()}.png")
+            Image.fromarray(arr).save(tmp)
+            os.replace(tmp, target)
+        pairs.append(make_pair(f"heldout/{Path(name).stem}", src, target, homography=h_cv,
+                               group="opencv:heldout"))
+    return pairs
+
+
 def load_pairs(spec: str | Path) -> list[Pair]:
-    """``opencv`` (the fetched OpenCV sample pairs), a manifest ``.json``, or an HPatches folder."""
+    """``opencv`` (the fetched OpenCV sample pairs), ``opencv:heldout`` (the held-out photos under seeded
+    synthetic homographies, :func:`heldout_pairs`), a manifest ``.json``, or an HPatches folder."""
     if str(spec) == "opencv":
         return opencv_pairs()
+    if str(spec) == "opencv:heldout":
+        return heldout_pairs()
     p = Path(spec)
     if p.suffix.lower() == ".json" or p.is_file():
         return load_manifest(p)
@@ -398,6 +456,7 @@ class PairsConfig:
     facet: str = "token"
     ransac_px: float = 3.0  # RANSAC inlier threshold, working pixels
     ratio: float = 0.8  # Lowe's ratio for the sparse SIFT reference
+    refine: tuple[str, ...] = ("none",)  # sub-patch refinements to evaluate, each a row (vlens.match.refine)
 
 
 @dataclass
@@ -415,6 +474,13 @@ class DescriptorResult:
     seconds: float = 0.0
     errors: np.ndarray | None = field(default=None, repr=False)  # (n,) valid matches, best cycle score first
     match_xy: tuple | None = field(default=None, repr=False)  # (src (n, 2), dst (n, 2)) working px, same order
+    refine: str = "none"  # sub-patch refinement of the matches (vlens.match.refine)
+
+    @property
+    def label(self) -> str:
+        from vlens.match.draw import short_model
+
+        return short_model(self.descriptor) + ("" if self.refine == "none" else f" + {self.refine}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -429,10 +495,11 @@ class PairResult:
     size: tuple[tuple[int, int], tuple[int, int]]  # working (W, H) of source and target
     descriptors: list[DescriptorResult]
     sparse_sift: dict  # the sparse reference: keypoints, ratio matches, their accuracy, corner error
+    group: str = ""  # the pair's set (Pair.group, or its own name)
 
     def to_dict(self) -> dict:
-        return {"pair": self.pair, "kind": self.kind, "size": self.size, "sparse_sift": self.sparse_sift,
-                "descriptors": [d.to_dict() for d in self.descriptors]}
+        return {"pair": self.pair, "group": self.group, "kind": self.kind, "size": self.size,
+                "sparse_sift": self.sparse_sift, "descriptors": [d.to_dict() for d in self.descriptors]}
 
 
 def working_pair(pair: Pair, size: int) -> tuple[Image.Image, Image.Image, np.ndarray, np.ndarray]:
@@ -532,20 +599,26 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
             t0 = time.time()
             bb = load_backbone(spec)
             fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size)
-            m = match_features(fs, ft, pca=cfg.pca, normalize=cfg.normalize)
-            r = evaluate_matches(pair, m, s_src, s_tgt, img_t.size, img_s.size, cfg, bb.spec)
-            r.seconds = round(time.time() - t0, 3)
-            rows.append(r)
-            if progress:
-                progress(f"{pair.name}: {bb.spec} {r.seconds:.1f} s")
+            t_feat = time.time() - t0
+            for method in cfg.refine:
+                t1 = time.time()
+                m = match_features(fs, ft, pca=cfg.pca, normalize=cfg.normalize, refine=method)
+                r = evaluate_matches(pair, m, s_src, s_tgt, img_t.size, img_s.size, cfg, bb.spec)
+                r.refine = method
+                r.seconds = round(t_feat + time.time() - t1, 3)
+                rows.append(r)
+                if progress:
+                    progress(f"{pair.name}: {r.label} {r.seconds:.1f} s")
         results.append(PairResult(pair.name, pair.kind, (img_s.size, img_t.size), rows,
-                                  sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg)))
+                                  sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg),
+                                  pair.group or pair.name))
     return results
 
 
 # ------------------------------------------------------------------------------------------------ outputs
 
-TABLE_HEADERS = ["pair", "descriptor", "matches", "median px", "MMA@1-10", "PCK@5", "PCK@10", "PCK@20",
+TABLE_HEADERS = ["pair", "descriptor", "matches", "median px", "MMA@1-10", "PCK@1", "PCK@3", "PCK@5", "PCK@10",
+                 "PCK@20",
                  "PCK@10 top10% feat", "PCK@10 top50% feat", "PCK@10 top10% cycle", "PCK@10 top50% cycle",
                  "RANSAC corner px"]
 
@@ -556,15 +629,13 @@ def _fmt_corner(v) -> str:
 
 def table_rows(results: list[PairResult]) -> list[list]:
     """One row per pair x descriptor (PCK in %), then the sparse SIFT reference of the pair."""
-    from vlens.match.draw import short_model
-
     rows = []
     for pr in results:
         for d in pr.descriptors:
             a = d.all
-            rows.append([pr.pair, short_model(d.descriptor), d.matches, round(a["median"], 1),
-                         round(100 * float(np.mean(a["mma"])), 1), round(100 * a["pck@5"], 1),
-                         round(100 * a["pck@10"], 1), round(100 * a["pck@20"], 1),
+            rows.append([pr.pair, d.label, d.matches, round(a["median"], 1),
+                         round(100 * float(np.mean(a["mma"])), 1),
+                         *[round(100 * a[f"pck@{t}"], 1) for t in PCK_THRESHOLDS],
                          *[round(100 * d.top[k]["pck@10"], 1)
                            for k in ("feature@10%", "feature@50%", "cycle@10%", "cycle@50%")],
                          _fmt_corner(d.corner_error)])
@@ -572,14 +643,66 @@ def table_rows(results: list[PairResult]) -> list[list]:
         a = sp["all"]
         rows.append([pr.pair, "sparse SIFT + ratio" + (" + RANSAC" if "corner_error" in sp else ""),
                      sp["evaluated"], round(a["median"], 1) if a["n"] else "-",
-                     round(100 * float(np.mean(a["mma"])), 1), round(100 * a["pck@5"], 1),
-                     round(100 * a["pck@10"], 1), round(100 * a["pck@20"], 1), "-", "-", "-", "-",
+                     round(100 * float(np.mean(a["mma"])), 1), *[round(100 * a[f"pck@{t}"], 1) for t in PCK_THRESHOLDS],
+                     "-", "-", "-", "-",
                      _fmt_corner(sp.get("corner_error"))])
     return rows
 
 
+def _set_stats(stats: list[dict], corners: list) -> dict:
+    """Mean over the pairs of a set (each pair weighs the same) of their stats; the median corner error."""
+    out = {"mma": [float(v) for v in np.mean([s["mma"] for s in stats], axis=0)],
+           "median": float(np.mean([s["median"] for s in stats])) if all(s["n"] for s in stats) else float("nan"),
+           **{f"pck@{t}": float(np.mean([s[f"pck@{t}"] for s in stats])) for t in PCK_THRESHOLDS}}
+    finite = [c for c in corners if c is not None]
+    out["corner_error"] = float(np.median(finite)) if finite else None
+    return out
+
+
+def summarize(results: list[PairResult]) -> list[dict]:
+    """Per set of pairs (:attr:`Pair.group`; a pair alone is its own set), per descriptor row: the mean over the
+    set's pairs of MMA, PCK and the median error, the mean PCK@10 of the top 50% by cycle score, the median
+    RANSAC corner error; the same for the sparse SIFT reference."""
+    groups: dict[str, list[PairResult]] = {}
+    for pr in results:
+        groups.setdefault(pr.group or pr.pair, []).append(pr)
+    out = []
+    for g, prs in groups.items():
+        rows = []
+        for k, d0 in enumerate(prs[0].descriptors):
+            ds = [pr.descriptors[k] for pr in prs]
+            rows.append({"descriptor": d0.descriptor, "refine": d0.refine, "label": d0.label,
+                         "matches": sum(d.matches for d in ds),
+                         "top50_cycle_pck@10": float(np.mean([d.top["cycle@50%"]["pck@10"] for d in ds])),
+                         **_set_stats([d.all for d in ds], [d.corner_error for d in ds])})
+        sparse = {"label": "sparse SIFT + ratio" + (" + RANSAC" if prs[0].kind == "homography" else ""),
+                  "matches": sum(pr.sparse_sift["evaluated"] for pr in prs),
+                  **_set_stats([pr.sparse_sift["all"] for pr in prs], [pr.sparse_sift.get("corner_error")
+                                                                      for pr in prs])}
+        out.append({"set": g, "kind": prs[0].kind, "pairs": len(prs), "descriptors": rows, "sparse_sift": sparse})
+    return out
+
+
+SUMMARY_HEADERS = ["set", "pairs", "descriptor", *[f"PCK@{t}" for t in PCK_THRESHOLDS], "MMA@1-10", "median px",
+                   "PCK@10 top50% cycle", "RANSAC corner px"]
+
+
+def summary_rows(summaries: list[dict]) -> list[list]:
+    """One row per set x descriptor (and the sparse SIFT reference): means over the set's pairs, PCK in %."""
+    rows = []
+    for sm in summaries:
+        for r in [*sm["descriptors"], sm["sparse_sift"]]:
+            rows.append([sm["set"], sm["pairs"], r["label"], *[round(100 * r[f"pck@{t}"], 1) for t in PCK_THRESHOLDS],
+                         round(100 * float(np.mean(r["mma"])), 1),
+                         "-" if not math.isfinite(r["median"]) else round(r["median"], 1),
+                         round(100 * r["top50_cycle_pck@10"], 1) if "top50_cycle_pck@10" in r else "-",
+                         _fmt_corner(r["corner_error"])])
+    return rows
+
+
 def write_pairs_outputs(results: list[PairResult], cfg: PairsConfig, out) -> dict:
-    """``results.json``, ``table.md`` / ``table.csv`` and ``mma.png`` (MMA curves per pair) into ``out``."""
+    """``results.json``, ``table.md`` (per set, then per pair), ``table.csv`` (per pair), ``summary.csv`` (per
+    set) and ``mma.png`` (mean MMA curves per set) into ``out``."""
     import csv
     import io
 
@@ -589,21 +712,25 @@ def write_pairs_outputs(results: list[PairResult], cfg: PairsConfig, out) -> dic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"results": write_json(out / "results.json", {"config": asdict(cfg),
+    summaries = summarize(results)
+    paths = {"results": write_json(out / "results.json", {"config": asdict(cfg), "summary": summaries,
                                                           "pairs": [r.to_dict() for r in results]})}
-    rows = table_rows(results)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([TABLE_HEADERS, *rows])
-    paths["csv"] = atomic_write_text(out / "table.csv", buf.getvalue())
-    paths["markdown"] = atomic_write_text(out / "table.md", describe(cfg) + "\n\n" + markdown_table(TABLE_HEADERS,
-                                                                                                     rows))
-    paths["mma"] = mma_figure(results, out / "mma.png")
+    rows, srows = table_rows(results), summary_rows(summaries)
+    for name, headers, body in (("csv", TABLE_HEADERS, rows), ("summary_csv", SUMMARY_HEADERS, srows)):
+        buf = io.StringIO()
+        csv.writer(buf).writerows([headers, *body])
+        paths[name] = atomic_write_text(out / ("table.csv" if name == "csv" else "summary.csv"), buf.getvalue())
+    paths["markdown"] = atomic_write_text(out / "table.md", describe(cfg) + "\n\nPer set (means over its pairs):\n\n"
+                                          + markdown_table(SUMMARY_HEADERS, srows) + "\nPer pair:\n\n"
+                                          + markdown_table(TABLE_HEADERS, rows))
+    paths["mma"] = mma_figure(summaries, out / "mma.png")
     return paths
 
 
 def describe(cfg: PairsConfig) -> str:
     return (f"Errors in target pixels at the working resolution (longer side {cfg.size} px); every source patch "
-            f"matched to its nearest target patch (PCA {cfg.pca or 'off'}); MMA@1-10 = mean of the fraction within "
+            f"matched to its nearest target patch (PCA {cfg.pca or 'off'}; '+ soft' / '+ quadratic' = refined off the "
+            f"patch centre, see vlens.match.refine); MMA@1-10 = mean of the fraction within "
             f"t px for t = 1..10; PCK in %; top x% = the best-scored x% of the matches; RANSAC corner px = mean "
             f"corner error of the OpenCV RANSAC homography ({cfg.ransac_px:g} px) from the dense matches.")
 
