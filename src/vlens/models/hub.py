@@ -137,12 +137,61 @@ def _pick_files(files: dict[str, int]) -> dict[str, int]:
     return {**small, **weights}
 
 
+def _ranged_get(url: str, part: Path, size: int | None, headers: dict, timeout: float, bar) -> None:
+    """GET ``url`` into ``part``, appending from its current length with an HTTP Range request (a killed download
+    resumes where it stopped). Raises OSError-family errors on network failure; ``part`` keeps what arrived."""
+    import urllib.request
+
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:
+        part.unlink()
+        have = 0
+    if size is not None and have == size:
+        return
+    req = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={have}-"} if have else {})})
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the hub endpoint (http/https)
+        if have and r.status != 206:  # the server ignored the Range: start over
+            have = 0
+            bar.reset(total=bar.total)
+        with open(part, "ab" if have else "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _fetch_file(repo_id: str, name: str, cache: Path, endpoint: str, timeout: float, bar) -> Path:
+    """One file of ``repo_id`` (revision main) into the cache: the bytes by :func:`_ranged_get` into
+    ``blobs/ETAG.vlens-part`` (kept across runs: huggingface_hub >= 2 deletes its own partial files), then
+    huggingface_hub lays out the snapshot link and refs/main around the finished blob."""
+    from urllib.parse import urlparse as _parse
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision="main", endpoint=endpoint), timeout=timeout)
+    blobs = cache / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    blob = blobs / str(meta.etag)
+    if not blob.exists():
+        blobs.mkdir(parents=True, exist_ok=True)
+        part = blob.with_name(blob.name + ".vlens-part")
+        same_host = _parse(meta.location).netloc == _parse(endpoint).netloc
+        _ranged_get(meta.location, part, meta.size, build_hf_headers() if same_host else {}, timeout, bar)
+        if meta.size is not None and part.stat().st_size != meta.size:
+            raise ModelLoadError(f"{repo_id}/{name}: got {part.stat().st_size} of {meta.size} bytes; rerun to "
+                                 "resume the download")
+        part.replace(blob)
+    else:
+        bar.update(meta.size or 0)
+    return Path(hf_hub_download(repo_id, name, revision="main", cache_dir=cache, endpoint=endpoint,
+                                etag_timeout=timeout))
+
+
 def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0, timeout: float = 10.0) -> Path:
     """Download ``repo_id`` (revision main) into the Hugging Face cache and return its snapshot folder.
 
-    Says the size first (a ``download`` event), shows huggingface_hub's progress bars when ``progress``, resumes a
-    partial download (huggingface_hub keeps ``.incomplete`` blobs), and fails with :class:`ModelLoadError` within
-    a few seconds when no connection may or can be made.
+    Says the size first (a ``download`` event), shows a progress bar over the bytes (on a terminal, or with
+    VLENS_PROGRESS=1), resumes an interrupted download from where it stopped (HTTP Range), and fails with
+    :class:`ModelLoadError` within a few seconds when no connection may or can be made.
     """
     import time
 
@@ -153,8 +202,9 @@ def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0,
     if not hub_reachable(probe_timeout):
         raise ModelLoadError(f"model '{repo_id}' is not in the Hugging Face cache and the hub ({hub_endpoint()}) "
                              "cannot be reached (no network?); " + OFFLINE_CHOICES)
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub import HfApi
+
+    from vlens.runs import progress as progress_bar
 
     t0 = time.time()
     cache, endpoint = hf_cache_dir(), hub_endpoint()
@@ -163,21 +213,19 @@ def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0,
         files = _pick_files({s.rfilename: int(s.size or 0) for s in (info.siblings or [])})
         if "config.json" not in files:
             raise ModelLoadError(f"'{repo_id}' on {endpoint} has no config.json: not a transformers model")
-        _emit("download", repo=repo_id, bytes=sum(files.values()), files=len(files), endpoint=endpoint)
-        (enable_progress_bars if progress else disable_progress_bars)()
-        path = None
-        for name in sorted(files, key=lambda f: files[f]):  # small files first: a bad repo fails before the weights
-            path = Path(hf_hub_download(repo_id, name, revision="main", cache_dir=cache, endpoint=endpoint,
-                                        etag_timeout=timeout))
+        total = sum(files.values())
+        _emit("download", repo=repo_id, bytes=total, files=len(files), endpoint=endpoint)
+        with progress_bar(total=total, desc=repo_id, unit="B", unit_scale=True,
+                          disable=None if progress else True) as bar:
+            for name in sorted(files, key=lambda f: files[f]):  # small files first: a bad repo fails early
+                _fetch_file(repo_id, name, cache, endpoint, timeout, bar)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - network, HTTP, disk: one line, the offline choices
         raise ModelLoadError(f"could not download '{repo_id}' from {endpoint}: {exc.__class__.__name__}: "
                              f"{' '.join(str(exc).split())[:300]}. " + OFFLINE_CHOICES) from None
-    finally:
-        disable_progress_bars()
-    snap = cached(repo_id) or (path.parent if path else None)
-    if snap is None or not _has_weights(snap):
+    snap = cached(repo_id)
+    if snap is None:
         raise ModelLoadError(f"downloaded '{repo_id}' but the cache has no config.json and weights for it")
     _DOWNLOADED.add(repo_id)
     _emit("downloaded", repo=repo_id, path=str(snap), seconds=round(time.time() - t0, 1))
@@ -234,8 +282,10 @@ _CHOICES: dict[tuple, DefaultChoice] = {}
 
 
 def forget_choices() -> None:
-    """Forget the defaults resolved so far (tests; a long-running server after a ``models fetch``)."""
+    """Forget the defaults resolved so far and which ids this process downloaded (as a new process would: tests,
+    a long-running server after a ``models fetch``)."""
     _CHOICES.clear()
+    _DOWNLOADED.clear()
 
 
 def resolve_default(task: str) -> DefaultChoice:

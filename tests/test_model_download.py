@@ -1,0 +1,219 @@
+"""The download path end to end against a loopback HTTP server that serves a tiny saved model the way the hub
+does (the endpoints huggingface_hub calls: ``GET /api/models/ID/revision/REV?blobs=True`` for the file list and
+sizes, ``HEAD`` + ``GET /ID/resolve/REV/FILE`` with ``X-Repo-Commit``/``ETag``/``Range``), with ``HF_ENDPOINT``
+pointed at it. 127.0.0.1 only; every request has a short timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlens.models.defaults import TASKS
+
+BLIP = TASKS["caption"].real
+COMMIT = "c0ffee" + "0" * 34
+
+
+class FakeHub:
+    """Serves ``repos`` ({repo_id: folder}) like huggingface.co; records every request in ``seen``."""
+
+    def __init__(self, repos: dict[str, Path]):
+        self.files = {rid: {p.name: p.read_bytes() for p in sorted(Path(f).iterdir()) if p.is_file()}
+                      for rid, f in repos.items()}
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, Range header)
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _send(self, code, body=b"", headers=None, head=False):
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if "Content-Length" not in (headers or {}):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _route(self, head: bool):
+                path = self.path.split("?")[0]
+                hub.seen.append((self.command, self.path, self.headers.get("Range", "")))
+                parts = path.strip("/").split("/")
+                if parts[:2] == ["api", "models"]:
+                    rid = "/".join(parts[2:4])
+                    if rid not in hub.files:
+                        return self._send(404, b'{"error":"Repository not found"}',
+                                          {"X-Error-Code": "RepoNotFound", "Content-Type": "application/json"})
+                    info = {"id": rid, "modelId": rid, "sha": COMMIT, "private": False, "siblings": [
+                        {"rfilename": n, "size": len(b), "blobId": hashlib.sha1(b).hexdigest()}
+                        for n, b in hub.files[rid].items()]}
+                    return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
+                if len(parts) >= 5 and parts[2] == "resolve":
+                    rid, name = "/".join(parts[:2]), "/".join(parts[4:])
+                    body = hub.files.get(rid, {}).get(name)
+                    if body is None:
+                        return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
+                    hdrs = {"X-Repo-Commit": COMMIT, "ETag": '"' + hashlib.sha256(body).hexdigest() + '"',
+                            "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+                    rng = self.headers.get("Range", "")
+                    if rng.startswith("bytes=") and not head:
+                        start = int(rng[6:].split("-")[0])
+                        hdrs["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+                        return self._send(206, body[start:], hdrs)
+                    hdrs["Content-Length"] = str(len(body))
+                    return self._send(200, body, hdrs, head)
+                return self._send(404, b"")
+
+            def do_GET(self):
+                self._route(head=False)
+
+            def do_HEAD(self):
+                self._route(head=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.timeout = 5
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(tiny_blip, hf_cache, monkeypatch):
+    """A fake hub serving the tiny BLIP as Salesforce/blip-image-captioning-base; the hub may be used (neither
+    HF_HUB_OFFLINE nor VLENS_OFFLINE), the cache is the empty temporary one of ``hf_cache``."""
+    from huggingface_hub import constants
+
+    fake = FakeHub({BLIP: tiny_blip})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once when huggingface_hub was imported
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("VLENS_PROGRESS", "1")  # the bar shows on a terminal; this is a pipe
+    fake.cache = hf_cache
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    p = tmp_path_factory.mktemp("dl-photo") / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_first_use_downloads_with_progress_then_runs_from_the_cache(cli, hub, photo, monkeypatch):
+    from vlens.models.hub import forget_choices
+
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["model"], info["model_source"]) == (BLIP, "hub"), err
+    total = sum(len(b) for b in hub.files[BLIP].values())
+    assert f"downloading {BLIP} from {hub.url}: {total / 1e6:.1f} MB in {len(hub.files[BLIP])} files" in err
+    assert f"{BLIP}: " in err and "%|" in err  # the progress bar over the bytes
+    assert "note: caption runs" not in err
+    snap = hub.cache.root / ("models--" + BLIP.replace("/", "--")) / "snapshots" / COMMIT
+    assert (snap / "model.safetensors").read_bytes() == hub.files[BLIP]["model.safetensors"]
+    assert any(m == "GET" and p.startswith(f"/api/models/{BLIP}") for m, p, _ in hub.seen)
+
+    # Second run, as another process would (the resolver and the loaded-captioner cache forget), the hub
+    # forbidden: from the cache, no request.
+    from vlens.caption import captioner
+
+    forget_choices()
+    captioner._CACHE.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(hub.seen)
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    assert (json.loads(out)["model_source"], len(hub.seen)) == ("cache", n) and "downloading" not in err
+
+
+def test_dead_endpoint_falls_back_to_the_builtin_within_3_s(cli, hub, photo, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")
+    t0 = time.time()
+    from vlens.models.hub import resolve_default
+
+    choice = resolve_default("caption")
+    assert time.time() - t0 < 3
+    assert choice.spec == "builtin:blip-tiny" and "cannot be reached" in choice.reason
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    assert json.loads(out)["model_source"] == "builtin"
+    # the CLI run above resolved in this process already: the notice was emitted to the resolver's first caller;
+    # a fresh resolution prints it through the CLI
+    from vlens.models.hub import forget_choices
+
+    forget_choices()
+    t0 = time.time()
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "3")
+    assert code == 0 and time.time() - t0 < 3 + 2, err  # + the tiny model's load and caption
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: caption runs builtin:blip-tiny")]
+    assert len(notes) == 1 and "the hub cannot be reached" in notes[0]
+
+
+def test_hf_hub_offline_tries_no_connection(cli, hub, photo, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "3")
+    assert code == 0, err
+    assert json.loads(out)["model_source"] == "builtin" and "HF_HUB_OFFLINE=1" in err
+    code, _, err = cli("models", "fetch", BLIP)
+    assert code == 1 and "HF_HUB_OFFLINE=1" in err
+    assert hub.seen == []
+
+
+def test_repo_not_on_the_hub_is_one_line(cli, hub):
+    code, _, err = cli("models", "fetch", "acme/nothing-here")
+    assert code == 1 and err.startswith("error: could not download 'acme/nothing-here'") and err.count("\n") == 1
+
+
+def test_fetch_resumes_a_partial_download_checks_it_loads_and_rm_frees_it(cli, hub):
+    weights = hub.files[BLIP]["model.safetensors"]
+    etag = hashlib.sha256(weights).hexdigest()
+    blobs = hub.cache.root / ("models--" + BLIP.replace("/", "--")) / "blobs"
+    blobs.mkdir(parents=True)
+    half = len(weights) // 2
+    (blobs / f"{etag}.vlens-part").write_bytes(weights[:half])  # an earlier fetch killed half way
+
+    code, out, err = cli("models", "fetch", BLIP, "--json")
+    assert code == 0, err
+    r = json.loads(out)[0]
+    assert r["source"] == "hub" and r["kind"] == "captioner"
+    gets = [rng for m, p, rng in hub.seen if m == "GET" and p.endswith("/model.safetensors")]
+    assert gets == [f"bytes={half}-"]  # only the missing half came over the wire
+    assert (Path(r["path"]) / "model.safetensors").read_bytes() == weights
+
+    code, out, err = cli("models", "fetch", BLIP)
+    assert code == 0 and "already in the cache" in out, err
+
+    code, out, _ = cli("models", "list", "--json")
+    listed = json.loads(out)
+    assert next(t for t in listed["tasks"] if t["task"] == "caption")["cached"] is True
+    assert [c["id"] for c in listed["cached"]] == [BLIP]
+
+    code, out, err = cli("models", "rm", BLIP)
+    assert code == 0 and out.startswith(f"removed {BLIP}"), err
+    assert not (hub.cache.root / ("models--" + BLIP.replace("/", "--"))).exists()
+    code, _, err = cli("models", "rm", BLIP)
+    assert code == 1 and "is not in the Hugging Face cache" in err
