@@ -241,11 +241,14 @@ def test_temperature_zero_means_greedy_with_a_note():
     assert s.strategy == "greedy" and "greedily" in notes[0]
 
 
-def test_prompt_longer_than_context(captioner):
+def test_prompt_longer_than_context(captioner, images):
     with pytest.raises(ConfigError, match="shorter prompt"):
         captioner.prepare(DecodeSettings(prompt=" ".join(["circle"] * 100)))
     s, notes = captioner.prepare(DecodeSettings(prompt="a picture of", max_new_tokens=500))
-    assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) == captioner.context and notes
+    # prompt + caption + its end token fill the context exactly (the end token is scored)
+    assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) + 1 == captioner.context and notes
+    caps = captioner.caption(images[:1], s)  # a random model runs to the limit: every position is used
+    assert len(caps[0][0].token_ids) <= s.max_new_tokens
 
 
 def test_blank_prompt_means_no_prompt(captioner):
@@ -290,14 +293,21 @@ def test_generate_scores_equal_teacher_forced(images, settings, monkeypatch):
     assert all(c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + 1)) for c in flat)
 
 
-def test_generated_logprobs_flags_captions_cut_at_the_limit(captioner, images):
-    """A random model rarely ends within 3 tokens: those captions are scored teacher-forced, and the scores equal
-    a token-by-token hand computation either way."""
-    s = DecodeSettings(strategy="sample", n=2, seed=0, max_new_tokens=3, temperature=1.5)
+@pytest.mark.parametrize("strategy,second_pass", [("sample", False), ("beam", True)])
+def test_captions_cut_at_the_limit(captioner, images, monkeypatch, strategy, second_pass):
+    """A random model rarely ends within 3 tokens. Sampling generates one step past the limit, whose logits score
+    the end token; beam search cannot (an extra step would change the beams), so its cut captions take one
+    teacher-forced pass. Either way the scores equal a token-by-token hand computation."""
+    calls = []
+    monkeypatch.setattr(captioner, "teacher_forced_logprobs",
+                        lambda *a: calls.append(a) or Captioner.teacher_forced_logprobs(captioner, *a))
+    s = DecodeSettings(strategy=strategy, n=2, seed=0, max_new_tokens=3, temperature=1.5)
     out = captioner.caption(images[:2], s)
+    assert bool(calls) == second_pass
     prefix = captioner.prefix_ids(captioner.resolve_prompt(None))
     for image, per in zip(images[:2], out):
         for c in per:
+            assert len(c.token_ids) <= 3
             assert c.logprob == pytest.approx(manual_logprob(captioner, image, prefix, c.token_ids), abs=1e-4)
 
 
@@ -311,6 +321,10 @@ def test_generated_logprobs_by_hand():
     assert ok.tolist() == [True, False]
     assert count.tolist() == [2, 0]
     assert float(total[0]) == pytest.approx(float(lp[0][0, 2] + lp[1][0, 3]))
+    # a limit of 1 token: row 1 is cut after "0" and its end is scored at step 1; row 0 still ends at step 1
+    total_l, count_l, ok_l = decode.generated_logprobs(seqs, logits, 1, {3}, 7, 3, max_len=1)
+    assert ok_l.tolist() == [True, True] and count_l.tolist() == [2, 2]
+    assert float(total_l[1]) == pytest.approx(float(lp[0][1, 0] + lp[1][1, 3]))
     # beams: row 0's steps come from beam rows 1 then 0
     total_b, _, ok_b = decode.generated_logprobs(seqs[:1], logits, 1, {3}, 7, 3, beam_indices=torch.tensor([[1, 0]]))
     assert ok_b.tolist() == [True]

@@ -205,8 +205,8 @@ class Captioner:
                 f"the prompt is {prefix - 1} tokens but this model reads at most {self.context} "
                 "tokens including the caption; use a shorter prompt"
             )
-        if prefix + s.max_new_tokens > self.context:
-            room = self.context - prefix
+        if prefix + s.max_new_tokens + 1 > self.context:  # + 1: the end token is scored too
+            room = self.context - prefix - 1
             notes.append(
                 f"max-new-tokens lowered from {s.max_new_tokens} to {room} to fit the model's "
                 f"{self.context}-token context"
@@ -272,6 +272,9 @@ class Captioner:
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
+        kw = self.generate_kwargs(s)
+        if s.strategy != "beam":  # one step past the limit scores the end of a cut caption; earlier tokens and
+            kw["max_new_tokens"] += 1  # samples are unchanged (beams would be: those cut rows are rescored below)
         out = self.model.text_decoder.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -281,13 +284,13 @@ class Captioner:
             encoder_attention_mask=image_mask,
             output_logits=True,
             return_dict_in_generate=True,
-            **self.generate_kwargs(s),
+            **kw,
         )
         seqs = out.sequences  # (B * n, P + new)
-        ids = strip_prompt(seqs.cpu(), len(prefix), self.eos_ids, self.pad_id)
+        ids = strip_prompt(seqs[:, : len(prefix) + s.max_new_tokens].cpu(), len(prefix), self.eos_ids, self.pad_id)
         # each caption's log p(caption, end | image, prompt) at temperature 1, from generate's own raw logits
         total, count, ok = generated_logprobs(seqs, out.logits, len(prefix), self.eos_ids, self.pad_id,
-                                              self.sep_id, getattr(out, "beam_indices", None))
+                                              self.sep_id, getattr(out, "beam_indices", None), s.max_new_tokens)
         if not bool(ok.all()):  # cut at the length limit (end token never scored): one teacher-forced pass
             redo = (~ok).nonzero().flatten().tolist()
             t2, c2 = self.teacher_forced_logprobs(image_embeds[torch.tensor(redo) // s.n], prefix.cpu(),

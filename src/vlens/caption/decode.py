@@ -125,6 +125,7 @@ def generated_logprobs(
     pad_id: int,
     end_id: int,
     beam_indices: torch.Tensor | None = None,
+    max_len: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each caption's log-probability from ``generate``'s own per-step logits: no second decoder pass.
 
@@ -132,12 +133,13 @@ def generated_logprobs(
     step (``output_logits=True``: temperature 1, no filtering, no repetition penalty), R = N for greedy and
     sampling, R = batch x beams for beam search, with ``beam_indices`` (N, >= T) naming the row of each step
     (-1 once a beam has finished). The caption is what :func:`strip_prompt` keeps: the tokens up to the first stop
-    id; its score counts those tokens and then ``end_id`` at the stop position, exactly as the teacher-forced
-    :func:`caption_targets` + :func:`token_logprobs` do.
+    id, at most ``max_len`` of them; its score counts those tokens and then ``end_id`` at the stop position,
+    exactly as the teacher-forced :func:`caption_targets` + :func:`token_logprobs` do. A caption cut at
+    ``max_len`` has its end token scored from step ``max_len``'s logits: generate one step more than the limit.
 
-    Returns (sum (N,), count (N,), ok (N,) bool). ``ok`` is False where the logits cannot say it: the caption
-    reached the length limit without a stop (its end token was never scored) or holds a pad token; score those
-    rows teacher-forced.
+    Returns (sum (N,), count (N,), ok (N,) bool). ``ok`` is False where the logits cannot say it: a caption cut
+    at the limit without that extra step (its end token was never scored), or one that holds a pad token; score
+    those rows teacher-forced.
     """
     n, steps = sequences.shape[0], len(step_logits)
     gen = sequences[:, prefix_len : prefix_len + steps].cpu()  # (N, T') generated tokens, T' <= T
@@ -147,7 +149,10 @@ def generated_logprobs(
     # per row: the steps that count and the target scored at each (the caption's tokens, then end_id)
     rows, cols, targets, owners = [], [], [], []
     for i, toks in enumerate(gen.tolist()):
-        stop = next((t for t, tok in enumerate(toks) if tok in stop_ids), None)
+        limit = len(toks) if max_len is None else min(max_len, len(toks))
+        stop = next((t for t in range(limit) if toks[t] in stop_ids), None)
+        if stop is None and limit < len(toks):  # cut at max_len, and the step after it was generated
+            stop = limit
         if stop is None or pad_id in toks[:stop]:
             continue
         ok[i] = True
