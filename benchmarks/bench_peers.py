@@ -1,0 +1,230 @@
+"""vlens against the plain Hugging Face call a user would write instead, on real-size architectures.
+
+    .venv/bin/python benchmarks/bench_peers.py                  # BLIP-base, CLIP ViT-B/32, DINO ViT-S/8; 3 repeats
+    .venv/bin/python benchmarks/bench_peers.py --models clip --repeats 2
+
+Models have random weights (no hub here) and the real shapes: BLIP-base (ViT-B/16 at 384 px + BERT-base decoder;
+greedy, 20 new tokens, batch 1 and 8), CLIP ViT-B/32 (224 px image embeddings, batch 8) and DINO ViT-S/8 (patch
+tokens of a 448 x 448 input, batch 1). Both sides get the same images and include their preprocessing:
+
+- BLIP:  ``processor(images)`` + ``BlipForConditionalGeneration.generate`` vs ``Captioner.caption`` (which also
+  returns each caption's log-probability);
+- CLIP:  ``processor(images)`` + ``CLIPModel.get_image_features`` vs ``DualEncoder.encode_images`` (unit-norm);
+- DINO:  ``processor(image)`` + ``ViTModel(..., interpolate_pos_encoding=True)`` vs ``extract_features``.
+
+Each configuration runs in its own process (the OpenMP wait policy is fixed when torch loads), with vlens and the
+plain call alternating inside it, in the same threads. Conditions: idle, and beside one busy process (a
+pure-Python loop on one core). Under the busy process, the plain call also runs under torch's own defaults
+(``VLENS_CPU_POLICY=off``: all cores, spinning barriers): what a user gets without vlens's policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLEAR = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "VLENS_THREADS",
+         "VLENS_CPU_POLICY", "VLENS_AUTO_OMP_NUM_THREADS")
+CASES = {"blip": [("BLIP-base greedy 20 tokens", 1), ("BLIP-base greedy 20 tokens", 8)],
+         "clip": [("CLIP ViT-B/32 image embeddings", 8)],
+         "dino": [("DINO ViT-S/8 patch tokens at 448 px", 1)]}
+
+
+def photos(n: int, side: int = 512):
+    """Real photos (scikit-image), square-cropped so both sides run the same input size."""
+    import skimage.data
+    from PIL import Image
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
+    out = []
+    for i in range(n):
+        a = getattr(skimage.data, names[i % len(names)])()
+        im = Image.fromarray(a).convert("RGB")
+        s = min(im.size)
+        out.append(im.crop((0, 0, s, s)).resize((side, side)))
+    return out
+
+
+def blip_case(batch: int):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_caption import blip_base_random
+
+    from vlens.caption.captioner import Captioner, DecodeSettings
+
+    loaded = blip_base_random()
+    cap = Captioner(loaded)
+    images = photos(batch)
+    s = DecodeSettings(max_new_tokens=20, batch_size=batch)
+
+    def ours():
+        return cap.caption(images, s)
+
+    def plain():
+        with torch.inference_mode():
+            px = loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            return cap.model.generate(pixel_values=px, max_new_tokens=20, min_new_tokens=0, do_sample=False,
+                                      num_beams=1)
+
+    def same():  # greedy: vlens's caption tokens are generate's (prompt and stop removed)
+        from vlens.caption.decode import strip_prompt
+
+        return [c[0].token_ids for c in ours()] == strip_prompt(plain(), 1, cap.eos_ids, cap.pad_id)
+    return ours, plain, same
+
+
+def clip_case(batch: int):
+    import torch
+    import transformers
+
+    from vlens.models import LoadedModel
+    from vlens.retrieval.model import DualEncoder
+
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(transformers.CLIPConfig()).eval()  # the defaults are ViT-B/32
+    proc = transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    enc = DualEncoder(LoadedModel(model, proc, None, "random CLIP ViT-B/32", None, "random", "dual_encoder"))
+    images = photos(batch)
+
+    def ours():
+        return enc.encode_images(images, batch_size=batch)
+
+    def plain():
+        with torch.inference_mode():
+            px = proc(images=images, return_tensors="pt")["pixel_values"]
+            return model.get_image_features(pixel_values=px).pooler_output
+
+    def same():
+        a = torch.from_numpy(ours())
+        b = torch.nn.functional.normalize(plain(), dim=-1)
+        return bool(torch.allclose(a, b, atol=1e-4))
+    return ours, plain, same
+
+
+def dino_case(batch: int):
+    import torch
+    import transformers
+
+    from vlens.match.features import Backbone, extract_features
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                                 intermediate_size=1536, patch_size=8, image_size=224, qkv_bias=True,
+                                 layer_norm_eps=1e-6)  # facebook/dino-vits8
+    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    proc = transformers.ViTImageProcessorPil(size={"height": 448, "width": 448}, image_mean=list(mean),
+                                             image_std=list(std), resample=3)
+    bb = Backbone("random dino-vits8", model, 8, mean, std, 1, 12, "vit")
+    images = photos(batch)
+
+    def ours():
+        return extract_features(images, bb, size=448, batch_size=batch)
+
+    def plain():
+        with torch.inference_mode():
+            px = proc(images=images, return_tensors="pt")["pixel_values"]
+            return model(pixel_values=px, interpolate_pos_encoding=True).last_hidden_state
+
+    def same():
+        a = ours()[0].descriptors
+        b = plain()[0, 1:].reshape(56, 56, -1)
+        return bool(torch.allclose(a, b, atol=2e-2))  # PIL resamples differently from our resize: close, not equal
+    return ours, plain, same
+
+
+def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
+    import torch
+
+    rows = []
+    for key in models:
+        for name, batch in CASES[key]:
+            ours, plain, same = {"blip": blip_case, "clip": clip_case, "dino": dino_case}[key](batch)
+            ok = None if only_plain else same()  # also the warm-up of both
+            if only_plain:
+                plain()
+            t_ours, t_plain = [], []
+            for _ in range(repeats):
+                for fn, acc in ((plain, t_plain), (None if only_plain else ours, t_ours)):
+                    if fn is None:
+                        continue
+                    t0 = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t0)
+            rows.append({"case": name, "batch": batch, "threads": torch.get_num_threads(), "same_output": ok,
+                         "plain_s": t_plain, "vlens_s": t_ours})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def run_config(models, repeats, policy: str, busy: bool) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in CLEAR}
+    env.update(HF_HUB_OFFLINE="1", VLENS_PROGRESS="0")
+    if policy == "torch":
+        env["VLENS_CPU_POLICY"] = "off"
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        r = subprocess.run([sys.executable, __file__, "--worker", "--models", ",".join(models), "--repeats",
+                            str(repeats), *(["--only-plain"] if policy == "torch" else [])],
+                           env=env, check=True, stdout=subprocess.PIPE, text=True)
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+    return json.loads(r.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="blip,clip,dino")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--conditions", default="idle,busy")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only-plain", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    models = [m for m in a.models.split(",") if m]
+    if a.worker:
+        from vlens import cpu
+
+        if not cpu.disabled():
+            cpu.apply()  # before torch loads, as the CLI does
+        print(json.dumps(worker(models, a.repeats, a.only_plain)))
+        return
+    results = {}
+    for cond in a.conditions.split(","):
+        busy = cond == "busy"
+        results[(cond, "vlens")] = run_config(models, a.repeats, "vlens", busy)
+        if busy:
+            results[(cond, "torch")] = run_config(models, a.repeats, "torch", busy)
+    load = os.getloadavg()
+    print(f"vlens vs the plain Hugging Face call, random weights, median of {a.repeats} alternating repeats "
+          f"(load average at end {load[0]:.2f}; {os.cpu_count()} cores)")
+    print("| case | batch | condition | plain HF (s) | vlens (s) | vlens / plain | same output | "
+          "plain HF under torch defaults (s) | vlens / that |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|")
+    out = []
+    for cond in a.conditions.split(","):
+        base = {(r["case"], r["batch"]): r for r in results.get((cond, "torch"), [])}
+        for r in results[(cond, "vlens")]:
+            p, v = statistics.median(r["plain_s"]), statistics.median(r["vlens_s"])
+            b = base.get((r["case"], r["batch"]))
+            bt = statistics.median(b["plain_s"]) if b else None
+            extra = f"{bt:.2f} | x{v / bt:.2f}" if bt else "- | -"
+            print(f"| {r['case']} | {r['batch']} | {cond} | {p:.2f} | {v:.2f} | x{v / p:.2f} | {r['same_output']} | "
+                  f"{extra} |")
+            out.append({**r, "condition": cond, "plain_median_s": p, "vlens_median_s": v, "ratio": v / p,
+                        "plain_torch_defaults_median_s": bt})
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
