@@ -37,9 +37,17 @@ CASES = {"blip": [("BLIP-base greedy 20 tokens", 1), ("BLIP-base greedy 20 token
 
 
 def photos(n: int, side: int = 512):
-    """Real photos (scikit-image), square-cropped so both sides run the same input size."""
-    import skimage.data
+    """Real photos (scikit-image), square-cropped so both sides run the same input size (seeded noise where
+    scikit-image is missing, e.g. a bare GPU machine: the weights are random, so content does not matter)."""
     from PIL import Image
+
+    try:
+        import skimage.data
+    except ImportError:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(n)]
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field"]
     out = []
@@ -51,6 +59,16 @@ def photos(n: int, side: int = 512):
     return out
 
 
+DEVICE = "cpu"
+
+
+def _sync():
+    import torch
+
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def blip_case(batch: int):
     import torch
 
@@ -60,7 +78,7 @@ def blip_case(batch: int):
     from vlens.caption.captioner import Captioner, DecodeSettings
 
     loaded = blip_base_random()
-    cap = Captioner(loaded)
+    cap = Captioner(loaded, device=DEVICE)
     images = photos(batch)
     s = DecodeSettings(max_new_tokens=20, batch_size=batch)
 
@@ -69,14 +87,14 @@ def blip_case(batch: int):
 
     def plain():
         with torch.inference_mode():
-            px = loaded.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            px = loaded.image_processor(images=images, return_tensors="pt")["pixel_values"].to(DEVICE)
             return cap.model.generate(pixel_values=px, max_new_tokens=20, min_new_tokens=0, do_sample=False,
                                       num_beams=1)
 
     def same():  # greedy: vlens's caption tokens are generate's (prompt and stop removed)
         from vlens.caption.decode import strip_prompt
 
-        return [c[0].token_ids for c in ours()] == strip_prompt(plain(), 1, cap.eos_ids, cap.pad_id)
+        return [c[0].token_ids for c in ours()] == strip_prompt(plain().cpu(), 1, cap.eos_ids, cap.pad_id)
     return ours, plain, same
 
 
@@ -88,7 +106,7 @@ def clip_case(batch: int):
     from vlens.retrieval.model import DualEncoder
 
     torch.manual_seed(0)
-    model = transformers.CLIPModel(transformers.CLIPConfig()).eval()  # the defaults are ViT-B/32
+    model = transformers.CLIPModel(transformers.CLIPConfig()).eval().to(DEVICE)  # the defaults are ViT-B/32
     proc = transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     enc = DualEncoder(LoadedModel(model, proc, None, "random CLIP ViT-B/32", None, "random", "dual_encoder"))
     images = photos(batch)
@@ -98,12 +116,12 @@ def clip_case(batch: int):
 
     def plain():
         with torch.inference_mode():
-            px = proc(images=images, return_tensors="pt")["pixel_values"]
+            px = proc(images=images, return_tensors="pt")["pixel_values"].to(DEVICE)
             return model.get_image_features(pixel_values=px).pooler_output
 
     def same():
         a = torch.from_numpy(ours())
-        b = torch.nn.functional.normalize(plain(), dim=-1)
+        b = torch.nn.functional.normalize(plain(), dim=-1).cpu()
         return bool(torch.allclose(a, b, atol=1e-4))
     return ours, plain, same
 
@@ -118,7 +136,7 @@ def dino_case(batch: int):
     cfg = transformers.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                                  intermediate_size=1536, patch_size=8, image_size=224, qkv_bias=True,
                                  layer_norm_eps=1e-6)  # facebook/dino-vits8
-    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval().to(DEVICE)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     proc = transformers.ViTImageProcessorPil(size={"height": 448, "width": 448}, image_mean=list(mean),
                                              image_std=list(std), resample=3)
@@ -130,12 +148,12 @@ def dino_case(batch: int):
 
     def plain():
         with torch.inference_mode():
-            px = proc(images=images, return_tensors="pt")["pixel_values"]
+            px = proc(images=images, return_tensors="pt")["pixel_values"].to(DEVICE)
             return model(pixel_values=px, interpolate_pos_encoding=True).last_hidden_state
 
     def same():
         a = ours()[0].descriptors
-        b = plain()[0, 1:].reshape(56, 56, -1)
+        b = plain()[0, 1:].reshape(56, 56, -1).cpu()
         return bool(torch.allclose(a, b, atol=2e-2))  # PIL resamples differently from our resize: close, not equal
     return ours, plain, same
 
@@ -155,8 +173,10 @@ def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
                 for fn, acc in ((plain, t_plain), (None if only_plain else ours, t_ours)):
                     if fn is None:
                         continue
+                    _sync()
                     t0 = time.perf_counter()
                     fn()
+                    _sync()
                     acc.append(time.perf_counter() - t0)
             rows.append({"case": name, "batch": batch, "threads": torch.get_num_threads(), "same_output": ok,
                          "plain_s": t_plain, "vlens_s": t_ours})
@@ -164,7 +184,7 @@ def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
     return rows
 
 
-def run_config(models, repeats, policy: str, busy: bool) -> list[dict]:
+def run_config(models, repeats, policy: str, busy: bool, device: str = "cpu") -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k not in CLEAR}
     env.update(HF_HUB_OFFLINE="1", VLENS_PROGRESS="0")
     if policy == "torch":
@@ -172,7 +192,7 @@ def run_config(models, repeats, policy: str, busy: bool) -> list[dict]:
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         r = subprocess.run([sys.executable, __file__, "--worker", "--models", ",".join(models), "--repeats",
-                            str(repeats), *(["--only-plain"] if policy == "torch" else [])],
+                            str(repeats), "--device", device, *(["--only-plain"] if policy == "torch" else [])],
                            env=env, check=True, stdout=subprocess.PIPE, text=True)
     finally:
         if burner is not None:
@@ -188,8 +208,11 @@ def main() -> None:
     ap.add_argument("--conditions", default="idle,busy")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--only-plain", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (then use --conditions idle)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     models = [m for m in a.models.split(",") if m]
     if a.worker:
         from vlens import cpu
@@ -201,12 +224,12 @@ def main() -> None:
     results = {}
     for cond in a.conditions.split(","):
         busy = cond == "busy"
-        results[(cond, "vlens")] = run_config(models, a.repeats, "vlens", busy)
+        results[(cond, "vlens")] = run_config(models, a.repeats, "vlens", busy, a.device)
         if busy:
-            results[(cond, "torch")] = run_config(models, a.repeats, "torch", busy)
+            results[(cond, "torch")] = run_config(models, a.repeats, "torch", busy, a.device)
     load = os.getloadavg()
     print(f"vlens vs the plain Hugging Face call, random weights, median of {a.repeats} alternating repeats "
-          f"(load average at end {load[0]:.2f}; {os.cpu_count()} cores)")
+          f"(device {a.device}; load average at end {load[0]:.2f}; {os.cpu_count()} cores)")
     print("| case | batch | condition | plain HF (s) | vlens (s) | vlens / plain | same output | "
           "plain HF under torch defaults (s) | vlens / that |")
     print("|---|---:|---|---:|---:|---:|---|---:|---:|")
