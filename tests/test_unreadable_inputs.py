@@ -62,3 +62,54 @@ def test_feature_errors_name_the_file_not_its_position(tmp_path, tiny_vit):
     with pytest.raises(VlensError, match="tiny.png") as exc:
         extract_features([load_image(tmp_path / "ok.png"), load_image(tmp_path / "tiny.png")], str(tiny_vit))
     assert "of 2" not in str(exc.value)
+
+
+# ---------------------------------------------------------------- issue 23 item 6: every command skips and lists
+
+
+@pytest.fixture()
+def photos_with_a_truncated_one(shapes_dir, tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for p in sorted((shapes_dir / "images").glob("train_*.png"))[:4]:
+        shutil.copy(p, root / p.name)
+    data = (root / "train_00000.png").read_bytes()
+    (root / "zz_truncated.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut off
+    return root
+
+
+def test_ssl_train_skips_and_lists_a_truncated_image(cli, photos_with_a_truncated_one, tmp_path):
+    code, out, err = cli("ssl", "train", "--out", tmp_path / "run", "--images", photos_with_a_truncated_one,
+                         "--preset", "test-vit", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2",
+                         "--samples-per-epoch", "4", "--global-size", "32", "--local-size", "16", "--n-local", "1",
+                         "--out-dim", "16", "--json")
+    assert code == 0, err
+    assert "skipped 1 unreadable image(s):" in err and "zz_truncated.png" in err
+
+
+def test_bench_crops_lists_unreadable_files_and_runs_descriptor_models(cli, photos_with_a_truncated_one, tmp_path):
+    (photos_with_a_truncated_one / "notes.jpg").write_text("not an image")
+    code, out, err = cli("bench", "crops", "--images", photos_with_a_truncated_one, "--model", "pixels:8",
+                         "--crops", "1", "--scenario", "large", "--source-side", "64", "--crop-side", "32",
+                         "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    body = json.loads(out)
+    assert {s["path"].rsplit("/", 1)[-1] for s in body["skipped"]} == {"zz_truncated.png", "notes.jpg"}
+    assert "skipped 2 unreadable image(s):" in err
+    # pixels:8 has no weights: no random twin, and not itself twice
+    assert [r["model"] for r in body["results"]] == ["pixels:8", "sift:8"]
+
+
+def test_bench_keypoints_leaves_out_pairs_with_a_truncated_image(cli, tmp_path, tiny_vit):
+    from test_match_keypoints import make_spair
+
+    root = make_spair(tmp_path / "SPair-71k", pairs_per_cat=2, categories=("cat",))
+    img = root / "JPEGImages" / "cat" / "cat2.jpg"
+    data = img.read_bytes()
+    img.write_bytes(data[: len(data) // 2])
+    code, out, err = cli("bench", "keypoints", "--data", root, "--model", "pixels:8", "--size", "64",
+                         "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    body = json.loads(out)
+    assert [s["path"].rsplit("/", 1)[-1] for s in body["skipped"]] == ["cat2.jpg"]
+    assert all(r["pairs"] == 1 for r in body["results"]) and "cat2.jpg" in err

@@ -104,3 +104,53 @@ def test_inconsistent_ranges_and_sweep_grids_are_one_line(cli, tmp_path, shapes_
     assert code == 1 and err.startswith("error: invalid value for --lr: 'nan' is not one of the numbers expected")
     code, _, err = cli("caption", "sweep", "--data", shapes_dir, "--top-k", "10,1e30")
     assert code == 1 and "--top-k: 1e30 is out of range" in err and not (tmp_path / "sw").exists()
+
+
+def test_empty_paths_are_refused_as_empty_not_taken_for_the_current_folder(cli, tmp_path, monkeypatch):
+    """Issue 23 item 18: typer turns '' into Path('.'); the check layer sees the raw command line."""
+    monkeypatch.chdir(tmp_path)
+    imgs = _images(tmp_path / "imgs", 2)
+    for argv, name in ((("match", imgs / "img0.png", imgs / "img1.png", "--out", ""), "--out"),
+                       (("match", imgs / "img0.png", imgs / "img1.png", "--out="), "--out"),
+                       (("caption", "", "--model", "builtin:blip-tiny"), "PATHS"),
+                       (("index", "build", imgs, "--out", ""), "--out"),
+                       (("data", "make-shapes", ""), "OUT")):
+        code, out, err = cli(*argv)
+        assert code == 1 and err.startswith(f"error: invalid value for {name}: an empty path is not allowed"), \
+            (argv, err)
+        assert err.count("\n") == 1 and not out
+    # An empty text value stays allowed where it means something.
+    code, _, err = cli("caption", imgs / "img0.png", "--prompt", "", "--model", "builtin:blip-tiny")
+    assert code == 0, err
+
+
+def test_make_shapes_force_with_fewer_images_leaves_no_orphans(cli, tmp_path):
+    """Issue 23 item 10."""
+    out = tmp_path / "s"
+    assert cli("data", "make-shapes", out, "--train", "6", "--val", "2", "--test", "2", "--size", "32")[0] == 0
+    (out / "images" / "mine.png").write_bytes(b"the user's own file")
+    assert cli("data", "make-shapes", out, "--train", "2", "--val", "0", "--test", "1", "--size", "32",
+               "--force")[0] == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["mine.png", "test_00000.png", "train_00000.png",
+                                                                  "train_00001.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["test_00000.png", "train_00000.png",
+                                                                 "train_00001.png"]
+
+
+def test_a_bogus_deb_is_named_for_what_it_is_and_deb_is_never_ignored(cli, tmp_path, monkeypatch):
+    """Issue 23 item 18: a 100 KB file that is not a package, and --deb while the cache already exists."""
+    import os as _os
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VLENS_CACHE", str(cache))
+    bogus = tmp_path / "opencv-doc_1.0_all.deb"
+    bogus.write_bytes(_os.urandom(100_000))
+    code, _, err = cli("data", "fetch", "opencv-samples", "--deb", bogus)
+    assert code == 1 and "is not a Debian package" in err and "100,000-byte" in err and "empty" not in err
+    bogus.write_text("<!DOCTYPE html><html>404</html>")
+    code, _, err = cli("data", "fetch", "opencv-samples", "--deb", bogus)
+    assert code == 1 and "HTML page" in err
+    (cache / "opencv-samples").mkdir(parents=True)
+    (cache / "opencv-samples" / "SOURCE.txt").write_text("x\n")  # already cached: --deb is still unpacked
+    code, out, err = cli("data", "fetch", "opencv-samples", "--deb", bogus)
+    assert code == 1 and "HTML page" in err and "already cached" not in out

@@ -264,6 +264,51 @@ def parse_pair(text: str) -> tuple[float, float]:
     return a, b
 
 
+def empty_path_option(command, args: list[str]) -> tuple[str, str] | None:
+    """(option, command path) of the first path option or argument given as an empty string, or None.
+
+    Typer turns ``--out ''`` into ``Path('.')`` before any check sees it, so an empty value would be taken for
+    the current folder (``--out '': is a folder``, or a whole working directory captioned). The raw command line
+    is read here instead, with the same command lookup as the parser."""
+    cmd, i, names = command, 0, ["vlens"]
+    while hasattr(cmd, "commands"):
+        if i < len(args) and args[i] in cmd.commands:
+            cmd, i = cmd.commands[args[i]], i + 1
+            names.append(cmd.name)
+        elif getattr(cmd, "default_command", None) in getattr(cmd, "commands", {}) and i < len(args) \
+                and args[i] not in ("-h", "--help"):
+            cmd = cmd.commands[cmd.default_command]
+            names.append(cmd.name)
+        else:
+            return None
+    width, path_opts, path_args = {}, set(), []
+    for p in cmd.params:
+        is_path = (getattr(p.callback, "vlens_check", None) or {}).get("type") == "path"
+        if p.param_type_name == "option":
+            for o in p.opts:
+                width[o] = 0 if getattr(p, "is_flag", False) else max(p.nargs, 1)
+                if is_path:
+                    path_opts.add(o)
+        elif is_path:
+            path_args.append(p)
+    rest, j = args[i:], 0
+    while j < len(rest):
+        tok = rest[j]
+        if tok.startswith("--") and "=" in tok:
+            name, value = tok.split("=", 1)
+            if name in path_opts and not value.strip():
+                return name, " ".join(names)
+        elif tok in width:
+            if tok in path_opts and any(not v.strip() for v in rest[j + 1:j + 1 + width[tok]]):
+                return tok, " ".join(names)
+            j += 1 + width[tok]
+            continue
+        elif not tok.strip() and path_args:
+            return option_name(path_args[0]), " ".join(names)
+        j += 1
+    return None
+
+
 def writable_problem(folder: Path) -> str | None:
     """Why files cannot be created under ``folder`` (which may not exist yet), or None if they can."""
     folder = Path(folder).absolute()

@@ -105,7 +105,8 @@ def fetch_cmd(
                                "homography, the aloe stereo pair with its disparities; from Debian's opencv-doc).",
                                callback=check.choice("opencv-samples")),
     deb: Path = typer.Option(None, "--deb", help="Unpack this downloaded opencv-doc_*.deb instead of running "
-                             "`apt-get download opencv-doc`.", callback=check.existing("file")),
+                             "`apt-get download opencv-doc` (always unpacked: replaces the cached images).",
+                             callback=check.existing("file")),
     force: bool = typer.Option(False, "--force", help="Fetch again even if the images are already cached."),
     json_out: bool = JSON_OPTION,
 ):
@@ -121,7 +122,7 @@ def fetch_cmd(
     if name != "opencv-samples":
         raise ConfigError(f"unknown data '{name}'; what can be fetched: opencv-samples")
     t0 = time.time()
-    was = opencv_samples.is_available() and not force
+    was = opencv_samples.is_available() and not force and deb is None  # a --deb given is always unpacked
     root = opencv_samples.fetch_opencv_samples(deb=deb, force=force)
     files = sorted(p.name for p in root.iterdir() if p.name != opencv_samples.MARKER)
     if json_out:

@@ -139,6 +139,13 @@ def invoke(command, argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.signal(signal.SIGINT, _on_sigint)
     try:
+        from vlens.cli._common import empty_path_option
+
+        empty = empty_path_option(command, args)
+        if empty:
+            typer.echo(f"error: invalid value for {empty[0]}: an empty path is not allowed (see '{empty[1]} --help')",
+                       err=True)
+            return 1
         rv = command.main(args=args, prog_name="vlens", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except exits as exc:

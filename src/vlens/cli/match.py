@@ -183,8 +183,13 @@ def bench_crops_cmd(
         results.append(r)
     paths = write_crop_outputs(results, run.path)
     run.write_metrics({r.model: r.to_dict()["overall"] for r in results})
+    if results[0].skipped:
+        from vlens.images import SkipLog
+
+        typer.echo(SkipLog(results[0].skipped).summary(limit=20), err=True)
     if json_out:
-        echo_json({"results": [r.to_dict() for r in results], "files": {k: str(v) for k, v in paths.items()}})
+        echo_json({"results": [r.to_dict() for r in results], "files": {k: str(v) for k, v in paths.items()},
+                   "skipped": [{"path": p, "reason": r} for p, r in results[0].skipped]})
         return
     from vlens.match.crops import TABLE_HEADERS, markdown_table
 
@@ -298,6 +303,7 @@ def bench_keypoints_cmd(
     Each source keypoint's patch is matched to its nearest target patch. A published ViT-S/8 DINO reaches about 33
     PCK@0.1 on SPair-71k. Example: vlens bench keypoints --data ~/data/SPair-71k --limit 20 --category cat
     """
+    from vlens.images import SkipLog
     from vlens.match.crops import baseline_specs, markdown_table
     from vlens.match.draw import short_model
     from vlens.match.keypoints import load_spair, run_keypoint_benchmark
@@ -305,7 +311,8 @@ def bench_keypoints_cmd(
     from vlens.runs import RunDir, atomic_write_text, write_json
 
     model = model or default_spec("backbone")
-    pairs = load_spair(data, split, list(category) if category else None, limit)
+    skips = SkipLog()
+    pairs = load_spair(data, split, list(category) if category else None, limit, skips=skips)
     run = RunDir(out, {"model": model, "data": str(data), "split": split, "categories": category, "limit": limit,
                        "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha,
                        "refine": refine})
@@ -314,6 +321,9 @@ def bench_keypoints_cmd(
         typer.echo(f"[bench keypoints] {spec}: {len(pairs)} pairs ...", err=True)
         results.append(run_keypoint_benchmark(spec, pairs, size=size, pca=_pca(pca), layer=layer, facet=facet,
                                               alpha=alpha, refine=refine))
+    skips.skipped += [s for s in results[0].skipped if s not in skips.skipped]
+    if len(skips):
+        typer.echo(skips.summary(limit=20) + "\n(the pairs of these images are left out)", err=True)
     cats = sorted({c for r in results for c in r.per_category})
     headers = ["descriptor", "pairs", "keypoints", f"PCK@{alpha:g} (per keypoint)", f"PCK@{alpha:g} (per pair)",
                *cats]
@@ -324,7 +334,8 @@ def bench_keypoints_cmd(
     atomic_write_text(run.file("table.md"), table)
     run.write_metrics({r.descriptor: {"pck_point": r.pck_point, "pck_pair": r.pck_pair} for r in results})
     if json_out:
-        echo_json({"results": [r.to_dict() for r in results]})
+        echo_json({"results": [r.to_dict() for r in results],
+                   "skipped": [{"path": p, "reason": r} for p, r in skips.skipped]})
         return
     typer.echo(table)
     typer.echo(f"wrote results.json, table.md to {run.path}")

@@ -87,6 +87,23 @@ def _download_deb(folder: Path, timeout: float) -> Path:
     return debs[-1]
 
 
+DEB_MAGIC = b"!<arch>\ndebian-binary"
+
+
+def check_deb(path: Path) -> None:
+    """A one-line DatasetError unless ``path`` starts like a Debian package (an ar archive whose first member is
+    ``debian-binary``), saying what it looks like instead."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(DEB_MAGIC))
+    if head == DEB_MAGIC:
+        return
+    size = path.stat().st_size
+    what = "an empty file" if size == 0 else "an HTML page (a download error page?)" if head.lstrip().lower(
+    ).startswith((b"<!doctype", b"<html")) else f"a {size:,}-byte file that does not start like one"
+    raise DatasetError(f"--deb {path} is not a Debian package: it is {what}; download opencv-doc_*.deb again "
+                       "(e.g. `apt-get download opencv-doc`)")
+
+
 def _extract_images(deb: Path, dest: Path) -> list[str]:
     """Stream ``deb``'s file tree and write the kept files flat into ``dest``; return their names."""
     if shutil.which("dpkg-deb") is None:
@@ -108,9 +125,14 @@ def _extract_images(deb: Path, dest: Path) -> list[str]:
                     shutil.copyfileobj(src, fh)
                 kept.append(rel)
     except tarfile.TarError as exc:
-        raise DatasetError(f"{deb} is not a readable opencv-doc package ({exc})") from None
-    finally:
         proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.wait()
+        why = err.splitlines()[-1] if err else str(exc)  # dpkg-deb's reason, not the empty stream it left
+        raise DatasetError(f"{deb} is not a readable opencv-doc package ({why})") from None
+    finally:
+        if not proc.stdout.closed:
+            proc.stdout.close()
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.wait()
     if proc.returncode != 0:
@@ -121,11 +143,11 @@ def _extract_images(deb: Path, dest: Path) -> list[str]:
 def fetch_opencv_samples(deb: str | Path | None = None, force: bool = False, timeout: float = 300.0) -> Path:
     """Make sure the OpenCV sample images are in the cache and return their folder.
 
-    ``deb``: a downloaded ``opencv-doc_*.deb`` to unpack instead of running ``apt-get download``.
-    ``force``: fetch again even if the images are there.
+    ``deb``: a downloaded ``opencv-doc_*.deb`` to unpack instead of running ``apt-get download`` (always unpacked
+    when given, replacing what the cache holds). ``force``: fetch again even if the images are there.
     """
     root = samples_root()
-    if is_available() and not force:
+    if is_available() and not force and deb is None:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".opencv-samples-") as tmp:
@@ -138,6 +160,7 @@ def fetch_opencv_samples(deb: str | Path | None = None, force: bool = False, tim
             deb_path = Path(deb)
             if not deb_path.is_file():
                 raise DatasetError(f"--deb {deb}: no such file")
+            check_deb(deb_path)
         out = tmp / "images"
         out.mkdir()
         kept = _extract_images(deb_path, out)

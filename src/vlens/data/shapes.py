@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +246,21 @@ def make_shapes(out, train: int = 1000, val: int = 100, test: int = 100, seed: i
     meta = {"dataset": "vlens-shapes", "style": style, "seed": seed, "size": size, "classes": list(CLASSES),
             "images": rows}
     write_json(out / "dataset.json", meta)
+    _remove_orphans(out, {r["filename"] for r in rows})
     return out
+
+
+_OWN_NAME = re.compile(r"(train|val|test)_\d{5,}\.png")
+
+
+def _remove_orphans(out: Path, keep: set[str]) -> None:
+    """After ``--force`` with fewer images: delete the images and masks a previous shapes dataset wrote here that
+    the new ``dataset.json`` no longer lists (an index or a folder listing would pick them up). Only files named
+    as this generator names them are touched."""
+    for sub in ("images", "masks"):
+        for p in (out / sub).iterdir():
+            if p.is_file() and _OWN_NAME.fullmatch(p.name) and p.name not in keep:
+                p.unlink()
 
 
 def ensure_shapes(out, **kw) -> Path:

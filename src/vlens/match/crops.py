@@ -132,6 +132,7 @@ class CropBenchmarkResult:
     seconds: float
     examples: list[Example] = field(default_factory=list, repr=False)
     train_overlap: list = field(default_factory=list)  # (benchmark image, training image) pairs, when allowed
+    skipped: list = field(default_factory=list)  # (path, reason) of unreadable images left out
 
     def get(self, scenario: str, score: str) -> ScoreStats:
         for s in self.scenarios:
@@ -150,6 +151,7 @@ class CropBenchmarkResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "config": asdict(self.config), "images": self.images,
                 "seconds": round(self.seconds, 2), "train_overlap": [list(p) for p in self.train_overlap],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
                 "scenarios": [asdict(s) for s in self.scenarios],
                 "overall": {k: asdict(self.overall(k)) for k in ("feature", "cycle")}}
 
@@ -263,8 +265,9 @@ def score_stats(errors_by_rank: list[torch.Tensor], points: int = 100) -> ScoreS
 DEFAULT_IMAGES = "opencv:heldout"
 
 
-def _resolve_images(images) -> tuple[list[Image.Image], list[str]]:
-    """The benchmark's images, loaded, and their names (file names; ``image N`` for PIL images given)."""
+def _resolve_images(images) -> tuple[list[Image.Image], list[str], list[tuple[str, str]]]:
+    """The benchmark's images, loaded, their names (file names; ``image N`` for PIL images given) and the
+    unreadable files skipped (path, reason)."""
     from vlens.data.photos import image_set
     from vlens.images import SkipLog, load_images_safely
 
@@ -282,7 +285,7 @@ def _resolve_images(images) -> tuple[list[Image.Image], list[str]]:
         names.append(Path(path).name)
     if not pils:
         raise DatasetError("the crop benchmark got no readable images" + (f" ({skips.summary()})" if skips else ""))
-    return pils, names
+    return pils, names, skips.skipped
 
 
 def make_config(config: CropBenchmarkConfig | None = None, **overrides) -> CropBenchmarkConfig:
@@ -317,7 +320,7 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
     from vlens.models import default_spec
 
     spec = model.spec if hasattr(model, "spec") else (model or default_spec("backbone"))
-    originals, names = _resolve_images(images)
+    originals, names, skipped = _resolve_images(images)
     overlap = check_heldout(spec, originals, allow_train_images, "the crop benchmark", names)  # before loading
     bb = load_backbone(model) if isinstance(model, str) or model is None else model
     sources = [working_image(im, cfg.source_side) for im in originals]
@@ -340,7 +343,7 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
                 examples.append(Example(sc.name, crop.image, sources[crop.source], m, err, crop.affine))
         stats = {by: score_stats(v, cfg.curve_points) for by, v in ranked.items()}
         results.append(ScenarioResult(sc.name, len(crops), total, stats))
-    return CropBenchmarkResult(bb.spec, cfg, results, len(sources), time.time() - t0, examples, overlap)
+    return CropBenchmarkResult(bb.spec, cfg, results, len(sources), time.time() - t0, examples, overlap, skipped)
 
 
 def baseline_specs(model: str) -> list[str]:
@@ -353,7 +356,10 @@ def baseline_specs(model: str) -> list[str]:
     p = bb.patch_size
     fused = fused_parts(model)
     if fused is None:
-        return [f"sift:{p}", f"pixels:{p}", f"random:{model}"]
+        specs = [f"sift:{p}", f"pixels:{p}"]
+        if bb.has_model and not bb.spec.startswith("random:"):  # a descriptor without weights has no random twin
+            specs.append(f"random:{model}")
+        return [s for s in specs if s not in (model, bb.spec)]
     raw = model.split("+")
     random = "+".join(r if not b.has_model else f"random:{r}" for r, (b, _) in zip(raw, bb.parts))
     out = []

@@ -89,9 +89,14 @@ def _read_pair(path: Path, images: Path) -> KeypointPair:
 
 
 def load_spair(root: str | Path, split: str = "test", categories: list[str] | None = None,
-               limit: int = 0) -> list[KeypointPair]:
+               limit: int = 0, skips=None) -> list[KeypointPair]:
     """Pairs of one split of an SPair-71k folder (``Layout/large/<split>.txt`` order when present, else sorted
-    file names); ``categories`` keeps only those; ``limit`` > 0 keeps the first ``limit`` pairs per category."""
+    file names); ``categories`` keeps only those; ``limit`` > 0 keeps the first ``limit`` pairs per category.
+    A pair whose image cannot be read is left out and recorded in ``skips`` (a :class:`vlens.images.SkipLog`);
+    a malformed annotation stops the load with one line naming the file and the field."""
+    from vlens.images import ImageLoadError, SkipLog
+
+    skips = SkipLog() if skips is None else skips
     root = Path(root)
     if split not in SPLITS:
         raise DatasetError(f"unknown SPair split '{split}'; one of trn (train), val, test")
@@ -116,10 +121,15 @@ def load_spair(root: str | Path, split: str = "test", categories: list[str] | No
         cat = f.stem.rsplit(":", 1)[-1]
         if limit and per_cat.get(cat, 0) >= limit:
             continue
+        try:
+            pairs.append(_read_pair(f, root / "JPEGImages"))
+        except ImageLoadError as err:
+            skips.add(err)
+            continue
         per_cat[cat] = per_cat.get(cat, 0) + 1
-        pairs.append(_read_pair(f, root / "JPEGImages"))
     if not pairs:
-        raise DatasetError(f"no SPair pairs in {ann}" + (f" for {', '.join(categories)}" if categories else ""))
+        raise DatasetError(f"no SPair pairs in {ann}" + (f" for {', '.join(categories)}" if categories else "")
+                           + (f" with readable images ({skips.summary(limit=3)})" if len(skips) else ""))
     return pairs
 
 
@@ -167,29 +177,38 @@ class KeypointResult:
     per_category: dict  # category -> {"pairs", "keypoints", "pck_point"}
     seconds: float = 0.0
     per_pair: list = field(default_factory=list, repr=False)  # [(name, correct, total)]
+    skipped: list = field(default_factory=list)  # (path, reason) of unreadable images; their pairs are left out
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "per_pair"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("per_pair", "skipped")}
+        return {**d, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
 def run_keypoint_benchmark(spec: str, pairs: list[KeypointPair], size: int = 224, pca: int | None = None,
                            layer: int = -1, facet: str = "token", alpha: float = ALPHA,
                            refine: str = "none") -> KeypointResult:
     """PCK@alpha (of the target box) of keypoint transfer with one descriptor spec over ``pairs``."""
-    from vlens.images import load_image
+    from vlens.images import ImageLoadError, SkipLog, load_image
     from vlens.match.features import extract_features, load_backbone
 
     t0 = time.time()
     bb = load_backbone(spec)
-    per_pair, per_cat = [], {}
+    per_pair, per_cat, skips = [], {}, SkipLog()
     for p in pairs:
-        fs, ft = extract_features([load_image(p.source), load_image(p.target)], bb, layer=layer, facet=facet,
-                                  size=size)
+        try:
+            imgs = [load_image(p.source), load_image(p.target)]
+        except ImageLoadError as err:  # readable header, broken data (a truncated download): the pair is left out
+            skips.add(err)
+            continue
+        fs, ft = extract_features(imgs, bb, layer=layer, facet=facet, size=size)
         ok = pck_correct(transfer(fs, ft, p.src_kps, pca, refine), p.trg_kps, p.threshold_unit, alpha)
         per_pair.append((p.name, int(ok.sum()), len(ok)))
         c = per_cat.setdefault(p.category, [0, 0, 0])
         c[0], c[1], c[2] = c[0] + 1, c[1] + int(ok.sum()), c[2] + len(ok)
+    if not per_pair:
+        raise DatasetError("none of the keypoint pairs has readable images: " + skips.summary(limit=3))
     correct, total = sum(x[1] for x in per_pair), sum(x[2] for x in per_pair)
     cats = {k: {"pairs": v[0], "keypoints": v[2], "pck_point": v[1] / v[2]} for k, v in sorted(per_cat.items())}
-    return KeypointResult(bb.spec, len(pairs), total, correct / total, float(np.mean([x[1] / x[2] for x in per_pair])),
-                          cats, round(time.time() - t0, 2), per_pair)
+    return KeypointResult(bb.spec, len(per_pair), total, correct / total,
+                          float(np.mean([x[1] / x[2] for x in per_pair])), cats, round(time.time() - t0, 2), per_pair,
+                          skips.skipped)

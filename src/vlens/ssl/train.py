@@ -232,15 +232,24 @@ class _StepSampler:
         return self.args[1] - self.args[0]
 
 
-def _resolve_images(specs: list[str]) -> list[Path]:
+def _resolve_images(specs: list[str], log=None) -> list[Path]:
+    """The training images, each decoded once up front: unreadable files are left out and listed (``log``), so
+    the list every epoch draws from, and so a resume, never changes under the run."""
     from vlens.data.photos import image_set
+    from vlens.images import SkipLog, load_images_safely
 
     paths: list[Path] = []
     for spec in specs:
         paths += image_set(spec)
     if not paths:
         raise ConfigError("no training images; pass --images photos|shapes|DIR")
-    return paths
+    skips = SkipLog()
+    readable = [p for p, _ in load_images_safely(paths, skips)]
+    if len(skips) and log:
+        log(skips.summary(limit=20))
+    if not readable:
+        raise ConfigError("none of the training images can be read: " + skips.summary(limit=3))
+    return readable
 
 
 def _checksum(module) -> float:
@@ -279,7 +288,7 @@ def train(cfg: DINOConfig, log=print) -> dict:
     accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed)  # identical initial weights on every process
-    paths = _resolve_images(cfg.images)
+    paths = _resolve_images(cfg.images, log if accelerator.is_main_process else None)
     samples = cfg.samples_per_epoch or len(paths)
     samples = max(samples, cfg.batch_size * world)
     spe = samples // (cfg.batch_size * world)  # steps per epoch
