@@ -43,10 +43,10 @@ def top_half(errors: torch.Tensor, order: torch.Tensor) -> float:
 
 
 def main() -> None:
-    from vlens.data.photos import image_set
-    from vlens.match.crops import markdown_table as table
+    from vlens.data.image_sets import image_set
     from vlens.match.crops import run_crop_benchmark
     from vlens.match.features import load_backbone
+    from vlens.tables import markdown_table as table
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:dino-tiny")

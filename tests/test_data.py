@@ -119,7 +119,7 @@ def test_shapes_styles_differ():
 
 
 def test_photos_image_set():
-    from vlens.data.photos import image_set
+    from vlens.data.image_sets import image_set
     from vlens.images import load_image
 
     paths = image_set("photos:matching")

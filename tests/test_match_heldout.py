@@ -60,7 +60,7 @@ def test_allowed_overlap_is_flagged(tmp_path):
 def test_default_images_are_held_out(opencv_samples):
     """The default benchmark images (opencv:heldout) and the real pairs are not training images of the shipped
     backbone."""
-    from vlens.data.photos import image_set
+    from vlens.data.image_sets import image_set
     from vlens.match.crops import DEFAULT_IMAGES
     from vlens.match.pairs import opencv_pairs
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from vlens.errors import DatasetError
+from vlens.match import geometry as G
 from vlens.match import pairs as P
 
 
@@ -69,15 +70,15 @@ def test_opencv_homography_convention_with_a_warped_blob():
 
     warped = cv2.warpPerspective(blob.astype(np.float32), h_cv, (w, h), flags=cv2.INTER_LINEAR)
     centroid = np.array([(warped * xs).sum(), (warped * ys).sum()]) / warped.sum()
-    expected = P.apply_homography(P.homography_from_opencv(h_cv), [[cx, cy]])[0]
-    naive = P.apply_homography(h_cv, [[cx, cy]])[0]
+    expected = G.apply_homography(G.homography_from_opencv(h_cv), [[cx, cy]])[0]
+    naive = G.apply_homography(h_cv, [[cx, cy]])[0]
     assert np.linalg.norm(centroid - expected) < 0.05
     assert np.linalg.norm(naive - expected) == pytest.approx(np.hypot(0.5, 0.5))  # what ignoring it costs
-    assert np.allclose(P.homography_to_opencv(P.homography_from_opencv(h_cv)), h_cv)
+    assert np.allclose(G.homography_to_opencv(G.homography_from_opencv(h_cv)), h_cv)
 
 
 def test_sift_coordinates_are_vlens_coordinates():
-    from vlens.match.sift import from_opencv_xy, to_opencv_xy
+    from vlens.match.geometry import from_opencv_xy, to_opencv_xy
 
     assert np.allclose(to_opencv_xy([[0.5, 1.5]]), [[0.0, 1.0]])
     assert np.allclose(from_opencv_xy(to_opencv_xy([[3.25, 7.0]])), [[3.25, 7.0]])
@@ -188,7 +189,7 @@ def test_hpatches_missing_image_is_one_line(tmp_path):
 def test_bad_homography_files(tmp_path, content, match):
     (tmp_path / "H").write_text(content)
     with pytest.raises(DatasetError, match=match):
-        P.read_homography(tmp_path / "H")
+        G.read_homography(tmp_path / "H")
 
 
 def test_manifest_disparity_and_bad_inputs(tmp_path):
@@ -263,8 +264,8 @@ def test_real_pairs_conventions_and_sparse_sift(opencv_samples):
 
     a, b = load_image(graf.source), load_image(graf.target)
     xa, xb, _, _ = sparse_sift_matches(a, b)
-    err_v = np.linalg.norm(P.apply_homography(graf.homography, xa) - xb, axis=1)
-    err_naive = np.linalg.norm(P.apply_homography(P.homography_to_opencv(graf.homography), xa) - xb, axis=1)
+    err_v = np.linalg.norm(G.apply_homography(graf.homography, xa) - xb, axis=1)
+    err_naive = np.linalg.norm(G.apply_homography(G.homography_to_opencv(graf.homography), xa) - xb, axis=1)
     good = err_v < 3
     assert good.mean() > 0.5
     assert np.median(err_v[good]) < np.median(err_naive[good])  # the convention matters and is the right one
@@ -302,8 +303,8 @@ def test_synthetic_homography_is_seeded_and_keeps_the_photo_in_view():
     h2 = P.synthetic_homography((640, 480), np.random.default_rng([0, 3]))
     assert np.array_equal(h1, h2)
     corners = np.array([[0, 0], [639, 0], [639, 479], [0, 479]], dtype=float)
-    moved = P.apply_homography(h1, corners)
-    centre = P.apply_homography(h1, np.array([[319.5, 239.5]]))[0]
+    moved = G.apply_homography(h1, corners)
+    centre = G.apply_homography(h1, np.array([[319.5, 239.5]]))[0]
     assert np.abs(centre - [319.5, 239.5]).max() < 0.1 * 640 + 1  # the centre moves by at most the jitter
     assert (np.linalg.norm(moved - corners, axis=1) > 1).all()  # every corner moves
 

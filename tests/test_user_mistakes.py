@@ -50,7 +50,7 @@ def _images(folder: Path, n: int, colour=(10, 200, 30)) -> Path:
 
 
 def test_a_folder_named_like_a_builtin_set_is_used_as_that_folder(tmp_path, monkeypatch):
-    from vlens.data.photos import image_set
+    from vlens.data.image_sets import image_set
 
     monkeypatch.chdir(tmp_path)
     mine = _images(tmp_path / "shapes_v2", 3)

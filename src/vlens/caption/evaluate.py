@@ -258,7 +258,7 @@ def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig, columns:
 
 def plot_sweep(summary: list[dict], path, metrics=("BLEU-4", "CIDEr")) -> Path:
     """metric vs temperature, one line per top-k (error bars: std over seeds), one row per prompt."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     prompts = list(dict.fromkeys(e["prompt"] for e in summary))

@@ -26,7 +26,7 @@ def explain_figure(explanations, path, titles: list[str] | None = None, max_step
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     cmap = colormaps["Blues"]

@@ -191,7 +191,8 @@ def bench_crops_cmd(
         echo_json({"results": [r.to_dict() for r in results], "files": {k: str(v) for k, v in paths.items()},
                    "skipped": [{"path": p, "reason": r} for p, r in results[0].skipped]})
         return
-    from vlens.match.crops import TABLE_HEADERS, markdown_table
+    from vlens.match.crops import TABLE_HEADERS
+    from vlens.tables import markdown_table
 
     typer.echo(markdown_table(TABLE_HEADERS, table_rows(results, per_scenario=False, digits=None)))
     typer.echo(f"wrote {', '.join(Path(p).name for p in paths.values())} to {run.path}")
@@ -231,7 +232,7 @@ def bench_pairs_cmd(
     beside the sparse SIFT + ratio test + RANSAC pipeline; with and without sub-patch refinement; tables
     per set of pairs (means over its pairs) and per pair. Example: vlens bench pairs --data hpatches/v_graffiti
     """
-    from vlens.match.crops import baseline_specs, markdown_table
+    from vlens.match.crops import baseline_specs
     from vlens.match.pairs import (
         PairsConfig,
         describe,
@@ -241,6 +242,7 @@ def bench_pairs_cmd(
     )
     from vlens.models import default_spec
     from vlens.runs import RunDir
+    from vlens.tables import markdown_table
 
     pairs = [p for d in dict.fromkeys(data) for p in load_pairs(d)]  # bad data fails before any model notice
     model = model or default_spec("backbone")
@@ -304,11 +306,12 @@ def bench_keypoints_cmd(
     PCK@0.1 on SPair-71k. Example: vlens bench keypoints --data ~/data/SPair-71k --limit 20 --category cat
     """
     from vlens.images import SkipLog
-    from vlens.match.crops import baseline_specs, markdown_table
+    from vlens.match.crops import baseline_specs
     from vlens.match.draw import short_model
     from vlens.match.keypoints import load_spair, run_keypoint_benchmark
     from vlens.models import default_spec
     from vlens.runs import RunDir, atomic_write_text, write_json
+    from vlens.tables import markdown_table
 
     model = model or default_spec("backbone")
     skips = SkipLog()
@@ -451,7 +454,7 @@ def parts_cmd(
     from vlens.images import load_image
     from vlens.match.draw import overlay_labels, pca_rgb
     from vlens.match.segment import PART_PALETTE, discover_parts
-    from vlens.report.plots import image_grid
+    from vlens.plots import image_grid
 
     imgs = [load_image(p) for p in images]
     labels, feats = discover_parts(imgs, model, k=k, size=size, pca=_pca(pca), layer=layer, facet=facet, seed=seed)
@@ -482,11 +485,11 @@ def bench_segment_cmd(
     json_out: bool = JSON_OPTION,
 ):
     """Label-transfer segmentation benchmark: mIoU and pixel accuracy on masks, against baselines."""
-    from vlens.match.crops import markdown_table
     from vlens.match.draw import short_model
     from vlens.match.segment import SegmentConfig, run_segment_benchmark, segment_examples_figure
     from vlens.models import default_spec
     from vlens.runs import RunDir, atomic_write_text, write_json
+    from vlens.tables import markdown_table
 
     model = model or default_spec("backbone")
     cfg = SegmentConfig(k=k, size=size)

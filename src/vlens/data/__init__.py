@@ -8,7 +8,7 @@ optional mask path). Formats (``load_dataset`` recognises them by content):
 - COCO captions JSON (``captions_*.json``: ``images`` + ``annotations``);
 - an image folder with ``metadata.jsonl`` or ``metadata.csv`` (Hugging Face imagefolder convention).
 
-Named image sets for the correspondence work: ``photos`` (scikit-image photos), ``shapes``.
+Named image sets for the correspondence work (``photos``, ``shapes``, ``opencv:...``): :mod:`vlens.data.image_sets`.
 """
 
 from __future__ import annotations

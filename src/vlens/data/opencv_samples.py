@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from vlens.data.cache import cache_dir
 from vlens.errors import DatasetError
 
 PACKAGE = "opencv-doc"
@@ -41,8 +42,6 @@ PAIR_FILES = ("graf1.png", "graf3.png", "H1to3p.xml", "aloeL.jpg", "aloeR.jpg", 
 
 
 def samples_root() -> Path:
-    from vlens.data.photos import cache_dir
-
     return cache_dir() / "opencv-samples"
 
 

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
 from vlens.errors import ConfigError, DatasetError
+from vlens.match.geometry import working_image
 
 
 @dataclass(frozen=True)
@@ -159,15 +160,6 @@ class CropBenchmarkResult:
 # ---------------------------------------------------------------------------------------------- crops
 
 
-def working_image(img: Image.Image, side: int) -> Image.Image:
-    """The source at the working resolution (longer side ``side``)."""
-    from vlens.images import to_rgb
-
-    w, h = img.size
-    s = side / max(w, h)
-    return to_rgb(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
-
-
 def crop_affine(center: tuple[float, float], box: tuple[float, float], out: tuple[int, int],
                 angle_deg: float = 0.0) -> np.ndarray:
     """Affine (2, 3) mapping output pixel coords of an ``out`` = (w, h) crop to source coords, for a box of
@@ -268,7 +260,7 @@ DEFAULT_IMAGES = "opencv:heldout"
 def _resolve_images(images) -> tuple[list[Image.Image], list[str], list[tuple[str, str]]]:
     """The benchmark's images, loaded, their names (file names; ``image N`` for PIL images given) and the
     unreadable files skipped (path, reason)."""
-    from vlens.data.photos import image_set
+    from vlens.data.image_sets import image_set
     from vlens.images import SkipLog, load_images_safely
 
     if images is None:
@@ -394,12 +386,6 @@ def table_rows(results: list[CropBenchmarkResult], per_scenario: bool = True, di
     return rows
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_crop_outputs(results: list[CropBenchmarkResult], out) -> dict:
     """Write ``results.json``, ``table.md`` / ``table.csv`` (Table-1 shape), ``curves.png`` and
     ``best_worst.png`` (for the first model) into ``out``; returns the paths."""
@@ -409,6 +395,7 @@ def write_crop_outputs(results: list[CropBenchmarkResult], out) -> dict:
 
     from vlens.match.draw import best_worst_figure, crop_curves_figure
     from vlens.runs import atomic_write_text, write_json
+    from vlens.tables import markdown_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

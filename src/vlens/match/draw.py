@@ -73,7 +73,7 @@ def draw_error_matches(crop: Image.Image, source: Image.Image, matches, errors: 
 
 def crop_curves_figure(results, path):
     """Error-vs-rank curves: one panel per score, one colour per scenario, one line style per model."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     scores = ("feature", "cycle")
@@ -111,7 +111,7 @@ def short_model(spec: str) -> str:
 
 def best_worst_figure(result, path, by: str = "cycle", n: int = 10):
     """For each scenario's first crop: the n best and n worst matches by score, coloured by true error."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     ex = []
@@ -157,8 +157,8 @@ def mma_figure(summaries, path):
     """Mean matching accuracy curves (fraction of matches within t px), one panel per set of pairs (the mean over
     its pairs, :func:`vlens.match.pairs.summarize`), one line per descriptor plus the sparse SIFT reference
     (dashed)."""
-    from vlens.match.pairs import MMA_THRESHOLDS
-    from vlens.report.plots import plt, save_fig
+    from vlens.match.geometry import MMA_THRESHOLDS
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     fig, axes = pyplot.subplots(1, len(summaries), figsize=(5 * len(summaries), 3.8), squeeze=False)

@@ -77,7 +77,7 @@ def draw_point_panels(ax_a, ax_b, img_a: Image.Image, img_b: Image.Image, pm, vm
 def point_figure(img_a: Image.Image, img_b: Image.Image, pm, path, title: str = "") -> None:
     """A (left) with the point and its cycle back, B (right) with the similarity heatmap, best match and the
     other top-k candidates (numbered), a colour bar and the numbers in the title."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     ha = 4.2
@@ -105,7 +105,7 @@ def attention_overlays(img: Image.Image, att) -> list[Image.Image]:
 
 def attention_figure(img: Image.Image, att, rgb: np.ndarray | None, path, title: str = "", cols: int = 4) -> None:
     """The photo, its features' PCA as RGB, the heads' mean attention, then one panel per head."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     overlays = attention_overlays(img, att)

@@ -245,7 +245,7 @@ class SegmentBenchResult:
 
 
 def default_shapes_dir():
-    from vlens.data.photos import cache_dir
+    from vlens.data.cache import cache_dir
     from vlens.data.shapes import ensure_shapes
 
     return ensure_shapes(cache_dir() / "shapes-target-small", train=200, val=20, test=20, style="target")
@@ -317,7 +317,7 @@ def run_segment_benchmark(model, data=None, *, refs: int = 20, targets: int = 40
 def segment_examples_figure(result: SegmentBenchResult, path):
     """Rows of (image, true mask, predicted mask) for the kept examples."""
     from vlens.data.shapes import MASK_PALETTE
-    from vlens.report.plots import image_grid
+    from vlens.plots import image_grid
 
     def colour(m):
         im = Image.fromarray(m.astype(np.uint8), "P")

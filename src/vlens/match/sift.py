@@ -3,7 +3,7 @@
 
 Coordinates. OpenCV puts pixel centres at integer coordinates; vlens puts them at +0.5 (pixel ``(col, row)``
 covers ``[col, col+1)``). Everything this module returns is in vlens coordinates: OpenCV coordinates get +0.5
-on the way out and -0.5 on the way in (:func:`to_opencv_xy`, :func:`from_opencv_xy`).
+on the way out and -0.5 on the way in (:func:`vlens.match.geometry.to_opencv_xy`, ``from_opencv_xy``).
 
 Dense SIFT. For a grid of ``p x p`` patches, each patch gets the 128-d SIFT descriptor of an upright keypoint at
 its centre whose support (OpenCV: 4 x 4 cells of ``1.5 * size`` pixels) is ``support`` pixels wide (default 48,
@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from vlens.errors import ConfigError
+from vlens.match.geometry import from_opencv_xy, homography_from_opencv, to_opencv_xy
 
 SIFT_SUPPORT = 48.0  # descriptor support in pixels of the model input (see the module docstring)
 RATIO = 0.8  # Lowe's ratio test
@@ -30,16 +31,6 @@ def _cv2():
     except ImportError:  # pragma: no cover - a dependency, but say what to do if it is missing
         raise ConfigError("SIFT needs OpenCV: pip install opencv-python-headless") from None
     return cv2
-
-
-def to_opencv_xy(xy: np.ndarray) -> np.ndarray:
-    """vlens (centre at +0.5) -> OpenCV (centre at integer) pixel coordinates: (n, 2)."""
-    return np.asarray(xy, dtype=np.float64) - 0.5
-
-
-def from_opencv_xy(xy: np.ndarray) -> np.ndarray:
-    """OpenCV -> vlens pixel coordinates: (n, 2)."""
-    return np.asarray(xy, dtype=np.float64) + 0.5
 
 
 def gray_uint8(img) -> np.ndarray:
@@ -101,6 +92,4 @@ def ransac_homography(xy_a: np.ndarray, xy_b: np.ndarray, threshold: float = RAN
                                  confidence=0.999)
     if h is None:
         return None, np.zeros(n, dtype=bool)
-    from vlens.match.pairs import homography_from_opencv
-
     return homography_from_opencv(h), mask.ravel().astype(bool)

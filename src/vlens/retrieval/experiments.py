@@ -73,7 +73,7 @@ def sweep_tables(rows: list[dict], metrics=("score", "i2t_r1", "t2i_r1")) -> str
 def plot_sweep(rows: list[dict], path, metric: str = "score"):
     """One panel per varied setting: ``metric`` (mean ± std over seeds and other settings) against its values,
     one line per ``init``. Returns the path, or None when nothing varies."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
     from vlens.sweep import summarize
 
     keys = [k for k in varied(rows) if k != "init"] or (["init"] if "init" in varied(rows) else [])

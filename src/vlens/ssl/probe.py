@@ -83,7 +83,7 @@ def _dataset(cfg: ProbeConfig):
     from pathlib import Path
 
     from vlens.data import load_dataset
-    from vlens.data.photos import cache_dir
+    from vlens.data.cache import cache_dir
     from vlens.data.shapes import ensure_shapes
     from vlens.errors import DatasetError
 

@@ -235,7 +235,7 @@ class _StepSampler:
 def _resolve_images(specs: list[str], log=None) -> list[Path]:
     """The training images, each decoded once up front: unreadable files are left out and listed (``log``), so
     the list every epoch draws from, and so a resume, never changes under the run."""
-    from vlens.data.photos import image_set
+    from vlens.data.image_sets import image_set
     from vlens.images import SkipLog, load_images_safely
 
     paths: list[Path] = []
@@ -502,7 +502,7 @@ LOSS_TERMS = {"loss_cls": "[CLS] (DINO)", "loss_dense": "dense DINO (patches)", 
 def loss_curve_figure(history: list[dict], path: Path, height: float = 3.2) -> Path:
     """Two panels from a run's per-step log: the total loss and every logged term, and the teacher entropies
     (a collapse shows as both falling to 0, or rising to log K). Used by runs and by the lab report."""
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     fig, ax = pyplot.subplots(1, 2, figsize=(9, height))

@@ -24,6 +24,8 @@ from fastapi import Path as FastPath
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from vlens.web.shared import decoding_form, read_image, run_cpu
+
 STORE_SIDE = 1024  # longer side of a stored image (the model input is at most 896 px anyway)
 MAX_IMAGES = 24
 MAX_FEATURES = 24
@@ -240,8 +242,6 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    from vlens.web.app import decoding_form, read_image, run_cpu
-
     cache = ExploreCache()
     app.state.explore = cache
 

@@ -37,7 +37,7 @@ def section(ctx: LabContext) -> Section:
     )
     from vlens.caption.metrics import METRIC_NAMES
     from vlens.data.shapes import scene_objects
-    from vlens.report.plots import image_grid
+    from vlens.plots import image_grid
     from vlens.report.sections.data import shapes_dataset
 
     s = Section("Image captioning")

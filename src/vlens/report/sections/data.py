@@ -29,7 +29,7 @@ def section(ctx: LabContext) -> Section:
     from vlens.data.shapes import CLASSES, MASK_PALETTE, load_mask
     from vlens.data.stats import dataset_stats
     from vlens.images import load_image
-    from vlens.report.plots import image_grid
+    from vlens.plots import image_grid
 
     s = Section("Data")
     s.text("vlens runs offline on data it generates or ships. The **shapes** dataset is procedural: 1-3 coloured "

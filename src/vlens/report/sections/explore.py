@@ -15,7 +15,8 @@ def _crop_pair(seed: int):
 
     from vlens.data.photos import photo_paths
     from vlens.images import load_image
-    from vlens.match.crops import SCENARIOS, make_crop, working_image
+    from vlens.match.crops import SCENARIOS, make_crop
+    from vlens.match.geometry import working_image
 
     src = working_image(load_image(photo_paths(("astronaut",))[0]), 320)
     crop = make_crop(src, SCENARIOS[1], 192, np.random.default_rng([seed, 16]))
@@ -32,7 +33,7 @@ def point_heatmaps(ctx: LabContext, model: str, path):
     from vlens.match.explore import point_match
     from vlens.match.explore_figures import HEAT_CMAP, _colorbar, draw_point_panels
     from vlens.match.features import extract_features
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     src, crop = _crop_pair(ctx.seed)
     fc, fs = extract_features([crop.image, src], model, size=224)

@@ -74,7 +74,7 @@ def section(ctx: LabContext) -> Section:
     from vlens.images import load_image
     from vlens.match.draw import overlay_labels, pca_rgb
     from vlens.match.segment import PART_PALETTE, discover_parts
-    from vlens.report.plots import image_grid
+    from vlens.plots import image_grid
 
     imgs = [load_image(p) for p in photo_paths(("chelsea", "astronaut"))]
     labels, feats = discover_parts(imgs, model, k=5, size=224, seed=ctx.seed)

@@ -33,7 +33,7 @@ def section(ctx: LabContext) -> Section:
     from dataclasses import replace
 
     from vlens.data import load_dataset
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
     from vlens.report.sections.data import shapes_dataset
     from vlens.retrieval.evaluate import evaluate_encoder
     from vlens.retrieval.model import DualEncoder

@@ -16,7 +16,7 @@ MODEL = "builtin:clip-tiny"
 def _figure(rows, root, path, cols: int = 5):
     """One row per query: the query text, then the top hits with rank and score; the query's own image in green."""
     from vlens.images import load_image
-    from vlens.report.plots import plt, save_fig
+    from vlens.plots import plt, save_fig
 
     pyplot = plt()
     fig, axes = pyplot.subplots(len(rows), cols + 1, figsize=(2.0 * (cols + 1), 2.25 * len(rows)),

@@ -1,4 +1,6 @@
-"""Matplotlib helpers shared by report sections and commands (Agg backend, atomic saves)."""
+"""Matplotlib helpers shared by every capability that draws and by the report (Agg backend, atomic saves).
+
+They sit below the capabilities (match, caption, ssl, retrieval) so that drawing never imports the report layer."""
 
 from __future__ import annotations
 
