@@ -27,7 +27,8 @@ def _rows(index: Path) -> dict[str, tuple[int, np.ndarray]]:
 def test_two_processes_write_what_one_writes(shapes_dir, tmp_path):
     from vlens.caption.bulk import caption_to_file, record_file
     from vlens.caption.captioner import Captioner, DecodeSettings
-    from vlens.retrieval.index import ImageIndex, IndexConfig, build_index
+    from vlens.retrieval.index import IndexConfig, build_index
+    from vlens.retrieval.index_reader import ImageIndex
 
     images = tmp_path / "imgs"
     images.mkdir()

@@ -14,7 +14,9 @@ from PIL import Image
 
 from vlens.errors import ConfigError, IndexError_
 from vlens.retrieval.ann import exact_topk, recall_at_k
-from vlens.retrieval.index import ImageIndex, IndexConfig, build_index, index_lock, safe_join, update_index
+from vlens.retrieval.index import IndexConfig, build_index, update_index
+from vlens.retrieval.index_reader import ImageIndex
+from vlens.retrieval.index_store import index_lock, safe_join
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 

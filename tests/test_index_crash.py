@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from vlens.errors import IndexError_
-from vlens.retrieval.index import ImageIndex, IndexConfig, build_index, is_index, update_index
+from vlens.retrieval.index import IndexConfig, build_index, update_index
+from vlens.retrieval.index_reader import ImageIndex
+from vlens.retrieval.index_store import is_index
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +202,7 @@ def test_two_processes_updating_at_once(setup, tmp_path):
     out = tmp_path / "idx"
     build_index(root, out, IndexConfig(model=str(model)), embedder=(enc.encode_images, enc.dim), progress=False)
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from vlens.retrieval.index import index_lock\n"
+        [sys.executable, "-c", ("import sys, time; from vlens.retrieval.index_store import index_lock\n"
                                 f"with index_lock({str(out)!r}, 'vlens index update'):\n"
                                 "    print('locked', flush=True); sys.stdin.readline()")],
         env=_env(), stdout=subprocess.PIPE, stdin=subprocess.PIPE)  # holds the lock until killed, however slow

@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from vlens.retrieval.index import MANIFEST, ImageIndex, IndexConfig, build_index, is_index
+from vlens.retrieval.index import IndexConfig, build_index
+from vlens.retrieval.index_reader import ImageIndex
+from vlens.retrieval.index_store import MANIFEST, is_index
 
 
 @pytest.fixture()

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from vlens.retrieval.ann import exact_topk, recall_at_k
-from vlens.retrieval.index import (
-    FORMAT_VERSION,
-    ImageIndex,
-    IndexConfig,
-    _bump,
-    build_faiss,
-    connect,
-    write_manifest,
-)
+from vlens.retrieval.index_faiss import build_faiss
+from vlens.retrieval.index_reader import ImageIndex
+from vlens.retrieval.index_store import FORMAT_VERSION, IndexConfig, _bump, connect, write_manifest
 
 
 def _clustered(n: int, d: int, k: int, seed: int, spread: float = 0.35) -> np.ndarray:

@@ -114,7 +114,7 @@ def info_cmd(
     json_out: bool = JSON_OPTION,
 ):
     """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
-    from vlens.retrieval.index import ImageIndex
+    from vlens.retrieval.index_reader import ImageIndex
 
     ix = ImageIndex(index)
     info = ix.info()

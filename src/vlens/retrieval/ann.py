@@ -1,7 +1,8 @@
 """Approximate and exact nearest-neighbour search over unit vectors: the FAISS structures the image index uses,
 how their search effort is tuned to a recall target, and the brute-force reference they are measured against.
 
-Pure functions over numpy arrays and FAISS objects; no files, no database (that is :mod:`vlens.retrieval.index`).
+Pure functions over numpy arrays and FAISS objects; no files, no database (those are
+:mod:`vlens.retrieval.index_store` and :mod:`vlens.retrieval.index_faiss`).
 """
 
 from __future__ import annotations

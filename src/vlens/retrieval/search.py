@@ -32,7 +32,7 @@ class Searcher:
     """An opened index plus the dual encoder that made it; thread-safe (one model call at a time)."""
 
     def __init__(self, index, encoder=None, cache_size: int = 1024):
-        from vlens.retrieval.index import ImageIndex
+        from vlens.retrieval.index_reader import ImageIndex
 
         self.index = index if isinstance(index, ImageIndex) else ImageIndex(index)
         self._encoder = encoder
@@ -128,7 +128,7 @@ def contact_sheet(hits: list[SearchHit], root, out, title: str = "", query_image
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     from vlens.images import load_image
-    from vlens.retrieval.index import safe_join
+    from vlens.retrieval.index_store import safe_join
     from vlens.runs import atomic_path
 
     root = Path(root)

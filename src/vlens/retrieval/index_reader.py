@@ -1,0 +1,118 @@
+"""Reading an index: :class:`ImageIndex` opens a folder written by :mod:`vlens.retrieval.index` and searches it
+(FAISS when its file is current, else exact search straight from SQLite), never writing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from vlens.errors import IndexError_
+from vlens.retrieval.ann import exact_topk
+from vlens.retrieval.index_faiss import load_faiss
+from vlens.retrieval.index_store import DB, connect, generation, is_index, iter_vectors, read_manifest, safe_join
+
+
+class ImageIndex:
+    """An index opened for searching. Cheap to open; never writes; safe to read while another process updates."""
+
+    def __init__(self, folder, mmap: bool | None = None):
+        """``mmap``: memory-map the FAISS file (True), read it (False), or map it when larger than 1 GiB (None)."""
+        self.mmap = mmap
+        self.folder = Path(folder).expanduser()
+        self.manifest = read_manifest(self.folder)
+        self.root = Path(self.manifest["root"])
+        self.dim = int(self.manifest["dim"])
+        self.con = connect(self.folder, readonly=True)
+        self._inode = (self.folder / DB).stat().st_ino
+        self.lock = threading.RLock()  # one sqlite3 connection, shared by a server's threads
+        self._load()
+
+    def _load(self) -> None:
+        self.generation = generation(self.con)
+        self.faiss, self.state = load_faiss(self.folder, self.generation, self.mmap)
+        # Stale (killed between the database and the FAISS write, or mid-update): exact search from SQLite.
+        self.stale = self.faiss is None
+
+    def refresh(self) -> bool:
+        """Pick up another process's update; returns True if anything changed."""
+        with self.lock:
+            try:
+                inode = (self.folder / DB).stat().st_ino
+            except FileNotFoundError:  # being rebuilt with --force: keep answering from what we have
+                return False
+            if inode != self._inode:  # replaced (build --force): open the new database
+                if not is_index(self.folder):
+                    return False
+                self.con.close()
+                self.con, self._inode = connect(self.folder, readonly=True), inode
+                self.dim = int(read_manifest(self.folder)["dim"])
+            elif generation(self.con) == self.generation and not self.stale:
+                return False
+            self.manifest = read_manifest(self.folder)
+            self.root = Path(self.manifest["root"])
+            self._load()
+            return True
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    def __len__(self) -> int:
+        with self.lock:
+            return int(self.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, d) unit queries -> scores (Q, k), ids (Q, k) (id -1 where fewer than k images)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        if q.shape[1] != self.dim:
+            raise IndexError_(f"query vectors are {q.shape[1]}-d, the index holds {self.dim}-d "
+                              f"(built with {self.model})")
+        index = self.faiss
+        if index is not None:
+            return index.search(q, k)
+        with self.lock:
+            return exact_topk(q, iter_vectors(self.con, self.dim), k)
+
+    def rows(self, ids: Iterable[int]) -> dict[int, dict]:
+        ids = [int(i) for i in ids if i >= 0]
+        out = {}
+        with self.lock:
+            return self._rows(ids, out)
+
+    def _rows(self, ids: list[int], out: dict) -> dict[int, dict]:
+        for i in range(0, len(ids), 900):
+            part = ids[i:i + 900]
+            for r in self.con.execute("SELECT id, path, size, mtime_ns, sha256, caption FROM images "
+                                      f"WHERE id IN ({','.join('?' * len(part))})", part):
+                out[r[0]] = {"id": r[0], "path": r[1], "size": r[2], "mtime_ns": r[3], "sha256": r[4],
+                             "caption": r[5]}
+        return out
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        with self.lock:
+            r = self.con.execute("SELECT vector FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return None if r is None else np.frombuffer(r[0], np.float32).copy()
+
+    def file(self, image_id: int) -> Path | None:
+        """The image file for ``image_id``, or None; never a path outside the indexed folder."""
+        with self.lock:
+            r = self.con.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
+        return None if r is None else safe_join(self.root, r[0])
+
+    def info(self) -> dict:
+        with self.lock:
+            skipped = self.con.execute("SELECT path, reason FROM skipped ORDER BY path").fetchall()
+        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {"index": str(self.folder), "root": str(self.root), "model": self.model, "dim": self.dim,
+                "metric": self.manifest.get("metric"), "kind": self.manifest.get("kind"), "count": len(self),
+                "generation": self.generation, "stale": self.stale, "ann": self.manifest.get("ann", {}),
+                "captioner": self.manifest.get("config", {}).get("captioner"),
+                "vlens_version": self.manifest.get("vlens_version"), "created": self.manifest.get("created"),
+                "updated": self.manifest.get("updated"), "disk_bytes": size,
+                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+
+    def close(self) -> None:
+        self.con.close()
