@@ -207,7 +207,7 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
         m = Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
     if refine != "none":
         m = refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
-                           TEMPERATURE if temperature is None else temperature)
+                           TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors)
     return m
 
 

@@ -26,6 +26,7 @@ Everything here is pure: projected descriptors and grid geometry in, points out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -116,12 +117,12 @@ def grid_step(features) -> tuple[float, float]:
 
 def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int, int], grid_b: tuple[int, int],
                    step_a: tuple[float, float], step_b: tuple[float, float], method: str = "soft",
-                   temperature: float = TEMPERATURE):
+                   temperature: float = TEMPERATURE, *, nearest: Callable):
     """``matches`` (a :class:`~vlens.match.matching.Matches` of source rows ``a`` (n, d) into target rows
     ``b`` (m, d), same projection) with refined target points and refined cycle distances (module docstring).
-    Feature distances, indices and ``mutual`` stay those of the patches."""
-    from vlens.match.matching import nearest_neighbors
-
+    Feature distances, indices and ``mutual`` stay those of the patches. ``nearest(q, a)``: the nearest-neighbour
+    search, ``(indices (k,), distances (k,))`` of rows ``q`` in ``a`` (the caller's, so that this module does not
+    import :mod:`vlens.match.matching`, which calls it)."""
     check_method(method)
     if method == "none" or len(matches) == 0:
         return matches
@@ -129,7 +130,7 @@ def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int,
     a, b = a.cpu(), b.cpu()
     dst_xy = refine_points(a[src], b, dst, grid_b, step_b, method, temperature)
     uniq, inv = torch.unique(dst, return_inverse=True)
-    back, _ = nearest_neighbors(b[uniq], a)  # each target patch's nearest source patch
+    back, _ = nearest(b[uniq], a)  # each target patch's nearest source patch
     back_xy = refine_points(b[dst], a, back[inv], grid_a, step_a, method, temperature)  # (n, 2)
     src_xy = matches.src_xy.cpu()
     return replace(matches, dst_xy=dst_xy.to(matches.dst_xy.dtype),
