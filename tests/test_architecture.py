@@ -18,8 +18,8 @@ LAYERS = [
     ("composite capabilities", ["vlens.retrieval"]),
     ("capabilities", ["vlens.match", "vlens.ssl", "vlens.caption"]),
     ("data", ["vlens.data"]),
-    ("ground floor", ["vlens.images", "vlens.runs", "vlens.models", "vlens.devices", "vlens.faults",
-                      "vlens.training", "vlens.sweep", "vlens.bulk", "vlens.plots", "vlens.tables"]),
+    ("ground floor", ["vlens.images", "vlens.runs", "vlens.models", "vlens.devices", "vlens.cpu", "vlens.faults",
+                      "vlens.fields", "vlens.training", "vlens.sweep", "vlens.bulk", "vlens.plots", "vlens.tables"]),
     ("foundations", ["vlens.errors", "vlens"]),
 ]
 
