@@ -310,3 +310,15 @@ def test_missing_models_are_reported_up_front(indexed):
         assert not f["match"]["available"] and "builtin:nada" in f["match"]["detail"]
         r = c.post("/api/caption", files={"file": ("q.png", _png(), "image/png")})
         assert r.status_code == 503 and "builtin:nope" in r.json()["detail"]
+
+
+def test_cpu_slots_reach_the_limiter_the_routes_use(monkeypatch):
+    """`create_app(cpu_slots=N)` (what `vlens serve` passes from the CPU policy) sizes the limiter that
+    run_cpu uses (it lives in vlens.web.shared, with the other request helpers)."""
+    from vlens.web import shared
+    from vlens.web.app import create_app
+
+    monkeypatch.setattr(shared, "CPU_SLOTS", shared.CPU_SLOTS)
+    monkeypatch.setattr(shared, "_cpu_limiter", None)
+    create_app(cpu_slots=3)
+    assert shared.CPU_SLOTS == 3 and shared._cpu_limiter is None

@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from vlens.errors import ConfigError, ImageLoadError, IndexError_, ModelLoadError, VlensError
-from vlens.web.shared import decoding_form, read_image, run_cpu
+from vlens.web.shared import decoding_form, read_image, run_cpu, set_cpu_slots
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
@@ -263,11 +263,10 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None) -> FastAPI:
     """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
     ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy)."""
-    global CPU_SLOTS, _cpu_limiter
     from vlens import __version__
 
     if cpu_slots:
-        CPU_SLOTS, _cpu_limiter = int(cpu_slots), None
+        set_cpu_slots(cpu_slots)
 
     svc = Services(index, captioner, backbone)
     app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,

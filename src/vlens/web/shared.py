@@ -26,6 +26,12 @@ health) keep their own threads."""
 _cpu_limiter = None
 
 
+def set_cpu_slots(n: int) -> None:
+    """Let ``n`` requests compute at once from now on (``create_app(cpu_slots=...)``)."""
+    global CPU_SLOTS, _cpu_limiter
+    CPU_SLOTS, _cpu_limiter = int(n), None
+
+
 async def run_cpu(fn, *args):
     """Run CPU-heavy ``fn(*args)`` in a worker thread (never on the event loop), at most ``CPU_SLOTS`` at once,
     abandoned with 503 after ``REQUEST_TIMEOUT_S``."""
