@@ -125,3 +125,16 @@ def test_explicit_builtin_says_nothing(cli, hf_cache, photos):
                          "--max-new-tokens", "3")
     assert code == 0, err
     assert json.loads(out)["model_source"] == "builtin" and "note: caption runs" not in err
+
+
+def test_a_fused_match_fallback_still_names_its_model(monkeypatch, hf_cache):
+    from vlens.models import defaults, load
+    from vlens.models.hub import source_of
+
+    fused = "builtin:dino-tiny*0.3+sift:8*0.7"
+    assert defaults.first_part(fused) == "builtin:dino-tiny" and source_of(fused) == "builtin"
+    assert "4-layer ViT/8" in notice("match", fused, "is not in the Hugging Face cache and HF_HUB_OFFLINE=1")
+    monkeypatch.setitem(defaults.TASKS, "match", defaults.TaskDefault(
+        "match", "backbone", DINO, 87, fused, "match"))
+    assert resolve_default("match").spec == fused
+    assert load(None, "backbone").spec == "builtin:dino-tiny"

@@ -85,7 +85,10 @@ def load(spec: str | None, kind: str, *, attn_implementation: str | None = None)
     """Load a model of ``kind`` from ``spec`` (none: the task's default, :func:`default_spec`)."""
     if kind not in KINDS:
         raise ModelLoadError(f"unknown model kind '{kind}'; one of {', '.join(KINDS)}")
-    spec = spec or default_spec(kind).split("+")[0]  # a fused descriptor fallback: its model part
+    if not spec:
+        from vlens.models.defaults import first_part
+
+        spec = first_part(default_spec(kind))  # a fused descriptor fallback: its model part
     from vlens.models.hub import resolve
 
     folder, source = resolve(spec)

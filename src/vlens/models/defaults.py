@@ -46,9 +46,14 @@ class TaskDefault:
         return knows(self.fallback)
 
 
+def first_part(spec: str) -> str:
+    """The first part of a fused descriptor spec (``builtin:dino-tiny*0.3+sift:8*0.7`` -> ``builtin:dino-tiny``)."""
+    return str(spec).split("+")[0].split("*")[0].strip()
+
+
 def knows(spec: str) -> str:
     """What an embedded model (or a fused spec starting with one) knows; "" for anything else."""
-    return BUILTIN_KNOWS.get(str(spec).split("+")[0], "")
+    return BUILTIN_KNOWS.get(first_part(spec), "")
 
 
 TASKS: dict[str, TaskDefault] = {

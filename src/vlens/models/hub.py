@@ -323,7 +323,9 @@ def resolve_default(task: str) -> DefaultChoice:
 def source_of(spec: str | None) -> str:
     """Where ``spec``'s weights come from, without loading or downloading anything: builtin, local, cache, hub
     (downloaded by this process), computed (pixels, sift: no weights), random (random:SPEC) or unknown."""
-    spec = str(spec or "").split("+")[0]
+    from vlens.models.defaults import first_part
+
+    spec = first_part(spec or "")
     if spec.startswith("builtin:"):
         return "builtin"
     if spec.startswith("random:"):
