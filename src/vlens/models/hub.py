@@ -245,9 +245,16 @@ def resolve(spec: str) -> tuple[Path, str]:
         return folder, "builtin"
     path = Path(spec).expanduser()
     if path.exists():
+        if path.is_file():
+            from vlens.models.checkpoints import SUFFIXES, converted_folder, is_checkpoint_file
+
+            if not is_checkpoint_file(path):
+                raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(SUFFIXES)}); point --model "
+                                     "at one, or at a folder written by save_pretrained")
+            return converted_folder(path), "local"
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} exists but has no config.json; point --model at a folder written by "
-                                 "save_pretrained")
+                                 "save_pretrained, or at a checkpoint file (.pth, .pt, .bin, .safetensors)")
         return path, "local"
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"no such model folder: {spec}")

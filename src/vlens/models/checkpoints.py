@@ -1,0 +1,194 @@
+"""``--model PATH`` for checkpoint files users already hold: read the file, recognise its layout, convert it with the
+family's converter (``convert_dino``, ``convert_dinov2``, ``convert_open_clip``: pure functions, each with its
+layout written beside it) and write a Hugging Face folder once, cached under ``$VLENS_CACHE/converted``.
+
+An unknown layout is refused with one line naming the layouts expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from vlens.errors import ModelLoadError
+from vlens.models import convert_dino, convert_dinov2, convert_open_clip
+
+SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+FAMILIES = {"dinov2": convert_dinov2, "dino": convert_dino, "open_clip": convert_open_clip}  # checked in this order
+EXPECTED = "; ".join(m.LAYOUT for m in (convert_dino, convert_dinov2, convert_open_clip))
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+_WRAPPERS = ("state_dict", "model", "teacher", "module", "model_state_dict")
+_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+_DROPPED = ("dino_head.", "ibot_head.")  # DINOv2 training heads beside the backbone
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's TorchScript CLIP files
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                    "vocab.txt")
+
+
+def is_checkpoint_file(path: Path) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() in SUFFIXES
+
+
+def read_state_dict(path: Path) -> tuple[dict, dict]:
+    """(state dict of tensors, hints) from a checkpoint file: safetensors, a ``torch.save`` dict (loaded with
+    ``weights_only``; wrappers such as ``{"state_dict": ...}`` / ``{"teacher": ...}`` and ``module.`` /
+    ``backbone.`` prefixes removed) or a TorchScript archive (OpenAI's CLIP files; hint ``jit``)."""
+    import torch
+
+    path = Path(path)
+    hints = {"jit": False}
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - maybe TorchScript; otherwise report the first error below
+                if not (zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
+                                                         for n in zipfile.ZipFile(path).namelist())):
+                    raise
+                obj = {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()
+                       if k not in _JIT_EXTRAS}
+                hints["jit"] = True
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
+            inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise ModelLoadError(f"{path} holds no state dict (a {type(obj).__name__}); expected one of: {EXPECTED}")
+    sd = {}
+    for k, v in obj.items():
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        if k.startswith(_DROPPED):
+            continue
+        if not torch.is_tensor(v):
+            raise ModelLoadError(f"{path}: entry '{k}' is a {type(v).__name__}, not a tensor; expected one of: "
+                                 f"{EXPECTED}")
+        sd[k] = v
+    return sd, hints
+
+
+def family_of(sd: dict) -> str:
+    """Which converter's layout ``sd`` looks like; a one-line ModelLoadError naming them all otherwise."""
+    for name, mod in FAMILIES.items():
+        if mod.matches(sd):
+            return name
+    keys = sorted(sd)
+    raise ModelLoadError(f"unknown checkpoint layout (keys {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); "
+                         f"expected one of: {EXPECTED}")
+
+
+def convert_state_dict(sd: dict, *, quick_gelu: bool = False) -> tuple[str, dict, dict]:
+    """(family, HF config kwargs, HF state dict) for any supported layout."""
+    family = family_of(sd)
+    mod = FAMILIES[family]
+    config, out = mod.convert(sd, quick_gelu=quick_gelu) if family == "open_clip" else mod.convert(sd)
+    return family, config, out
+
+
+def hf_config(config: dict):
+    """The transformers config object for converter output."""
+    import transformers
+
+    kw = dict(config)
+    mtype = kw.pop("model_type")
+    cls = {"vit": transformers.ViTConfig, "dinov2": transformers.Dinov2Config,
+           "dinov2_with_registers": transformers.Dinov2WithRegistersConfig, "clip": transformers.CLIPConfig}[mtype]
+    return cls(**kw)
+
+
+def _image_processor(config: dict):
+    import transformers
+
+    mtype = config["model_type"]
+    if mtype == "clip":
+        s = config["vision_config"]["image_size"]
+        return transformers.CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                                                  image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
+    if mtype == "vit":  # facebook/dino-vits8's: resize to 224, ImageNet statistics
+        return transformers.ViTImageProcessorPil(size={"height": 224, "width": 224}, image_mean=IMAGENET_MEAN,
+                                                 image_std=IMAGENET_STD)
+    return transformers.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                                             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)  # facebook/dinov2-*'s
+
+
+def _tokenizer_source(checkpoint: Path) -> Path:
+    """Where a converted CLIP gets its tokenizer: files beside the checkpoint, else the cached
+    openai/clip-vit-base-patch32 (the same BPE vocabulary open_clip's ViT-B-32 uses)."""
+    from vlens.models.hub import cached
+
+    here = checkpoint.parent
+    if (here / "tokenizer.json").is_file() or (here / "vocab.json").is_file() or (here / "vocab.txt").is_file():
+        return here
+    snap = cached("openai/clip-vit-base-patch32")
+    if snap is not None:
+        return snap
+    raise ModelLoadError(f"{checkpoint} is an open_clip model but no tokenizer is at hand: put tokenizer.json (or "
+                         "vocab.json + merges.txt) beside it, or run `vlens models fetch openai/clip-vit-base-patch32` "
+                         "once (its tokenizer is open_clip's)")
+
+
+def write_hf_folder(config: dict, state: dict, out: Path, tokenizer_from: Path | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors``, the image processor (and tokenizer files) into ``out``."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_config(config).save_pretrained(out)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    _image_processor(config).save_pretrained(out)
+    if tokenizer_from is not None:
+        for name in _TOKENIZER_FILES:
+            if (Path(tokenizer_from) / name).is_file():
+                shutil.copyfile(Path(tokenizer_from) / name, out / name)
+    return out
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("VLENS_CACHE") or Path.home() / ".cache" / "vlens") / "converted"
+
+
+def converted_folder(path: Path) -> Path:
+    """The Hugging Face folder for checkpoint ``path``, converted on first use and kept (keyed by the file's path,
+    size and modification time) under ``$VLENS_CACHE/converted``."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    root = _cache_root()
+    out = root / f"{path.stem}-{key}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    sd, hints = read_state_dict(path)
+    name = path.name.lower()
+    quick_gelu = hints["jit"] or "quickgelu" in name or "openai" in name
+    family, config, state = convert_state_dict(sd, quick_gelu=quick_gelu)
+    tok = _tokenizer_source(path) if family == "open_clip" else None
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=root))
+    try:
+        write_hf_folder(config, state, tmp, tok)
+        (tmp / "CONVERTED.json").write_text(json.dumps(
+            {"source": str(path), "bytes": st.st_size, "family": family, "quick_gelu": quick_gelu,
+             "layout": FAMILIES[family].LAYOUT}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,62 @@
+"""What the checkpoint converters share: the layout error, a key-set check that names what was expected, the
+split of a fused query-key-value projection. Pure functions on state dicts (name -> tensor); nothing is loaded."""
+
+from __future__ import annotations
+
+import math
+
+from vlens.errors import ModelLoadError
+
+
+class LayoutError(ModelLoadError):
+    """A state dict is not in the layout a converter expects (the message names the layout and the difference)."""
+
+
+def _few(keys, n: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_keys(sd: dict, expected: dict[str, tuple | None], layout: str, optional: tuple[str, ...] = ()) -> None:
+    """``sd`` must have exactly the keys of ``expected`` (plus any starting with one of ``optional``) with those
+    shapes (None = any shape). One-line :class:`LayoutError` naming ``layout`` and the first differences."""
+    have = set(sd)
+    missing = set(expected) - have
+    extra = {k for k in have - set(expected) if not k.startswith(optional)}
+    if missing or extra:
+        parts = ([f"missing {_few(missing)}"] if missing else []) + ([f"unexpected {_few(extra)}"] if extra else [])
+        raise LayoutError(f"not a {layout} state dict: {'; '.join(parts)}")
+    for k, shape in expected.items():
+        if shape is not None and tuple(sd[k].shape) != tuple(shape):
+            raise LayoutError(f"not a {layout} state dict: {k} has shape {tuple(sd[k].shape)}, expected "
+                              f"{tuple(shape)}")
+
+
+def count_blocks(sd: dict, prefix: str) -> int:
+    """How many numbered blocks ``prefix{i}.`` the state dict has (0, 1, ... without gaps)."""
+    heads = {k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)}
+    ids = {int(h) for h in heads if h.isdigit()}
+    if ids != set(range(len(ids))):
+        raise LayoutError(f"blocks {prefix}N are not numbered 0..{len(ids) - 1} without gaps")
+    return len(ids)
+
+
+def grid_side(n_patches: int, what: str) -> int:
+    side = math.isqrt(n_patches)
+    if side * side != n_patches:
+        raise LayoutError(f"{what}: {n_patches} patch positions is not a square grid")
+    return side
+
+
+def split_qkv(weight, bias, dim: int) -> list:
+    """A fused (3*dim, dim) projection and its (3*dim,) bias -> [(Wq, bq), (Wk, bk), (Wv, bv)] (rows in q, k, v
+    order, as timm/DINO's ``qkv`` and PyTorch's ``in_proj`` both store them)."""
+    return [(weight[i * dim:(i + 1) * dim], None if bias is None else bias[i * dim:(i + 1) * dim]) for i in range(3)]
+
+
+def heads_for(width: int, num_heads: int | None) -> int:
+    """Attention heads: not stored in a state dict; every supported checkpoint uses 64-wide heads."""
+    heads = num_heads or max(1, width // 64)
+    if width % heads:
+        raise LayoutError(f"width {width} does not split into {heads} attention heads")
+    return heads
