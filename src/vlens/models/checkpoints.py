@@ -127,17 +127,14 @@ def _image_processor(config: dict):
                                              image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)  # facebook/dinov2-*'s
 
 
-def _tokenizer_source(checkpoint: Path) -> Path:
-    """Where a converted CLIP gets its tokenizer: files beside the checkpoint, else the cached
-    openai/clip-vit-base-patch32 (the same BPE vocabulary open_clip's ViT-B-32 uses)."""
-    from vlens.models.hub import cached
-
+def _tokenizer_source(checkpoint: Path, fallback: Path | None) -> Path:
+    """Where a converted CLIP gets its tokenizer: files beside the checkpoint, else ``fallback`` (the resolver
+    passes the cached openai/clip-vit-base-patch32, whose BPE vocabulary is open_clip's ViT-B-32's)."""
     here = checkpoint.parent
     if (here / "tokenizer.json").is_file() or (here / "vocab.json").is_file() or (here / "vocab.txt").is_file():
         return here
-    snap = cached("openai/clip-vit-base-patch32")
-    if snap is not None:
-        return snap
+    if fallback is not None:
+        return fallback
     raise ModelLoadError(f"{checkpoint} is an open_clip model but no tokenizer is at hand: put tokenizer.json (or "
                          "vocab.json + merges.txt) beside it, or run `vlens models fetch openai/clip-vit-base-patch32` "
                          "once (its tokenizer is open_clip's)")
@@ -164,9 +161,10 @@ def _cache_root() -> Path:
     return Path(os.environ.get("VLENS_CACHE") or Path.home() / ".cache" / "vlens") / "converted"
 
 
-def converted_folder(path: Path) -> Path:
+def converted_folder(path: Path, tokenizer_fallback: Path | None = None) -> Path:
     """The Hugging Face folder for checkpoint ``path``, converted on first use and kept (keyed by the file's path,
-    size and modification time) under ``$VLENS_CACHE/converted``."""
+    size and modification time) under ``$VLENS_CACHE/converted``. ``tokenizer_fallback``: a folder with a CLIP
+    tokenizer for open_clip files that have none beside them."""
     path = Path(path).expanduser().resolve()
     st = path.stat()
     key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -178,7 +176,7 @@ def converted_folder(path: Path) -> Path:
     name = path.name.lower()
     quick_gelu = hints["jit"] or "quickgelu" in name or "openai" in name
     family, config, state = convert_state_dict(sd, quick_gelu=quick_gelu)
-    tok = _tokenizer_source(path) if family == "open_clip" else None
+    tok = _tokenizer_source(path, tokenizer_fallback) if family == "open_clip" else None
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=root))
     try:

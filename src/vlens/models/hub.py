@@ -251,7 +251,9 @@ def resolve(spec: str) -> tuple[Path, str]:
             if not is_checkpoint_file(path):
                 raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(SUFFIXES)}); point --model "
                                      "at one, or at a folder written by save_pretrained")
-            return converted_folder(path), "local"
+            from vlens.models.defaults import TASKS
+
+            return converted_folder(path, tokenizer_fallback=cached(TASKS["retrieval"].real)), "local"
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} exists but has no config.json; point --model at a folder written by "
                                  "save_pretrained, or at a checkpoint file (.pth, .pt, .bin, .safetensors)")
