@@ -215,3 +215,14 @@ def test_messages_name_option_value_and_range(cli, tmp_path):
     assert code == 1 and "--lr" in err and "nan is not a finite number" in err and "above 0" in err
     code, _, err = cli("data", "make-shapes", tmp_path / "s", "--seed", str(2**70))
     assert code == 1 and f"{2**70} is out of range (allowed: 0 to {2**32 - 1})" in err
+
+
+def test_json_means_one_thing_in_every_command():
+    """`--json` is a flag everywhere (print JSON on stdout instead of text), never an option that takes a file
+    name; files go through the options that name files (--out, ...)."""
+    command = typer.main.get_command(app)
+    taking_a_value = [f"vlens {' '.join(path)}" for path, leaf in _leaves(command) for p in leaf.params
+                      if "--json" in getattr(p, "opts", ()) and not getattr(p, "is_flag", False)]
+    with_json = {path for path, leaf in _leaves(command) for p in leaf.params if "--json" in getattr(p, "opts", ())}
+    assert len(with_json) > 10 and not taking_a_value, taking_a_value
+

@@ -20,13 +20,18 @@ def two_images(tmp_path_factory):
 
 
 def test_match_cli_writes_picture_and_json(cli, tiny_vit, two_images, tmp_path):
-    out, js = tmp_path / "m.png", tmp_path / "m.json"
+    out = tmp_path / "m.png"
     code, stdout, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit,
-                            "--score", "feature", "--pca", "4", "--top", "5", "--size", "64", "--out", out,
-                            "--json", js)
+                            "--score", "feature", "--pca", "4", "--top", "5", "--size", "64", "--out", out)
     assert code == 0, err
     assert "matched into b.png" in stdout and out.exists()
-    info = json.loads(js.read_text())
+    out.unlink()
+    code, stdout, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit,
+                            "--score", "feature", "--pca", "4", "--top", "5", "--size", "64", "--out", out,
+                            "--json")
+    assert code == 0, err
+    info = json.loads(stdout)  # --json: the matches on stdout and nothing else; the picture still goes to --out
+    assert out.exists()
     assert info["score"] == "feature" and len(info["matches"]) == 5 and info["grid_a"] == [5, 8]
     dists = [r["feature_distance"] for r in info["matches"]]
     assert dists == sorted(dists)
@@ -34,14 +39,25 @@ def test_match_cli_writes_picture_and_json(cli, tiny_vit, two_images, tmp_path):
     assert Image.open(out).size[1] == 48 * 8  # drawn at the height of the taller image (upscaled to 384)
     assert info["refine"] == "soft"  # the default: sub-patch points
     for refine in ("none", "quadratic"):
-        code, _, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit, "--top", "0",
-                           "--size", "64", "--refine", refine, "--out", out, "--json", js)
+        code, stdout, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit, "--top",
+                                "0", "--size", "64", "--refine", refine, "--out", out, "--json")
         assert code == 0, err
-        rows = json.loads(js.read_text())["matches"]
+        rows = json.loads(stdout)["matches"]
         # b.png (48x32) runs at 64x40: patch centres are 6 px apart in x and 6.4 px in y, starting half a step in
         on_centres = all(abs(v / s - 0.5 - round(v / s - 0.5)) < 0.01 for r in rows
                          for v, s in zip(r["dst_xy"], (6.0, 6.4)))
         assert on_centres == (refine == "none"), refine
+
+
+def test_match_json_is_a_flag_not_a_file_name(cli, tiny_vit, two_images, tmp_path, monkeypatch):
+    """--json means one thing in every command: print JSON on stdout. The old `--json FILE` form is refused in
+    one line (it used to write FILE, and `--json -` wrote a file named '-'); nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("m.json", "-"):
+        code, stdout, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit,
+                                "--size", "64", "--out", tmp_path / "m.png", "--json", name)
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / name).exists() and not (tmp_path / "m.png").exists()
 
 
 def test_match_cli_bad_input(cli, tiny_vit, two_images, tmp_path):

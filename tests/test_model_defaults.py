@@ -84,11 +84,10 @@ def test_caption_match_index_use_the_cached_real_models(cli, hf_cache, tiny_blip
     info = json.loads(out)
     assert (info["model"], info["model_source"]) == (BLIP, "cache") and "note: caption runs" not in err
 
-    js = tmp_path / "m.json"
-    code, _, err = cli("match", photos / "a.png", photos / "b.png", "--size", "32", "--out", tmp_path / "m.png",
-                       "--json", js)
+    code, out, err = cli("match", photos / "a.png", photos / "b.png", "--size", "32", "--out", tmp_path / "m.png",
+                         "--json")
     assert code == 0, err
-    info = json.loads(js.read_text())
+    info = json.loads(out)
     assert (info["model"], info["model_source"]) == (DINO, "cache") and "note:" not in err
 
     code, out, err = cli("index", "build", photos, "--out", tmp_path / "ix", "--workers", "0", "--json")
@@ -112,11 +111,10 @@ def test_empty_cache_uses_builtins_with_the_notice(cli, hf_cache, photos, tmp_pa
     notes = [ln for ln in err.splitlines() if ln.startswith("note: caption runs")]
     assert len(notes) == 1 and "synthetic shapes" in notes[0] and f"vlens models fetch {BLIP}" in notes[0]
 
-    js = tmp_path / "m.json"
-    code, _, err = cli("match", photos / "a.png", photos / "b.png", "--size", "32", "--out", tmp_path / "m.png",
-                       "--json", js)
+    code, out, err = cli("match", photos / "a.png", photos / "b.png", "--size", "32", "--out", tmp_path / "m.png",
+                         "--json")
     assert code == 0, err
-    assert json.loads(js.read_text())["model_source"] == "builtin"
+    assert json.loads(out)["model_source"] == "builtin"
     assert f"note: match runs {MATCH_FALLBACK}" in err and f"vlens models fetch {DINO}" in err
 
 

@@ -71,15 +71,15 @@ def match_cmd(
                                callback=REFINES),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
                              "coloured by rank (yellow = best).", callback=check.output("file")),
-    json_path: Path = typer.Option(None, "--json", help="Also write the matches (coordinates in each image's "
-                                   "pixels, both distances and scores) to this JSON file.",
-                                   callback=check.output("file")),
+    json_out: bool = typer.Option(False, "--json", help="Print the matches as JSON on stdout instead of text "
+                                  "(coordinates in each image's pixels, both distances and scores; the picture "
+                                  "is still written to --out). To keep them in a file: --json > matches.json."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
 ):
     """Match two images patch by patch and draw the best matches.
 
-    Example: vlens match a.jpg b.jpg --score cycle --top 50 --out m.png --json m.json
+    Example: vlens match a.jpg b.jpg --score cycle --top 50 --out m.png --json > m.json
     """
     import time
 
@@ -87,7 +87,7 @@ def match_cmd(
     from vlens.images import load_image
     from vlens.match import draw_matches, extract_features, match_features
     from vlens.match.refine import DEFAULT_REFINE
-    from vlens.runs import atomic_path, write_json
+    from vlens.runs import atomic_path
 
     if score not in ("cycle", "feature"):
         raise ConfigError(f"--score must be 'cycle' or 'feature', not '{score}'")
@@ -113,11 +113,11 @@ def match_cmd(
             "refine": refine, "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
             "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
             "matches": ranked.to_records()}
-    if json_path:
-        write_json(json_path, info)
+    if json_out:
+        echo_json(info)
+        return
     typer.echo(f"{len(m)} patches of {image_a.name} matched into {image_b.name} ({int(m.mutual.sum())} mutual "
-               f"nearest neighbours); top {len(ranked)} by {score} drawn to {out}"
-               + (f", JSON in {json_path}" if json_path else "") + f" ({info['seconds']:.1f} s)")
+               f"nearest neighbours); top {len(ranked)} by {score} drawn to {out} ({info['seconds']:.1f} s)")
 
 
 @bench_app.command("crops")
