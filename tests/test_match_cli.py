@@ -37,8 +37,8 @@ def test_match_cli_writes_picture_and_json(cli, tiny_vit, two_images, tmp_path):
     assert dists == sorted(dists)
     assert {"src_xy", "dst_xy", "feature_score", "cycle_score", "mutual"} <= set(info["matches"][0])
     assert Image.open(out).size[1] == 48 * 8  # drawn at the height of the taller image (upscaled to 384)
-    assert info["refine"] == "soft"  # the default: sub-patch points
-    for refine in ("none", "quadratic"):
+    assert info["refine"] == "quadratic"  # the default: sub-patch points
+    for refine in ("none", "soft"):
         code, stdout, err = cli("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit, "--top",
                                 "0", "--size", "64", "--refine", refine, "--out", out, "--json")
         assert code == 0, err

@@ -157,7 +157,7 @@ def test_cli_point_end_to_end(cli, tiny_vit, tmp_path):
     assert info["query_xy"] == [30.0, 20.0] and len(info["candidates"]) == 3
     assert info["candidates"][0] == info["best"] and info["grid_b"] == [8, 8]
     assert {"feature_distance", "similarity", "xy"} <= info["best"].keys() and "cycle_distance" in info
-    assert info["refine"] == "soft" and len(info["match_xy"]) == 2  # the default refines
+    assert info["refine"] == "quadratic" and len(info["match_xy"]) == 2  # the default refines
     with Image.open(tmp_path / "heat.png") as im:
         assert im.size[0] > 400
     code, out, _ = cli("explore", "point", tmp_path / "a.png", tmp_path / "b.png", "--xy", "30,20", "--model",

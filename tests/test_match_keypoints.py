@@ -98,6 +98,6 @@ def test_bench_keypoints_cli(cli, tmp_path, tiny_vit):
     code, out, err = cli("bench", "keypoints", "--data", root, "--model", "sift:8", "--no-baselines", "--size", "96",
                          "--refine", "soft", "--out", tmp_path / "run-soft", "--json")
     assert code == 0, err
-    assert json.loads((tmp_path / "run-soft" / "config.json").read_text())["refine"] == "soft"
+    assert json.loads((tmp_path / "run-soft" / "config.json").read_text())["config"]["refine"] == "soft"
     code, _, err = cli("bench", "keypoints", "--data", tmp_path, "--out", tmp_path / "r2")
     assert code != 0 and err.strip().startswith("error:") and "SPair-71k" in err

@@ -240,7 +240,7 @@ def test_bench_pairs_cli(cli, tmp_path, tiny_vit):
     body = json.loads(out)
     descs = body["pairs"][0]["descriptors"]
     assert [d["descriptor"] for d in descs[::2]] == [str(tiny_vit), "sift:8", "pixels:8", f"random:{tiny_vit}"]
-    assert [d["refine"] for d in descs[:2]] == ["none", "soft"]  # each descriptor without and with refinement
+    assert [d["refine"] for d in descs[:2]] == ["none", "quadratic"]  # each descriptor without and with refinement
     assert body["pairs"][0]["sparse_sift"]["corner_error"] < 5
     for f in ("results.json", "table.md", "table.csv", "summary.csv", "mma.png"):
         assert (tmp_path / "run" / f).is_file()

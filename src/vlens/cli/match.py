@@ -67,7 +67,7 @@ def match_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
-    refine: str = typer.Option(None, help=REFINE_HELP + " Default: the offline default's (see README).",
+    refine: str = typer.Option(None, help=REFINE_HELP + " Default: quadratic (measured best, see README).",
                                callback=REFINES),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
                              "coloured by rank (yellow = best).", callback=check.output("file")),
@@ -218,7 +218,7 @@ def bench_pairs_cmd(
     ransac_px: float = typer.Option(3.0, "--ransac-px", help="RANSAC inlier threshold in working pixels.",
                                     callback=check.number(0, 1000, lo_open=True)),
     refine: list[str] = typer.Option(None, "--refine", help="Repeatable: " + REFINE_HELP + " Each descriptor gets "
-                                     "one row per refinement; default: none and soft.", callback=REFINES),
+                                     "one row per refinement; default: none and quadratic.", callback=REFINES),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on pairs whose images "
                                             "the model lists as training images (refused by default; flagged)."),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
@@ -313,9 +313,9 @@ def bench_keypoints_cmd(
     from vlens.runs import RunDir, atomic_write_text, write_json
     from vlens.tables import markdown_table
 
-    model = model or default_spec("backbone")
     skips = SkipLog()
-    pairs = load_spair(data, split, list(category) if category else None, limit, skips=skips)
+    pairs = load_spair(data, split, list(category) if category else None, limit, skips=skips)  # before any notice
+    model = model or default_spec("backbone")
     run = RunDir(out, {"model": model, "data": str(data), "split": split, "categories": category, "limit": limit,
                        "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha,
                        "refine": refine})

@@ -55,6 +55,9 @@ def eager_backbone(spec: str | None):
     from vlens.match.features import load_backbone
 
     bb = load_backbone(spec)
+    learnt = [p for p, _ in bb.parts if p.model is not None]
+    if learnt:  # a fusion (e.g. the offline default builtin:dino-tiny*0.2+sift:8*0.8): its first learnt part
+        bb = learnt[0]
     if bb.model is None:
         raise ConfigError(f"'{bb.spec}' is a descriptor without a model ({bb.model_type}): it has no attention; "
                           "pick a ViT / DINO / DINOv2 backbone")

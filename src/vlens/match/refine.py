@@ -136,6 +136,9 @@ def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int,
     return replace(matches, dst_xy=dst_xy.to(matches.dst_xy.dtype),
                    cycle_distance=(src_xy.float() - back_xy).norm(dim=1).to(matches.cycle_distance.dtype))
 
-DEFAULT_REFINE = "soft"
-"""What ``vlens match`` and ``vlens explore point`` use unless told (picked by measurement on held-out real pairs:
-see benchmarks/RESULTS.md). The library's own default stays ``none`` (patch centres), as before."""
+DEFAULT_REFINE = "quadratic"
+"""What ``vlens match`` and ``vlens explore point`` use unless told, picked by measurement on held-out real pairs
+(`vlens bench pairs`, 448 px, 8 px patches; benchmarks/RESULTS.md): both refinements lift dense SIFT's PCK@5 on the
+12 opencv:heldout warps from 59.0 to ~69 and PCK@1 from 3.3 to 13.5 (soft) / 16.1 (quadratic); quadratic is level
+with or slightly above soft at PCK@5 for the offline default (37.5 / 58.3 / 71.8 vs 37.4 / 57.6 / 71.5 on graffiti /
+aloe / heldout). The library's own default stays ``none`` (patch centres), as before."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MATCH_FALLBACK = "builtin:dino-tiny"
+MATCH_FALLBACK = "builtin:dino-tiny*0.2+sift:8*0.8"
 """What match, explore, segment and the correspondence benchmarks run when facebook/dino-vits8 cannot be had.
-Any descriptor spec ``vlens.match.features`` resolves (issue 22 measures whether a fused spec does better)."""
+Any descriptor spec ``vlens.match.features`` resolves. Measured (issue 22, `vlens bench pairs`, 448 px, with the
+quadratic sub-patch refinement that `vlens match` applies by default): dino-tiny fused with dense SIFT at weights
+0.2 / 0.8 beats refined dense SIFT alone at PCK@5 and PCK@10 on graffiti (37.5 / 49.8 vs 30.9 / 42.2), aloe
+(58.3 / 66.2 vs 56.1 / 66.0) and the 12 opencv:heldout warps (71.8 / 80.6 vs 69.3 / 78.8); dino-tiny alone reaches
+13.2 / 21.0, 38.8 / 41.8 and 26.5 / 35.6. See benchmarks/RESULTS.md."""
 
 
 BUILTIN_KNOWS = {
@@ -53,7 +57,9 @@ def first_part(spec: str) -> str:
 
 def knows(spec: str) -> str:
     """What an embedded model (or a fused spec starting with one) knows; "" for anything else."""
-    return BUILTIN_KNOWS.get(first_part(spec), "")
+    parts = [first_part(p) for p in str(spec).split("+")]  # a fusion: what its first (builtin) part knows
+    what = BUILTIN_KNOWS.get(parts[0], "")
+    return what + (f"; fused with {' and '.join(parts[1:])}" if what and len(parts) > 1 else "")
 
 
 TASKS: dict[str, TaskDefault] = {
