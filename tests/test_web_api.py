@@ -322,3 +322,24 @@ def test_cpu_slots_reach_the_limiter_the_routes_use(monkeypatch):
     monkeypatch.setattr(shared, "_cpu_limiter", None)
     create_app(cpu_slots=3)
     assert shared.CPU_SLOTS == 3 and shared._cpu_limiter is None
+
+
+def test_info_names_each_model_and_its_source(client, tiny_blip, tiny_vit):
+    models = client.get("/api/info").json()["models"]
+    assert models["caption"] == {"spec": str(tiny_blip), "source": "local", "builtin": False, "knows": "",
+                                 "real": "Salesforce/blip-image-captioning-base",
+                                 "fetch": "vlens models fetch Salesforce/blip-image-captioning-base"}
+    assert models["match"]["source"] == "local" and models["search"]["source"] == "local"
+
+
+def test_without_models_the_server_runs_the_builtins_and_says_so():
+    from vlens.web.app import create_app
+
+    with TestClient(create_app()) as c:  # the tests run with VLENS_OFFLINE=1: the task defaults fall back
+        models = c.get("/api/info").json()["models"]
+        page = c.get("/").text
+    assert models["caption"]["spec"] == "builtin:blip-tiny" and models["caption"]["builtin"] is True
+    assert "synthetic shapes" in models["caption"]["knows"]
+    assert models["match"]["source"] == "builtin"
+    assert models["match"]["fetch"] == "vlens models fetch facebook/dino-vits8"
+    assert "search" not in models and 'id="model-notice"' in page

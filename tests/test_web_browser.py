@@ -198,6 +198,23 @@ def explore_server(tmp_path_factory, tiny_blip):
         yield url, base
 
 
+def test_a_builtin_backbone_shows_a_notice_with_the_command_for_the_real_one(explore_server, page):
+    url, _ = explore_server
+    page.goto(url)
+    notice = page.locator("#model-notice")
+    notice.wait_for(state="visible")
+    text = notice.inner_text()
+    assert "Match runs the embedded builtin:dino-tiny" in text and "vlens models fetch facebook/dino-vits8" in text
+    assert "Caption runs" not in text  # the caption model here is a local folder
+
+
+def test_real_models_show_no_notice(server, page):
+    url, _ = server
+    page.goto(url)
+    page.wait_for_function("document.getElementById('index-info').textContent.length > 0")
+    assert page.locator("#model-notice").is_hidden()
+
+
 def _click_at(page, selector: str, x: float, y: float, natural: tuple[int, int]) -> None:
     """Click ``selector`` (an image shown at any scale) at pixel (x, y) of its natural size."""
     box = page.locator(selector).bounding_box()

@@ -17,9 +17,12 @@ def serve_cmd(
     index: Path = typer.Option(None, "--index", help="Index folder for the Search tab (from `vlens index build`). "
                                "Without it, Search is off and the other tabs still work.",
                                callback=check.existing("dir")),
-    captioner: str = typer.Option("builtin:blip-tiny", "--captioner", help="Captioning model for the Caption tab "
-                                  "(hub id, save_pretrained folder or builtin:NAME).", callback=check.text()),
-    backbone: str = typer.Option("builtin:dino-tiny", "--backbone", help="Backbone for the Match tab.",
+    captioner: str = typer.Option(None, "--captioner", help="Captioning model for the Caption tab (hub id, "
+                                  "save_pretrained folder, checkpoint file or builtin:NAME). Default: "
+                                  "Salesforce/blip-image-captioning-base when cached or downloadable, else "
+                                  "builtin:blip-tiny (the page says so).", callback=check.text()),
+    backbone: str = typer.Option(None, "--backbone", help="Backbone for the Match and Explore tabs. Default: "
+                                 "facebook/dino-vits8 when cached or downloadable, else builtin:dino-tiny.",
                                  callback=check.text()),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default is this machine only; "
                              "0.0.0.0 exposes the app (and your indexed images) to your network.",

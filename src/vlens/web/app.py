@@ -108,6 +108,7 @@ class Info(BaseModel):
     version: str
     index: dict | None
     features: dict[str, dict]
+    models: dict[str, dict] = {}
     max_upload_bytes: int
 
 
@@ -179,9 +180,13 @@ class Services:
     """What the routes call: the searcher, captioner and matcher, each loaded on first use."""
 
     def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None):
+        from vlens.models import default_spec
+
         self.index_path = index
-        self.captioner_spec = captioner or "builtin:blip-tiny"
-        self.backbone_spec = backbone or "builtin:dino-tiny"
+        # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
+        # resolver decides once; the page shows a notice for a builtin, see models()).
+        self.captioner_spec = captioner or default_spec("captioner")
+        self.backbone_spec = backbone or default_spec("backbone")
         self._searcher = None
         self._lock = threading.Lock()
         self._match_lock = threading.Lock()
@@ -231,6 +236,22 @@ class Services:
             out["explore"] = out["match"]
         except ImportError:
             out["match"] = {"available": False, "detail": "matching is not available in this vlens install"}
+        return out
+
+    def models(self) -> dict[str, dict]:
+        """Each tab's model, where it came from (builtin | cache | hub | local | ...) and, for a builtin, what it
+        knows and the command that gets the real one."""
+        from vlens.models.defaults import TASKS, knows
+        from vlens.models.hub import source_of
+
+        tabs = [("caption", self.captioner_spec, "caption"), ("match", self.backbone_spec, "match")]
+        if self._searcher is not None:
+            tabs.append(("search", self._searcher.index.info().get("model"), "retrieval"))
+        out = {}
+        for tab, spec, task in tabs:
+            d, source = TASKS[task], source_of(spec)
+            out[tab] = {"spec": spec, "source": source, "builtin": source == "builtin", "knows": knows(spec),
+                        "real": d.real, "fetch": d.fetch_command}
         return out
 
     def preload(self) -> None:
@@ -303,7 +324,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
 
     @app.get("/api/info", response_model=Info, tags=["meta"])
     def info() -> Info:
-        """What this server offers: the index (size, model, kind, recall) and which tabs work."""
+        """What this server offers: the index (size, model, kind, recall), which tabs work, and each tab's model
+        with its source (``builtin``: an embedded model that knows only what ``knows`` says)."""
         ix = None
         if svc._searcher is not None:
             full = svc._searcher.index.info()
@@ -312,7 +334,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
             ix["name"] = Path(full["index"]).name
             ix["skipped"] = len(full["skipped"])  # unreadable files, listed by name (first 20)
             ix["skipped_files"] = full["skipped"][:20]
-        return Info(version=__version__, index=ix, features=svc.features(), max_upload_bytes=max_upload_bytes)
+        return Info(version=__version__, index=ix, features=svc.features(), models=svc.models(),
+                    max_upload_bytes=max_upload_bytes)
 
     @app.post("/api/search", response_model=SearchResponse, tags=["search"])
     def search_text(req: SearchRequest) -> SearchResponse:

@@ -47,7 +47,27 @@ api("/api/info").then((info) => {
   for (const [name, f] of Object.entries(features)) {
     if (!f.available) setStatus($(name + "-status"), `${name} is unavailable: ${f.detail}`, true);
   }
+  showModelNotice(info.models || {});
 }).catch((e) => setStatus($("search-status"), "cannot reach the server: " + e.message, true));
+
+// A visible notice when a tab runs an embedded model: what it knows and how to start with the real one.
+function showModelNotice(models) {
+  const box = $("model-notice");
+  box.innerHTML = "";
+  const builtins = Object.entries(models).filter(([, m]) => m.builtin);
+  if (!builtins.length) { box.hidden = true; return; }
+  for (const [tab, m] of builtins) {
+    const line = document.createElement("div");
+    const tabName = tab.charAt(0).toUpperCase() + tab.slice(1);
+    line.append(`${tabName} runs the embedded ${m.spec}`, m.knows ? ` (${m.knows})` : "",
+      ". For real photos run ");
+    const cmd = document.createElement("code");
+    cmd.textContent = m.fetch;
+    line.append(cmd, " and restart vlens serve" + (tab === "search" ? " after rebuilding the index with it." : "."));
+    box.append(line);
+  }
+  box.hidden = false;
+}
 
 // ---- search
 function showResults(data, label) {
