@@ -125,21 +125,13 @@ def cycles(edges: dict[str, dict]) -> list[list[str]]:
     return out
 
 
-def circle_edges(edges: dict[str, dict]) -> dict[str, dict]:
-    """The edges the circle check sees: all of them, except a package's front door (its ``__init__``) reaching
-    lazily (inside a function) into its own submodules, as ``vlens.data.load_dataset`` picks a loader."""
-    packages = {m for m, p in modules().items() if p.name == "__init__.py"}
-    return {m: {t: v for t, v in ts.items() if not (m in packages and t.startswith(m + ".") and v[1])}
-            for m, ts in edges.items()}
-
-
 def test_every_module_has_a_layer():
     missing = [m for m in modules() if layer_of(m) is None]
     assert not missing, f"place these modules in LAYERS (tests/test_architecture.py): {missing}"
 
 
 def test_no_import_circles():
-    edges = circle_edges(graph())
+    edges = graph()
     found = cycles(edges)
     lines = []
     for comp in found:

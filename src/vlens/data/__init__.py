@@ -13,68 +13,12 @@ Named image sets for the correspondence work (``photos``, ``shapes``, ``opencv:.
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlens.data.dataset import SPLITS, CaptionDataset, Sample, _read_json
 from vlens.errors import DatasetError
 
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Sample:
-    image_path: Path
-    captions: tuple[str, ...]
-    split: str
-    id: str
-    mask_path: Path | None = None
-
-
-@dataclass
-class CaptionDataset:
-    samples: list[Sample]
-    format: str
-    source: Path
-    notes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    """Malformed entries, each naming the entry and the field (``images[3].sentences[1]: no 'raw' text``)."""
-
-    def check(self) -> CaptionDataset:
-        """Raise a DatasetError naming the file, the first malformed entry and its field; else return self."""
-        if self.problems:
-            more = len(self.problems) - 1
-            raise DatasetError(f"{self.source}: {self.problems[0]}" + (f" (and {more} more malformed entr"
-                               f"{'y' if more == 1 else 'ies'})" if more else "")
-                               + f"; `vlens data inspect {self.source}` lists them; fix the file")
-        return self
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self):
-        return iter(self.samples)
-
-    @property
-    def splits(self) -> dict[str, int]:
-        return dict(Counter(s.split for s in self.samples))
-
-    def split(self, name: str | None) -> CaptionDataset:
-        """The samples of one split (``None`` or ``"all"``: everything). Unknown split -> DatasetError."""
-        if name in (None, "all"):
-            return self
-        picked = [s for s in self.samples if s.split == name]
-        if not picked:
-            have = ", ".join(f"{k} ({v})" for k, v in sorted(self.splits.items())) or "none"
-            raise DatasetError(f"{self.source} has no '{name}' split; splits present: {have}. "
-                               "Pick one with --split.")
-        return CaptionDataset(picked, self.format, self.source, list(self.notes), list(self.problems))
-
-    def limit(self, n: int | None) -> CaptionDataset:
-        if n is None or n >= len(self.samples):
-            return self
-        return CaptionDataset(self.samples[:n], self.format, self.source, list(self.notes), list(self.problems))
+__all__ = ["SPLITS", "CaptionDataset", "Sample", "detect_format", "load_dataset"]
 
 
 def detect_format(path) -> str:
@@ -123,33 +67,3 @@ def load_dataset(path, images_root=None, strict: bool = True) -> CaptionDataset:
 
         ds = load_folder(path)
     return ds.check() if strict else ds
-
-
-def id_problem(value) -> str | None:
-    """Why ``value`` cannot identify an image (ids key predictions to references), or None."""
-    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, str) and not value.strip()):
-        return f"its id {value!r} is not a number or a non-empty text"
-    return None
-
-
-def duplicate_ids(samples: list[Sample]) -> list[str]:
-    """One problem per id used by more than one image (their captions would be scored against each other's)."""
-    seen: dict[str, int] = Counter(s.id for s in samples)
-    return [f"id {k!r} is used by {n} images; ids must be unique" for k, n in seen.items() if n > 1]
-
-
-def no_caption_problem(captions) -> str | None:
-    if not any(c.strip() for c in captions):
-        return "has no caption (every image needs at least one non-empty caption for training and evaluation)"
-    return None
-
-
-def _read_json(p: Path):
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read {p}: {exc}") from None
-    except RecursionError:
-        raise DatasetError(f"{p} is nested too deeply to be a dataset file") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None

@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from vlens.data import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
 from vlens.errors import DatasetError
 
 

@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from vlens.data import CaptionDataset, Sample, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, duplicate_ids, id_problem, no_caption_problem
 from vlens.errors import DatasetError
 
 

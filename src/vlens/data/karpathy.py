@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlens.data import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
 from vlens.errors import DatasetError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from vlens.data import CaptionDataset
+from vlens.data.dataset import CaptionDataset
 from vlens.errors import ImageLoadError
 from vlens.images import SkipLog, load_image
 
