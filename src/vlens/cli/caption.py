@@ -34,9 +34,10 @@ app = typer.Typer(
         "  vlens caption eval --data shapes/ --split test     COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr)\n"
         "  vlens caption sweep --data shapes/ --top-k 10,50,100 --temperature 0.3,0.7,1.0 --seeds 3\n"
         "  vlens caption train --data shapes/ --preset blip-tiny --out runs/blip\n\n"
-        "The default model is builtin:blip-tiny (trained on the shapes dataset: it describes coloured "
-        "shapes, not photos). For real photos use --model Salesforce/blip-image-captioning-base once it is "
-        "in the Hugging Face cache."
+        "The default model is Salesforce/blip-image-captioning-base when it is in the Hugging Face cache or "
+        "can be downloaded (`vlens models fetch defaults`); otherwise builtin:blip-tiny runs (trained on the "
+        "shapes dataset: it describes coloured shapes, not photos) and a note says so. VLENS_OFFLINE=1 or "
+        "--model builtin:blip-tiny stays offline."
     ),
 )
 
@@ -49,9 +50,9 @@ MODEL_OPTION = typer.Option(
     None,
     "--model",
     "-m",
-    help="BLIP captioner: builtin:blip-tiny (default), a folder "
-    "written by save_pretrained (e.g. a `caption train` run's OUT/best), or a hub id "
-    "such as Salesforce/blip-image-captioning-base (must be cached when offline).",
+    help="BLIP captioner: a hub id (default: Salesforce/blip-image-captioning-base when cached or downloadable, "
+    "else builtin:blip-tiny with a note), a folder written by save_pretrained (e.g. a `caption train` run's "
+    "OUT/best), or builtin:blip-tiny.",
     callback=check.text(),
 )
 PROMPT_OPTION = typer.Option(

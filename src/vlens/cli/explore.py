@@ -12,6 +12,7 @@ import typer
 
 from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
 from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MATCH_PCA_HELP, MODEL_HELP, REFINE_HELP, REFINES, SIZE_HELP
+from vlens.models.hub import source_of
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -76,7 +77,8 @@ def point_cmd(
     pm = point_match(fa, fb, point, pca=None if pca <= 0 else pca, top_k=top_k, refine=refine)
     point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
                                      f"PCA {pca if pca > 0 else 'off'}, refine {refine}")
-    info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "layer": layer, "facet": facet,
+    info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
+            "layer": layer, "facet": facet,
             "pca": pca, "size": size, "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
             "picture": str(out), "seconds": round(time.time() - t0, 3)}
     if json_out:
@@ -95,8 +97,9 @@ def point_cmd(
 @app.command("attention")
 def attention_cmd(
     image: Path = typer.Argument(..., help="The image to look at.", callback=check.existing("file")),
-    model: str = typer.Option(None, "--model", "-m", help="Backbone: builtin:dino-tiny (default), a ViT / DINO "
-                              "/ DINOv2 hub id (facebook/dinov2-small) or a save_pretrained folder. Raw pixels "
+    model: str = typer.Option(None, "--model", "-m", help="Backbone: a ViT / DINO / DINOv2 hub id, "
+                              "folder or checkpoint file (default: facebook/dino-vits8 when cached or "
+                              "downloadable, else builtin:dino-tiny). Raw pixels "
                               "and SIFT have no attention.", callback=check.text()),
     layer: int = typer.Option(-1, help="Block whose [CLS] attention is shown, counted from 1; -1 = the last "
                               "(where DINO's heads look at objects).", callback=check.layer()),
@@ -131,7 +134,8 @@ def attention_cmd(
     rgb = pca_features(img, model, layer=layer, size=size, device=dev, dtype=run_dtype)
     attention_figure(img, att, rgb, out)
     grid = list(att.maps.shape[1:])
-    info = {"image": str(image), "model": att.model, "layer": att.layer, "heads": att.heads, "grid": grid,
+    info = {"image": str(image), "model": att.model, "model_source": source_of(att.model),
+            "layer": att.layer, "heads": att.heads, "grid": grid,
             "input_size": list(att.input_size),
             "per_head": [{"head": h + 1, "peak": round(float(att.maps[h].max()), 5),
                           "peak_xy": _peak_xy(att, att.maps[h]),
@@ -173,7 +177,8 @@ def explain_images(captioner, files, settings, figure: Path, json_out: bool, not
         if not json_out:
             _print_explanation(path, e, out)
     if json_out:
-        echo_json({"model": captioner.spec, "settings": settings, "notes": notes, "results": results,
+        echo_json({"model": captioner.spec, "model_source": source_of(captioner.spec),
+                   "settings": settings, "notes": notes, "results": results,
                    "skipped": [{"path": p, "reason": r} for p, r in skips.skipped]})
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)

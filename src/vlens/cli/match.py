@@ -7,9 +7,12 @@ from pathlib import Path
 import typer
 
 from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultCommandGroup, check, echo_json
+from vlens.models.hub import source_of
 
-MODEL_HELP = ("Backbone: builtin:dino-tiny (default), a hub id (facebook/dinov2-small) or a save_pretrained "
-              "folder; also 'sift', 'sift:P' or 'sift:P:S' (OpenCV SIFT at the centre of every P x P patch over S "
+MODEL_HELP = ("Backbone: a hub id (facebook/dinov2-small), a save_pretrained folder, a DINO / timm / DINOv2 "
+              "checkpoint file, builtin:dino-tiny (default: facebook/dino-vits8 when cached or downloadable, else "
+              "builtin:dino-tiny, with a note; `vlens models list`); also 'sift', 'sift:P' or 'sift:P:S' "
+              "(OpenCV SIFT at the centre of every P x P patch over S "
               "px, P=16, S=48 by default: the classical anchor), 'pixels' or 'pixels:P' (raw P x P pixel patches) "
               "or 'random:SPEC' (SPEC's architecture, random weights); or a fusion 'A+B' / 'A*0.3+B*0.7' (each part "
               "L2-normalised per patch, weighted, concatenated on the finest part's grid).")
@@ -106,8 +109,6 @@ def match_cmd(
     ranked = m.top(top, score) if top > 0 else m.ranked(score)
     with atomic_path(out) as tmp:
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
-    from vlens.models.hub import source_of
-
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
             "score": score, "pca": pca,
             "refine": refine, "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
@@ -170,7 +171,8 @@ def bench_crops_cmd(
     cfg = make_config(scenarios=tuple(scenario) if scenario else SCENARIO_NAMES, crops_per_image=crops,
                       seed=seed, pca=_pca(pca), layer=layer, facet=facet, source_side=source_side,
                       crop_side=crop_side, refine=refine)
-    run = RunDir(out, {"model": model, "images": images, "baselines": baselines, **cfg.__dict__})
+    run = RunDir(out, {"model": model, "model_source": source_of(model),
+                       "images": images, "baselines": baselines, **cfg.__dict__})
     results = []
     for spec in [model, *(baseline_specs(model) if baselines else [])]:
         typer.echo(f"[bench crops] {spec} ...", err=True)
@@ -257,7 +259,8 @@ def bench_pairs_cmd(
                             "these pairs")
     if overlap:
         typer.echo(f"WARNING: {len(overlap)} pair image(s) are training images of {model}", err=True)
-    run = RunDir(out, {"model": model, "data": data, "baselines": baselines, **cfg.__dict__})
+    run = RunDir(out, {"model": model, "model_source": source_of(model),
+                       "data": data, "baselines": baselines, **cfg.__dict__})
     results = run_pairs_benchmark(specs, pairs, cfg, progress=lambda msg: typer.echo(f"[bench pairs] {msg}",
                                                                                       err=True))
     paths = write_pairs_outputs(results, cfg, run.path)
@@ -316,7 +319,8 @@ def bench_keypoints_cmd(
     skips = SkipLog()
     pairs = load_spair(data, split, list(category) if category else None, limit, skips=skips)  # before any notice
     model = model or default_spec("backbone")
-    run = RunDir(out, {"model": model, "data": str(data), "split": split, "categories": category, "limit": limit,
+    run = RunDir(out, {"model": model, "model_source": source_of(model),
+                       "data": str(data), "split": split, "categories": category, "limit": limit,
                        "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha,
                        "refine": refine})
     results = []
@@ -397,6 +401,9 @@ def segment_cmd(
     img = load_image(target)
     gt = _read_mask(target_mask) if target_mask else None
     cfg = SegmentConfig(k=k, temperature=temperature, size=size, layer=layer, facet=facet, n_classes=classes or None)
+    from vlens.models import default_spec
+
+    model = model or default_spec("backbone")  # named in the JSON
     seg = segment(img, refs, model, cfg, target_mask=gt)
     out.mkdir(parents=True, exist_ok=True)
     lab = Image.fromarray(seg.labels.astype(np.uint8), "P")
@@ -404,7 +411,8 @@ def segment_cmd(
     _save(lab, out / "labels.png")
     palette = np.array(MASK_PALETTE[:3 * 256], dtype=np.uint8).reshape(-1, 3)
     _save(overlay_labels(img, seg.labels, palette), out / "overlay.png")
-    info = {"target": str(target), "refs": [str(r) for r in ref], "model": model, "classes": seg.probs.shape[-1],
+    info = {"target": str(target), "refs": [str(r) for r in ref], "model": model, "model_source": source_of(model),
+            "classes": seg.probs.shape[-1],
             "predicted": {int(c): int(n) for c, n in zip(*np.unique(seg.labels, return_counts=True))},
             "notes": seg.notes}
     if gt is not None:
@@ -493,7 +501,8 @@ def bench_segment_cmd(
 
     model = model or default_spec("backbone")
     cfg = SegmentConfig(k=k, size=size)
-    run = RunDir(out, {"model": model, "data": data, "refs": refs, "targets": targets, **cfg.__dict__})
+    run = RunDir(out, {"model": model, "model_source": source_of(model),
+                       "data": data, "refs": refs, "targets": targets, **cfg.__dict__})
     from vlens.match.crops import baseline_specs
 
     specs = [model] + ([*baseline_specs(model), "majority"] if baselines else [])

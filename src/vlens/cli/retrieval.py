@@ -106,8 +106,10 @@ def train_cmd(
 def eval_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset (any format `vlens data inspect` reads).",
                               callback=check.existing("any")),
-    model: str = typer.Option(None, "--model", help="Dual encoder: builtin:clip-tiny (default), a folder "
-                              "(e.g. RUN/best), or a cached hub id. Zero-shot models work too.", callback=check.text()),
+    model: str = typer.Option(None, "--model", help="Dual encoder: a hub id (default: "
+                              "openai/clip-vit-base-patch32 when cached or downloadable, else builtin:clip-tiny), a "
+                              "folder (e.g. RUN/best), an open_clip checkpoint file or builtin:clip-tiny.",
+                              callback=check.text()),
     split: str = typer.Option("test", help="Split to evaluate (train, val, test or all).",
                               callback=check.text()),
     limit: int = typer.Option(None, help="Evaluate only the first N images of the split.", callback=check.count(1)),
