@@ -16,7 +16,7 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch, opencv_samples):
     monkeypatch.setattr(vlens.data.opencv_samples, "HELDOUT_PHOTOS", ("fruits.jpg", "home.jpg"))
     s = section(LabContext(out=tmp_path, quick=True))
     kinds = [b[0] for b in s.blocks]
-    assert kinds.count("table") == 4 and kinds.count("figure") == 6
+    assert kinds.count("table") == 5 and kinds.count("figure") == 6
     for block in s.blocks:
         if block[0] == "figure":
             assert block[1].exists() and block[1].stat().st_size > 1000
@@ -30,6 +30,10 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch, opencv_samples):
     assert {"graffiti sift:8", "aloe sift:8", f"graffiti {tiny_vit.name}"} <= set(pairs)
     assert pairs["aloe sift:8"]["pck@10"] > pairs["aloe pixels:8"]["pck@10"]  # the classical anchor earns its place
     assert any("graffiti" in b[1].name for b in s.blocks if b[0] == "figure")
+    rf = s.metrics["refine_fuse"]  # nearest vs refined, the fusion vs its parts
+    fused = f"{tiny_vit.name}*0.2+sift:8*0.8"
+    assert {f"aloe {fused}", f"aloe {fused} + quadratic", "aloe sift:8 + quadratic",
+            f"graffiti {tiny_vit.name}"} <= set(rf)
     cost = [b[1] for b in s.blocks if b[0] == "text" and "PCA to 10 components costs" in b[1]]
     assert any(all(f"{n} " in t for n in ("large", "small", "photometric", "geometric")) for t in cost)
 

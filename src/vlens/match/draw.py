@@ -101,7 +101,8 @@ def short_model(spec: str) -> str:
     from pathlib import Path
 
     if "+" in spec and not Path(spec).exists():  # a fusion: each part shortened, weights kept
-        return "+".join(short_model(p) for p in spec.split("+"))
+        return "+".join(short_model(p.rsplit("*", 1)[0]) + ("*" + p.rsplit("*", 1)[1] if "*" in p else "")
+                        for p in spec.split("+"))
     if spec.startswith("random:"):
         return "random " + short_model(spec.split(":", 1)[1])
     if "/" in spec and Path(spec).exists():

@@ -99,6 +99,7 @@ def section(ctx: LabContext) -> Section:
                                                               "pck@10_top50_feature": round(
                                                                   d.top["feature@50%"]["pck@10"], 4)}
                   for pr in pair_results for d in pr.descriptors},
+        "refine_fuse": s.metrics.get("refine_fuse", {}),
         "segment": {short_model(r.model): {"miou": round(r.miou, 4), "pixel_accuracy": round(r.pixel_accuracy, 4)}
                     for r in seg},
     }
@@ -142,6 +143,7 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
            f"{short_model(model)}: " + "; ".join(
                f"{a.pair} PCK@10 {100 * a.descriptors[0].all['pck@10']:.1f}% without, "
                f"{100 * b.descriptors[0].all['pck@10']:.1f}% with PCA 10" for a, b in zip(res, pca10)) + ".")
+    s.metrics["refine_fuse"] = _refine_and_fuse(s, pairs, cfg.size, model)
     graf = next(pr for pr in res if pr.pair == "graffiti")
     img_s, img_t, _, _ = working_pair(pairs[0], cfg.size)
     cells, titles = [], []
@@ -154,6 +156,29 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
     s.figure(fig, "Graffiti 1 -> 3: matches coloured by their true error (green 0 px, red >= 50 px), from the "
                   "best-ranked (drawn on top) to the worst.")
     return res
+
+
+def _refine_and_fuse(s: Section, pairs: list, size: int, model: str) -> dict:
+    """Refined vs nearest-patch matches, and the offline default's fusion (the backbone with dense SIFT, weights
+    of vlens.models.defaults.MATCH_FALLBACK) vs its parts, on the same real pairs."""
+    from vlens.match.features import fused_parts
+    from vlens.match.pairs import PairsConfig, run_pairs_benchmark
+    from vlens.match.refine import DEFAULT_REFINE
+    from vlens.models.defaults import MATCH_FALLBACK
+
+    (_, w_model), (anchor, w_anchor) = (fused_parts(MATCH_FALLBACK) or [("", 0.2), ("sift:8", 0.8)])[:2]
+    fused = f"{model}*{w_model:g}+{anchor}*{w_anchor:g}"
+    res = run_pairs_benchmark([fused, model, anchor], pairs, PairsConfig(size=size, refine=("none", DEFAULT_REFINE)))
+    rows = [[pr.pair, d.label, *[fmt(100 * d.all[f"pck@{t}"]) for t in (1, 3, 5, 10)], fmt(d.all["median"])]
+            for pr in res for d in pr.descriptors]
+    s.text(f"**Finer than a patch, and descriptors that combine.** The same pairs with every match refined off its "
+           f"patch centre ({DEFAULT_REFINE}: a parabola through the similarities of the best patch and its "
+           "neighbours, per axis; `vlens match --refine`) and with the backbone fused with dense SIFT (each part "
+           f"L2-normalised per patch, weights {w_model:g} / {w_anchor:g}: the spec `{fused}`), beside its parts.")
+    s.table(["pair", "descriptor", "PCK@1", "PCK@3", "PCK@5", "PCK@10", "median px"], rows,
+            "Nearest patch vs refined, and the fusion vs its parts (PCK in %, target px at the working resolution)")
+    return {f"{pr.pair} {d.label}": {"pck@5": round(d.all["pck@5"], 4), "pck@10": round(d.all["pck@10"], 4)}
+            for pr in res for d in pr.descriptors}
 
 
 def _crop_benchmark(s: Section, ctx: LabContext, model: str) -> list:
