@@ -11,7 +11,11 @@ runs ``pytest -m gpu`` and measures, in ``--dtype`` (default bf16, fp16 where bf
 - CLIP ViT-B/32 image embeddings at 224 px: images/s at batch 256, through vlens's ``DualEncoder``;
 - DINO ViT-S/8 patch features at 448 px (56x56 = 3,136 patches): images/s at batch 16, through
   ``vlens.match.extract_features``;
-- 4096 x 4096 patch matching (384-d descriptors, both directions + cycle): ms per pair, ``match_descriptors``.
+- 4096 x 4096 patch matching (384-d descriptors, both directions + cycle): ms per pair, ``match_descriptors``;
+- checkpoint converters against the originals where those import (timm and open_clip are installed on the GPU
+  machines, not beside our CPU torch): a random timm ``vit_small_patch8_224`` (DINO's layout) saved as ``.pth`` and
+  loaded with ``vlens.models.load(PATH)`` must give timm's ``forward_features``; a random open_clip ``ViT-B-32``
+  converted to ``CLIPModel`` must give open_clip's ``encode_image`` / ``encode_text`` (fp32, CPU, max abs diff).
 
 All models have the real architectures and random weights (``transformers`` configs, nothing downloaded), so the
 numbers are speeds, not quality. ``--tiny`` runs the same code with tiny configs on the CPU in seconds (CI runs
@@ -170,6 +174,64 @@ def bench_matching(device, tiny: bool, deadline: float) -> dict:
     return {"patches": f"{n}x{n}", "dim": d, "ms_per_pair": round(sec * 1000, 2), "runs": runs}
 
 
+def check_converters(tiny: bool) -> dict:
+    """vlens's converted models against timm's and open_clip's own forward passes, random weights, fp32 on the CPU.
+    Reports what could not be imported instead of failing (timm and open_clip need torchvision)."""
+    import tempfile
+
+    import torch
+
+    out: dict = {}
+    tmp = Path(tempfile.mkdtemp(prefix="vlens-convert-"))
+    os.environ.setdefault("VLENS_CACHE", str(tmp / "cache"))
+    torch.manual_seed(0)
+    try:
+        import timm
+    except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision failing to load its operators
+        out["timm"] = {"skipped": f"timm does not import here ({type(exc).__name__})"}
+    else:
+        from vlens.models import load
+
+        model = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0).eval()
+        path = tmp / "vit_small_patch8_224.dino.pth"
+        torch.save(model.state_dict(), path)
+        hf = load(str(path), "backbone").model.float().eval()
+        x = torch.randn(2, 3, 224, 224)
+        with torch.no_grad():
+            want, got = model.forward_features(x), hf(pixel_values=x).last_hidden_state
+        out["timm"] = {"model": f"timm {timm.__version__} vit_small_patch8_224, random", "shape": list(got.shape),
+                       "max_abs_diff": float((want - got).abs().max()),
+                       "ok": bool(torch.allclose(want, got, atol=1e-4))}
+    try:
+        import open_clip
+    except Exception as exc:  # noqa: BLE001
+        out["open_clip"] = {"skipped": f"open_clip does not import here ({type(exc).__name__})"}
+    else:
+        import transformers
+
+        from vlens.models.checkpoints import convert_state_dict, write_hf_folder
+
+        model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+        _, config, state = convert_state_dict(dict(model.state_dict()))
+        folder = write_hf_folder(config, state, tmp / "clip")
+        hf = transformers.CLIPModel.from_pretrained(folder).eval()
+        pixels = torch.randn(2, 3, 224, 224)
+        ids = torch.zeros(2, 77, dtype=torch.long)
+        ids[:, 0] = 49406  # start of text
+        ids[0, 1:4] = torch.tensor([320, 1125, 49407])  # ... end of text (the largest id: open_clip pools there)
+        ids[1, 1:6] = torch.tensor([320, 1929, 539, 320, 49407])
+        with torch.no_grad():
+            di = (model.encode_image(pixels) - hf.get_image_features(pixel_values=pixels).pooler_output).abs().max()
+            dt = (model.encode_text(ids) - hf.get_text_features(input_ids=ids).pooler_output).abs().max()
+        out["open_clip"] = {"model": f"open_clip {open_clip.__version__} ViT-B-32, random",
+                            "image_max_abs_diff": float(di), "text_max_abs_diff": float(dt),
+                            "ok": bool(di < 1e-4 and dt < 1e-4)}
+    bad = [k for k, v in out.items() if v.get("ok") is False]
+    if bad:
+        out["error"] = f"converted outputs differ from {', '.join(bad)}'s own"
+    return out
+
+
 def run_gpu_tests(tiny: bool) -> dict:
     if tiny:
         return {"skipped": "tiny mode runs no tests (CI runs the whole suite, where gpu tests skip with a reason)"}
@@ -211,7 +273,8 @@ def main(argv=None) -> int:
     steps = [("blip_base_captioning", lambda: bench_blip(device, dtype, args.tiny, deadline)),
              ("clip_vit_b32_embedding", lambda: bench_clip(device, dtype, args.tiny, deadline)),
              ("dino_vit_s8_features", lambda: bench_dino(device, dtype, args.tiny, deadline)),
-             ("matching", lambda: bench_matching(device, args.tiny, deadline))]
+             ("matching", lambda: bench_matching(device, args.tiny, deadline)),
+             ("converters_vs_originals", lambda: check_converters(args.tiny))]
     for name, fn in steps:
         t0 = time.time()
         try:
