@@ -195,6 +195,8 @@ def test_fetch_resumes_a_partial_download_checks_it_loads_and_rm_frees_it(cli, h
     blobs.mkdir(parents=True)
     half = len(weights) // 2
     (blobs / f"{etag}.vlens-part").write_bytes(weights[:half])  # an earlier fetch killed half way
+    code, out, _ = cli("models", "list", "--json")
+    assert json.loads(out)["cached"][0]["partial_download"] is True
 
     code, out, err = cli("models", "fetch", BLIP, "--json")
     assert code == 0, err

@@ -165,23 +165,26 @@ def _fetch_file(repo_id: str, name: str, cache: Path, endpoint: str, timeout: fl
     huggingface_hub lays out the snapshot link and refs/main around the finished blob."""
     from urllib.parse import urlparse as _parse
 
+    from filelock import FileLock  # a dependency of huggingface_hub
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision="main", endpoint=endpoint), timeout=timeout)
     blobs = cache / ("models--" + repo_id.replace("/", "--")) / "blobs"
     blob = blobs / str(meta.etag)
-    if not blob.exists():
-        blobs.mkdir(parents=True, exist_ok=True)
-        part = blob.with_name(blob.name + ".vlens-part")
-        same_host = _parse(meta.location).netloc == _parse(endpoint).netloc
-        _ranged_get(meta.location, part, meta.size, build_hf_headers() if same_host else {}, timeout, bar)
-        if meta.size is not None and part.stat().st_size != meta.size:
-            raise ModelLoadError(f"{repo_id}/{name}: got {part.stat().st_size} of {meta.size} bytes; rerun to "
-                                 "resume the download")
-        part.replace(blob)
-    else:
-        bar.update(meta.size or 0)
+    blobs.mkdir(parents=True, exist_ok=True)
+    part = blob.with_name(blob.name + ".vlens-part")
+    # One writer per blob: several processes (accelerate / torchrun ranks) may resolve the same default at once.
+    with FileLock(str(part) + ".lock"):
+        if not blob.exists():
+            same_host = _parse(meta.location).netloc == _parse(endpoint).netloc
+            _ranged_get(meta.location, part, meta.size, build_hf_headers() if same_host else {}, timeout, bar)
+            if meta.size is not None and part.stat().st_size != meta.size:
+                raise ModelLoadError(f"{repo_id}/{name}: got {part.stat().st_size} of {meta.size} bytes; rerun "
+                                     "to resume the download")
+            part.replace(blob)
+        else:
+            bar.update(meta.size or 0)
     return Path(hf_hub_download(repo_id, name, revision="main", cache_dir=cache, endpoint=endpoint,
                                 etag_timeout=timeout))
 

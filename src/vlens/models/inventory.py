@@ -58,7 +58,7 @@ def cached_models() -> list[dict]:
                 mtype = json.loads(cfg.read_text()).get("model_type", "?")
             except (OSError, ValueError):
                 pass
-        partial = any(repo.glob("blobs/*.incomplete"))
+        partial = any(repo.glob("blobs/*.vlens-part")) or any(repo.glob("blobs/*.incomplete"))
         rows.append({"id": repo_id, "size_mb": round(_dir_size(repo) / 1e6, 1), "type": mtype,
                      "kind": _kind_of_type(mtype), "complete": snap is not None, "partial_download": partial,
                      "path": str(snap or repo)})
