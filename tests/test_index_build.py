@@ -225,8 +225,8 @@ def test_build_refuses_foreign_folders_and_other_models(photos, tmp_path, encode
         _build(tmp_path / "missing", tmp_path / "idx", encoder)
     out = tmp_path / "idx"
     _build(photos, out, encoder)
-    with pytest.raises(IndexError_, match="--force"):
-        _build(photos, out, encoder, kind="hnsw")
+    rep = _build(photos, out, encoder, kind="hnsw")  # a new kind reuses the stored vectors (issue 23 item 2)
+    assert rep.embedded == 0 and ImageIndex(out).manifest["kind"] == "hnsw"
     rep = _build(photos, out, encoder, kind="hnsw", force=True)
     assert rep.added == 12 and ImageIndex(out).manifest["kind"] == "hnsw"
     with pytest.raises(ConfigError, match="flat"):

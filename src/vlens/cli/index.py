@@ -37,6 +37,7 @@ def _report(rep, json_out: bool, index: Path) -> None:
 
 @app.command("build")
 def build_cmd(
+    ctx: typer.Context,
     images: Path = typer.Argument(..., help="Folder of images to index (searched recursively; paths are stored "
                                   "relative to it).", callback=check.existing("dir")),
     out: Path = typer.Option(..., "--out", "-o", help="Index folder to create. If it already indexes the same "
@@ -50,7 +51,9 @@ def build_cmd(
                              "inverted lists, hnsw = graph: approximate, for millions. ivfpq = compressed "
                              "(--pq-bytes per vector in RAM, exact re-ranking from the memory-mapped file), for "
                              "100M+. Or a FAISS factory string, e.g. 'IVF4096,PQ64'. Recall@10 against exact "
-                             "search is measured and shown by `vlens index info`; see the README's memory table.",
+                             "search is measured and shown by `vlens index info`; see the README's memory table. On an "
+                             "existing index a new kind rebuilds the search structure from the stored vectors (no "
+                             "re-embedding).",
                              callback=check.text(max_len=200)),
     pq_bytes: int = typer.Option(0, "--pq-bytes", help="ivfpq: bytes per vector (0 = about dim/4; must divide "
                                  "the dimension). Fewer = less RAM, more re-ranking needed for the same recall.",
@@ -81,8 +84,11 @@ def build_cmd(
         model = default_spec("dual_encoder")
     cfg = IndexConfig(model=model, kind=kind, batch_size=batch_size, captioner=captioner, nlist=nlist,
                       pq_bytes=pq_bytes, target_recall=target_recall)
+    # on an existing index only the search settings typed here change (the rest stay as stored)
+    given = {k for k in ("kind", "nlist", "pq_bytes", "target_recall")
+             if ctx.get_parameter_source(k).name != "DEFAULT"}
     rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True), workers=workers,
-                      device=device, dtype=dtype)
+                      device=device, dtype=dtype, given=given)
     if Processes().is_main:
         _report(rep, json_out, out)
 

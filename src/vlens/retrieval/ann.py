@@ -64,7 +64,66 @@ def needs_training(kind: str) -> bool:
     return kind in ("ivf", "ivfpq") or is_factory(kind)
 
 
-def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = None):
+def faiss_reason(exc: BaseException) -> str:
+    """FAISS's C++ error as one readable clause (its messages name source files and template types)."""
+    text = " ".join(str(exc).split())
+    if "nx >= " in text or "number of clusters" in text or "number of training points" in text.lower():
+        return "too few vectors to train its clusters: k-means needs at least one vector per cluster"
+    if "d % M == 0" in text:
+        return "the PQ size must divide the vector dimension"
+    return text.rsplit("Error: ", 1)[-1][:200]
+
+
+def training_rows(kind: str, n: int, config) -> int:
+    """How many stored vectors train ``kind`` for an index of ``n``: all of a small index, a sample of a big one."""
+    if not needs_training(kind):
+        return 0
+    nlist = config.nlist or auto_nlist(n)
+    return min(n, max(nlist * 64, 10_000, 256 * 40 if kind != "ivf" else 0))
+
+
+def check_buildable(kind: str, dim: int, n: int, config, trial_rows: int = 5000) -> None:
+    """Raise :class:`ConfigError` if FAISS cannot build ``kind`` for ``n`` vectors of ``dim`` dimensions.
+
+    Called before any image is embedded, so a setting that cannot work costs nothing and is never stored. What
+    fails is arithmetic (PQ bytes that do not divide the dimension, fewer training points than k-means clusters),
+    not the values of the vectors, so a small index is trial-built on random unit vectors of the real count, and
+    a big one (enough points for any cluster count) only has its factory string parsed for this dimension.
+    """
+    from vlens.errors import ConfigError
+
+    if kind == "ivfpq" and config.pq_bytes and dim % config.pq_bytes:
+        divisors = [m for m in range(1, min(dim, 256) + 1) if dim % m == 0]
+        raise ConfigError(f"--pq-bytes {config.pq_bytes} must divide the vector dimension {dim} (e.g. "
+                          f"{', '.join(map(str, divisors[-4:]))}; 0 picks {auto_pq_bytes(dim)})")
+    if not needs_training(kind):
+        return
+    rows = training_rows(kind, n, config)
+    if rows > trial_rows:
+        if is_factory(kind):
+            import faiss
+
+            index = make_faiss(kind, dim, n, config, np.zeros((0, dim), np.float32), train_index=False)
+            try:
+                lists = int(faiss.extract_index_ivf(index).nlist)
+            except RuntimeError:  # not an IVF index
+                return
+            if lists > rows:
+                raise ConfigError(f"index kind '{kind}' has {lists} lists but {n} image(s) give {rows} training "
+                                  "vectors; use fewer lists (IVF<N> with N well under the number of images)")
+        return
+    x = np.random.default_rng(0).standard_normal((max(rows, 0), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    try:
+        make_faiss(kind, dim, n, config, x)
+    except RuntimeError as exc:
+        why = faiss_reason(exc)
+        raise ConfigError(f"index kind '{kind}' cannot be built for {n} image(s) of {dim}-d vectors ({why}); "
+                          "use --kind flat (exact, fine up to ~1M images), or an IVF setting with fewer lists "
+                          "(--nlist, or IVF<N> with N well under the number of images)") from None
+
+
+def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = None, train_index: bool = True):
     """An empty FAISS index with ids (inner product on unit vectors = cosine similarity).
 
     ``config``: anything with ``nlist`` (IVF lists, 0 = auto), ``hnsw_m`` and ``pq_bytes`` (0 = auto) (an
@@ -88,7 +147,7 @@ def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = N
             msg = str(exc).strip().splitlines()[-1][:200]
             raise ConfigError(f"FAISS cannot build '{kind}' for {dim}-d vectors ({msg}); see the FAISS wiki "
                               "'The index factory', e.g. IVF1024,PQ32") from None
-        if not index.is_trained:
+        if not index.is_trained and train_index:
             index.train(train)
         if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
             return index  # IVF indexes keep ids themselves

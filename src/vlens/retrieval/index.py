@@ -25,6 +25,7 @@ import numpy as np
 
 from vlens.errors import ConfigError, IndexError_
 from vlens.faults import fault_point
+from vlens.retrieval.ann import check_buildable, faiss_reason
 from vlens.retrieval.index_faiss import build_faiss
 from vlens.retrieval.index_store import (
     DB,
@@ -107,13 +108,22 @@ def _model_spec(model: str) -> str:
     return str(p.resolve()) if not model.startswith("builtin:") and p.exists() else model
 
 
+ANN_FIELDS = ("kind", "nlist", "hnsw_m", "pq_bytes", "target_recall")
+"""The settings of the search structure alone: changing them rebuilds vectors.faiss from the stored vectors."""
+
+
 def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bool = False, embedder=None,
                 progress: bool = True, log=print, workers: int = 2, device: str = "auto",
-                dtype: str = "auto") -> UpdateReport:
+                dtype: str = "auto", given=None) -> UpdateReport:
     """Create an index of every image under ``images_dir`` in folder ``out`` (or resume an unfinished one).
 
     ``embedder``: optional ``(fn(list[PIL]) -> (n, d) unit float32, d)`` to reuse a loaded model.
-    An existing index for the same folder and model is resumed/updated; a different one needs ``force``.
+    An existing index for the same folder and model is resumed/updated; a different folder or model needs
+    ``force``. Its search settings (:data:`ANN_FIELDS`: kind, lists, PQ bytes, ...) may change: the stored
+    vectors are reused, nothing is re-embedded. ``given``: the names of the settings the caller chose (the CLI
+    passes the options typed on the command line); the others keep the index's stored values. None = all.
+    Every setting is checked against the image count before any image is embedded, and one that still fails
+    to build is never kept (see :func:`_sync`).
     ``workers``: processes decoding images while the model runs. Under torchrun / ``accelerate launch`` every
     process embeds a disjoint shard and process 0 writes the index (the same index one process would write).
     """
@@ -155,20 +165,31 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
     with index_lock(out, "vlens index build"):
         fault_point("index.start")
         remove_temps(out)
+        previous = None
         if is_index(out) and not force:
             m = read_manifest(out)
-            same = (m.get("root") == str(root.resolve()) and m.get("model") == config.model
-                    and m.get("kind") == config.kind)
+            same = m.get("root") == str(root.resolve()) and m.get("model") == config.model
             if not same:
-                raise IndexError_(f"{out} already holds an index of {m.get('root')} with {m.get('model')} "
-                                  f"({m.get('kind')}); use --force to replace it or choose another --out")
-            config = IndexConfig(**{**_known(m.get("config", {})), "batch_size": config.batch_size})
-            _check_stored(config, out)
+                raise IndexError_(f"{out} already holds an index of {m.get('root')} with {m.get('model')}; use "
+                                  "--force to replace it or choose another --out")
+            previous = IndexConfig(**{**_known(m.get("config", {})), "batch_size": config.batch_size})
+            _check_stored(previous, out)
+            chosen = set(ANN_FIELDS if given is None else given) & set(ANN_FIELDS)
+            config = IndexConfig(**{**asdict(previous), **{k: getattr(config, k) for k in chosen}})
+            config.check()
+            if _ann(config) != _ann(previous):
+                check_buildable(config.kind, int(m["dim"]), _expected_count(root), config)
+                log(f"search settings {_ann_text(previous)} -> {_ann_text(config)}: vectors.faiss is rebuilt from "
+                    "the stored vectors (nothing is re-embedded)")
+                m.update(kind=config.kind, config=asdict(config))
+                write_manifest(out, m)
         else:  # --force, or what a run killed before it wrote the manifest left (no image rows yet): start clean
             for name in (MANIFEST, DB, DB + "-wal", DB + "-shm", FAISS_FILE, FAISS_STATE):
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
         encode, dim = embedder
+        if not is_index(out):  # nothing embedded yet: a kind that cannot work stops here, before any work
+            check_buildable(config.kind, int(dim), _expected_count(root), config)
         con = connect(out)
         if not is_index(out):
             from vlens import __version__
@@ -178,7 +199,23 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
                                  "dim": int(dim), "metric": "cosine", "kind": config.kind,
                                  "root": str(root.resolve()), "created": now, "updated": now,
                                  "config": asdict(config), "count": 0, "ann": {}})
-        return _sync(out, con, config, encode, progress=progress, log=log, procs=procs, workers=workers)
+        return _sync(out, con, config, encode, progress=progress, log=log, procs=procs, workers=workers,
+                     previous=previous)
+
+
+def _ann(config: IndexConfig) -> tuple:
+    return tuple(getattr(config, k) for k in ANN_FIELDS)
+
+
+def _ann_text(config: IndexConfig) -> str:
+    extra = [f"{k}={getattr(config, k)}" for k in ANN_FIELDS[1:]
+             if getattr(config, k) != getattr(IndexConfig, k, None)]
+    return config.kind + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _expected_count(root: Path) -> int:
+    """Images the index will hold (every image file under ``root``; unreadable ones make it a bound)."""
+    return len(scan(root)[0])
 
 
 def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print, workers: int = 2,
@@ -217,12 +254,17 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
             raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
                               f"{manifest['dim']}-d; rebuild with `vlens index build --force`")
         return _sync(folder, connect(folder), config, encode, progress=progress, log=log, procs=procs,
-                     workers=workers)
+                     workers=workers, previous=config)
 
 
 def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *, progress: bool,
-          log, procs=None, workers: int = 2) -> UpdateReport:
+          log, procs=None, workers: int = 2, previous: IndexConfig | None = None) -> UpdateReport:
     """Diff the folder against the database, apply it in crash-safe transactions, rebuild FAISS.
+
+    If FAISS cannot build ``config``'s search structure for what the folder now holds (the checks before
+    embedding catch what they can; deletions can still leave too few images for a trained kind), the embedded
+    work is kept: the index falls back to ``previous`` settings (or exact ``flat`` search), records that in the
+    manifest so later updates work, and the error says how to choose another kind without re-embedding.
 
     Under torchrun / ``accelerate launch`` this runs on rank 0 only; the other ranks follow in
     :func:`_embed_steps` (they embed their shard of every step, rank 0 commits it).
@@ -330,8 +372,17 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
     rep.skipped = sorted(refused + [(p, r) for p, r in con.execute("SELECT path, reason FROM skipped")])
 
     fault_point("index.faiss")
-    ann = build_faiss(folder, con, manifest, config, log=log)
+    failed = None
+    try:
+        ann = build_faiss(folder, con, manifest, config, log=log)
+    except (RuntimeError, ConfigError) as exc:
+        failed = (config.kind, faiss_reason(exc))
+        config = previous if previous is not None and _ann(previous) != _ann(config) else \
+            IndexConfig(**{**asdict(config), "kind": "flat"})
+        ann = build_faiss(folder, con, manifest, config, log=log)
     manifest = read_manifest(folder)
+    if failed:
+        manifest.update(kind=config.kind, config=asdict(config))
     rep.total = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     manifest.update({"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "count": int(rep.total), "ann": ann,
                      "skipped": len(rep.skipped)})
@@ -339,6 +390,11 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
     fault_point("index.done")
     con.close()
     rep.seconds = time.time() - t0
+    if failed:
+        raise IndexError_(f"index kind '{failed[0]}' could not be built for {rep.total} image(s) ({failed[1]}); "
+                          f"the {rep.total} embedded images are kept and the index searches with "
+                          f"'{config.kind}' meanwhile. To try another kind without re-embedding: `vlens index "
+                          f"build {root} --out {folder} --kind KIND`")
     return rep
 
 

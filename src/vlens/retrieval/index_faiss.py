@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from vlens.retrieval.ann import (
-    auto_nlist,
     drop_self,
     exact_topk,
     make_faiss,
     needs_training,
     search_knob,
     set_search_param,
+    training_rows,
     tune,
 )
 from vlens.retrieval.index_store import FAISS_FILE, FAISS_STATE, IndexConfig, generation, iter_vectors
@@ -34,8 +34,7 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
     n = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     train = None
     if needs_training(kind):
-        nlist = config.nlist or auto_nlist(n)
-        m = min(n, max(nlist * 64, 10_000, 256 * 40 if kind != "ivf" else 0))
+        m = training_rows(kind, n, config)
         rows = con.execute("SELECT vector FROM images ORDER BY random() LIMIT ?", (m,)).fetchall()
         train = np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), dim) if rows else None
     index = make_faiss(kind, dim, n, config, train)

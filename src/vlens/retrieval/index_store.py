@@ -193,6 +193,9 @@ def connect(folder, readonly: bool = False) -> sqlite3.Connection:
             raise IndexError_(f"{folder} has no {DB}; rebuild it with `vlens index build --force`")
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
     else:
+        # Created here, not by SQLite (which uses 0644 whatever the umask), so the database gets the same mode as
+        # every other file of the index (0666 less the umask); SQLite gives its -wal/-shm files the database's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o666))
         con = sqlite3.connect(path, check_same_thread=False, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
@@ -227,7 +230,7 @@ def index_lock(folder, command: str = "vlens index") -> Iterator[None]:
     """Hold the index's write lock, or fail at once naming the holder. The OS drops it if the holder dies."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every other file
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

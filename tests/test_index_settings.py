@@ -1,0 +1,142 @@
+"""Index settings that cannot work never lock the folder (issue 23 item 2), and the index's files follow the
+umask (item 17): checked before any embedding where they can be, never stored when they fail, and the kind can
+change without re-embedding."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from vlens.errors import ConfigError, IndexError_
+from vlens.retrieval.ann import check_buildable
+from vlens.retrieval.index import IndexConfig, build_index, update_index
+from vlens.retrieval.index_reader import ImageIndex
+
+
+class CountingEmbedder:
+    """The test CLIP, counting the images it embeds."""
+
+    def __init__(self, encoder):
+        self.encoder, self.images = encoder, 0
+
+    def __call__(self, images):
+        self.images += len(images)
+        return self.encoder.encode_images(images)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip):
+    from vlens.retrieval.model import DualEncoder
+
+    return DualEncoder.from_spec(str(tiny_clip))
+
+
+@pytest.fixture
+def folder(tmp_path, shapes_dir) -> Path:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:12]:
+        shutil.copy(p, root / p.name)
+    return root
+
+
+def _build(root, out, enc, given=None, **kw):
+    cfg = IndexConfig(model=str(enc.encoder.loaded.path), batch_size=4, **kw)
+    return build_index(root, out, cfg, embedder=(enc, enc.encoder.dim), progress=False, log=lambda m: None,
+                       workers=0, given=given)
+
+
+@pytest.mark.parametrize("kind,extra,match", [
+    ("ivfpq", {"pq_bytes": 7}, "must divide the vector dimension"),
+    ("IVF4096,PQ64", {}, "FAISS cannot build 'IVF4096,PQ64' for 32-d"),  # the test CLIP is 32-d
+    ("IVF4096,PQ8", {}, "cannot be built for 12 image"),
+    ("IVF16,Flat", {}, "cannot be built for 12 image"),
+])
+def test_settings_that_cannot_work_stop_before_any_embedding(folder, tmp_path, encoder, kind, extra, match):
+    enc = CountingEmbedder(encoder)
+    out = tmp_path / "idx"
+    with pytest.raises(ConfigError, match=match):
+        _build(folder, out, enc, kind=kind, **extra)
+    assert enc.images == 0 and not (out / "manifest.json").exists()
+    rep = _build(folder, out, enc)  # the folder is free: a plain build works at once
+    assert rep.total == 12
+
+
+def test_ivfpq_on_a_one_image_folder(tmp_path, folder, encoder):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next(folder.iterdir()), one / "a.png")
+    enc = CountingEmbedder(encoder)
+    try:
+        rep = _build(one, tmp_path / "idx", enc, kind="ivfpq")
+    except ConfigError as exc:  # refused up front: nothing embedded, nothing stored
+        assert "cannot be built for 1 image" in str(exc) and enc.images == 0
+        assert not (tmp_path / "idx" / "manifest.json").exists()
+    else:  # or built: then it must search
+        assert rep.total == 1 and ImageIndex(tmp_path / "idx").manifest["kind"] == "ivfpq"
+
+
+def test_check_buildable_by_hand():
+    cfg = IndexConfig(kind="ivfpq", pq_bytes=7)
+    with pytest.raises(ConfigError, match="--pq-bytes 7 must divide the vector dimension 32"):
+        check_buildable("ivfpq", 32, 1000, cfg)
+    check_buildable("ivfpq", 32, 1000, IndexConfig(kind="ivfpq", pq_bytes=8))
+    check_buildable("IVF8,Flat", 32, 8, IndexConfig(kind="IVF8,Flat"))
+    with pytest.raises(ConfigError, match="IVF8,Flat"):
+        check_buildable("IVF8,Flat", 32, 7, IndexConfig(kind="IVF8,Flat"))
+    # a big collection is not trial-built, but lists beyond its training sample are refused all the same
+    with pytest.raises(ConfigError, match="65536 lists"):
+        check_buildable("IVF65536,Flat", 32, 20_000, IndexConfig(kind="IVF65536,Flat"))
+    check_buildable("flat", 32, 0, IndexConfig())
+
+
+def test_kind_changes_without_re_embedding(folder, tmp_path, encoder):
+    enc = CountingEmbedder(encoder)
+    out = tmp_path / "idx"
+    _build(folder, out, enc)
+    assert enc.images == 12
+    _build(folder, out, enc, given={"kind"}, kind="hnsw")
+    ix = ImageIndex(out)
+    assert enc.images == 12 and ix.manifest["kind"] == "hnsw" and ix.manifest["config"]["kind"] == "hnsw"
+    scores, ids = ix.search(ix.vector(1)[None], 3)
+    assert ix.manifest["ann"]["kind"] == "hnsw" and ids.shape == (1, 3)
+    ix.close()
+    # a rerun that names no setting keeps the stored kind (given: the CLI passes only what was typed)
+    _build(folder, out, enc, given=set())
+    assert ImageIndex(out).manifest["kind"] == "hnsw" and enc.images == 12
+    with pytest.raises(ConfigError, match="must divide"):
+        _build(folder, out, enc, given={"kind", "pq_bytes"}, kind="ivfpq", pq_bytes=7)
+    assert ImageIndex(out).manifest["kind"] == "hnsw"  # a refused setting is not stored
+
+
+def test_a_kind_that_fails_after_deletions_is_not_kept(folder, tmp_path, encoder):
+    """IVF8 trains on 12 images; after deleting 6, FAISS cannot cluster 6 points into 8 lists. The update keeps
+    its work, falls back to exact search and says how to pick another kind; the next update works."""
+    enc = CountingEmbedder(encoder)
+    out = tmp_path / "idx"
+    _build(folder, out, enc, kind="IVF8,Flat")
+    for p in sorted(folder.iterdir())[:6]:
+        p.unlink()
+    with pytest.raises(IndexError_, match="IVF8,Flat' could not be built for 6 image.*--kind KIND"):
+        update_index(out, embedder=(enc, encoder.dim), progress=False, log=lambda m: None, workers=0)
+    ix = ImageIndex(out)
+    assert ix.manifest["kind"] == "flat" and ix.manifest["count"] == 6 and ix.manifest["ann"]["kind"] == "flat"
+    ix.close()
+    rep = update_index(out, embedder=(enc, encoder.dim), progress=False, log=lambda m: None, workers=0)
+    assert rep.total == 6 and enc.images == 12
+
+
+def test_index_files_follow_the_umask(folder, tmp_path, encoder):
+    old = os.umask(0o002)
+    try:
+        out = tmp_path / "idx"
+        _build(folder, out, CountingEmbedder(encoder))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    finally:
+        os.umask(old)
+    assert {"manifest.json", "meta.sqlite", "lock", "vectors.faiss"} <= modes.keys()
+    assert set(modes.values()) == {0o664}, modes
