@@ -28,7 +28,11 @@ VARIANTS = {
     "torch": {"VLENS_CPU_POLICY": "off"},
     "1thread": {"OMP_NUM_THREADS": "1"},
     "vlens": {},
+    # candidates weighed against PASSIVE when the policy was chosen (--variants): a bounded spin before sleeping
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},
+    "spin100k": {"GOMP_SPINCOUNT": "100000"},
 }
+DEFAULT_VARIANTS = "torch,1thread,vlens"
 CLEAR = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "VLENS_THREADS",
          "VLENS_CPU_POLICY", "VLENS_AUTO_OMP_NUM_THREADS")
 
@@ -55,8 +59,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=512, help="training images (two epochs)")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    variants = [v for v in a.variants.split(",") if v]
     from vlens import cpu
     from vlens.data.shapes import make_shapes
 
@@ -65,7 +71,7 @@ def main() -> None:
     times: dict[tuple[str, bool], list[float]] = {}
     for r in range(a.repeats):
         for busy in (False, True):
-            for v in VARIANTS:
+            for v in variants:
                 t = run_once(data, tmp / f"run-{v}-{busy}-{r}", v, a.limit, busy)
                 times.setdefault((v, busy), []).append(t)
                 print(f"  repeat {r + 1}: {v:8s} {'busy' if busy else 'idle'} {t:6.1f} s", file=sys.stderr)
@@ -73,9 +79,13 @@ def main() -> None:
     load = os.getloadavg()
     rows = []
     for busy in (False, True):
-        for v in VARIANTS:
+        for v in variants:
             rows.append({"variant": v, "busy": busy, "median_s": round(med[(v, busy)], 2),
                          "runs_s": [round(t, 2) for t in times[(v, busy)]]})
+    for v in variants:
+        if v not in ("torch", "1thread", "vlens"):
+            print(f"{v}: idle x{med[(v, False)] / med[('torch', False)]:.2f} of torch defaults, busy "
+                  f"x{med[(v, True)] / med[('1thread', True)]:.2f} of 1 thread", file=sys.stderr)
     ratios = {
         "idle vlens / idle torch defaults (goal <= 1.05)": med[("vlens", False)] / med[("torch", False)],
         "idle vlens / idle 1 thread (goal <= 0.95)": med[("vlens", False)] / med[("1thread", False)],
@@ -92,7 +102,7 @@ def main() -> None:
           f"usable cores, median of {a.repeats} (load average at end {load[0]:.2f})")
     print("| variant | idle (s) | beside one busy process (s) |")
     print("|---|---:|---:|")
-    for v in VARIANTS:
+    for v in variants:
         print(f"| {v} | {med[(v, False)]:.1f} | {med[(v, True)]:.1f} |")
     for k, v in ratios.items():
         print(f"{k}: x{v:.2f}")
