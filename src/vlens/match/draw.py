@@ -164,8 +164,11 @@ def mma_figure(summaries, path):
     pyplot = plt()
     fig, axes = pyplot.subplots(1, len(summaries), figsize=(5 * len(summaries), 3.8), squeeze=False)
     for ax, sm in zip(axes[0], summaries):
+        colours = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(r["descriptor"] for r in sm["descriptors"]))}
+        styles = {"none": ":", "soft": "--"}  # one colour per descriptor, one line style per refinement
         for r in sm["descriptors"]:
-            ax.plot(MMA_THRESHOLDS, r["mma"], "-o" if r["refine"] == "none" else "-s", ms=3, label=r["label"])
+            ax.plot(MMA_THRESHOLDS, r["mma"], styles.get(r["refine"], "-"), marker="o", ms=2.5,
+                    color=colours[r["descriptor"]], label=r["label"])
         ax.plot(MMA_THRESHOLDS, sm["sparse_sift"]["mma"], "k--", label="sparse SIFT + ratio")
         ax.set_title(f"{sm['set']} ({sm['kind']}" + (f", mean of {sm['pairs']} pairs)" if sm["pairs"] > 1 else ")"),
                      fontsize=9)
@@ -173,7 +176,7 @@ def mma_figure(summaries, path):
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of matches within t px")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return save_fig(fig, path)
 
