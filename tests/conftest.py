@@ -155,13 +155,20 @@ class HFCache:
 def hf_cache(tmp_path, monkeypatch) -> HFCache:
     """The real-default path: VLENS_OFFLINE unset, HF_HUB_OFFLINE=1, an empty temporary HF cache (fill it with
     ``hf_cache.add``), the resolver's memory of earlier defaults forgotten."""
+    from vlens.caption import captioner
+    from vlens.match import features
     from vlens.models.hub import forget_choices
+
+    def forget():  # as a new process would: models loaded under the same id from another test's cache go
+        forget_choices()
+        captioner._CACHE.clear()
+        features._load_backbone.cache_clear()
 
     root = tmp_path / "hf-hub"
     root.mkdir()
     monkeypatch.delenv("VLENS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    forget_choices()
+    forget()
     yield HFCache(root)
-    forget_choices()
+    forget()
