@@ -167,6 +167,7 @@ def test_hpatches_layout(tmp_path):
     _hpatches_seq(tmp_path / "hp", "i_b")
     pairs = P.load_hpatches(tmp_path / "hp")
     assert [p.name for p in pairs][:2] == ["i_b/1-2", "i_b/1-3"] and len(pairs) == 10
+    assert {p.group for p in pairs} == {"hpatches-illumination", "hpatches-viewpoint"}  # the tables' sets
     one = P.load_hpatches(tmp_path / "hp" / "v_a")
     assert len(one) == 5 and one[0].kind == "homography"
     # OpenCV convention converted: a pure translation is the same in both conventions
