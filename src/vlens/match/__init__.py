@@ -23,19 +23,21 @@ __all__ = ["DenseFeatures", "Matches", "draw_matches", "extract_features", "load
 
 def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", pca: int | None = None,
                  top: int | None = 50, *, layer: int = -1, facet: str = "token", size: int = 448,
-                 normalize: bool = True) -> Matches:
+                 normalize: bool = True, refine: str = "none") -> Matches:
     """Match every patch of ``img_a`` to its nearest neighbour in ``img_b``; return the ``top`` best by
     ``score`` (``cycle`` or ``feature``), best first (``top=None``: all of them, ranked).
 
-    ``img_a`` / ``img_b``: PIL images or paths. ``model``: any backbone spec (default ``builtin:dino-tiny``),
-    ``sift[:P]``, ``pixels[:P]`` or ``random:SPEC``. ``pca``: joint PCA components (None, the default, keeps the
-    full dimension: on real pairs with ground truth PCA 10 costs accuracy, see ``vlens bench pairs``).
+    ``img_a`` / ``img_b``: PIL images or paths. ``model``: any backbone spec (default: the match default, see
+    :mod:`vlens.models.defaults`), ``sift[:P]``, ``pixels[:P]``, ``random:SPEC`` or a fusion ``A*0.2+B*0.8``.
+    ``pca``: joint PCA components (None, the default, keeps the full dimension: on real pairs with ground truth
+    PCA 10 costs accuracy, see ``vlens bench pairs``).
+    ``refine``: ``none`` (patch centres), ``soft`` or ``quadratic`` (sub-patch points, :mod:`vlens.match.refine`).
     """
     from vlens.images import load_image, to_rgb
 
     a, b = (to_rgb(x) if hasattr(x, "mode") else load_image(x) for x in (img_a, img_b))
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size)
-    m = match_features(fa, fb, pca=pca, normalize=normalize)
+    m = match_features(fa, fb, pca=pca, normalize=normalize, refine=refine)
     return m.top(top, score) if top else m.ranked(score)
 
 
