@@ -9,6 +9,10 @@
 2. pairs: `run_pairs_benchmark` on the two real pairs (graffiti, aloe) with all four descriptors (dino-tiny, dense
    SIFT, pixels, random weights) and the sparse SIFT reference, models already loaded; target < 60 s. Baseline:
    the backbone alone on the same pairs.
+3. refine / fuse: on the same pair at 640 px, matching dense SIFT (`sift:8`) with the quadratic and the soft
+   sub-patch refinement against plain nearest-neighbour matching (features extracted once; target: refinement
+   adds < 50% to the matching), and extracting the offline default's fusion (builtin:dino-tiny*0.2+sift:8*0.8)
+   against extracting its two parts one after the other (target: within 10%).
 The machine's load average is printed with the numbers (this machine is shared).
 """
 
@@ -67,6 +71,22 @@ def main(argv=None) -> dict:
     base = out["sift"][args.model]["seconds"]
     for spec in ("sift:8", "sift:16"):
         print(f"{spec} vs {args.model}: x{base / out['sift'][spec]['seconds']:.1f} faster")
+
+    fa8, fb8 = extract_features([a, b], "sift:8", size=640)
+    out["refine"] = {}
+    for method in ("none", "quadratic", "soft"):
+        t, c = timed(lambda m=method: match_features(fa8, fb8, pca=None, refine=m), args.repeat)
+        out["refine"][method] = {"seconds": round(t, 3), "cpu_seconds": round(c, 3)}
+    base = out["refine"]["none"]["seconds"]
+    print("match sift:8 640x480 (80x60 patches): " + ", ".join(
+        f"{k} {v['seconds']:.3f} s (x{v['seconds'] / base:.2f})" for k, v in out["refine"].items()), flush=True)
+    fused = "builtin:dino-tiny*0.2+sift:8*0.8"
+    t_f, _ = timed(lambda: extract_features([a, b], fused, size=640), args.repeat)
+    t_p, _ = timed(lambda: [extract_features([a, b], s, size=640) for s in ("builtin:dino-tiny", "sift:8")],
+                   args.repeat)
+    out["fuse"] = {"fused_s": round(t_f, 3), "parts_s": round(t_p, 3)}
+    print(f"extract {fused} on the pair: {t_f:.3f} s; its parts one after the other: {t_p:.3f} s "
+          f"(x{t_f / t_p:.2f})", flush=True)
 
     pairs = opencv_pairs()
     specs = [args.model, *baseline_specs(args.model)]
