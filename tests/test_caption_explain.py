@@ -163,3 +163,25 @@ def test_cli_caption_explain(cli, tiny_blip, image, tmp_path):
                          "--figure", tmp_path / "g.png")
     assert code == 0, err
     assert "step  chosen" in out and "same caption as greedy" in out
+
+
+def test_explain_figures_of_same_named_images_never_overwrite_and_out_is_refused(cli, tiny_blip, image, tmp_path):
+    """Issue 23 item 11: a/x.png and b/x.png (and names no file system likes) get a figure each; --explain with
+    --out is refused in one line instead of --out being ignored."""
+    import os
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        image.save(tmp_path / sub / "x.png")
+    odd = tmp_path / "a" / os.fsdecode(b"x\n\xe9.png")
+    image.save(odd, format="PNG")
+    code, out, err = cli("caption", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", odd, "--model", tiny_blip,
+                         "--explain", "--max-new-tokens", "3", "--figure", tmp_path / "why.png", "--json")
+    assert code == 0, err
+    figs = [r["figure"] for r in json.loads(out)["results"]]
+    assert len(set(figs)) == 3 and all(os.path.isfile(f) for f in figs)
+    assert sorted(os.path.basename(f) for f in figs) == ["why-x-2.png", "why-x-3.png", "why-x.png"]
+    code, out, err = cli("caption", tmp_path / "a" / "x.png", "--model", tiny_blip, "--explain", "--out",
+                         tmp_path / "c.jsonl")
+    assert code == 1 and "--explain" in err and "--out" in err and err.count("\n") == 1
+    assert not (tmp_path / "c.jsonl").exists()

@@ -110,3 +110,53 @@ def mixed_precision_for(spec: str | None) -> str:
     if table[spec] == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a CUDA GPU (gradient scaling); on the CPU use bf16 or no")
     return table[spec]
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes a computation on ``device`` can still use: free GPU memory for CUDA, ``MemAvailable`` (or the cgroup
+    limit, when lower) for the CPU; None when it cannot be told."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (1 << 60):
+            avail = min(avail, int(text)) if avail else int(text)
+    return avail
+
+
+def check_memory(need: int, device, what: str, advice) -> None:
+    """A one-line ConfigError before allocating when ``need`` bytes will not fit in 80% of what is available
+    (``VLENS_MEMORY_LIMIT`` in bytes overrides what is detected, for tests and shared machines). ``advice(budget)``
+    says what to do, given the bytes that would fit."""
+    from vlens.errors import ConfigError
+
+    limit = os.environ.get("VLENS_MEMORY_LIMIT")
+    have = int(float(limit)) if limit else available_memory(device)
+    if have is not None and need > 0.8 * have:
+        raise ConfigError(f"{what} needs about {_size(need)} of memory but {_size(have)} is available; "
+                          f"{advice(0.8 * have)}")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -196,6 +196,12 @@ def run_cmd(
         batch_size=batch_size,
     )
     settings, notes = settings.validated()
+    if explain and out is not None:
+        from vlens.errors import ConfigError
+
+        raise ConfigError("--explain shows the candidates behind each word (text or --json, and --figure); it "
+                          "does not stream to --out. Drop --explain to caption a collection into --out, or --out "
+                          "to explain a few images")
     if out is not None:
         return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out)
     files: list[Path] = []

@@ -169,9 +169,10 @@ def explain_images(captioner, files, settings, figure: Path, json_out: bool, not
 
     skips = SkipLog()
     results = []
+    outs = dict(zip(map(str, files), figure_paths(figure, files)))
     for path, img in load_images_safely(files, skips):
         e = captioner.explain(img, settings, show=show)
-        out = figure if len(files) == 1 else figure.with_name(f"{figure.stem}-{Path(path).stem}{figure.suffix}")
+        out = outs[str(path)]
         explain_figure([e], out, columns=show, max_steps=max(1, len(e.steps)))
         results.append({"path": str(path), **e.to_dict(), "figure": str(out)})
         if not json_out:
@@ -186,9 +187,32 @@ def explain_images(captioner, files, settings, figure: Path, json_out: bool, not
         raise DatasetError("none of the given images could be read")
 
 
+def figure_paths(figure: Path, files) -> list[Path]:
+    """One figure per image: ``figure`` itself for one image, else ``STEM-NAME.png`` with NAME the image's stem
+    made safe for a file name; images with the same stem (``a/x.png``, ``b/x.png``) get ``-2``, ``-3``, ... so no
+    figure overwrites another."""
+    import re
+
+    if len(files) == 1:
+        return [figure]
+    taken: set[str] = set()
+    out = []
+    for f in files:
+        base = re.sub(r"[^\w.-]+", "_", Path(f).stem, flags=re.ASCII).strip("._") or "image"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        out.append(figure.with_name(f"{figure.stem}-{name}{figure.suffix}"))
+    return out
+
+
 def _print_explanation(path, e, figure: Path) -> None:
+    from vlens.images import shown_name
+
     s = e.summary()
-    typer.echo(f"{path}\t{e.caption.text}")
+    typer.echo(f"{shown_name(path)}\t{e.caption.text}")
     for note in e.notes:
         typer.echo(f"  note: {note}")
     typer.echo("  step  chosen        p(set)  p(model)  rank  eligible  ~choices  candidates: p under these settings "

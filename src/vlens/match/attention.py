@@ -86,10 +86,13 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
     w_in, h_in = input_size_for(img.size, bb.patch_size, size)
     w = next(bb.model.parameters())
+    check_attention_memory(bb, img.size, size, w)
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
+    from vlens.interrupt import interruptible
+
     with _LOCK:
-        out = bb.model(pixel_values=x, output_attentions=True, **kwargs)
+        out = interruptible(_attend, bb.model, x, kwargs)
     att = out.attentions[li] if out.attentions else None
     if att is None:
         raise ConfigError(f"'{bb.spec}' ({bb.model_type}) returned no attention weights")
@@ -100,6 +103,42 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     maps = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)  # (heads, h*w), each row sums to 1
     return AttentionMaps(maps.reshape(-1, gh, gw), prefix, img.size, (w_in, h_in), bb.patch_size, bb.spec,
                          li + 1)
+
+
+@torch.no_grad()
+def _attend(model, x, kwargs):
+    return model(pixel_values=x, output_attentions=True, **kwargs)
+
+
+def attention_bytes(bb, w_in: int, h_in: int, element_size: int = 4) -> int:
+    """Memory of an eager forward that returns every block's attention: each of the ``layers`` blocks keeps a
+    (heads, T, T) matrix, and the block being computed holds two more (scores and softmax), T = patches + prefix.
+    Quadratic in tokens, so quartic in the image side."""
+    tokens = (w_in // bb.patch_size) * (h_in // bb.patch_size) + bb.num_prefix
+    heads = int(getattr(bb.model.config, "num_attention_heads", 1))
+    return (bb.num_layers + 2) * heads * tokens * tokens * element_size
+
+
+def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight) -> None:
+    """A one-line ConfigError, before anything is allocated, when the attention maps of this input cannot fit;
+    it names the largest --size that would."""
+    from vlens.devices import check_memory
+    from vlens.match.features import input_size_for
+
+    def need_at(side: int) -> int:
+        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), weight.element_size())
+
+    w_in, h_in = input_size_for(image_size, bb.patch_size, size)
+    need = need_at(size)
+
+    def advice(budget: float) -> str:
+        fit = int(size * (budget / need) ** 0.25) // bb.patch_size * bb.patch_size
+        while fit >= 16 and need_at(fit) > budget:
+            fit -= bb.patch_size
+        return (f"attention memory grows with the 4th power of the side: use --size {fit} or less"
+                if fit >= 16 else "this model's attention does not fit at any size here")
+
+    check_memory(need, weight.device, f"the attention of {w_in}x{h_in} px ({bb.num_layers} blocks)", advice)
 
 
 def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None, dtype=None):

@@ -326,28 +326,77 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     groups: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(sizes):
         groups.setdefault(s, []).append(i)
-    for (w_in, h_in), idx in groups.items():
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size]
-            if bb.model_type == "sift":
-                desc = torch.stack([_sift_descriptors(pils[i], w_in, h_in, bb.patch_size, bb.support)
-                                    for i in chunk])  # (B, h, w, 128)
-            else:
-                x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
-                if bb.model is not None:  # wherever (and in whatever dtype) the model now is
-                    w = next(bb.model.parameters())
-                    x = x.to(device=w.device, dtype=w.dtype)
-                desc = _forward(bb, x, layer_idx, facet).float().cpu()  # (B, h, w, d)
-            gh, gw = desc.shape[1:3]
-            for k, i in enumerate(chunk):
-                w0, h0 = pils[i].size
-                note = ""
-                if max(w0, h0) > 2 * size:
-                    note = f"resized from {w0}x{h0} to {w_in}x{h_in} for the model (change with --size)"
-                centers = patch_centers(gh, gw, bb.patch_size, w0 / w_in, h0 / h_in)
-                results[i] = DenseFeatures(desc[k].contiguous(), centers, (w0, h0), (w_in, h_in), bb.patch_size,
-                                           bb.spec, layer, facet, note)
+    from vlens.interrupt import interruptible
+
+    bar, hooks = _block_progress(bb, groups, batch_size)
+    try:
+        for (w_in, h_in), idx in groups.items():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible)
+    finally:
+        for h in hooks:
+            h.remove()
+        if bar is not None:
+            bar.close()
     return results  # type: ignore[return-value]
+
+
+LONG_TOKENS = 40_000
+"""Patches in one call above which feature extraction shows a progress bar (one tick per transformer block)."""
+
+
+def _block_progress(bb: Backbone, groups: dict, batch_size: int):
+    """A progress bar over (chunk, block) for long extractions, ticked by forward hooks; (None, []) otherwise."""
+    if not bb.has_model:
+        return None, []
+    tokens = sum(len(idx) * (w // bb.patch_size) * (h // bb.patch_size) for (w, h), idx in groups.items())
+    if tokens < LONG_TOKENS:
+        return None, []
+    from vlens.runs import progress
+
+    chunks = sum(-(-len(idx) // batch_size) for idx in groups.values())
+    bar = progress(total=chunks * bb.num_layers, desc=f"features ({tokens:,} patches)", unit="block")
+    return bar, [blk.register_forward_hook(lambda *_: bar.update(1)) for blk in bb.blocks()]
+
+
+def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: int, weight) -> None:
+    """A one-line ConfigError before a forward whose activations cannot fit: every block's hidden states are kept
+    (the token facet reads one of them) plus a few block-sized temporaries, (layers + 6) x B x T x d."""
+    from vlens.devices import check_memory
+
+    tokens = (w_in // bb.patch_size) * (h_in // bb.patch_size) + bb.num_prefix
+    d = int(getattr(bb.model.config, "hidden_size", 768))
+    need = (bb.num_layers + 6) * batch * tokens * d * weight.element_size()
+
+    def advice(budget: float) -> str:
+        fit = int(size * (budget / need) ** 0.5) // bb.patch_size * bb.patch_size
+        return f"use --size {fit} or less" if fit >= bb.patch_size else "use a smaller model"
+
+    check_memory(need, weight.device, f"features of {batch} image(s) at {w_in}x{h_in} px", advice)
+
+
+def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible) -> None:
+    """Descriptors of the images ``chunk`` (same input size) into ``results``."""
+    if bb.model_type == "sift":
+        desc = torch.stack([_sift_descriptors(pils[i], w_in, h_in, bb.patch_size, bb.support)
+                            for i in chunk])  # (B, h, w, 128)
+    else:
+        x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
+        if bb.model is not None:  # wherever (and in whatever dtype) the model now is
+            w = next(bb.model.parameters())
+            check_feature_memory(bb, len(chunk), w_in, h_in, size, w)
+            x = x.to(device=w.device, dtype=w.dtype)
+        desc = interruptible(_forward, bb, x, layer_idx, facet).float().cpu()  # (B, h, w, d)
+    gh, gw = desc.shape[1:3]
+    for k, i in enumerate(chunk):
+        w0, h0 = pils[i].size
+        note = ""
+        if max(w0, h0) > 2 * size:
+            note = f"resized from {w0}x{h0} to {w_in}x{h_in} for the model (change with --size)"
+        centers = patch_centers(gh, gw, bb.patch_size, w0 / w_in, h0 / h_in)
+        results[i] = DenseFeatures(desc[k].contiguous(), centers, (w0, h0), (w_in, h_in), bb.patch_size,
+                                   bb.spec, layer, facet, note)
 
 
 def resample_grid(desc: torch.Tensor, patch: int, input_size: tuple[int, int], image_size: tuple[int, int],
