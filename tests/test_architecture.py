@@ -19,7 +19,8 @@ LAYERS = [
     ("capabilities", ["vlens.match", "vlens.ssl", "vlens.caption"]),
     ("data", ["vlens.data"]),
     ("ground floor", ["vlens.images", "vlens.runs", "vlens.models", "vlens.devices", "vlens.cpu", "vlens.faults",
-                      "vlens.fields", "vlens.training", "vlens.sweep", "vlens.bulk", "vlens.plots", "vlens.tables"]),
+                      "vlens.fields", "vlens.training", "vlens.sweep", "vlens.bulk", "vlens.plots", "vlens.tables",
+                      "vlens.interrupt"]),
     ("foundations", ["vlens.errors", "vlens"]),
 ]
 
