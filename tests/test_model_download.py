@@ -103,6 +103,9 @@ def hub(tiny_blip, hf_cache, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once when huggingface_hub was imported
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)  # loopback only, whatever the machine's proxy settings
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("VLENS_PROGRESS", "1")  # the bar shows on a terminal; this is a pipe
     fake.cache = hf_cache
     yield fake
@@ -219,3 +222,15 @@ def test_fetch_resumes_a_partial_download_checks_it_loads_and_rm_frees_it(cli, h
     assert not (hub.cache.root / ("models--" + BLIP.replace("/", "--"))).exists()
     code, _, err = cli("models", "rm", BLIP)
     assert code == 1 and "is not in the Hugging Face cache" in err
+
+
+def test_the_probe_goes_to_the_proxy_the_environment_names(hub, monkeypatch):
+    from vlens.models.hub import hub_reachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid:8080")  # no direct route (not even DNS)
+    assert not hub_reachable(1.0)
+    monkeypatch.setenv("HTTP_PROXY", hub.url)  # a proxy that answers (the fake hub's port)
+    monkeypatch.setenv("NO_PROXY", "")
+    assert hub_reachable(1.0)
+    monkeypatch.setenv("NO_PROXY", "hub.invalid")
+    assert not hub_reachable(1.0)

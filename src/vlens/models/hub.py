@@ -101,9 +101,17 @@ def _emit(event: str, **info) -> None:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True if a TCP connection to the hub endpoint opens within ``timeout`` seconds (DNS included)."""
+    """True if a TCP connection to the hub endpoint opens within ``timeout`` seconds (DNS included): to the proxy
+    the environment names for it (``HTTPS_PROXY`` / ``HTTP_PROXY``, unless ``NO_PROXY`` covers the host), else to
+    the endpoint itself."""
+    import urllib.request
+
     url = urlparse(hub_endpoint())
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlparse(proxy if "://" in proxy else "http://" + proxy)
+        host, port = p.hostname or host, p.port or (443 if p.scheme == "https" else 80)
     ok = []
 
     def probe():
