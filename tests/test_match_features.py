@@ -124,3 +124,19 @@ def test_device_dtype_leave_the_cached_backbone_alone(tiny_vit):
     torch.testing.assert_close(extract_features(img, spec)[0].descriptors, before, rtol=0, atol=0)
     cls_attention(img, spec, dtype="bf16")
     assert next(eager_backbone(spec).model.parameters()).dtype == torch.float32
+
+
+def test_layers_are_counted_from_one_and_named_as_given(tiny_vit):
+    """Layer 0 used to silently mean the last block (0 - 1 = -1), and a layer past the end was named by its 0-based
+    index ('layer 2 does not exist' for --layer 3 of a 2-block model)."""
+    img, spec = _img(32, 32), str(tiny_vit)
+    with pytest.raises(ConfigError, match="^layer 0 does not exist: layers are counted from 1"):
+        extract_features([img], spec, size=32, layer=0)
+    for layer in (3, -3):
+        with pytest.raises(ConfigError, match=rf"^layer {layer} does not exist: .* has 2 layers \(use 1..2 or -1"):
+            extract_features([img], spec, size=32, layer=layer)
+    last = extract_features([img], spec, size=32, layer=-1)[0].descriptors
+    assert torch.equal(torch.as_tensor(extract_features([img], spec, size=32, layer=2)[0].descriptors),
+                       torch.as_tensor(last))
+    with pytest.raises(ConfigError, match="^layer 0 does not exist"):  # a fusion checks its learnt parts
+        extract_features([img], f"{spec}*0.5+pixels:8*0.5", size=32, layer=0)

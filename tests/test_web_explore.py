@@ -70,7 +70,7 @@ def test_uploads_are_bounded_like_every_other_route(client):
     for route in ("/api/explore/images", "/api/caption/explain"):
         r = client.post(route, files={"file": ("strip.png", strip, "image/png")})
         assert r.status_code == 422, (route, r.status_code)
-        assert r.json()["detail"] == "file: 4000x60 pixels is too elongated (more than 16:1); crop it"
+        assert r.json()["detail"] == "file (strip.png): 4000x60 pixels is too elongated (more than 16:1); crop it"
 
 
 def test_point_heatmap_peaks_at_the_true_location_and_features_are_cached(client):
@@ -159,3 +159,79 @@ def test_openapi_lists_the_explore_endpoints(client):
     for p in ("/api/explore/images", "/api/explore/point", "/api/explore/attention", "/api/explore/demo",
               "/api/caption/explain"):
         assert p in paths
+
+
+# ------------------------------------------------- one validation rule for every explore route (issue 23, item 12)
+
+
+def _point(c, a, b, **kw):
+    return c.post("/api/explore/point", json={"image_a": a, "image_b": b, "x": 5, "y": 5, "size": 64, **kw})
+
+
+def test_layers_are_numbered_like_the_cli_on_every_route(vit_client):
+    """Layer 0 used to be taken as the last block by /point and refused by /attention; past the end, /point
+    named the 0-based block (layer 3 of a 2-block model was 'layer 2 does not exist')."""
+    a = _upload(vit_client, _texture((64, 64), seed=4))["id"]
+    att = {"image": a, "size": 64}
+    zero = [_point(vit_client, a, a, layer=0), vit_client.post("/api/explore/attention", json={**att, "layer": 0})]
+    for r in zero:
+        assert r.status_code == 422
+        assert r.json()["detail"] == ("layer: 0 does not exist: layers are counted from 1 (-1 = the last), as on "
+                                      "the command line")
+    for layer in (3, -3, 256):  # the tiny ViT has 2 blocks
+        for r in (_point(vit_client, a, a, layer=layer),
+                  vit_client.post("/api/explore/attention", json={**att, "layer": layer})):
+            assert r.status_code == 422
+            assert r.json()["detail"].startswith(f"layer {layer} does not exist: ")
+            assert r.json()["detail"].endswith("has 2 layers (use 1..2 or -1 for the last)")
+    for layer in (1, 2, -1, -2):
+        assert _point(vit_client, a, a, layer=layer).status_code == 200
+        r = vit_client.post("/api/explore/attention", json={**att, "layer": layer})
+        assert r.status_code == 200 and r.json()["layer"] == (layer if layer > 0 else 3 + layer)
+    assert _point(vit_client, a, a, layer=257).status_code == 422  # the CLI's range, before any model work
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_coordinates_are_refused_as_such(client, value):
+    a = _upload(client, _texture())["id"]
+    body = f'{{"image_a": "{a}", "image_b": "{a}", "x": {value}, "y": 5}}'
+    r = client.post("/api/explore/point", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "x: Input should be a finite number"  # was "must be <= 1024" for NaN too
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 40), (40, 7)])
+def test_images_smaller_than_one_patch_are_refused_at_upload(client, size):
+    """A 1x1 upload used to be stored and then fail on every click; pixels:8 needs 8 px on the shorter side."""
+    r = client.post("/api/explore/images", files={"file": ("dot.png", _png(Image.new("RGB", size)), "image/png")})
+    assert r.status_code == 422
+    d = r.json()["detail"]
+    assert d.startswith(f"file (dot.png): {size[0]}x{size[1]} pixels is too small for pixels:8")
+    assert "at least 8 px on its shorter side" in d
+    ok = _upload(client, Image.new("RGB", (8, 8), (200, 10, 10)))  # exactly one patch: stored and usable
+    r = client.post("/api/explore/point", json={"image_a": ok["id"], "image_b": ok["id"], "x": 3, "y": 3})
+    assert r.status_code == 200, r.text
+
+
+def test_upload_errors_name_the_file(client):
+    r = client.post("/api/explore/images", files={"file": ("holiday.jpg", b"not a picture", "image/jpeg")})
+    assert r.status_code == 415 and r.json()["detail"] == "file (holiday.jpg): not a recognised image format"
+    r = client.post("/api/explore/images", files={"file": ("empty.png", b"", "image/png")})
+    assert r.status_code == 422 and r.json()["detail"] == "file (empty.png): the file is empty"
+    from starlette.datastructures import UploadFile
+
+    from vlens.web.shared import upload_label
+
+    assert upload_label(UploadFile(io.BytesIO(), filename="a\nb.png"), "file") == "file (a\\nb.png)"  # one line
+    assert upload_label(UploadFile(io.BytesIO(), filename=None), "image_a") == "image_a"
+
+
+def test_attention_names_the_image_it_cannot_use(tiny_vit):
+    """The attention path called every image 'image' ("cannot load image image: ...")."""
+    from vlens.errors import ImageLoadError
+    from vlens.match.attention import cls_attention
+
+    img = Image.new("RGB", (4, 4))
+    img.info["vlens_source"] = "holiday.jpg"
+    with pytest.raises(ImageLoadError, match="^cannot load image holiday.jpg: 4x4 pixels is smaller than one"):
+        cls_attention(img, str(tiny_vit), size=64)

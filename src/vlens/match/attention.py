@@ -76,15 +76,12 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     from PIL import Image
 
     from vlens.images import load_image
-    from vlens.match.features import _to_tensor, input_size_for, placed
+    from vlens.match.features import _to_tensor, block_index, input_size_for, placed
 
     bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     img = image if isinstance(image, Image.Image) else load_image(image)
-    n = bb.num_layers
-    li = n + layer if layer < 0 else layer - 1  # 0-based block
-    if not 0 <= li < n:
-        raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
-    w_in, h_in = input_size_for(img.size, bb.patch_size, size)
+    li = block_index(bb, layer)  # 0-based block
+    w_in, h_in = input_size_for(img.size, bb.patch_size, size, img.info.get("vlens_source") or "image")
     w = next(bb.model.parameters())
     check_attention_memory(bb, img.size, size, w)
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)

@@ -80,6 +80,31 @@ def patch_centers(grid_h: int, grid_w: int, patch: int, sx: float = 1.0, sy: flo
     return torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (h*w, 2)
 
 
+def block_index(bb: Backbone, layer: int) -> int | None:
+    """The 0-based block of ``layer`` as users write it (counted from 1, -1 = the last, never 0) in ``bb``, or a
+    ConfigError that names the layer as given and the model's range. None for descriptors without blocks (pixels,
+    sift); a fusion checks each part that has a model."""
+    if layer == 0:
+        raise ConfigError(f"layer 0 does not exist: layers are counted from 1 (-1 = the last) in '{bb.spec}'")
+    if bb.parts:
+        for part, _ in bb.parts:
+            if part.has_model:
+                block_index(part, layer)
+        return None
+    if not bb.has_model:
+        return None
+    n = bb.num_layers
+    li = layer - 1 if layer > 0 else n + layer
+    if not 0 <= li < n:
+        raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
+    return li
+
+
+def smallest_side(bb: Backbone) -> int:
+    """The shortest image side ``bb`` can describe: one patch (of the largest part's patch for a fusion)."""
+    return max(p.patch_size for p, _ in bb.parts) if bb.parts else bb.patch_size
+
+
 def input_size_for(image_size: tuple[int, int], patch: int, size: int, name: str = "image") -> tuple[int, int]:
     """Model input (W_in, H_in): longer side ``size`` rounded to whole patches, aspect ratio kept."""
     w, h = image_size
@@ -312,6 +337,7 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     bb = placed(model if isinstance(model, Backbone) else load_backbone(model), device, dtype)
     if isinstance(images, Image.Image | str) or hasattr(images, "__fspath__"):
         images = [images]
+    block_index(bb, layer)  # layer 0 or past the last block: refused before any work, numbered as given
     if bb.parts:
         return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size)
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]

@@ -24,7 +24,8 @@ from fastapi import Path as FastPath
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from vlens.web.shared import decoding_form, read_image, run_cpu
+from vlens.errors import VlensError
+from vlens.web.shared import Coordinate, Layer, decoding_form, read_image, run_cpu, upload_label
 
 STORE_SIDE = 1024  # longer side of a stored image (the model input is at most 896 px anyway)
 MAX_IMAGES = 24
@@ -146,9 +147,9 @@ class DemoPair(BaseModel):
 class PointRequest(BaseModel):
     image_a: str = Field(..., pattern=ID_PATTERN, description="Id of image A (from /api/explore/images).")
     image_b: str = Field(..., pattern=ID_PATTERN, description="Id of image B.")
-    x: float = Field(..., ge=0, le=STORE_SIDE, description="The point in A's pixels (from the left).")
-    y: float = Field(..., ge=0, le=STORE_SIDE, description="The point in A's pixels (from the top).")
-    layer: int = Field(-1, ge=-64, le=64, description="Block counted from 1; -1 = the last.")
+    x: float = Coordinate(STORE_SIDE, "The point in A's pixels (from the left).")
+    y: float = Coordinate(STORE_SIDE, "The point in A's pixels (from the top).")
+    layer: Layer = -1
     facet: Literal["token", "key", "query", "value"] = "token"
     pca: int = Field(0, ge=0, le=256, description="Joint PCA components (0 = off, the default of `vlens match`).")
     size: int = Field(448, ge=32, le=896, description="Longer side of the model input in pixels.")
@@ -180,7 +181,7 @@ class PointResponse(BaseModel):
 
 class AttentionRequest(BaseModel):
     image: str = Field(..., pattern=ID_PATTERN)
-    layer: int = Field(-1, ge=-64, le=64)
+    layer: Layer = -1
     size: int = Field(448, ge=32, le=896)
 
 
@@ -249,6 +250,11 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     async def upload(file: UploadFile = File(..., description="An image to explore.")) -> ExploreImage:
         """Keep an image for exploring (longer side at most 1024 px); returns its content id."""
         img = await read_image(file, max_upload_bytes)
+        side = await run_cpu(_smallest_side, svc.backbone_spec)
+        if side and min(img.size) < side:  # refused now, not on every later click
+            raise HTTPException(422, f"{upload_label(file, 'file')}: {img.width}x{img.height} pixels is too small "
+                                     f"for {svc.backbone_spec}, which needs at least one {side} px patch: upload an "
+                                     f"image at least {side} px on its shorter side")
         key = await run_cpu(cache.add, img)
         return _info(key, cache.image(key))
 
@@ -368,6 +374,17 @@ def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
             settings={"strategy": e.settings.strategy, "top_k": e.settings.top_k, "top_p": e.settings.top_p,
                       "temperature": e.settings.temperature, "seed": e.settings.seed},
             notes=notes + e.notes, model=cap.spec, took_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+
+def _smallest_side(spec: str) -> int | None:
+    """The shortest image side the explore model can describe (one patch); None when the model does not load
+    (the explore calls then say why)."""
+    from vlens.match.features import load_backbone, smallest_side
+
+    try:
+        return smallest_side(load_backbone(spec))
+    except VlensError:
+        return None
 
 
 def _cand(c: dict) -> dict:

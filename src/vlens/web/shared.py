@@ -4,9 +4,11 @@ CPU work off the event loop within a fixed number of slots."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Form, HTTPException, UploadFile
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from vlens.errors import ImageLoadError
 
@@ -24,6 +26,39 @@ health) keep their own threads."""
 
 
 _cpu_limiter = None
+
+
+def _not_zero(layer: int) -> int:
+    if layer == 0:
+        raise PydanticCustomError("layer_zero", "0 does not exist: layers are counted from 1 (-1 = the last), "
+                                                "as on the command line")
+    return layer
+
+
+Layer = Annotated[int, Field(ge=-256, le=256, description="Transformer block counted from 1; -1 = the last "
+                                                           "(-2 the one before); 0 does not exist. The same numbering "
+                                                           "as the CLI's --layer."),
+                  AfterValidator(_not_zero)]
+"""The layer field of every route: whether the model has that many blocks is checked against the model itself
+(:func:`vlens.match.features.block_index`), with the same message as the CLI."""
+
+
+def Coordinate(side: int, description: str):  # noqa: N802 - used like a type in the request models
+    """A pixel coordinate in [0, side]: a finite number (NaN and infinity are refused as such, not as too large)."""
+    return Field(..., ge=0, le=side, allow_inf_nan=False, description=description)
+
+
+def shown_filename(upload: UploadFile) -> str:
+    """The upload's own file name as messages show it: control characters escaped, a long name shortened (one
+    line); "" when the client sent none."""
+    fn = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in (upload.filename or ""))
+    return fn[:38] + "..." + fn[-38:] if len(fn) > 80 else fn
+
+
+def upload_label(upload: UploadFile, name: str) -> str:
+    """How messages name an upload: the form field and the file's own name, e.g. ``image_a (holiday.jpg)``."""
+    fn = shown_filename(upload)
+    return f"{name} ({fn})" if fn and fn != name else name
 
 
 def set_cpu_slots(n: int) -> None:
@@ -87,6 +122,7 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     stays bounded), or an HTTP error that says what is wrong."""
     from vlens.images import load_image
 
+    filename, name = shown_filename(upload), upload_label(upload, name)
     ctype = (upload.content_type or "").lower()
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
         raise HTTPException(415, f"{name}: '{ctype}' is not an image; upload a JPEG, PNG, WebP, GIF, BMP or TIFF")
@@ -96,7 +132,7 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     if not data:
         raise HTTPException(422, f"{name}: the file is empty")
     try:
-        return await run_cpu(lambda: bounded(load_image(data, name=upload.filename or name,
+        return await run_cpu(lambda: bounded(load_image(data, name=filename or name,
                                                         max_pixels=UPLOAD_MAX_PIXELS), name))
     except ImageLoadError as exc:
         status = 415 if "not a recognised image format" in exc.reason else 422
