@@ -124,3 +124,47 @@ def test_resume_with_other_settings_is_refused_in_one_line(cli, hostile, tiny_bl
     code, _, err = cli(*base, "--model", tiny_blip)
     assert code == 0 and "no record of the settings" in err
     assert cli(*base, "--model", tiny_blip, "--max-new-tokens", "5")[0] == 1
+
+
+def test_a_lost_peer_under_torchrun_is_one_line_not_a_bug(cli, hostile, tmp_path, monkeypatch):
+    """Issue 23 item 16: when rank 0 dies, the surviving rank's collective fails inside gloo/NCCL; it says so in
+    one line instead of 'a bug in vlens'. (Outside a multi-process run the same error stays a bug report.)"""
+    import vlens.cli.caption as cap
+
+    def gather_fails(*a, **k):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                           "[127.0.0.1]:29500")
+
+    monkeypatch.setattr(cap, "_caption_to_file", gather_fails)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, _, err = cli("caption", hostile, "--out", tmp_path / "c.jsonl", "--model", "builtin:blip-tiny")
+    assert code == 1 and err.count("\n") == 1 and "a bug in vlens" not in err
+    assert "another process of this 2-process run stopped" in err and "process 1" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, _, err = cli("caption", hostile, "--out", tmp_path / "c.jsonl", "--model", "builtin:blip-tiny")
+    assert code == 2 and "a bug in vlens" in err
+
+
+def test_faiss_training_warnings_are_one_note_not_raw_repeats(tmp_path, tiny_clip, capfd):
+    """Issue 23 item 16: FAISS's k-means warning on a small collection was printed raw three times."""
+    import shutil as sh
+
+    from vlens.retrieval.index import IndexConfig, build_index
+    from vlens.retrieval.model import DualEncoder
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    from PIL import Image
+
+    for i in range(40):
+        Image.new("RGB", (32, 32), (i * 6, 255 - i * 6, (i * 37) % 255)).save(root / f"{i:02d}.png")
+    enc = DualEncoder.from_spec(str(tiny_clip))
+    logs: list[str] = []
+    build_index(root, tmp_path / "idx", IndexConfig(model=str(tiny_clip), kind="ivf", nlist=16),
+                embedder=(enc.encode_images, enc.dim), progress=False, log=logs.append)
+    captured = capfd.readouterr()
+    assert "please provide at least" not in captured.err  # nothing raw from FAISS's C++ code
+    notes = [m for m in logs if "FAISS trained 16 clusters on only" in m]
+    assert len(notes) == 1, logs
+    sh.rmtree(tmp_path / "idx")

@@ -179,6 +179,10 @@ def invoke(command, argv: list[str] | None = None) -> int:
         if isinstance(exc, VlensError):
             typer.echo(f"error: {_one_line(exc)}", err=True)
             return exc.exit_code
+        lost = _peer_lost(exc)
+        if lost:
+            typer.echo(f"error: {lost}", err=True)
+            return 1
         if isinstance(exc, OSError) and exc.strerror:  # disk full, permission denied, read-only file system
             where = f" {exc.filename}" if exc.filename else ""
             typer.echo(f"error: cannot access{where}: {exc.strerror}", err=True)
@@ -192,6 +196,25 @@ def invoke(command, argv: list[str] | None = None) -> int:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+
+
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ProcessGroup", "NCCL error",
+               "TCPStore", "Socket Timeout", "recvBytes", "Connection refused")
+
+
+def _peer_lost(exc: BaseException) -> str | None:
+    """Under torchrun / accelerate launch, the one-line message for a collective that failed because another
+    process of the run died (its rank 0 killed, out of memory, Ctrl-C there); None otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    name, text = type(exc).__name__, str(exc)
+    if not (name.startswith("Dist") or (isinstance(exc, RuntimeError) and any(s in text for s in _PEER_SIGNS))):
+        return None
+    rank = os.environ.get("RANK", "?")
+    first = _one_line(text.splitlines()[0] if text else name)[:160]
+    return (f"another process of this {world}-process run stopped, so process {rank} stops too ({first}); "
+            "rerun the same command: work already written is kept and resumed")
 
 
 def run() -> None:  # console-script shim

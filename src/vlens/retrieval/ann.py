@@ -7,6 +7,9 @@ Pure functions over numpy arrays and FAISS objects; no files, no database (those
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Iterable
 
@@ -123,11 +126,51 @@ def check_buildable(kind: str, dim: int, n: int, config, trial_rows: int = 5000)
                           "(--nlist, or IVF<N> with N well under the number of images)") from None
 
 
-def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = None, train_index: bool = True):
+@contextlib.contextmanager
+def faiss_output(lines: list[str] | None = None):
+    """Catch what FAISS's C++ code prints on the process's stderr (k-means warnings such as "clustering 40 points
+    to 16 centroids: please provide at least 624 training points") into ``lines`` (None: dropped), so vlens can
+    say it once in its own words instead of FAISS printing it raw at every training."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if lines is not None:
+                sink.seek(0)
+                lines += [ln.strip() for ln in sink.read().decode(errors="replace").splitlines() if ln.strip()]
+
+
+def faiss_notes(lines: list[str]) -> list[str]:
+    """FAISS's training messages, each distinct one once, as vlens notes."""
+    import re
+
+    out = []
+    for ln in lines:
+        ln = re.sub(r"^WARNING\s*", "", ln)
+        m = re.match(r"clustering (\d+) points to (\d+) centroids: please provide at least (\d+)", ln)
+        if m:
+            ln = (f"FAISS trained {m.group(2)} clusters on only {m.group(1)} vectors (it advises at least "
+                  f"{m.group(3)}); search quality is measured below, and a collection this small is exact and "
+                  "fast with --kind flat")
+        if ln not in out:
+            out.append(ln)
+    return out
+
+
+def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = None, train_index: bool = True,
+               messages: list[str] | None = None):
     """An empty FAISS index with ids (inner product on unit vectors = cosine similarity).
 
     ``config``: anything with ``nlist`` (IVF lists, 0 = auto), ``hnsw_m`` and ``pq_bytes`` (0 = auto) (an
     :class:`IndexConfig`). ``kind``: flat, ivf, hnsw, ivfpq, or a FAISS factory string (trained on ``train``).
+    What FAISS prints while training goes into ``messages`` (None: dropped; see :func:`faiss_notes`).
     """
     import faiss
 
@@ -148,7 +191,8 @@ def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = N
             raise ConfigError(f"FAISS cannot build '{kind}' for {dim}-d vectors ({msg}); see the FAISS wiki "
                               "'The index factory', e.g. IVF1024,PQ32") from None
         if not index.is_trained and train_index:
-            index.train(train)
+            with faiss_output(messages):
+                index.train(train)
         if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
             return index  # IVF indexes keep ids themselves
         return faiss.IndexIDMap2(index)
@@ -166,7 +210,8 @@ def make_faiss(kind: str, dim: int, n: int, config, train: np.ndarray | None = N
         ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.own_fields = True
     quantizer.this.disown()
-    ivf.train(train if len(train) >= nlist else np.zeros((nlist, dim), np.float32))
+    with faiss_output(messages):
+        ivf.train(train if len(train) >= nlist else np.zeros((nlist, dim), np.float32))
     if kind != "ivfpq":
         return ivf
     # PQ codes alone rank close neighbours poorly (recall@10 ~0.4-0.7 on clustered data, measured), so the

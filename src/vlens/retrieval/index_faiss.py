@@ -13,6 +13,7 @@ import numpy as np
 from vlens.retrieval.ann import (
     drop_self,
     exact_topk,
+    faiss_notes,
     make_faiss,
     needs_training,
     search_knob,
@@ -37,7 +38,10 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
         m = training_rows(kind, n, config)
         rows = con.execute("SELECT vector FROM images ORDER BY random() LIMIT ?", (m,)).fetchall()
         train = np.frombuffer(b"".join(r[0] for r in rows), np.float32).reshape(len(rows), dim) if rows else None
-    index = make_faiss(kind, dim, n, config, train)
+    messages: list[str] = []
+    index = make_faiss(kind, dim, n, config, train, messages=messages)
+    for note in faiss_notes(messages):
+        log(f"note: {note}")
     for ids, vecs in iter_vectors(con, dim):
         index.add_with_ids(np.ascontiguousarray(vecs), ids)
     ann = {"kind": kind, "count": int(index.ntotal)}
