@@ -395,6 +395,7 @@ class PairsConfig:
     ransac_px: float = 3.0  # RANSAC inlier threshold, working pixels
     ratio: float = 0.8  # Lowe's ratio for the sparse SIFT reference
     refine: tuple[str, ...] = ("none",)  # sub-patch refinements to evaluate, each a row (vlens.match.refine)
+    sparse: bool = True  # also run the sparse SIFT + ratio (+ RANSAC) reference on every pair
 
 
 @dataclass
@@ -546,8 +547,9 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
                 rows.append(r)
                 if progress:
                     progress(f"{pair.name}: {r.label} {r.seconds:.1f} s")
-        results.append(PairResult(pair.name, pair.kind, (img_s.size, img_t.size), rows,
-                                  sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg),
+        sparse = (sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg) if cfg.sparse else
+                  {"evaluated": 0, "skipped": True, "all": subset_stats(np.zeros(0))})
+        results.append(PairResult(pair.name, pair.kind, (img_s.size, img_t.size), rows, sparse,
                                   pair.group or pair.name))
     return results
 

@@ -143,7 +143,7 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
            f"{short_model(model)}: " + "; ".join(
                f"{a.pair} PCK@10 {100 * a.descriptors[0].all['pck@10']:.1f}% without, "
                f"{100 * b.descriptors[0].all['pck@10']:.1f}% with PCA 10" for a, b in zip(res, pca10)) + ".")
-    s.metrics["refine_fuse"] = _refine_and_fuse(s, pairs, cfg.size, model)
+    s.metrics["refine_fuse"] = _refine_and_fuse(s, pairs, cfg.size, model, res)
     graf = next(pr for pr in res if pr.pair == "graffiti")
     img_s, img_t, _, _ = working_pair(pairs[0], cfg.size)
     cells, titles = [], []
@@ -158,9 +158,10 @@ def _real_pairs(s: Section, ctx: LabContext, model: str) -> list:
     return res
 
 
-def _refine_and_fuse(s: Section, pairs: list, size: int, model: str) -> dict:
+def _refine_and_fuse(s: Section, pairs: list, size: int, model: str, plain: list) -> dict:
     """Refined vs nearest-patch matches, and the offline default's fusion (the backbone with dense SIFT, weights
-    of vlens.models.defaults.MATCH_FALLBACK) vs its parts, on the same real pairs."""
+    of vlens.models.defaults.MATCH_FALLBACK) vs its parts, on the same real pairs. ``plain``: the nearest-patch
+    results already computed for the backbone and its baselines (their rows are reused, not recomputed)."""
     from vlens.match.features import fused_parts
     from vlens.match.pairs import PairsConfig, run_pairs_benchmark
     from vlens.match.refine import DEFAULT_REFINE
@@ -168,7 +169,15 @@ def _refine_and_fuse(s: Section, pairs: list, size: int, model: str) -> dict:
 
     (_, w_model), (anchor, w_anchor) = (fused_parts(MATCH_FALLBACK) or [("", 0.2), ("sift:8", 0.8)])[:2]
     fused = f"{model}*{w_model:g}+{anchor}*{w_anchor:g}"
-    res = run_pairs_benchmark([fused, model, anchor], pairs, PairsConfig(size=size, refine=("none", DEFAULT_REFINE)))
+    both = run_pairs_benchmark([fused], pairs, PairsConfig(size=size, refine=("none", DEFAULT_REFINE), sparse=False))
+    refined = run_pairs_benchmark([model, anchor], pairs, PairsConfig(size=size, refine=(DEFAULT_REFINE,),
+                                                                       sparse=False))
+    res = []
+    for f, r, p in zip(both, refined, plain):
+        near = {d.descriptor: d for d in p.descriptors}
+        for d in r.descriptors:  # each part: its nearest-patch row (if the main table has it), then refined
+            f.descriptors += ([near[d.descriptor]] if d.descriptor in near else []) + [d]
+        res.append(f)
     rows = [[pr.pair, d.label, *[fmt(100 * d.all[f"pck@{t}"]) for t in (1, 3, 5, 10)], fmt(d.all["median"])]
             for pr in res for d in pr.descriptors]
     s.text(f"**Finer than a patch, and descriptors that combine.** The same pairs with every match refined off its "
