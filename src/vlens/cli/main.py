@@ -72,6 +72,14 @@ def _on_sigint(signum, frame):
     raise Interrupted()
 
 
+def interrupt_message(args: list[str]) -> str:
+    """What Ctrl-C prints: a command that works through files can be rerun to continue; a server just stops."""
+    words = [a for a in args if not a.startswith("-")]
+    if words[:1] == ["serve"]:
+        return "interrupted (Ctrl-C): vlens serve stopped"
+    return "interrupted (Ctrl-C); rerun the same command to continue or start over"
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
@@ -150,7 +158,7 @@ def invoke(command, argv: list[str] | None = None) -> int:
         return rv if isinstance(rv, int) else 0
     except exits as exc:
         if exc.exit_code == 130:  # a KeyboardInterrupt raised by someone else's handler
-            typer.echo("interrupted (Ctrl-C); rerun the same command to continue or start over", err=True)
+            typer.echo(interrupt_message(args), err=True)
         return exc.exit_code
     except usage_errors as exc:
         if debug:
@@ -169,7 +177,7 @@ def invoke(command, argv: list[str] | None = None) -> int:
         typer.echo(f"error: {msg}{where}", err=True)
         return exc.exit_code
     except (Interrupted, KeyboardInterrupt, *aborts):
-        typer.echo("interrupted (Ctrl-C); rerun the same command to continue or start over", err=True)
+        typer.echo(interrupt_message(args), err=True)
         return 130
     except Exception as exc:  # noqa: BLE001
         from vlens.errors import VlensError

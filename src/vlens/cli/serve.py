@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import typer
@@ -56,6 +62,7 @@ def serve_cmd(
         raise ConfigError("--max-upload-mb must be positive")
     if threads < 1:
         raise ConfigError("--threads must be at least 1")
+    sock = bind(host, port)  # before any model loads and before we say we are running
     from vlens import cpu
 
     plan = cpu.apply(threads, slots=0)  # as many concurrent requests as the cores hold at --threads each
@@ -67,4 +74,90 @@ def serve_cmd(
         typer.echo(f"warning: binding {host}: anyone who can reach this machine can see your indexed images",
                    err=True)
     typer.echo(f"vlens web app on http://{host}:{port}  (API docs: http://{host}:{port}/docs; Ctrl+C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=STOP_GRACE_S))
+    server.run(sockets=[sock])
+    if not server.stopped_by:
+        return 0
+    how = "Ctrl-C" if server.stopped_by == signal.SIGINT else signal.Signals(server.stopped_by).name
+    typer.echo(f"vlens serve stopped ({how}); http://{host}:{port} no longer answers", err=True)
+    code = 128 + server.stopped_by
+    # Work abandoned in worker threads (a model forward) would hold the exit until it finishes: seconds. Nothing
+    # the server does needs finishing (it writes no files), so the process ends now.
+    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    deadline = time.monotonic() + 0.5
+    for t in busy:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in busy):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+STOP_GRACE_S = 1
+"""Ctrl-C waits this long for requests in flight, then drops them: the server stops within a second or two."""
+
+
+def bind(host: str, port: int):
+    """A TCP socket bound to (host, port) for uvicorn, or a ConfigError in one line that names the port and what
+    to do (a busy port used to be reported by uvicorn, raw, after the server had said it was running)."""
+    import errno
+    import socket
+
+    from vlens.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart reuses the port at once
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (another server is running there): stop it "
+                              f"or pick another port with --port N, e.g. --port {port + 1 if port < 65535 else 8000}"
+                              ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"not allowed to use port {port} on {host} (ports below 1024 need administrator "
+                              "rights): pick another port with --port N, e.g. --port 8000") from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {host}: not an address of this machine; use --host 127.0.0.1 "
+                              "(this machine only) or --host 0.0.0.0 (every network)") from None
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, stopped by Ctrl-C / SIGTERM without re-raising the signal afterwards (the command says
+        it stopped, in its own words) and without uvicorn's log lines about the requests it drops."""
+
+        stopped_by: int | None = None
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+
+        def handle_exit(self, sig, frame):
+            import logging
+
+            self.stopped_by = self.stopped_by or sig
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # "Cancel 1 running task(s)..."
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _Server(config):  # noqa: N802 - builds the class on first use: uvicorn is imported only by `vlens serve`
+    return _server_class()(config)
