@@ -113,3 +113,21 @@ def test_bench_keypoints_leaves_out_pairs_with_a_truncated_image(cli, tmp_path, 
     body = json.loads(out)
     assert [s["path"].rsplit("/", 1)[-1] for s in body["skipped"]] == ["cat2.jpg"]
     assert all(r["pairs"] == 1 for r in body["results"]) and "cat2.jpg" in err
+
+
+def test_index_refuses_names_that_break_lines_and_info_lists_every_refusal(cli, messy, tmp_path, tiny_clip):
+    """Issue 23 item 15: a newline or tab in a file name made `index search` print one result on two lines; such
+    files are refused by name like the non-UTF-8 one, and `index info` lists what build and update list."""
+    shutil.copy(messy / "test_00001.png", messy / "new\nline.png")
+    shutil.copy(messy / "test_00002.png", messy / "tab\there.png")
+    out = tmp_path / "idx"
+    code, stdout, err = cli("index", "build", messy, "--out", out, "--model", tiny_clip, "--json")
+    assert code == 0, err
+    built = {s["path"] for s in json.loads(stdout)["skipped"]}
+    assert {"new\\nline.png", "tab\\there.png", "caf\\xe9.png", "truncated.png", "notes.jpg"} == built
+    code, stdout, _ = cli("index", "info", out, "--json")
+    assert code == 0 and {s["path"] for s in json.loads(stdout)["skipped"]} == built
+    code, text, _ = cli("index", "info", out)
+    assert code == 0 and "skipped   5 unreadable file(s):" in text and "  new\\nline.png: " in text
+    code, text, _ = cli("search", out, "a red square", "-k", "10")
+    assert code == 0 and len(text.strip().splitlines()) == 4  # 4 indexed images, one line each

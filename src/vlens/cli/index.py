@@ -120,11 +120,16 @@ def info_cmd(
     json_out: bool = JSON_OPTION,
 ):
     """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
+    from vlens.images import shown_name
+    from vlens.retrieval.index import scan
     from vlens.retrieval.index_reader import ImageIndex
 
     ix = ImageIndex(index)
     info = ix.info()
     ix.close()
+    if Path(info["root"]).is_dir():  # what build and update refuse by name is not stored: list it as they do
+        known = {s["path"] for s in info["skipped"]}
+        info["skipped"] += [{"path": p, "reason": r} for p, r in scan(Path(info["root"]))[1] if p not in known]
     if json_out:
         echo_json(info)
         return
@@ -147,7 +152,7 @@ def info_cmd(
                      "until `vlens index update` rebuilds it")
     if info["skipped"]:
         lines.append(f"skipped   {len(info['skipped'])} unreadable file(s):")
-        lines += [f"  {s['path']}: {s['reason']}" for s in info["skipped"][:20]]
+        lines += [f"  {shown_name(s['path'])}: {s['reason']}" for s in info["skipped"][:20]]
     typer.echo("\n".join(lines))
 
 
@@ -165,6 +170,7 @@ def search_cmd(
 ):
     """Find the images most similar to a text or an image query; prints rank, cosine similarity and path."""
     from vlens.errors import ConfigError
+    from vlens.images import shown_name
     from vlens.retrieval.search import Searcher, contact_sheet
 
     if (query is None) == (image is None):
@@ -181,6 +187,6 @@ def search_cmd(
     if not hits:
         typer.echo("no results (the index is empty)")
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:>3}  {h.score:+.4f}  {h.path}" + (f"  \"{h.caption}\"" if h.caption else ""))
+        typer.echo(f"{rank:>3}  {h.score:+.4f}  {shown_name(h.path)}" + (f"  \"{h.caption}\"" if h.caption else ""))
     if out is not None:
         typer.echo(f"contact sheet: {out}")

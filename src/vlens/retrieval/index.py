@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -59,18 +58,17 @@ def file_sha256(path: Path) -> str:
 
 
 def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
-    """Image files under ``root``: {relative posix path: (size, mtime_ns)}, plus files refused (links out)."""
-    from vlens.images import list_images
+    """Image files under ``root``: {relative posix path: (size, mtime_ns)}, plus files refused (links out, names
+    that cannot be stored and printed as one line: :func:`vlens.images.name_problem`), by their shown name."""
+    from vlens.images import list_images, name_problem, shown_name
 
     real_root = root.resolve()
     found, refused = {}, []
     for p in list_images(root):
         rel = p.relative_to(root).as_posix()
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:  # bytes that are not UTF-8 (e.g. Latin-1 names from an old camera or zip)
-            shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
-            refused.append((shown, "the file name is not valid UTF-8; rename the file to index it"))
+        problem = name_problem(rel)  # not UTF-8 (an old camera, a zip), or a newline/tab that breaks every line
+        if problem:
+            refused.append((shown_name(rel), problem.replace("to use it", "to index it")))
             continue
         if not p.resolve().is_relative_to(real_root):
             refused.append((rel, "a link that points outside the indexed folder"))

@@ -126,7 +126,9 @@ class UpdateReport:
             line += f" ({self.embedded} embedded, {self.images_per_s:.1f} images/s)"
         if self.skipped:
             line += f"\nskipped {len(self.skipped)} unreadable file(s):"
-            line += "".join(f"\n  {p}: {r}" for p, r in self.skipped[:10])
+            from vlens.images import shown_name
+
+            line += "".join(f"\n  {shown_name(p)}: {r}" for p, r in self.skipped[:10])
             if len(self.skipped) > 10:
                 line += f"\n  ... and {len(self.skipped) - 10} more (vlens index info --json lists all)"
         return line
