@@ -129,3 +129,16 @@ def test_bad_config():
         run_crop_benchmark("pixels", [_noise(64, 64)], scenarios=("tiny",))
     with pytest.raises(ConfigError, match="at least 1"):
         run_crop_benchmark("pixels", [_noise(64, 64)], CropBenchmarkConfig(crops_per_image=0))
+
+
+def test_refinement_reaches_the_crop_benchmark():
+    """--refine of `vlens bench crops`: the config carries it and the matches move off the patch centres."""
+    from vlens.match.crops import run_crop_benchmark
+
+    src = Image.fromarray(np.asarray(_noise(64, 64, 3)))
+    kw = {"scenarios": ("geometric",), "crops_per_image": 1, "source_side": 64, "crop_side": 32, "keep_examples": 1}
+    plain = run_crop_benchmark("pixels:8", [src], **kw)
+    soft = run_crop_benchmark("pixels:8", [src], refine="soft", **kw)
+    assert plain.config.refine == "none" and soft.config.refine == "soft"
+    m0, m1 = plain.examples[0].matches, soft.examples[0].matches
+    assert torch.equal(m0.dst_index, m1.dst_index) and not torch.equal(m0.dst_xy, m1.dst_xy)
