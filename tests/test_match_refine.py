@@ -111,3 +111,13 @@ def test_window_at_the_border_and_bad_method():
         refine_points(torch.eye(4)[:1], b, torch.tensor([0]), (2, 2), (8, 8), "cubic")
     with pytest.raises(ConfigError, match="does not hold"):
         window_similarity(torch.eye(4)[:1], b, torch.tensor([0]), (3, 3))
+
+
+def test_refined_cycle_ranking_keeps_mutual_matches_first_by_feature_distance():
+    fa, fb = _hand_pair()
+    plain, soft = match_features(fa, fb, pca=None), match_features(fa, fb, pca=None, refine="soft")
+    assert float(soft.cycle_distance[4]) > 0 and bool(soft.mutual[4])  # refined, sub-patch, still mutual
+    k = int(plain.mutual.sum())
+    # the mutual matches still come first, in the same order (by feature distance): refinement noise does not
+    # reshuffle them; only the non-mutual ones are ordered by their refined cycle distance
+    assert torch.equal(soft.order("cycle")[:k], plain.order("cycle")[:k]) and bool(soft.mutual[soft.order()[:k]].all())

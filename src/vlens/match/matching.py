@@ -134,11 +134,14 @@ class Matches:
         return -(self.cycle_distance if by == "cycle" else self.feature_distance)
 
     def order(self, by: str = "cycle") -> torch.Tensor:
-        """Indices from best to worst. Cycle distance ties (all mutual matches have 0) are broken by feature
-        distance, so the order is total and deterministic."""
+        """Indices from best to worst. By cycle: mutual nearest neighbours first (cycle distance 0 without
+        refinement; with sub-patch refinement their cycle distance is sub-patch noise, not evidence, so it does not
+        reorder them), then the others by cycle distance; ties broken by feature distance, so the order is total
+        and deterministic."""
         if by == "cycle":
             o = torch.argsort(self.feature_distance, stable=True)
-            return o[torch.argsort(self.cycle_distance[o], stable=True)]
+            key = torch.where(self.mutual, torch.zeros_like(self.cycle_distance), self.cycle_distance)
+            return o[torch.argsort(key[o], stable=True)]
         return torch.argsort(self.feature_distance, stable=True)
 
     def select(self, idx: torch.Tensor) -> Matches:
