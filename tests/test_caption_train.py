@@ -324,3 +324,24 @@ def test_patch_place_loss_needs_shapes_objects(tmp_path):
         train(_cfg(data, tmp_path / "run", epochs=1, patch_place_weight=1.0), log=lambda m: None)
     with pytest.raises(ConfigError, match="--patch-place-weight must be >= 0"):
         train(_cfg(data, tmp_path / "run2", epochs=1, patch_place_weight=-1.0), log=lambda m: None)
+
+
+def test_images_without_captions_are_left_out_and_said(shapes_dir, tmp_path):
+    """An image with only blank captions is data the loader keeps (retrieval training counts it); caption training
+    leaves it out of training and validation and says so, and a blank caption is never a target."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    rows = [r for r in meta["images"] if r["split"] == "train"]
+    rows[0]["sentences"] = [{"raw": "  "}]
+    rows[1]["sentences"] = [{"raw": ""}, *rows[1]["sentences"][1:]]
+    next(r for r in meta["images"] if r["split"] == "val")["sentences"] = []
+    (data / "dataset.json").write_text(json.dumps(meta))
+    lines = []
+    train(_cfg(data, tmp_path / "run", epochs=1, max_train=4, val_limit=2), log=lines.append)
+    text = "\n".join(lines)
+    assert "left out 1 training image(s) without a caption" in text
+    assert "left out 1 validation image(s) without a caption" in text

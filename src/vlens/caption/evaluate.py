@@ -34,7 +34,16 @@ def load_split(data: str, split: str, limit: int | None):
     from vlens.images import ImageLoadError, SkipLog, load_image
     from vlens.runs import progress
 
-    samples = load_dataset(data).split(split).limit(limit).samples
+    ds = load_dataset(data).split(split).limit(limit)
+    if ds.uncaptioned:  # before any image is read or model loaded: a prediction needs references
+        from vlens.errors import DatasetError
+
+        first, more = ds.uncaptioned[0], len(ds.uncaptioned) - 1
+        raise DatasetError(f"{ds.source}: image {first.image_path.name} (id {first.id}) has no caption"
+                           + (f" (and {more} more in the '{split}' split)" if more else "")
+                           + "; evaluation scores each prediction against its image's captions: add captions or "
+                           f"drop these images (`vlens data inspect {data}` lists them)")
+    samples = ds.samples
     skips, kept, images = SkipLog(), [], []
     for s in progress(samples, desc="images"):
         try:

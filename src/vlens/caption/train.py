@@ -119,7 +119,8 @@ class CaptionPairs:
 
         s = self.samples[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        item = (load_image(s.image_path), s.captions[int(rng.integers(len(s.captions)))])
+        caps = [c for c in s.captions if c.strip()] or list(s.captions)  # an empty caption is never a target
+        item = (load_image(s.image_path), caps[int(rng.integers(len(caps)))])
         extras = {}
         if self.with_masks:
             from vlens.data.shapes import load_mask
@@ -403,6 +404,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     from vlens.caption.captioner import Captioner
     from vlens.data import load_dataset
+    from vlens.errors import DatasetError
     from vlens.models import LoadedModel, load, load_image_processor
     from vlens.runs import RunDir, atomic_write_text, progress, read_json, seed_everything, to_jsonable
     from vlens.training import (
@@ -423,6 +425,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ds = load_dataset(cfg.data)
     train_set = ds.split("train").limit(cfg.max_train)
     val_set = ds.split("val").limit(cfg.val_limit)
+    for name, part in (("training", train_set), ("validation", val_set)):
+        if part.uncaptioned:  # nothing to learn from, nothing to score against: left out, and said
+            bare = {id(s) for s in part.uncaptioned}
+            part.samples = [s for s in part.samples if id(s) not in bare]
+            log(f"left out {len(bare)} {name} image(s) without a caption (`vlens data inspect {cfg.data}` lists "
+                "them)")
+    if not train_set.samples:
+        raise DatasetError(f"{cfg.data}: no training image has a caption")
     acc = make_accelerator(cfg.grad_accum, cfg.mixed_precision)
     seed_everything(cfg.seed)
     run = RunDir(out, cfg) if acc.is_main_process else None

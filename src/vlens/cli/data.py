@@ -87,16 +87,27 @@ def inspect_cmd(
     lines += [f"  {p}" for p in problems[:20]]
     if len(problems) > 20:
         lines.append(f"  ... and {len(problems) - 20} more (use --json for the full list)")
+    bare = st["uncaptioned"]
+    lines.append(f"no caption  {len(bare)}" + (" (evaluation refuses these images; retrieval training skips and "
+                                                "counts them)" if bare else ""))
+    lines += [f"  {Path(b['path']).name} (id {b['id']}, {b['split']}) has no caption" for b in bare[:20]]
+    if len(bare) > 20:
+        lines.append(f"  ... and {len(bare) - 20} more (use --json for the full list)")
     typer.echo("\n".join(lines))
     _refuse_malformed(ds)
 
 
 def _refuse_malformed(ds) -> None:
-    if ds.problems:
-        from vlens.errors import DatasetError
+    """Exit 1 when training or evaluation would refuse the file: malformed entries, or images without a caption
+    (retrieval training skips those, but caption evaluation needs references for every image)."""
+    from vlens.errors import DatasetError
 
+    if ds.problems:
         raise DatasetError(f"{ds.source} has {len(ds.problems)} malformed entr"
                            f"{'y' if len(ds.problems) == 1 else 'ies'} (listed above)")
+    if ds.uncaptioned:
+        raise DatasetError(f"{ds.source} has {len(ds.uncaptioned)} image(s) without a caption (listed above): "
+                           "retrieval training skips them, caption evaluation refuses them")
 
 
 @app.command("fetch")

@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem
 from vlens.errors import DatasetError
 
 
@@ -60,9 +60,7 @@ def load_coco(path, images_root=None) -> CaptionDataset:
             caps[a["image_id"]].append(a["caption"].strip())
     split = _guess_split(p.stem)
     samples = []
-    for key, (i, name) in ids.items():
-        if no_caption_problem(caps.get(key, ())):
-            problems.append(f"images[{i}] ({name}) {no_caption_problem(caps.get(key, ()))}")
+    for key, (_i, name) in ids.items():
         samples.append(Sample(image_path=root / name, captions=tuple(caps.get(key, ())), split=split, id=str(key)))
     problems += [f"images: {p}" for p in duplicate_ids(samples)]
     return CaptionDataset(samples, "coco", p, problems=problems)

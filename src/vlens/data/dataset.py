@@ -41,6 +41,12 @@ class CaptionDataset:
                                + f"; `vlens data inspect {self.source}` lists them; fix the file")
         return self
 
+    @property
+    def uncaptioned(self) -> list[Sample]:
+        """Images without any non-empty caption: data for retrieval training (skipped and counted there), but
+        evaluation refuses them (a prediction needs references), and ``vlens data inspect`` lists them."""
+        return [s for s in self.samples if not has_caption(s)]
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -81,10 +87,8 @@ def duplicate_ids(samples: list[Sample]) -> list[str]:
     return [f"id {k!r} is used by {n} images; ids must be unique" for k, n in seen.items() if n > 1]
 
 
-def no_caption_problem(captions) -> str | None:
-    if not any(c.strip() for c in captions):
-        return "has no caption (every image needs at least one non-empty caption for training and evaluation)"
-    return None
+def has_caption(sample: Sample) -> bool:
+    return any(c.strip() for c in sample.captions)
 
 
 def _read_json(p: Path):

@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from vlens.data.dataset import CaptionDataset, Sample, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, duplicate_ids, id_problem
 from vlens.errors import DatasetError
 
 
@@ -83,8 +83,6 @@ def load_folder(path) -> CaptionDataset:
         except ValueError as exc:
             problems.append(f"{where} ({name}): {exc}")
             continue
-        if no_caption_problem(caps):
-            problems.append(f"{where} ({name}) {no_caption_problem(caps)}")
         split, mask, ident = row.get("split") or "train", row.get("mask") or None, row.get("id", i)
         if not isinstance(split, str) or not split.strip():
             problems.append(f"{where} ({name}): 'split' {split!r} is not a split name")

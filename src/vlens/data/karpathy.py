@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem, no_caption_problem
+from vlens.data.dataset import CaptionDataset, Sample, _read_json, duplicate_ids, id_problem
 from vlens.errors import DatasetError
 
 
@@ -53,18 +53,15 @@ def load_karpathy(path, images_root=None) -> CaptionDataset:
         if not isinstance(sentences, list):
             problems.append(f"images[{i}] ({filename}): 'sentences' is not a list")
             continue
-        caps, bad = [], False
+        caps = []
         for j, sent in enumerate(sentences):
             raw = sent.get("raw") if isinstance(sent, dict) else None
             if not isinstance(raw, str):  # an empty caption is data (counted and skipped by the users)
                 what = "is not an object" if not isinstance(sent, dict) else \
                     "has no 'raw' text" if "raw" not in sent else f"has a non-text 'raw' ({type(raw).__name__})"
                 problems.append(f"images[{i}].sentences[{j}] ({filename}) {what}")
-                bad = True
                 continue
             caps.append(raw.strip())
-        if not bad and no_caption_problem(caps):
-            problems.append(f"images[{i}] ({filename}) {no_caption_problem(caps)}")
         samples.append(Sample(
             image_path=root / filepath / filename,
             captions=tuple(caps),

@@ -49,4 +49,5 @@ def dataset_stats(ds: CaptionDataset, verify_images: bool = True, progress: bool
         "images_verified": verify_images,
         "notes": ds.notes,
         "problems": list(ds.problems),
+        "uncaptioned": [{"path": str(s.image_path), "id": s.id, "split": s.split} for s in ds.uncaptioned],
     }
