@@ -17,6 +17,9 @@ def test_lab_data_section_writes_report(tmp_path, cli):
     assert man["metrics"]["data"]["target"]["images"] == 180
     for name in ("data_shapes.png", "data_photos.png", "data_shapes_pretrain.png"):
         assert (tmp_path / "lab" / "figures" / name).stat().st_size > 1000
+    code, out, err = cli("lab", "--out", tmp_path / "lab2", "--quick", "--only", "data", "--json")
+    got = json.loads(out)  # stdout is the manifest alone, progress stays on stderr
+    assert code == 0 and got["sections"] == ["data"] and got["report"] == str(tmp_path / "lab2" / "report.html")
 
 
 def _ok(ctx):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import check
+from vlens.cli._common import JSON_OPTION, check, echo_json
 
 
 def register(root: typer.Typer) -> None:
@@ -20,6 +20,7 @@ def lab(
     quick: bool = typer.Option(False, help="Smaller datasets and fewer settings (for a fast look or tests)."),
     only: list[str] = typer.Option(None, "--only", help="Run just these sections (repeatable), e.g. --only data.",
                                    callback=check.text()),
+    json_out: bool = JSON_OPTION,
 ):
     """Run every part of vlens on the embedded data and models and write a lab report (offline).
 
@@ -34,6 +35,9 @@ def lab(
     os.environ["VLENS_OFFLINE"] = "1"  # the lab runs the embedded models only: reproducible, no download
 
     manifest = run_lab(out, seed=seed, quick=quick, only=only or None, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"report: {out / 'report.html'}  ({manifest['total_s']:.0f} s)")
+    if json_out:  # the manifest (sections, their times and status) and where the report is
+        echo_json({**manifest, "report": str(out / "report.html")})
+    else:
+        typer.echo(f"report: {out / 'report.html'}  ({manifest['total_s']:.0f} s)")
     if manifest["failed"]:
         raise VlensError(f"section(s) failed: {', '.join(manifest['failed'])}; see {out / 'report.html'}")
