@@ -154,3 +154,20 @@ def test_a_bogus_deb_is_named_for_what_it_is_and_deb_is_never_ignored(cli, tmp_p
     (cache / "opencv-samples" / "SOURCE.txt").write_text("x\n")  # already cached: --deb is still unpacked
     code, out, err = cli("data", "fetch", "opencv-samples", "--deb", bogus)
     assert code == 1 and "HTML page" in err and "already cached" not in out
+
+
+def test_an_output_path_that_is_not_utf8_is_refused_before_any_work(cli, tmp_path):
+    """Issue 23: FAISS and SQLite could not open such a path, so an index build failed after embedding."""
+    imgs = _images(tmp_path / "imgs", 2)
+    code, out, err = cli("index", "build", imgs, "--out", tmp_path / os.fsdecode(b"idx\xe9"), "--model",
+                         "builtin:does-not-exist")
+    assert code == 1 and err.count("\n") == 1 and "idx\\xe9: the path is not valid UTF-8" in err
+
+
+def test_a_settings_file_with_wrong_types_is_one_line(cli, tmp_path):
+    cfg = tmp_path / "config.json"
+    for text, expect in (('{"epochs": "many"}', "'epochs'"), ('{"crops": {"global_scale": [0.2]}}', "global_scale"),
+                         ("{broken", "cannot read the settings file"), ('[1, 2]', "JSON object")):
+        cfg.write_text(text)
+        code, _, err = cli("ssl", "train", "--out", tmp_path / "run", "--config", cfg)
+        assert code == 1 and err.count("\n") == 1 and expect in err and "a bug" not in err, (text, err)

@@ -98,3 +98,37 @@ def inside(points: np.ndarray, size: tuple[int, int], where: str, tolerance: flo
         x, y = points[i]
         raise DatasetError(f"{where}: point {i + 1} ({x:g}, {y:g}) lies outside the {w}x{h} image"
                            + (f" ({int(bad.sum())} points do)" if bad.sum() > 1 else ""))
+
+
+def of_type(value, hint, where: str):
+    """``value`` checked against a dataclass field's type ``hint`` (int, float, str, bool, ``list[str]``,
+    ``tuple[float, float]``, ``X | None``) and converted (lists to tuples); one-line DatasetError otherwise."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return of_type(value, inner[0], where) if len(inner) == 1 else value
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(where, value, "true or false")
+        return value
+    if hint is int:
+        return int(number(value, where, integer=True))
+    if hint is float:
+        return number(value, where)
+    if hint is str:
+        return text(value, where, empty=True)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            _fail(where, value, "a list")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            _fail(where, value, f"a list of {len(args)} values")
+        fixed = origin is tuple and args and args[-1] is not Ellipsis
+        kinds = args if fixed else [args[0] if args else str] * len(value)
+        items = [of_type(v, k, f"{where} item {i + 1}") for i, (v, k) in enumerate(zip(value, kinds))]
+        return tuple(items) if origin is tuple else items
+    return value

@@ -13,7 +13,29 @@ def plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as pyplot
 
+    _printable_texts()
     return pyplot
+
+
+def _printable_texts() -> None:
+    """Every text matplotlib draws for vlens goes through :func:`vlens.images.shown_name`: a title naming a file
+    whose name is not UTF-8 (``caf\\xe9.png``) or holds a newline would otherwise stop the font renderer ("a bug
+    in vlens" after all the work)."""
+    from matplotlib.text import Text
+
+    if getattr(Text.set_text, "vlens_printable", False):
+        return
+    from vlens.images import shown_name
+
+    original = Text.set_text
+
+    def set_text(self, s):
+        if isinstance(s, str) and any("\udc80" <= c <= "\udcff" for c in s):
+            s = shown_name(s)
+        return original(self, s)
+
+    set_text.vlens_printable = True
+    Text.set_text = set_text
 
 
 def save_fig(fig, path, dpi: int = 110) -> Path:

@@ -124,7 +124,13 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 
 def atomic_write_text(path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` as UTF-8; a file name that is not UTF-8 inside it (a table naming a dataset folder) is written
+    escaped (``\\xe9``), as vlens prints it, instead of failing after the work."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+    return atomic_write_bytes(path, data)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -239,6 +239,13 @@ class _Check:
             if not str(v).strip():
                 raise typer.BadParameter("an empty path is not allowed", param=param)
             p = Path(v).expanduser()
+            try:
+                str(p.absolute()).encode("utf-8")
+            except UnicodeEncodeError:  # FAISS, SQLite and every text file vlens writes name their paths in UTF-8
+                from vlens.images import shown_name
+
+                raise typer.BadParameter(f"{shown_name(v)}: the path is not valid UTF-8; choose a UTF-8 name to "
+                                         "write to", param=param) from None
             if kind == "file" and p.is_dir():
                 raise typer.BadParameter(f"{v} is a folder; give a file name to write", param=param)
             if kind == "dir" and p.exists() and not p.is_dir():

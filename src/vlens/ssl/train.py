@@ -117,15 +117,31 @@ class DINOConfig:
 
 def load_config(path) -> DINOConfig:
     """A DINOConfig from a JSON file (a run's ``config.json`` works too)."""
-    data = json.loads(Path(path).read_text())
-    data = data.get("config", data)
-    crops = MultiCropConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in data.pop("crops", {}).items()})
+    import typing
+
+    from vlens import fields
+    from vlens.errors import DatasetError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DatasetError(f"cannot read the settings file {path}: {str(exc) or type(exc).__name__}") from None
+    data = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not isinstance(data.get("crops", {}), dict):
+        raise DatasetError(f"{path}: expected a JSON object of DINO settings (a run's config.json works)")
     known = set(DINOConfig.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown DINO setting(s) in {path}: {', '.join(unknown)}")
-    return DINOConfig(**data, crops=crops)
+    hints, crop_hints = typing.get_type_hints(DINOConfig), typing.get_type_hints(MultiCropConfig)
+    crops_in = dict(data.pop("crops", {}))
+    unknown = sorted(set(crops_in) - set(crop_hints))
+    if unknown:
+        raise ConfigError(f"unknown crop setting(s) in {path}: {', '.join(unknown)}")
+    crops = MultiCropConfig(**{k: fields.of_type(v, crop_hints[k], f"{path} field 'crops.{k}'")
+                               for k, v in crops_in.items()})
+    return DINOConfig(**{k: fields.of_type(v, hints[k], f"{path} field '{k}'") for k, v in data.items()},
+                      crops=crops)
 
 
 def build_backbone(preset: str, image_size: int):

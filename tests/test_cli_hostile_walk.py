@@ -1,0 +1,205 @@
+"""The CLI walk's two hostile columns (issue 23): every command that reads files runs once on a file or folder
+with a hostile *name* (not UTF-8, a newline, a tab, a leading dash) and once on a hostile *data file* (garbage
+bytes where an image is expected, null entries, NaN ground truth, nesting too deep, a web page saved as .deb).
+
+Every run must end in success or one ``error:`` line (exit 1), never a traceback or "a bug in vlens". The
+commands are discovered from the typer app like tests/test_cli_validation.py does: a command that reads files and
+has no row here fails the coverage test, so a surface added later joins the walk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli_validation import _leaves
+
+pytestmark = pytest.mark.slow
+
+NO_FILE_INPUT = {"data make-shapes", "lab", "models fetch", "models list", "models rm"}
+NOT_RUN = {"serve": "starts a server that runs until stopped; its inputs are fuzzed in tests/test_web_fuzz.py and "
+                    "tests/test_web_explore.py"}
+HOSTILE = [b"caf\xe9.png", b"new\nline.png", b"tab\there.png", b"-dash.png"]
+
+
+def _texture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, shapes_dir):
+    from test_match_keypoints import make_spair
+
+    d = tmp_path_factory.mktemp("hostile")
+    imgs = d / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        _texture(i).save(imgs / f"plain{i}.png")
+    for i, name in enumerate(HOSTILE):
+        _texture(10 + i).save(imgs / os.fsdecode(name), format="PNG")
+    w = {"d": d, "imgs": imgs, "ok": imgs / "plain0.png", "hostile": imgs / os.fsdecode(HOSTILE[1]),
+         "odd": imgs / os.fsdecode(b"caf\xe9.png")}
+    (d / "garbage.png").write_bytes(os.urandom(3000))
+    w["garbage"] = d / "garbage.png"
+    garbage_dir = d / "garbage_imgs"
+    garbage_dir.mkdir()
+    (garbage_dir / "a.png").write_bytes(os.urandom(2000))
+    (garbage_dir / "b.jpg").write_text("<html>not an image</html>")
+    w["garbage_dir"] = garbage_dir
+    # a caption dataset under a hostile name (the shapes test split) and two broken ones
+    ds = d / os.fsdecode(b"shapes \xe9\n")
+    shutil.copytree(shapes_dir, ds)
+    w["ds"] = ds
+    (d / "nulls.json").write_text(json.dumps({"images": [None, {"filename": "x.png", "sentences": []}]}))
+    w["nulls"] = d / "nulls.json"
+    (d / "deep.json").write_text("[" * 50_000 + "]" * 50_000)
+    w["deep"] = d / "deep.json"
+    # pair manifests: a good one under a hostile name, one with NaN ground truth
+    _texture(0).save(d / "L.png")
+    _texture(0).save(d / "R.png")
+    good = {"pairs": [{"name": "p", "source": "L.png", "target": "R.png", "homography": [[1, 0, 0], [0, 1, 0],
+                                                                                           [0, 0, 1]]}]}
+    w["manifest"] = d / os.fsdecode(b"m\xe9\t.json")
+    w["manifest"].write_text(json.dumps(good))
+    good["pairs"][0]["homography"][0][2] = float("nan")
+    w["bad_manifest"] = d / "nan.json"
+    w["bad_manifest"].write_text(json.dumps(good))
+    w["spair"] = make_spair(d / os.fsdecode(b"SPair \xe9"), pairs_per_cat=1, categories=("cat",))
+    bad_spair = make_spair(d / "SPair-bad", pairs_per_cat=1, categories=("cat",))
+    for f in (bad_spair / "PairAnnotation" / "test").glob("*.json"):
+        a = json.loads(f.read_text())
+        a["trg_bndbox"] = [0, 0, float("inf"), 10]
+        f.write_text(json.dumps(a))
+    w["bad_spair"] = bad_spair
+    (d / "bogus.deb").write_text("<!DOCTYPE html><html>404</html>")
+    w["deb"] = d / os.fsdecode(b"opencv-doc \xe9\n.deb")
+    shutil.copy(d / "bogus.deb", w["deb"])
+    (d / "config.json").write_text('{"epochs": "many", "lr": null}')
+    w["bad_config"] = d / "config.json"
+    (d / "not-an-index").mkdir()
+    (d / "not-an-index" / "manifest.json").write_text("{broken")
+    w["bad_index"] = d / "not-an-index"
+    return w
+
+
+def rows(w, tiny):
+    """{command: {"name": argv, "data": argv}}; ``tiny`` holds the tiny model folders."""
+    vit, blip, clip = tiny["vit"], tiny["blip"], tiny["clip"]
+    out = w["d"] / "out"
+    small = ("--size", "64")
+    idx = w["d"] / "idx \t\n\u00e9"  # a UTF-8 name with a tab and a newline (non-UTF-8 output paths are refused)
+    mask_a = w["ds"] / "masks" / "train_00000.png"
+    img_a = w["ds"] / "images" / "train_00000.png"
+    return {
+        "match": {"name": ["match", w["hostile"], w["odd"], "--model", vit, *small, "--out", out / "m.png"],
+                  "data": ["match", w["garbage"], w["ok"], "--model", vit, *small, "--out", out / "m.png"]},
+        "explore point": {"name": ["explore", "point", w["hostile"], w["odd"], "--xy", "5,5", "--model", vit,
+                                   *small, "--out", out / "p.png"],
+                          "data": ["explore", "point", w["ok"], w["garbage"], "--xy", "5,5", "--model", vit,
+                                   *small, "--out", out / "p.png"]},
+        "explore attention": {"name": ["explore", "attention", w["hostile"], "--model", vit, *small, "--out",
+                                       out / "a.png"],
+                              "data": ["explore", "attention", w["garbage"], "--model", vit, *small, "--out",
+                                       out / "a.png"]},
+        "caption run": {"name": ["caption", w["imgs"], "--model", blip, "--out", out / "c.jsonl", "--workers", "0"],
+                        "data": ["caption", w["garbage_dir"], w["garbage"], "--model", blip]},
+        "caption eval": {"name": ["caption", "eval", "--data", w["ds"], "--model", blip, "--limit", "2", "--fast",
+                                  "--out", out / "ce"],
+                         "data": ["caption", "eval", "--data", w["nulls"], "--model", blip, "--fast"]},
+        "caption sweep": {"name": ["caption", "sweep", "--data", w["ds"], "--model", blip, "--limit", "2",
+                                   "--top-k", "5", "--temperature", "0.7", "--seeds", "1", "--out", out / "cs"],
+                          "data": ["caption", "sweep", "--data", w["deep"], "--model", blip]},
+        "caption train": {"name": ["caption", "train", "--data", w["ds"], "--out", out / "ct", "--preset",
+                                   "test-blip", "--epochs", "1", "--max-train", "4", "--val-limit", "2",
+                                   "--image-size", "32", "--batch-size", "4"],
+                          "data": ["caption", "train", "--data", w["nulls"], "--out", out / "ct2", "--preset",
+                                   "test-blip"]},
+        "data inspect": {"name": ["data", "inspect", w["ds"], "--no-verify"],
+                         "data": ["data", "inspect", w["deep"]]},
+        "data fetch": {"name": ["data", "fetch", "opencv-samples", "--deb", w["deb"]],
+                       "data": ["data", "fetch", "opencv-samples", "--deb", w["d"] / "bogus.deb"]},
+        "index build": {"name": ["index", "build", w["imgs"], "--out", idx, "--model", clip, "--workers", "0"],
+                        "data": ["index", "build", w["garbage_dir"], "--out", out / "ix2", "--model", clip,
+                                 "--workers", "0"]},
+        "index info": {"name": ["index", "info", idx], "data": ["index", "info", w["bad_index"]]},
+        "index update": {"name": ["index", "update", idx, "--workers", "0"],
+                         "data": ["index", "update", w["bad_index"]]},
+        "search": {"name": ["search", idx, "--image", w["hostile"]],
+                   "data": ["search", idx, "--image", w["garbage"]]},
+        "bench crops": {"name": ["bench", "crops", "--images", w["imgs"], "--model", "pixels:8", "--crops", "1",
+                                 "--scenario", "large", "--source-side", "64", "--crop-side", "32", "--out",
+                                 out / "bc"],
+                        "data": ["bench", "crops", "--images", w["garbage_dir"], "--model", "pixels:8", "--out",
+                                 out / "bc2"]},
+        "bench pairs": {"name": ["bench", "pairs", "--data", w["manifest"], "--model", "pixels:8", "--size", "64",
+                                 "--out", out / "bp"],
+                        "data": ["bench", "pairs", "--data", w["bad_manifest"], "--model", "pixels:8", "--out",
+                                 out / "bp2"]},
+        "bench keypoints": {"name": ["bench", "keypoints", "--data", w["spair"], "--model", "pixels:8", "--size",
+                                     "64", "--out", out / "bk"],
+                            "data": ["bench", "keypoints", "--data", w["bad_spair"], "--model", "pixels:8",
+                                     "--out", out / "bk2"]},
+        "bench segment": {"name": ["bench", "segment", "--model", "pixels:8", "--data", w["ds"], "--refs", "2",
+                                   "--targets", "1", "--size", "64", "--no-baselines", "--out", out / "bs"],
+                          "data": ["bench", "segment", "--model", "pixels:8", "--data", w["nulls"], "--out",
+                                   out / "bs2"]},
+        "segment parts": {"name": ["segment", "parts", w["hostile"], w["odd"], "--k", "2", "--model", "pixels:8",
+                                   *small, "--out", out / "parts.png"],
+                          "data": ["segment", "parts", w["garbage"], w["ok"], "--model", "pixels:8", "--out",
+                                   out / "parts2.png"]},
+        "segment transfer": {"name": ["segment", "--ref", w["hostile"], "--ref-mask", w["hostile"], "--target",
+                                      w["odd"], "--model", "pixels:8", *small, "--out", out / "seg"],
+                             "data": ["segment", "--ref", img_a, "--ref-mask", w["garbage"], "--target", w["ok"],
+                                      "--model", "pixels:8", "--out", out / "seg2"]},
+        "retrieval eval": {"name": ["retrieval", "eval", "--data", w["ds"], "--model", clip, "--split", "test"],
+                           "data": ["retrieval", "eval", "--data", w["nulls"], "--model", clip]},
+        "retrieval sweep": {"name": ["retrieval", "sweep", "--data", w["deep"], "--out", out / "rs"],
+                            "data": ["retrieval", "sweep", "--data", w["nulls"], "--out", out / "rs2"]},
+        "retrieval train": {"name": ["retrieval", "train", "--data", w["ds"], "--out", out / "rt", "--scratch",
+                                     "--preset", "test-clip", "--image-size", "32", "--batch-size", "16",
+                                     "--warmup", "0", "--epochs", "1"],
+                            "data": ["retrieval", "train", "--data", w["nulls"], "--out", out / "rt2"]},
+        "ssl probe": {"name": ["ssl", "probe", "--data", w["ds"], "--model", "pixels"],
+                      "data": ["ssl", "probe", "--data", w["garbage_dir"], "--model", "pixels"]},
+        "ssl train": {"name": ["ssl", "train", "--out", out / "st", "--images", w["imgs"], "--preset", "test-vit",
+                               "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2", "--samples-per-epoch",
+                               "2", "--global-size", "32", "--local-size", "16", "--n-local", "1", "--out-dim", "16"],
+                      "data": ["ssl", "train", "--out", out / "st2", "--config", w["bad_config"]]},
+    }
+    del mask_a
+
+
+def _file_commands():
+    import typer
+
+    from vlens.cli.main import app
+
+    return {" ".join(path) for path, _ in _leaves(typer.main.get_command(app))}
+
+
+def test_every_command_that_reads_files_has_both_hostile_columns(world, tiny_vit, tiny_blip, tiny_clip):
+    table = rows(world, {"vit": tiny_vit, "blip": tiny_blip, "clip": tiny_clip})
+    missing = _file_commands() - set(table) - NO_FILE_INPUT - set(NOT_RUN)
+    assert not missing, f"add a 'name' and a 'data' row for: {sorted(missing)}"
+    assert all(set(r) == {"name", "data"} for r in table.values())
+
+
+@pytest.mark.parametrize("column", ["name", "data"])
+def test_hostile_inputs_end_in_success_or_one_error_line(cli, world, tiny_vit, tiny_blip, tiny_clip, column,
+                                                         monkeypatch):
+    monkeypatch.setenv("VLENS_CACHE", str(world["d"] / "cache"))
+    table = rows(world, {"vit": tiny_vit, "blip": tiny_blip, "clip": tiny_clip})
+    bad = []
+    for command in sorted(table):
+        code, out, err = cli(*table[command][column])
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        ok = code in (0, 1) and "a bug in vlens" not in err and "Traceback" not in err and (
+            code == 0 or len(errors) == 1)
+        if not ok:
+            bad.append(f"{command} [{column}] -> exit {code}: {err.strip()[-300:]}")
+    assert not bad, "\n".join(bad)
