@@ -52,6 +52,20 @@ def test_make_shapes_cli(cli, tmp_path):
     code, out, _ = cli("data", "make-shapes", tmp_path / "s", "--train", "2", "--val", "0", "--test", "0", "--size",
                        "32", "--force")
     assert code == 0 and len(json.loads((tmp_path / "s" / "dataset.json").read_text())["images"]) == 2
+    code, out, _ = cli("data", "make-shapes", tmp_path / "j", "--train", "2", "--val", "0", "--test", "1", "--size",
+                       "32", "--json")
+    got = json.loads(out)
+    assert code == 0 and (got["images"], got["test"], got["dataset"]) == (3, 1, str(tmp_path / "j" / "dataset.json"))
+
+
+def test_segment_parts_json(cli, tmp_path, shapes_dir):
+    imgs = sorted((shapes_dir / "images").glob("test_*.png"))[:2]
+    code, out, err = cli("segment", "parts", *imgs, "--k", "3", "--model", "pixels:8", "--size", "64",
+                         "--out", tmp_path / "p.png", "--json")
+    got = json.loads(out)
+    assert code == 0, err
+    assert got["picture"] == str(tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 1000
+    assert [sum(im["part_sizes"]) for im in got["images"]] == [8 * 8, 8 * 8]  # every patch is in one part
 
 
 def test_error_path_is_one_line_without_traceback(cli, tmp_path):
@@ -87,3 +101,12 @@ def test_models_list_shows_embedded_and_cached(cli, tmp_path, tiny_vit, monkeypa
     rows = json.loads(out)["cached"]
     assert code == 0 and {"id": "acme/vit", "kind": "backbone", "complete": True}.items() <= next(
         r for r in rows if r["id"] == "acme/vit").items()
+
+
+def test_caption_train_json(cli, tmp_path, shapes_dir):
+    code, out, err = cli("caption", "train", "--data", shapes_dir, "--out", tmp_path / "run", "--preset",
+                         "test-blip", "--epochs", "1", "--max-train", "4", "--val-limit", "2", "--image-size", "32",
+                         "--batch-size", "4", "--json")
+    got = json.loads(out)  # stdout is the metrics alone; progress went to stderr
+    assert code == 0, err
+    assert got["best_epoch"] == 1 and "val_BLEU-4" in got and (tmp_path / "run" / "best").is_dir()

@@ -551,6 +551,7 @@ def train_cmd(
         callback=check.count(0, 1024),
     ),
     mixed_precision: str = PRECISION_OPTION,
+    json_out: bool = JSON_OPTION,
 ):
     """Train or fine-tune a BLIP captioner: prompt masked out of the loss, AdamW + warm-up/cosine, validation
     BLEU-4 / CIDEr each epoch with the best kept in OUT/best, atomic checkpoints and --resume.
@@ -583,7 +584,9 @@ def train_cmd(
         mixed_precision=mixed_precision,
     )
     metrics = train(cfg, log=lambda m: typer.echo(m, err=True))
-    if metrics:
+    if metrics and json_out:
+        echo_json(metrics)
+    elif metrics:
         typer.echo(
             f"best epoch {metrics['best_epoch']}: val BLEU-4 {metrics['val_BLEU-4']:.1f}, CIDEr "
             f"{metrics['val_CIDEr']:.1f}; model in {metrics['model_dir']} "

@@ -31,6 +31,7 @@ def make_shapes_cmd(
     workers: int = typer.Option(0, help="Processes to use (0 = number of cores, at most 2 here).",
                                 callback=check.count(0, 256)),
     force: bool = typer.Option(False, "--force", help="Replace an existing dataset in OUT."),
+    json_out: bool = JSON_OPTION,
 ):
     """Generate the procedural shapes dataset: 1-3 objects per scene, 5 captions each, class masks."""
     import time
@@ -40,9 +41,12 @@ def make_shapes_cmd(
     t0 = time.time()
     make_shapes(out, train=train, val=val, test=test, seed=seed, style=style, size=size, workers=workers or None,
                 force=force)
-    n = train + val + test
-    typer.echo(f"wrote {n} images ({train} train / {val} val / {test} test, style {style}) to {out} "
-               f"in {time.time() - t0:.1f} s")
+    n, took = train + val + test, time.time() - t0
+    if json_out:
+        echo_json({"out": str(out), "dataset": str(out / "dataset.json"), "images": n, "train": train, "val": val,
+                   "test": test, "style": style, "seed": seed, "size": size, "seconds": round(took, 2)})
+        return
+    typer.echo(f"wrote {n} images ({train} train / {val} val / {test} test, style {style}) to {out} in {took:.1f} s")
 
 
 @app.command("inspect")

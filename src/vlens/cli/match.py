@@ -454,6 +454,7 @@ def parts_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     seed: int = typer.Option(0, help="k-means++ seed.", callback=check.seed()),
+    json_out: bool = JSON_OPTION,
 ):
     """Unsupervised part discovery: k-means on the features of one or more images, drawn as a colour overlay,
     next to the features' first three PCA components as RGB."""
@@ -473,6 +474,12 @@ def parts_cmd(
         cells += [im, overlay_labels(im, lab, PART_PALETTE), pc]
         titles += [p.name, f"{k} parts (k-means)", "features: PCA -> RGB"]
     image_grid(cells, titles, out, cols=3)
+    if json_out:  # per image, how many patches each part holds (parts are shared across the images)
+        echo_json({"picture": str(out), "k": k, "model": feats[0].model,
+                   "images": [{"path": str(p), "grid": list(lab.shape),
+                               "part_sizes": [int((lab == j).sum()) for j in range(k)]}
+                              for p, lab in zip(images, labels)]})
+        return
     typer.echo(f"{k} parts over {len(imgs)} image(s) drawn to {out}")
 
 
