@@ -155,3 +155,34 @@ def test_every_heavy_command_takes_threads():
         assert ("--threads" in opts) != light, name
         seen += not light
     assert seen >= 20
+
+
+def _ident(x):
+    return x
+
+
+def test_bulk_run_plans_workers_and_threads_then_restores(clean_env, monkeypatch):
+    """The streaming pipeline asks the policy for its decode workers: on 2 usable cores 4 requested workers become
+    1, the model keeps 1 thread, and the caller's thread count is back afterwards."""
+    import torch
+
+    from vlens import bulk
+
+    monkeypatch.setattr(cpu, "usable_cores", lambda: 2)
+    seen, done = [], []
+    real = bulk.decoded_batches
+
+    def spy(items, steps, load, workers):
+        seen.append(workers)
+        return real(items, steps, load, 0)  # the count is what matters; no processes needed to check it
+
+    monkeypatch.setattr(bulk, "decoded_batches", spy)
+    before = torch.get_num_threads()
+
+    def infer(batch):
+        seen.append(torch.get_num_threads())
+        return [d.position for d in batch]
+
+    bulk.run_steps(bulk.Processes(), list(range(6)), 2, _ident, infer, done.extend, workers=4, progress=False)
+    assert seen[0] == 1 and set(seen[1:]) == {1} and seen[0] + max(seen[1:]) <= 2
+    assert [p for p, _ in done] == list(range(6)) and torch.get_num_threads() == before

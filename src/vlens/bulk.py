@@ -316,6 +316,9 @@ def run_steps(procs: Processes, items: Sequence, batch_size: int, load: Callable
     steps = schedule(len(items), batch_size, procs.world, procs.rank)
     if len(steps) <= 1:
         workers = 0  # nothing to overlap with: starting worker processes would only cost time
+    import torch
+
+    before = torch.get_num_threads()  # restored after: the plan is for this run, not for the caller's process
     workers = cpu.apply(workers=workers).workers  # workers + model threads within the usable cores
     pbar = bar(total=len(items), desc=desc, unit="img", disable=None if progress and procs.is_main else True)
     try:
@@ -331,3 +334,4 @@ def run_steps(procs: Processes, items: Sequence, batch_size: int, load: Callable
                 pbar.update(len(pairs))
     finally:
         pbar.close()
+        torch.set_num_threads(before)
