@@ -186,3 +186,15 @@ def test_bulk_run_plans_workers_and_threads_then_restores(clean_env, monkeypatch
     bulk.run_steps(bulk.Processes(), list(range(6)), 2, _ident, infer, done.extend, workers=4, progress=False)
     assert seen[0] == 1 and set(seen[1:]) == {1} and seen[0] + max(seen[1:]) <= 2
     assert [p for p, _ in done] == list(range(6)) and torch.get_num_threads() == before
+
+
+def test_policy_off_leaves_torch_alone_but_honours_threads(clean_env):
+    import torch
+
+    clean_env.setenv("VLENS_CPU_POLICY", "off")
+    before = torch.get_num_threads()
+    assert cpu.apply().threads == before and "OMP_WAIT_POLICY" not in os.environ
+    try:
+        assert cpu.apply(threads=1).threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -334,4 +334,5 @@ def run_steps(procs: Processes, items: Sequence, batch_size: int, load: Callable
                 pbar.update(len(pairs))
     finally:
         pbar.close()
-        torch.set_num_threads(before)
+        if torch.get_num_threads() != before:  # only when the plan changed it (never a needless pool rebuild)
+            torch.set_num_threads(before)

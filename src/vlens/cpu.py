@@ -159,10 +159,15 @@ def apply(threads: int | None = None, workers: int = 0, slots: int = 1) -> CpuPl
     ``OMP_NUM_THREADS`` (read by torch, FAISS and the BLAS); after, it sets torch's and FAISS's thread counts
     directly (the wait policy can then no longer change: say so with :func:`wait_policy_fixed`).
     """
-    if disabled():
-        p = plan(threads, workers, slots)
+    if disabled():  # torch's defaults, except a count the user typed (--threads) is still honoured
         import dataclasses
 
+        p = plan(threads, workers, slots)
+        if threads:
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(p.threads)
+            else:
+                os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(p.threads)
         return dataclasses.replace(p, threads=p.threads if threads else (
             sys.modules["torch"].get_num_threads() if "torch" in sys.modules else p.cores),
             wait_policy=os.environ.get("OMP_WAIT_POLICY", "libgomp default"), source="VLENS_CPU_POLICY=off")
