@@ -52,10 +52,6 @@ class CpuPlan:
         return (f"{self.threads} torch thread(s) per task{extra} on {self.cores} usable core(s) "
                 f"(threads from {self.source}; OpenMP wait policy {self.wait_policy})")
 
-    def to_dict(self) -> dict:
-        return {"cores": self.cores, "threads": self.threads, "workers": self.workers, "slots": self.slots,
-                "wait_policy": self.wait_policy, "source": self.source}
-
 
 def cgroup_cores(root: str = "/sys/fs/cgroup") -> float | None:
     """The CPU quota of this process's cgroup in cores (v2 ``cpu.max``, v1 ``cfs_quota_us``), None when unlimited."""
@@ -157,7 +153,7 @@ def apply(threads: int | None = None, workers: int = 0, slots: int = 1) -> CpuPl
 
     Before torch loads it sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a wait policy) and
     ``OMP_NUM_THREADS`` (read by torch, FAISS and the BLAS); after, it sets torch's and FAISS's thread counts
-    directly (the wait policy can then no longer change: say so with :func:`wait_policy_fixed`).
+    directly (the wait policy can then no longer change: libgomp read it when torch loaded).
     """
     if disabled():  # torch's defaults, except a count the user typed (--threads) is still honoured
         import dataclasses
@@ -188,8 +184,3 @@ def apply(threads: int | None = None, workers: int = 0, slots: int = 1) -> CpuPl
     if "faiss" in sys.modules:
         sys.modules["faiss"].omp_set_num_threads(p.threads)
     return p
-
-
-def wait_policy_fixed() -> bool:
-    """True when torch (and so libgomp) is already loaded: the wait policy in force is the one it saw then."""
-    return "torch" in sys.modules

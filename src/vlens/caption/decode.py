@@ -167,8 +167,7 @@ def generated_logprobs(
             owners.append(i)
     if not rows:
         return total.float(), count, ok
-    stacked = torch.stack([x.float() for x in step_logits])  # (T, R, V)
-    picked = stacked[torch.tensor(cols), torch.tensor(rows)]  # (K, V) the logits of every counted step
+    picked = torch.stack([step_logits[c][r].float() for c, r in zip(cols, rows)])  # (K, V): only the counted steps
     logp = picked.log_softmax(-1).gather(-1, torch.tensor(targets).unsqueeze(-1)).squeeze(-1)  # (K,)
     owner = torch.tensor(owners)
     total.index_add_(0, owner, logp.double().cpu())

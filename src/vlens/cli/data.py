@@ -80,25 +80,21 @@ def inspect_cmd(
         f"vocabulary  {st['vocabulary']} distinct words",
         f"masks       {st['with_masks']} images have a mask",
     ]
-    bad = st["unreadable"]
-    lines.append(f"unreadable  {len(bad)}" + ("" if verify else " (existence checked only; use --verify)"))
-    lines += [f"  {b['path']}: {b['reason']}" for b in bad[:20]]
-    if len(bad) > 20:
-        lines.append(f"  ... and {len(bad) - 20} more (use --json for the full list)")
-    problems = st["problems"]
-    lines.append(f"malformed   {len(problems)}" + (" (training and evaluation refuse this file until they are "
-                                                    "fixed)" if problems else ""))
-    lines += [f"  {p}" for p in problems[:20]]
-    if len(problems) > 20:
-        lines.append(f"  ... and {len(problems) - 20} more (use --json for the full list)")
-    bare = st["uncaptioned"]
-    lines.append(f"no caption  {len(bare)}" + (" (evaluation refuses these images; retrieval training skips and "
-                                                "counts them)" if bare else ""))
-    lines += [f"  {Path(b['path']).name} (id {b['id']}, {b['split']}) has no caption" for b in bare[:20]]
-    if len(bare) > 20:
-        lines.append(f"  ... and {len(bare) - 20} more (use --json for the full list)")
+    lines += _listing("unreadable", [f"{b['path']}: {b['reason']}" for b in st["unreadable"]],
+                      "" if verify else "existence checked only; use --verify", always=True)
+    lines += _listing("malformed", st["problems"], "training and evaluation refuse this file until they are fixed")
+    lines += _listing("no caption", [f"{Path(b['path']).name} (id {b['id']}, {b['split']}) has no caption"
+                                     for b in st["uncaptioned"]],
+                      "evaluation refuses these images; retrieval training skips and counts them")
     typer.echo("\n".join(lines))
     _refuse_malformed(ds)
+
+
+def _listing(title: str, items: list[str], note: str, always: bool = False, shown: int = 20) -> list[str]:
+    """A titled count, the note when there is something to say (or ``always``), then the first ``shown`` items."""
+    head = f"{title:<11} {len(items)}" + (f" ({note})" if note and (items or always) else "")
+    more = [f"  ... and {len(items) - shown} more (use --json for the full list)"] if len(items) > shown else []
+    return [head, *(f"  {x}" for x in items[:shown]), *more]
 
 
 def _refuse_malformed(ds) -> None:
