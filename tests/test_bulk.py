@@ -90,7 +90,7 @@ def test_streamed_captions_equal_the_one_at_a_time_loop_and_resume(folder, tmp_p
     csv_out = tmp_path / "caps.csv"
     caption_to_file([folder], csv_out, cap, settings, workers=0, progress=False)
     lines = csv_out.read_text().splitlines()
-    assert lines[0] == "path,rank,caption,logprob,mean_logprob,error" and len(lines) == 12
+    assert lines[0] == "path,rank,caption,logprob,mean_logprob,ended,error" and len(lines) == 12
     assert lines[1].endswith("not a recognised image format")
 
 

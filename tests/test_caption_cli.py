@@ -26,6 +26,8 @@ def test_files_and_folders_with_unreadable_skipped(cli, tiny_blip, img_dir, shap
     lines = out.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith(str(single) + "\t")
     assert "skipped 1 unreadable image" in err and "broken.png" in err
+    # a random model never ends within 5 tokens: the captions are cut, and stderr says what to do
+    assert "4 caption(s) reached --max-new-tokens 5" in err and "raise --max-new-tokens" in err
 
 
 def test_json_sampling_n_and_seed(cli, tiny_blip, img_dir):
@@ -54,6 +56,7 @@ def test_json_sampling_n_and_seed(cli, tiny_blip, img_dir):
     assert len(doc["results"]) == 3 and all(len(r["captions"]) == 3 for r in doc["results"])
     assert doc["skipped"][0]["path"].endswith("broken.png")
     assert doc["settings"]["strategy"] == "sample" and doc["settings"]["seed"] == 4
+    assert all(c["ended"] is False for r in doc["results"] for c in r["captions"])  # random model: cut at 6
     assert json.loads(cli(*args)[1])["results"] == doc["results"]  # same seed, same captions
 
 

@@ -39,12 +39,12 @@ def manual_greedy(cap: Captioner, image, prefix: list[int], max_new: int) -> lis
     return ids[len(prefix) :]
 
 
-def manual_logprob(cap: Captioner, image, prefix: list[int], caption: list[int]) -> float:
-    """log p(caption, [SEP] | image, prefix), summed token by token."""
+def manual_logprob(cap: Captioner, image, prefix: list[int], caption: list[int], ended: bool = True) -> float:
+    """log p(caption, [SEP] | image, prefix) summed token by token; without the [SEP] when the caption was cut."""
     with torch.no_grad():
         emb = cap.model.vision_model(pixel_values=cap.pixel_values([image])).last_hidden_state
         total, ids = 0.0, list(prefix)
-        for tok in [*caption, cap.sep_id]:
+        for tok in [*caption, cap.sep_id][: len(caption) + int(ended)]:
             logits = cap.model.text_decoder(input_ids=torch.tensor([ids]), encoder_hidden_states=emb).logits
             total += float(logits[0, -1].log_softmax(-1)[tok])
             ids.append(tok)
@@ -57,7 +57,8 @@ def test_greedy_equals_argmax_by_hand(captioner, images, prompt):
     prefix = captioner.prefix_ids(prompt)
     for img, (c,) in zip(images, caps):
         assert c.token_ids == manual_greedy(captioner, img, prefix, 8)
-        assert c.logprob == pytest.approx(manual_logprob(captioner, img, prefix, c.token_ids), abs=1e-4)
+        assert c.ended == (len(c.token_ids) < 8)
+        assert c.logprob == pytest.approx(manual_logprob(captioner, img, prefix, c.token_ids, c.ended), abs=1e-4)
 
 
 def test_greedy_matches_blip_generate(captioner, images):
@@ -118,15 +119,16 @@ def test_sampling_matches_manual_sampler(captioner, images):
 
 
 def test_sampled_captions_ranked_by_mean_logprob(captioner, images):
+    """Best first: the captions the model ended, then those cut at the limit, each by log p per token."""
     caps = captioner.caption(
         images[:2], DecodeSettings(strategy="sample", n=4, seed=0, temperature=1.5, max_new_tokens=8)
     )
     for per in caps:
         assert len(per) == 4
-        scores = [c.mean_logprob for c in per]
-        assert scores == sorted(scores, reverse=True)
+        keys = [(c.ended, c.mean_logprob) for c in per]
+        assert keys == sorted(keys, reverse=True)
         for c in per:
-            assert c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + 1))
+            assert c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + int(c.ended)))
 
 
 def test_beam_returns_hf_beams(captioner, images):
@@ -245,8 +247,8 @@ def test_prompt_longer_than_context(captioner, images):
     with pytest.raises(ConfigError, match="shorter prompt"):
         captioner.prepare(DecodeSettings(prompt=" ".join(["circle"] * 100)))
     s, notes = captioner.prepare(DecodeSettings(prompt="a picture of", max_new_tokens=500))
-    # prompt + caption + its end token fill the context exactly (the end token is scored)
-    assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) + 1 == captioner.context and notes
+    # prompt + new tokens (the end token is one of them) fill the context exactly
+    assert s.max_new_tokens + len(captioner.prefix_ids("a picture of")) == captioner.context and notes
     caps = captioner.caption(images[:1], s)  # a random model runs to the limit: every position is used
     assert len(caps[0][0].token_ids) <= s.max_new_tokens
 
@@ -261,11 +263,20 @@ def test_blank_prompt_means_no_prompt(captioner):
 
 
 def _reference_scores(cap: Captioner, images, caps, n: int, prompt=None):
-    """Teacher-forced log-probabilities of the captions ``caps`` (flat, n per image), the pre-issue-20 way."""
+    """Teacher-forced log-probabilities of the captions ``caps`` (flat, n per image), the pre-issue-20 way (the end
+    token counted where the caption ended)."""
     with torch.no_grad():
         emb = cap.model.vision_model(pixel_values=cap.pixel_values(images)).last_hidden_state
         prefix = torch.tensor(cap.prefix_ids(cap.resolve_prompt(prompt)))
-        return cap.teacher_forced_logprobs(emb.repeat_interleave(n, 0), prefix, [c.token_ids for c in caps])
+        return cap.teacher_forced_logprobs(emb.repeat_interleave(n, 0), prefix, [c.token_ids for c in caps],
+                                           [c.ended for c in caps])
+
+
+def _count_second_passes(cap: Captioner, monkeypatch) -> list:
+    calls: list = []
+    monkeypatch.setattr(cap, "teacher_forced_logprobs",
+                        lambda *a: calls.append(a) or Captioner.teacher_forced_logprobs(cap, *a))
+    return calls
 
 
 @pytest.mark.parametrize("settings", [
@@ -276,15 +287,14 @@ def _reference_scores(cap: Captioner, images, caps, n: int, prompt=None):
     DecodeSettings(prompt=""),
 ])
 def test_generate_scores_equal_teacher_forced(images, settings, monkeypatch):
-    """The trained builtin ends its captions, so every score comes from generate's logits (no second pass runs);
-    each equals the teacher-forced log-probability within 1e-4 (filters and the penalty never touch a score)."""
+    """The trained builtin ends its captions; every score comes from generate's logits (no second pass runs) and
+    equals the teacher-forced log-probability within 1e-4 (filters and the penalty never touch a score)."""
     cap = Captioner.from_spec("builtin:blip-tiny", device="cpu")
-    second_passes = []
-    monkeypatch.setattr(cap, "teacher_forced_logprobs",
-                        lambda *a: second_passes.append(a) or Captioner.teacher_forced_logprobs(cap, *a))
+    second_passes = _count_second_passes(cap, monkeypatch)
     out = cap.caption(images, settings)
     assert not second_passes
     flat = [c for per in out for c in per]
+    assert all(c.ended for c in flat)
     n = 1 if settings.strategy == "greedy" else settings.n
     total, count = _reference_scores(cap, images, flat, n, settings.prompt)  # re-ranking keeps images together
     got = torch.tensor([c.logprob for c in flat])
@@ -293,39 +303,60 @@ def test_generate_scores_equal_teacher_forced(images, settings, monkeypatch):
     assert all(c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + 1)) for c in flat)
 
 
-@pytest.mark.parametrize("strategy,second_pass", [("sample", False), ("beam", True)])
-def test_captions_cut_at_the_limit(captioner, images, monkeypatch, strategy, second_pass):
-    """A random model rarely ends within 3 tokens. Sampling generates one step past the limit, whose logits score
-    the end token; beam search cannot (an extra step would change the beams), so its cut captions take one
-    teacher-forced pass. Either way the scores equal a token-by-token hand computation."""
-    calls = []
-    monkeypatch.setattr(captioner, "teacher_forced_logprobs",
-                        lambda *a: calls.append(a) or Captioner.teacher_forced_logprobs(captioner, *a))
-    s = DecodeSettings(strategy=strategy, n=2, seed=0, max_new_tokens=3, temperature=1.5)
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_captions_cut_at_the_limit(captioner, images, monkeypatch, strategy):
+    """A random model rarely ends within 3 tokens: its captions are cut and say so (``ended`` False). A cut
+    caption's score counts the tokens generate emitted and no end token (no step ever scored one), with no second
+    decoder pass, and equals both a token-by-token hand computation and the teacher-forced reference."""
+    second_passes = _count_second_passes(captioner, monkeypatch)
+    n = 1 if strategy == "greedy" else 2
+    s = DecodeSettings(strategy=strategy, n=n, seed=0, max_new_tokens=3, temperature=1.5)
     out = captioner.caption(images[:2], s)
-    assert bool(calls) == second_pass
+    assert not second_passes
+    flat = [c for per in out for c in per]
+    assert any(not c.ended for c in flat)
+    assert all(c.ended == (len(c.token_ids) < 3) for c in flat)
     prefix = captioner.prefix_ids(captioner.resolve_prompt(None))
     for image, per in zip(images[:2], out):
         for c in per:
-            assert len(c.token_ids) <= 3
-            assert c.logprob == pytest.approx(manual_logprob(captioner, image, prefix, c.token_ids), abs=1e-4)
+            want = manual_logprob(captioner, image, prefix, c.token_ids, c.ended)
+            assert c.logprob == pytest.approx(want, abs=1e-4)
+            assert c.mean_logprob == pytest.approx(c.logprob / (len(c.token_ids) + int(c.ended)))
+    total, _ = _reference_scores(captioner, images[:2], flat, n)
+    assert torch.allclose(torch.tensor([c.logprob for c in flat]), total, atol=1e-4)
+
+
+def test_caption_holding_a_pad_token_is_scored_teacher_forced(captioner, images, monkeypatch):
+    """A generated pad token is dropped from the caption, so generate's steps no longer line up with it: that row
+    alone takes one teacher-forced pass, and its score is the caption's as shown (pad left out)."""
+    plain = captioner.caption(images[:1], DecodeSettings(max_new_tokens=6))[0][0]
+    monkeypatch.setattr(captioner, "pad_id", plain.token_ids[1])  # pretend the model's 2nd token is the pad
+    second_passes = _count_second_passes(captioner, monkeypatch)
+    c = captioner.caption(images[:1], DecodeSettings(max_new_tokens=6))[0][0]
+    assert len(second_passes) == 1
+    assert c.token_ids == [t for t in plain.token_ids if t != plain.token_ids[1]] and not c.ended
+    prefix = captioner.prefix_ids(captioner.resolve_prompt(None))
+    assert c.logprob == pytest.approx(manual_logprob(captioner, images[0], prefix, c.token_ids, False), abs=1e-4)
 
 
 def test_generated_logprobs_by_hand():
-    """Two rows, vocabulary 4, stop id 3, prefix 1: row 0 ends at step 1, row 1 never ends (flagged)."""
-    logits = (torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]]),
-              torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]))
-    seqs = torch.tensor([[9, 2, 3], [9, 0, 1]])
-    total, count, ok = decode.generated_logprobs(seqs, logits, 1, {3}, pad_id=7, end_id=3)
+    """Vocabulary 4, stop id 3, pad 7, prefix 1: row 0 ends at step 1, row 1 is cut after 2 tokens, row 2 holds a
+    pad (left to the teacher-forced pass)."""
+    logits = (torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]),
+              torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    seqs = torch.tensor([[9, 2, 3], [9, 0, 1], [9, 7, 1]])
+    total, count, ended, ok = decode.generated_logprobs(seqs, logits, 1, {3}, pad_id=7, end_id=3)
     lp = [row.log_softmax(-1) for row in logits]
-    assert ok.tolist() == [True, False]
-    assert count.tolist() == [2, 0]
-    assert float(total[0]) == pytest.approx(float(lp[0][0, 2] + lp[1][0, 3]))
-    # a limit of 1 token: row 1 is cut after "0" and its end is scored at step 1; row 0 still ends at step 1
-    total_l, count_l, ok_l = decode.generated_logprobs(seqs, logits, 1, {3}, 7, 3, max_len=1)
-    assert ok_l.tolist() == [True, True] and count_l.tolist() == [2, 2]
-    assert float(total_l[1]) == pytest.approx(float(lp[0][1, 0] + lp[1][1, 3]))
+    assert ended.tolist() == [True, False, False] and ok.tolist() == [True, True, False]
+    assert count.tolist() == [2, 2, 0]
+    assert float(total[0]) == pytest.approx(float(lp[0][0, 2] + lp[1][0, 3]))  # "2", then the end token
+    assert float(total[1]) == pytest.approx(float(lp[0][1, 0] + lp[1][1, 1]))  # "0 1", no end token
     # beams: row 0's steps come from beam rows 1 then 0
-    total_b, _, ok_b = decode.generated_logprobs(seqs[:1], logits, 1, {3}, 7, 3, beam_indices=torch.tensor([[1, 0]]))
-    assert ok_b.tolist() == [True]
+    total_b, _, ended_b, ok_b = decode.generated_logprobs(seqs[:1], logits, 1, {3}, 7, 3,
+                                                          beam_indices=torch.tensor([[1, 0]]))
+    assert ok_b.tolist() == [True] and ended_b.tolist() == [True]
     assert float(total_b[0]) == pytest.approx(float(lp[0][1, 2] + lp[1][0, 3]))
+    # the teacher-forced targets agree: the end token only where the caption ended
+    seq, mask = decode.caption_targets(1, [[2], [0, 1]], 3, 7, torch.tensor([9]), [True, False])
+    assert seq.tolist() == [[9, 2, 3, 7], [9, 0, 1, 7]]
+    assert mask.tolist() == [[True, True, False], [True, True, False]]

@@ -188,6 +188,7 @@ def test_caption_endpoint(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["captions"]) == 1 and isinstance(body["captions"][0]["text"], str)
+    assert isinstance(body["captions"][0]["ended"], bool)
     r = client.post("/api/caption", files={"file": img},
                     data={"strategy": "sample", "n": "3", "top_k": "5", "temperature": "0.7", "seed": "1",
                           "prompt": "a picture of"})

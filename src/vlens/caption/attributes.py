@@ -139,10 +139,10 @@ class AttributeScores:
         return {"accuracy": dict(self.accuracy), "counts": dict(self.counts)}
 
     def markdown(self) -> str:
-        rows = [
-            f"| {LABELS[a]} | {self.accuracy[a]:.1f}% | {self.counts[a]} |" for a in ATTRIBUTES if a in self.accuracy
-        ]
-        return "| attribute | accuracy | captions |\n|---|---:|---:|\n" + "\n".join(rows) + "\n"
+        from vlens.tables import markdown_table
+
+        rows = [[LABELS[a], f"{self.accuracy[a]:.1f}%", self.counts[a]] for a in ATTRIBUTES if a in self.accuracy]
+        return markdown_table(["attribute", "accuracy", "captions"], rows, align="lrr")
 
 
 def score_attributes(captions: dict[str, str], objects: dict[str, list[dict]]) -> AttributeScores:

@@ -2,9 +2,10 @@
 
 >>> caption_to_file(["photos/"], "captions.jsonl", Captioner.from_spec(), DecodeSettings(batch_size=32))
 
-One JSONL line per image: ``{"path": ..., "captions": [{"text", "logprob", "mean_logprob"}, ...]}``, or
-``{"path": ..., "error": reason}`` for a file that could not be read (a rerun skips both; delete an error line to
-retry that file). CSV: one row per caption with columns ``path, rank, caption, logprob, mean_logprob, error``.
+One JSONL line per image: ``{"path": ..., "captions": [{"text", "logprob", "mean_logprob", "ended"}, ...]}``,
+or ``{"path": ..., "error": reason}`` for a file that could not be read (a rerun skips both; delete an error line
+to retry that file); ``ended`` is false for a caption cut at ``max_new_tokens``. CSV: one row per caption with
+columns ``path, rank, caption, logprob, mean_logprob, ended, error``.
 Lines are in the order of the file list (folders sorted recursively), whatever the number of processes.
 Under ``torchrun`` / ``accelerate launch`` each process captions its shard (:mod:`vlens.bulk`) and process 0
 writes everything.
@@ -26,14 +27,15 @@ from pathlib import Path
 from vlens.bulk import BulkReport, Processes, RecordFile, run_steps
 from vlens.errors import ConfigError, DatasetError
 
-CSV_COLUMNS = ("path", "rank", "caption", "logprob", "mean_logprob", "error")
+CSV_COLUMNS = ("path", "rank", "caption", "logprob", "mean_logprob", "ended", "error")
 
 
 def _csv_rows(record: dict) -> list[dict]:
     if "error" in record:
         return [{"path": record["path"], "error": record["error"]}]
     return [{"path": record["path"], "rank": k, "caption": c["text"], "logprob": c["logprob"],
-             "mean_logprob": c["mean_logprob"]} for k, c in enumerate(record["captions"], 1)]
+             "mean_logprob": c["mean_logprob"], "ended": c.get("ended", True)}
+            for k, c in enumerate(record["captions"], 1)]
 
 
 def record_file(out) -> RecordFile:
@@ -161,7 +163,7 @@ def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progre
         caps = iter(captioner.caption_pixels(torch.stack([d.value for d in good]), settings) if good else [])
         return [{"error": d.error} if d.error is not None else
                 {"captions": [{"text": c.text, "logprob": round(c.logprob, 4),
-                               "mean_logprob": round(c.mean_logprob, 4)} for c in next(caps)]}
+                               "mean_logprob": round(c.mean_logprob, 4), "ended": c.ended} for c in next(caps)]}
                 for d in batch]
 
     def commit(pairs):

@@ -118,10 +118,13 @@ class Caption:
     text: str
     token_ids: list[int]
     logprob: float
-    """sum of log p(token) over the caption and its end token (temperature 1, no filtering)."""
+    """sum of log p(token) over what the model emitted (temperature 1, no filtering): the caption and its end
+    token, or, for a caption cut at ``max_new_tokens`` (``ended`` False), the caption's tokens alone."""
     mean_logprob: float
     """``logprob`` per token: comparable across lengths; used to rank sampled captions."""
     settings: DecodeSettings = field(repr=False)
+    ended: bool = True
+    """False when the caption was cut at ``max_new_tokens`` before the model ended it (raise the limit)."""
 
 
 _CACHE: dict[tuple[str, str], Captioner] = {}
@@ -205,8 +208,8 @@ class Captioner:
                 f"the prompt is {prefix - 1} tokens but this model reads at most {self.context} "
                 "tokens including the caption; use a shorter prompt"
             )
-        if prefix + s.max_new_tokens + 1 > self.context:  # + 1: the end token is scored too
-            room = self.context - prefix - 1
+        if prefix + s.max_new_tokens > self.context:  # the end token is one of the new tokens
+            room = self.context - prefix
             notes.append(
                 f"max-new-tokens lowered from {s.max_new_tokens} to {room} to fit the model's "
                 f"{self.context}-token context"
@@ -272,9 +275,6 @@ class Captioner:
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
-        kw = self.generate_kwargs(s)
-        if s.strategy != "beam":  # one step past the limit scores the end of a cut caption; earlier tokens and
-            kw["max_new_tokens"] += 1  # samples are unchanged (beams would be: those cut rows are rescored below)
         out = self.model.text_decoder.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -284,38 +284,39 @@ class Captioner:
             encoder_attention_mask=image_mask,
             output_logits=True,
             return_dict_in_generate=True,
-            **kw,
+            **self.generate_kwargs(s),
         )
         seqs = out.sequences  # (B * n, P + new)
-        ids = strip_prompt(seqs[:, : len(prefix) + s.max_new_tokens].cpu(), len(prefix), self.eos_ids, self.pad_id)
-        # each caption's log p(caption, end | image, prompt) at temperature 1, from generate's own raw logits
-        total, count, ok = generated_logprobs(seqs, out.logits, len(prefix), self.eos_ids, self.pad_id,
-                                              self.sep_id, getattr(out, "beam_indices", None), s.max_new_tokens)
-        if not bool(ok.all()):  # cut at the length limit (end token never scored): one teacher-forced pass
+        ids = strip_prompt(seqs.cpu(), len(prefix), self.eos_ids, self.pad_id)
+        # each caption's log p(what generate emitted | image, prompt) at temperature 1, from its own raw logits
+        total, count, ended, ok = generated_logprobs(seqs, out.logits, len(prefix), self.eos_ids, self.pad_id,
+                                                     self.sep_id, getattr(out, "beam_indices", None))
+        if not bool(ok.all()):  # a generated pad token (dropped from the caption): one teacher-forced pass
             redo = (~ok).nonzero().flatten().tolist()
             t2, c2 = self.teacher_forced_logprobs(image_embeds[torch.tensor(redo) // s.n], prefix.cpu(),
-                                                  [ids[i] for i in redo])
+                                                  [ids[i] for i in redo], ended[redo].tolist())
             total[redo], count[redo] = t2, c2
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         caps = [
-            Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s)
-            for t, i, lp, c in zip(texts, ids, total.tolist(), count.tolist())
+            Caption(t.strip(), i, float(lp), float(lp / max(int(c), 1)), s, bool(e))
+            for t, i, lp, c, e in zip(texts, ids, total.tolist(), count.tolist(), ended.tolist())
         ]
         per_image = [caps[k * s.n : (k + 1) * s.n] for k in range(b)]
-        if s.strategy == "sample" and s.n > 1:
-            per_image = [sorted(c, key=lambda x: x.mean_logprob, reverse=True) for c in per_image]
+        if s.strategy == "sample" and s.n > 1:  # best first: finished captions, then by probability per token
+            per_image = [sorted(c, key=lambda x: (x.ended, x.mean_logprob), reverse=True) for c in per_image]
         return per_image
 
-    def teacher_forced_logprobs(self, image_embeds, prefix, captions: list[list[int]]):
-        """Sum and count of log p(caption, end | image, prompt) at temperature 1 by one teacher-forced decoder
-        pass: image_embeds (N, L, D), one row per caption; prefix (P,) BOS + prompt ids. Returns ((N,), (N,))
-        on the CPU. :meth:`caption` needs it only for captions cut at the length limit; tests use it as the
-        reference for the scores taken from ``generate``'s logits."""
+    def teacher_forced_logprobs(self, image_embeds, prefix, captions: list[list[int]], ended=None):
+        """Sum and count of log p(caption[, end] | image, prompt) at temperature 1 by one teacher-forced decoder
+        pass: image_embeds (N, L, D), one row per caption; prefix (P,) BOS + prompt ids; ``ended`` (N,) False
+        for a caption cut at the length limit (its end token is not counted; default: all ended). Returns
+        ((N,), (N,)) on the CPU. :meth:`caption` needs it only for a caption holding a generated pad token;
+        tests use it as the reference for the scores taken from ``generate``'s logits."""
         import torch
 
         from vlens.caption.decode import caption_targets, token_logprobs
 
-        seq, mask = caption_targets(len(prefix), captions, self.sep_id, self.pad_id, prefix)
+        seq, mask = caption_targets(len(prefix), captions, self.sep_id, self.pad_id, prefix, ended)
         mask_l = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (N, L)
         logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=image_embeds,
                                          encoder_attention_mask=mask_l).logits  # (N, T, V)
@@ -359,7 +360,7 @@ class Captioner:
             logits = self.model.text_decoder(input_ids=full, encoder_hidden_states=emb).logits[0]  # (P + T, V)
             step_logits = logits[len(prefix) - 1:len(prefix) - 1 + len(new)].float().cpu()  # (T, V)
             caption = self._score_one(emb, prefix, [t for t in new if t not in self.eos_ids and t != self.pad_id],
-                                      s)
+                                      s, any(t in self.eos_ids for t in new))
         previous = [prefix + new[:t] for t in range(len(new))]
         banned = [[self.sep_id] if t < s.min_new_tokens else [] for t in range(len(new))]
         steps = explain_steps(step_logits, new, previous, s.strategy, s.temperature, s.top_k, s.top_p,
@@ -374,17 +375,17 @@ class Captioner:
             return "[end]"
         return str(self.tokenizer.convert_ids_to_tokens(int(token_id)))
 
-    def _score_one(self, emb, prefix: list[int], ids: list[int], s: DecodeSettings) -> Caption:
+    def _score_one(self, emb, prefix: list[int], ids: list[int], s: DecodeSettings, ended: bool) -> Caption:
         """One caption with its log-probability (teacher-forced, temperature 1), as :meth:`caption` scores it."""
         import torch
 
         from vlens.caption.decode import caption_targets, token_logprobs
 
-        seq, mask = caption_targets(len(prefix), [ids], self.sep_id, self.pad_id, torch.tensor(prefix))
+        seq, mask = caption_targets(len(prefix), [ids], self.sep_id, self.pad_id, torch.tensor(prefix), [ended])
         logits = self.model.text_decoder(input_ids=seq.to(self.device), encoder_hidden_states=emb).logits
         total, count = token_logprobs(logits[:, :-1], seq[:, 1:].to(self.device), mask.to(self.device))
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        return Caption(text, ids, float(total[0]), float(total[0] / max(int(count[0]), 1)), s)
+        return Caption(text, ids, float(total[0]), float(total[0] / max(int(count[0]), 1)), s, ended)
 
 
 @dataclass

@@ -97,14 +97,17 @@ def strip_prompt(
 
 
 def caption_targets(
-    prefix_len: int, caption_ids: list[list[int]], eos_id: int, pad_id: int, prefix: torch.Tensor
+    prefix_len: int, caption_ids: list[list[int]], eos_id: int, pad_id: int, prefix: torch.Tensor,
+    ended: list[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing input (N, T) = [prefix, caption, eos, pad...] and the mask of caption+eos positions.
 
     prefix (P,) is BOS + prompt tokens; the mask marks the targets (positions 1..T-1) that belong to the
-    caption and its end token, so a log-probability never counts the prompt.
+    caption and its end token, so a log-probability never counts the prompt. ``ended`` (N,) False for a caption
+    cut at the length limit: it gets no end token, and only its own tokens are counted (default: all ended).
 """
     n = len(caption_ids)
+    ended = [True] * n if ended is None else list(ended)
     longest = max((len(c) for c in caption_ids), default=0)
     seq = torch.full((n, prefix_len + longest + 1), pad_id, dtype=torch.long)
     seq[:, :prefix_len] = prefix
@@ -112,8 +115,9 @@ def caption_targets(
     for i, ids in enumerate(caption_ids):
         end = prefix_len + len(ids)
         seq[i, prefix_len:end] = torch.tensor(ids, dtype=torch.long)
-        seq[i, end] = eos_id
-        mask[i, prefix_len : end + 1] = True
+        if ended[i]:
+            seq[i, end] = eos_id
+        mask[i, prefix_len : end + int(ended[i])] = True
     return seq, mask[:, 1:]
 
 
@@ -125,56 +129,54 @@ def generated_logprobs(
     pad_id: int,
     end_id: int,
     beam_indices: torch.Tensor | None = None,
-    max_len: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each caption's log-probability from ``generate``'s own per-step logits: no second decoder pass.
 
     sequences (N, P + T) as ``generate`` returns them; ``step_logits`` T tensors (R, V), the *raw* logits of each
     step (``output_logits=True``: temperature 1, no filtering, no repetition penalty), R = N for greedy and
     sampling, R = batch x beams for beam search, with ``beam_indices`` (N, >= T) naming the row of each step
     (-1 once a beam has finished). The caption is what :func:`strip_prompt` keeps: the tokens up to the first stop
-    id, at most ``max_len`` of them; its score counts those tokens and then ``end_id`` at the stop position,
-    exactly as the teacher-forced :func:`caption_targets` + :func:`token_logprobs` do. A caption cut at
-    ``max_len`` has its end token scored from step ``max_len``'s logits: generate one step more than the limit.
+    id. Its score counts what ``generate`` emitted: those tokens, then ``end_id`` at the stop position when the
+    caption *ended*; a caption cut at the length limit (no stop id within the T steps) counts its tokens only,
+    since no step ever scored an end after them. That is the teacher-forced :func:`caption_targets` +
+    :func:`token_logprobs` with the same ``ended`` flags.
 
-    Returns (sum (N,), count (N,), ok (N,) bool). ``ok`` is False where the logits cannot say it: a caption cut
-    at the limit without that extra step (its end token was never scored), or one that holds a pad token; score
-    those rows teacher-forced.
+    Returns (sum (N,), count (N,), ended (N,) bool, ok (N,) bool). ``ok`` is False where the logits cannot say it
+    (a caption that holds a pad token, which :func:`strip_prompt` drops): score those rows teacher-forced.
     """
     n, steps = sequences.shape[0], len(step_logits)
     gen = sequences[:, prefix_len : prefix_len + steps].cpu()  # (N, T') generated tokens, T' <= T
     total = torch.zeros(n, dtype=torch.float64)
     count = torch.zeros(n, dtype=torch.long)
+    ended = torch.zeros(n, dtype=torch.bool)
     ok = torch.zeros(n, dtype=torch.bool)
-    # per row: the steps that count and the target scored at each (the caption's tokens, then end_id)
+    # per row: the steps that count and the target scored at each (the caption's tokens, then end_id if it ended)
     rows, cols, targets, owners = [], [], [], []
     for i, toks in enumerate(gen.tolist()):
-        limit = len(toks) if max_len is None else min(max_len, len(toks))
-        stop = next((t for t in range(limit) if toks[t] in stop_ids), None)
-        if stop is None and limit < len(toks):  # cut at max_len, and the step after it was generated
-            stop = limit
-        if stop is None or pad_id in toks[:stop]:
+        stop = next((t for t in range(len(toks)) if toks[t] in stop_ids), None)
+        ended[i] = stop is not None
+        length = len(toks) if stop is None else stop
+        if pad_id in toks[:length]:
             continue
         ok[i] = True
-        for t in range(stop + 1):
+        for t in range(length + int(stop is not None)):
             row = i if beam_indices is None else int(beam_indices[i, t])
             if row < 0:  # a finished beam has no row at this step: cannot happen before its stop
                 ok[i] = False
                 break
             rows.append(row)
             cols.append(t)
-            targets.append(toks[t] if t < stop else end_id)
+            targets.append(toks[t] if t < length else end_id)
             owners.append(i)
-    if not rows:
-        return total.float(), count, ok
-    picked = torch.stack([step_logits[c][r].float() for c, r in zip(cols, rows)])  # (K, V): only the counted steps
-    logp = picked.log_softmax(-1).gather(-1, torch.tensor(targets).unsqueeze(-1)).squeeze(-1)  # (K,)
-    owner = torch.tensor(owners)
-    total.index_add_(0, owner, logp.double().cpu())
-    count.index_add_(0, owner, torch.ones_like(owner))
+    if rows:
+        picked = torch.stack([step_logits[c][r].float() for c, r in zip(cols, rows)])  # (K, V): counted steps only
+        logp = picked.log_softmax(-1).gather(-1, torch.tensor(targets).unsqueeze(-1)).squeeze(-1)  # (K,)
+        owner = torch.tensor(owners)
+        total.index_add_(0, owner, logp.double().cpu())
+        count.index_add_(0, owner, torch.ones_like(owner))
     bad = ~ok
     total[bad], count[bad] = 0.0, 0
-    return total.float(), count, ok
+    return total.float(), count, ended, ok
 
 
 # ---- the decoding inspector: what the sampler could have picked at each step ------------------------------

@@ -224,7 +224,8 @@ def run_caption_sweep(cfg: SweepConfig, log=None) -> dict:
 def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig, columns: list[str] | None = None) -> str:
     """Tables like the lab report's: per prompt, per (top-k, temperature); mean ± std over seeds. ``columns``:
     the metrics plus any attribute accuracies (``acc:NAME``, percent) to show."""
-    from vlens.sweep import markdown_table, pivot
+    from vlens.sweep import pivot, summary_table
+    from vlens.tables import markdown_table
 
     metrics = columns or list(cfg.metrics)
     parts = [
@@ -232,7 +233,7 @@ def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig, columns:
         f"scores x100, tokenizer {cfg.tokenizer}"
         + ("; acc:NAME = attribute accuracy in percent (vlens.caption.attributes).\n" if len(metrics) >
            len(cfg.metrics) else ".\n"),
-        markdown_table(summary, by=["prompt", "top_k", "temperature"], metrics=metrics),
+        summary_table(summary, by=["prompt", "top_k", "temperature"], metrics=metrics).rstrip("\n"),
     ]
     for prompt in dict.fromkeys(e["prompt"] for e in summary):
         sub = [e for e in summary if e["prompt"] == prompt]
@@ -241,27 +242,11 @@ def sweep_markdown(summary: list[dict], greedy: dict, cfg: SweepConfig, columns:
                 continue
             headers, rows = pivot(sub, "top_k", "temperature", metric)
             parts.append(f"\n{metric}, prompt {prompt!r}: top-k (rows) x temperature (columns)\n")
-            parts.append(
-                "| "
-                + " | ".join(headers)
-                + " |\n|"
-                + "|".join(["---"] + ["---:"] * (len(headers) - 1))
-                + "|\n"
-                + "\n".join("| " + " | ".join(r) + " |" for r in rows)
-            )
+            parts.append(markdown_table(headers, rows, align="l" + "r" * (len(headers) - 1)).rstrip("\n"))
     if greedy:
         parts.append("\nGreedy decoding (deterministic, one run):\n")
-        parts.append(
-            "| prompt | "
-            + " | ".join(metrics)
-            + " |\n|---|"
-            + "---:|" * len(metrics)
-            + "\n"
-            + "\n".join(
-                f"| {p} | " + " | ".join(f"{v.get(m, float('nan')):.1f}" for m in metrics) + " |"
-                for p, v in greedy.items()
-            )
-        )
+        rows = [[p, *(float(v.get(m, float("nan"))) for m in metrics)] for p, v in greedy.items()]
+        parts.append(markdown_table(["prompt", *metrics], rows, align="l" + "r" * len(metrics)).rstrip("\n"))
     return "\n".join(parts) + "\n"
 
 

@@ -101,7 +101,9 @@ REP_OPTION = typer.Option(
     1.0, "--repetition-penalty", help=">1 discourages repeated words (1 = off; 1.2 mild).",
     callback=check.number(0, 100, lo_open=True),
 )
-MAXTOK_OPTION = typer.Option(30, "--max-new-tokens", help="Longest caption in tokens.", callback=check.count(1, 1024))
+MAXTOK_OPTION = typer.Option(
+    30, "--max-new-tokens", callback=check.count(1, 1024),
+    help="Longest caption in tokens, its end token included; a caption that reaches it is cut (and marked).")
 MINTOK_OPTION = typer.Option(0, "--min-new-tokens", help="Shortest caption in tokens.", callback=check.count(0, 1024))
 SEED_OPTION = typer.Option(
     None, "--seed", help="Make sampling reproducible (same seed -> same captions).", callback=check.seed()
@@ -229,7 +231,8 @@ def run_cmd(
         entry = {
             "path": str(path),
             "captions": [
-                {"text": c.text, "logprob": round(c.logprob, 4), "mean_logprob": round(c.mean_logprob, 4)}
+                {"text": c.text, "logprob": round(c.logprob, 4), "mean_logprob": round(c.mean_logprob, 4),
+                 "ended": c.ended}
                 for c in caps
             ],
         }
@@ -253,6 +256,10 @@ def run_cmd(
                 "skipped": [{"path": p, "reason": r} for p, r in skips.skipped],
             }
         )
+    cut = sum(not c["ended"] for r in results for c in r["captions"])
+    if cut and not json_out:
+        typer.echo(f"note: {cut} caption(s) reached --max-new-tokens {settings.max_new_tokens} before the model "
+                   "ended them (cut short); raise --max-new-tokens to let them finish", err=True)
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)
     if not results:

@@ -58,6 +58,7 @@ class CaptionItem(BaseModel):
     text: str
     logprob: float
     mean_logprob: float
+    ended: bool  # False: cut at the token limit before the model ended it
 
 
 class CaptionResponse(BaseModel):
@@ -397,8 +398,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         t0 = time.perf_counter()
         caps = (await run_cpu(cap.caption, [img], settings))[0]
         return CaptionResponse(
-            captions=[CaptionItem(text=c.text, logprob=round(c.logprob, 4), mean_logprob=round(c.mean_logprob, 4))
-                      for c in caps],
+            captions=[CaptionItem(text=c.text, logprob=round(c.logprob, 4), mean_logprob=round(c.mean_logprob, 4),
+                                  ended=c.ended) for c in caps],
             settings={"strategy": settings.strategy, "top_k": settings.top_k, "top_p": settings.top_p,
                       "temperature": settings.temperature,
                       "prompt": settings.prompt, "n": settings.n, "num_beams": settings.num_beams},

@@ -202,7 +202,9 @@ $("caption-form").addEventListener("submit", async (ev) => {
       li.textContent = c.text || "(empty caption)";
       const lp = document.createElement("span");
       lp.className = "lp";
-      lp.textContent = `log p ${c.logprob.toFixed(2)} (${c.mean_logprob.toFixed(2)}/token)`;
+      lp.textContent = `log p ${c.logprob.toFixed(2)} (${c.mean_logprob.toFixed(2)}/token)` +
+        (c.ended ? "" : " · cut at the token limit");
+      if (!c.ended) lp.title = "the model had not ended this caption when it reached the token limit; raise it";
       li.appendChild(lp);
       list.appendChild(li);
     }
