@@ -13,9 +13,11 @@ tokens of a 448 x 448 input, batch 1). Both sides get the same images and includ
 - DINO:  ``processor(image)`` + ``ViTModel(..., interpolate_pos_encoding=True)`` vs ``extract_features``.
 
 Each configuration runs in its own process (the OpenMP wait policy is fixed when torch loads), with vlens and the
-plain call alternating inside it, in the same threads. Conditions: idle, and beside one busy process (a
-pure-Python loop on one core). Under the busy process, the plain call also runs under torch's own defaults
-(``VLENS_CPU_POLICY=off``: all cores, spinning barriers): what a user gets without vlens's policy.
+plain call alternating inside it (ABBA: who goes first alternates), in the same threads. Conditions: idle, and
+beside one busy process (a pure-Python loop on one core). Under the busy process, the plain call also runs under
+torch's own defaults (``VLENS_CPU_POLICY=off``: all cores, spinning barriers): what a user gets without vlens's
+policy. Besides the ratio of medians, the table gives the median of the per-repeat ratios and in how many repeats
+vlens was the faster.
 """
 
 from __future__ import annotations
@@ -91,10 +93,22 @@ def blip_case(batch: int):
             return cap.model.generate(pixel_values=px, max_new_tokens=20, min_new_tokens=0, do_sample=False,
                                       num_beams=1)
 
-    def same():  # greedy: vlens's caption tokens are generate's (prompt and stop removed)
+    calls = {"vision": 0, "decoder": 0}  # forward passes, counted by hooks while same() runs each side once
+    for name, module in (("vision", cap.model.vision_model), ("decoder", cap.model.text_decoder)):
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+
+    def counted(fn):
+        for k in calls:
+            calls[k] = 0
+        out = fn()
+        return out, dict(calls)
+
+    def same():  # greedy: vlens's caption tokens are generate's (prompt and stop removed), from the same passes
         from vlens.caption.decode import strip_prompt
 
-        return [c[0].token_ids for c in ours()] == strip_prompt(plain().cpu(), 1, cap.eos_ids, cap.pad_id)
+        (caps, work_ours), (seqs, work_plain) = counted(ours), counted(plain)
+        ok = [c[0].token_ids for c in caps] == strip_prompt(seqs.cpu(), 1, cap.eos_ids, cap.pad_id)
+        return ok, {"plain": work_plain, "vlens": work_ours}
     return ours, plain, same
 
 
@@ -166,11 +180,13 @@ def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
         for name, batch in CASES[key]:
             ours, plain, same = {"blip": blip_case, "clip": clip_case, "dino": dino_case}[key](batch)
             ok = None if only_plain else same()  # also the warm-up of both
+            ok, work = ok if isinstance(ok, tuple) else (ok, None)  # work: forward passes per side, where counted
             if only_plain:
                 plain()
             t_ours, t_plain = [], []
-            for _ in range(repeats):
-                for fn, acc in ((plain, t_plain), (None if only_plain else ours, t_ours)):
+            for k in range(repeats):  # ABBA: who goes first alternates, so neither gains from going second
+                pair = [(plain, t_plain), (None if only_plain else ours, t_ours)]
+                for fn, acc in (pair if k % 2 == 0 else pair[::-1]):
                     if fn is None:
                         continue
                     _sync()
@@ -179,7 +195,7 @@ def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
                     _sync()
                     acc.append(time.perf_counter() - t0)
             rows.append({"case": name, "batch": batch, "threads": torch.get_num_threads(), "same_output": ok,
-                         "plain_s": t_plain, "vlens_s": t_ours})
+                         "forward_passes": work, "plain_s": t_plain, "vlens_s": t_ours})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -230,21 +246,30 @@ def main() -> None:
     load = os.getloadavg()
     print(f"vlens vs the plain Hugging Face call, random weights, median of {a.repeats} alternating repeats "
           f"(device {a.device}; load average at end {load[0]:.2f}; {os.cpu_count()} cores)")
-    print("| case | batch | condition | plain HF (s) | vlens (s) | vlens / plain | same output | "
-          "plain HF under torch defaults (s) | vlens / that |")
-    print("|---|---:|---|---:|---:|---:|---|---:|---:|")
+    print("| case | batch | condition | plain HF (s) | vlens (s) | vlens / plain | paired ratio (vlens faster) | "
+          "same output | plain HF under torch defaults (s) | vlens / that |")
+    print("|---|---:|---|---:|---:|---:|---|---|---:|---:|")
     out = []
     for cond in a.conditions.split(","):
         base = {(r["case"], r["batch"]): r for r in results.get((cond, "torch"), [])}
         for r in results[(cond, "vlens")]:
             p, v = statistics.median(r["plain_s"]), statistics.median(r["vlens_s"])
+            pairs = [a / b for a, b in zip(r["vlens_s"], r["plain_s"])]  # each repeat's vlens / plain
+            paired = f"x{statistics.median(pairs):.3f} ({sum(x < 1 for x in pairs)}/{len(pairs)})" if pairs else "-"
             b = base.get((r["case"], r["batch"]))
             bt = statistics.median(b["plain_s"]) if b else None
             extra = f"{bt:.2f} | x{v / bt:.2f}" if bt else "- | -"
-            print(f"| {r['case']} | {r['batch']} | {cond} | {p:.2f} | {v:.2f} | x{v / p:.2f} | {r['same_output']} | "
-                  f"{extra} |")
+            print(f"| {r['case']} | {r['batch']} | {cond} | {p:.2f} | {v:.2f} | x{v / p:.3f} | {paired} | "
+                  f"{r['same_output']} | {extra} |")
             out.append({**r, "condition": cond, "plain_median_s": p, "vlens_median_s": v, "ratio": v / p,
+                        "paired_ratio_median": statistics.median(pairs) if pairs else None,
                         "plain_torch_defaults_median_s": bt})
+    for r in out:
+        if r.get("forward_passes"):
+            w = r["forward_passes"]
+            print(f"{r['case']}, batch {r['batch']}, {r['condition']}: forward passes (vision model, text decoder) "
+                  f"plain {w['plain']['vision']}, {w['plain']['decoder']}; vlens {w['vlens']['vision']}, "
+                  f"{w['vlens']['decoder']}")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
 
