@@ -1,6 +1,6 @@
 import statistics
 
-from vlens.sweep import expand_grid, markdown_table, pivot, read_rows, run_sweep, summarize
+from vlens.sweep import expand_grid, pivot, read_rows, run_sweep, summarize, summary_table
 
 
 def test_expand_grid_order_and_size():
@@ -31,7 +31,7 @@ def test_summarize_mean_std_against_statistics():
     summ = summarize(rows, by=["k"], metrics=["m"])
     assert summ[0]["m"] == statistics.fmean([1, 2, 4]) and summ[0]["m_std"] == statistics.stdev([1, 2, 4])
     assert summ[1]["n"] == 1 and summ[1]["m_std"] == 0.0
-    md = markdown_table(summ, ["k"], ["m"], digits=2)
+    md = summary_table(summ, ["k"], ["m"], digits=2)
     assert "| 1 | 2.33 ± 1.53 | 3 |" in md and "| 2 | 5.00 | 1 |" in md
 
 
@@ -39,3 +39,13 @@ def test_pivot_table_shape():
     rows = [{"top_k": k, "t": t, "seed": s, "b": k + t + s} for k in (10, 50) for t in (0.3, 1.0) for s in (0, 1)]
     headers, table = pivot(summarize(rows, ["top_k", "t"], ["b"]), "top_k", "t", "b")
     assert headers == ["top_k \\ t", "0.3", "1.0"] and len(table) == 2 and table[0][1] == "10.8 ± 0.7"
+
+
+def test_markdown_table_alignment_and_floats():
+    """The one table formatter: a letter per column (missing letters: left), floats with one decimal."""
+    from vlens.tables import markdown_table
+
+    md = markdown_table(["name", "score", "n"], [["a", 12.345, 3], ["b", 0.05, 10]], align="lr")
+    assert md == "| name | score | n |\n|---|---:|---|\n| a | 12.3 | 3 |\n| b | 0.1 | 10 |\n"
+    summ = summarize([{"k": 1, "m": 2.0, "seed": 0}], ["k"], ["m"])
+    assert summary_table(summ, ["k"], ["m"]).splitlines()[1] == "|---|---:|---:|"  # numbers to the right

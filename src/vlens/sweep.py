@@ -2,7 +2,7 @@
 
 >>> points = expand_grid({"top_k": [10, 50], "temperature": [0.3, 1.0]})
 >>> rows = run_sweep(points, run_fn, "runs/sweep", seeds=[0, 1, 2])     # run_fn(point, seed) -> metrics
->>> print(markdown_table(summarize(rows, by=["top_k", "temperature"], metrics=["BLEU-4"]), ...))
+>>> print(summary_table(summarize(rows, by=["top_k", "temperature"], metrics=["BLEU-4"]), ...))
 
 ``results.csv`` is rewritten atomically after every run, so an interrupted sweep resumes where it stopped:
 points whose (settings, seed) already have a row are skipped.
@@ -109,10 +109,11 @@ def summarize(rows: list[dict], by: Sequence[str], metrics: Sequence[str]) -> li
     return out
 
 
-def markdown_table(summary: list[dict], by: Sequence[str], metrics: Sequence[str], digits: int = 1) -> str:
+def summary_table(summary: list[dict], by: Sequence[str], metrics: Sequence[str], digits: int = 1) -> str:
     """A Markdown table with one row per group and ``mean ± std`` cells (n runs per row)."""
-    header = [*by, *metrics, "n"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(by) + ["---:"] * (len(metrics) + 1)) + "|"]
+    from vlens.tables import markdown_table
+
+    rows = []
     for e in summary:
         cells = [str(e[k]) for k in by]
         for m in metrics:
@@ -120,8 +121,8 @@ def markdown_table(summary: list[dict], by: Sequence[str], metrics: Sequence[str
             cells.append("-" if mean is None else (f"{mean:.{digits}f} ± {std:.{digits}f}" if e["n"] > 1
                                                    else f"{mean:.{digits}f}"))
         cells.append(str(e["n"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table([*by, *metrics, "n"], rows, align="l" * len(by) + "r" * (len(metrics) + 1))
 
 
 def pivot(summary: list[dict], rows_key: str, cols_key: str, metric: str, digits: int = 1) -> tuple[list, list]:

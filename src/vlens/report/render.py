@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from vlens.report.section import Section, fmt
+from vlens.tables import markdown_table
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -63,9 +64,8 @@ def to_markdown(title: str, sections: list[Section], base: Path, meta: str = "")
                 _, headers, rows, caption = b
                 if caption:
                     out += [f"*{caption}*", ""]
-                out.append("| " + " | ".join(headers) + " |")
-                out.append("|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|")
-                out += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+                cells = [[fmt(c) for c in r] for r in rows]
+                out += markdown_table(headers, cells, align="l" + "r" * (len(headers) - 1)).splitlines()
                 out.append("")
             elif kind == "figure":
                 _, path, caption = b

@@ -39,10 +39,12 @@ class RetrievalScores:
         return asdict(self)
 
     def markdown(self, digits: int = 1) -> str:
-        head = "| images | captions | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | score |"
+        from vlens.tables import markdown_table
+
+        head = ["images", "captions", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "score"]
         vals = [self.i2t_r1, self.i2t_r5, self.i2t_r10, self.t2i_r1, self.t2i_r5, self.t2i_r10, self.score]
-        row = f"| {self.images} | {self.captions} | " + " | ".join(f"{v:.{digits}f}" for v in vals) + " |"
-        return "\n".join([head, "|---:|---:|" + "---:|" * 7, row])
+        row = [self.images, self.captions, *(f"{v:.{digits}f}" for v in vals)]
+        return markdown_table(head, [row], align="r" * len(head)).rstrip("\n")
 
 
 @dataclass

@@ -64,10 +64,10 @@ def varied(rows: list[dict]) -> list[str]:
 
 def sweep_tables(rows: list[dict], metrics=("score", "i2t_r1", "t2i_r1")) -> str:
     """Markdown: mean ± std over seeds for each point (the lab report's hyperparameter table)."""
-    from vlens.sweep import markdown_table, summarize
+    from vlens.sweep import summarize, summary_table
 
     by = [k for k in SWEEP_KEYS if any(k in r for r in rows)]
-    return markdown_table(summarize(rows, by=by, metrics=list(metrics)), by=by, metrics=list(metrics))
+    return summary_table(summarize(rows, by=by, metrics=list(metrics)), by=by, metrics=list(metrics)).rstrip("\n")
 
 
 def plot_sweep(rows: list[dict], path, metric: str = "score"):

@@ -193,11 +193,12 @@ def run_probe(cfg: ProbeConfig, log=print) -> dict:
 
 
 def format_table(res: dict) -> str:
-    lines = ["| backbone | linear mIoU | kNN mIoU | linear pixel acc | dim | grid |",
-             "|---|---:|---:|---:|---:|---|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['model']} | {100 * r['linear_miou']:.1f} | {100 * r['knn_miou']:.1f} | "
-                     f"{100 * r['linear_pixel_acc']:.1f} | {r['dim']} | {r['grid'][0]}x{r['grid'][1]} |")
+    from vlens.tables import markdown_table
+
+    rows = [[r["model"], 100 * r["linear_miou"], 100 * r["knn_miou"], 100 * r["linear_pixel_acc"], r["dim"],
+             f"{r['grid'][0]}x{r['grid'][1]}"] for r in res["rows"]]
+    lines = [markdown_table(["backbone", "linear mIoU", "kNN mIoU", "linear pixel acc", "dim", "grid"], rows,
+                            align="lrrrrl").rstrip("\n")]
     lines.append(f"\nshapes test split: {res['test_images']} images at {res['size']} px, probes fitted on "
                  f"{res['train_images']} train images; mIoU in %, pixel level.")
     return "\n".join(lines)
