@@ -69,3 +69,24 @@ def test_two_processes_write_what_one_writes(shapes_dir, tmp_path):
     scores, ids = ix.search(b["val_00000.png"][1][None], 3)
     assert ids[0, 0] == b["val_00000.png"][0] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
     ix.close()
+
+
+def test_process_group_is_destroyed_at_exit(tmp_path):
+    """A gloo group left alive at interpreter teardown can abort a rank after its work is done ("terminate called
+    without an active exception"); vlens destroys it from an atexit handler (registered once, however often asked)."""
+    script = tmp_path / "pg.py"
+    script.write_text(
+        "import torch.distributed as dist\n"
+        "from vlens.devices import release_process_group_at_exit\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "real = dist.destroy_process_group\n"
+        "dist.destroy_process_group = lambda *a: (print('destroyed', flush=True), real(*a))\n"
+        "release_process_group_at_exit()\n"
+        "release_process_group_at_exit()\n"
+        "dist.barrier()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")) if p)}
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines() == ["destroyed"]

@@ -46,8 +46,11 @@ class Processes:
             import torch
             from accelerate import PartialState
 
+            from vlens.devices import release_process_group_at_exit
+
             self.state = PartialState(cpu=not torch.cuda.is_available())
             self.rank, self.world = self.state.process_index, self.state.num_processes
+            release_process_group_at_exit()
 
     @property
     def is_main(self) -> bool:

@@ -7,6 +7,7 @@ to the CPU: a user who typed ``--device cuda`` and got an hour of CPU time has b
 
 from __future__ import annotations
 
+import atexit
 import os
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -160,3 +161,27 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+_RELEASE_REGISTERED = False
+
+
+def release_process_group_at_exit() -> None:
+    """Destroy torch.distributed's process group when the interpreter exits (registered once; idempotent).
+
+    Called wherever vlens joins the processes of a torchrun / ``accelerate launch`` run (:class:`vlens.bulk.Processes`,
+    :func:`vlens.training.make_accelerator`). A gloo group still alive at interpreter teardown can abort its process
+    with "terminate called without an active exception" (its worker threads outlive Python; pytorch issue 190489),
+    which torchrun reports as a failed rank after the work was done.
+    """
+    global _RELEASE_REGISTERED
+    if not _RELEASE_REGISTERED:
+        _RELEASE_REGISTERED = True
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -83,7 +83,7 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "auto", cpu: bo
     import torch
     from accelerate import Accelerator
 
-    from vlens.devices import mixed_precision_for
+    from vlens.devices import mixed_precision_for, release_process_group_at_exit
 
     mixed_precision = mixed_precision_for(mixed_precision)  # checked: fp16 without CUDA is an error
     # Without CUDA, accelerate only sees the other torchrun processes (gloo) when told it runs on the CPU.
@@ -93,7 +93,10 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "auto", cpu: bo
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "no"
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+    if accelerator.num_processes > 1:
+        release_process_group_at_exit()
+    return accelerator
 
 
 def param_groups(model, weight_decay: float, no_decay_names: tuple[str, ...] = ("logit_scale",)):
