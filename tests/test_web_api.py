@@ -237,8 +237,22 @@ def test_match_endpoint(client, indexed):
 
     pic = Image.open(io.BytesIO(base64.b64decode(body["image"].split(",", 1)[1])))
     assert pic.width > pic.height  # the two images side by side
-    cycle = [m["cycle_distance"] for m in body["matches"]]
-    assert cycle == sorted(cycle)  # ranked by the chosen score, best first
+    from vlens.match.refine import DEFAULT_REFINE, METHODS
+
+    assert body["refine"] == DEFAULT_REFINE  # as `vlens match`
+    # ranked by the chosen score, best first: mutual matches first (a refined cycle distance of a mutual match is
+    # sub-patch noise, see Matches.order), then the others by cycle distance
+    key = [0.0 if m["mutual"] else m["cycle_distance"] for m in body["matches"]]
+    assert key == sorted(key)
+    centres = client.post("/api/match", files={"image_a": a, "image_b": b},
+                          data={"score": "cycle", "count": "10", "refine": "none"}).json()
+    assert centres["refine"] == "none"
+    cycle = [m["cycle_distance"] for m in centres["matches"]]
+    assert cycle == sorted(cycle)  # patch centres: a mutual match's cycle distance is exactly 0
+    spec = client.get("/openapi.json").json()
+    form = spec["components"]["schemas"]["Body_match_api_match_post"]["properties"]["refine"]
+    assert {v for alt in form.get("anyOf", [form]) for v in alt.get("enum", [])} == set(METHODS)
+    assert client.post("/api/match", files={"image_a": a, "image_b": b}, data={"refine": "cubic"}).status_code == 422
     r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"score": "vibes"})
     assert r.status_code == 422
     r = client.post("/api/match", files={"image_a": a})

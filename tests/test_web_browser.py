@@ -171,11 +171,14 @@ def test_match_picture_appears(server, page):
     page.set_input_files("#match-b", str(root / "test_00003.png"))
     page.select_option("#score", "feature")
     page.fill("#count", "12")
+    assert page.input_value("#refine") == "quadratic"  # the default, as `vlens match`
+    page.select_option("#refine", "soft")
     page.click("#match-btn")
     page.wait_for_function("document.getElementById('match-status').textContent.length > 0 && "
                            "!document.getElementById('match-btn').disabled")
     page.wait_for_function("document.getElementById('match-result').naturalWidth > 0")
     assert "top 12 matches by feature" in page.inner_text("#match-status")
+    assert "refine soft" in page.inner_text("#match-status")
     page.screenshot(path=str(ARTIFACTS / "web-match.png"), full_page=True)
 
 

@@ -74,12 +74,15 @@ class MatchItem(BaseModel):
     dst_xy: list[float]
     feature_distance: float
     cycle_distance: float
+    mutual: bool = Field(description="Mutual nearest neighbours (A->B->A comes back to the same patch); ranked "
+                                     "first by cycle score")
 
 
 class MatchResponse(BaseModel):
     image: str = Field(description="The two images side by side with the matches drawn (PNG data URL).")
     matches: list[MatchItem]
     score: str
+    refine: str = Field(description="The sub-patch refinement used: quadratic, soft or none (patch centres).")
     model: str
     took_ms: float
 
@@ -410,15 +413,21 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     image_b: UploadFile = File(..., description="Destination image."),
                     score: Literal["cycle", "feature"] = Form("cycle", description="How matches are ranked: "
                                                               "cycle (negative cycle distance) or feature"),
-                    count: int = Form(30, ge=1, le=500, description="How many top matches to draw")) -> MatchResponse:
+                    count: int = Form(30, ge=1, le=500, description="How many top matches to draw"),
+                    refine: Literal["none", "soft", "quadratic"] | None = Form(
+                        None, description="Sub-patch refinement of each match: quadratic (the default, as `vlens "
+                        "match`), soft, or none (patch centres)")) -> MatchResponse:
         """Dense correspondences between two images: the top matches by the chosen score, drawn."""
+        from vlens.match.refine import DEFAULT_REFINE
+
+        refine = refine or DEFAULT_REFINE
         match_images, draw_matches = svc.matcher()
         a = await read_image(image_a, max_upload_bytes, "image_a")
         b = await read_image(image_b, max_upload_bytes, "image_b")
 
         def run():
             with svc._match_lock:
-                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count)
+                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine)
                 picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x that wide per image
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
@@ -427,7 +436,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         t0 = time.perf_counter()
         m, url = await run_cpu(run)
         recs = m.to_records()[:count]
-        return MatchResponse(image=url, score=score, model=svc.backbone_spec,
+        return MatchResponse(image=url, score=score, refine=refine, model=svc.backbone_spec,
                              matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))
 

@@ -226,14 +226,15 @@ $("match-form").addEventListener("submit", async (ev) => {
   form.append("image_b", b);
   form.append("score", $("score").value);
   form.append("count", $("count").value || "30");
+  form.append("refine", $("refine").value);
   const btn = $("match-btn");
   btn.disabled = true;
   setStatus($("match-status"), "matching…");
   try {
     const data = await api("/api/match", { method: "POST", body: form });
     $("match-result").src = data.image;
-    setStatus($("match-status"), `top ${data.matches.length} matches by ${data.score} distance · ${data.model} · ` +
-      `${data.took_ms.toFixed(0)} ms`);
+    setStatus($("match-status"), `top ${data.matches.length} matches by ${data.score} distance · ` +
+      `refine ${data.refine} · ${data.model} · ${data.took_ms.toFixed(0)} ms`);
   } catch (e) {
     setStatus($("match-status"), e.message, true);
   } finally {
