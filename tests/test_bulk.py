@@ -49,6 +49,14 @@ def test_record_file_cuts_a_torn_line_and_checks_csv_columns(tmp_path):
     other.write_text("file,text\nx,y\n")
     with pytest.raises(DatasetError, match="columns"):
         record_file(other).done()
+    # a CSV begun before captions had "ended" resumes in its own layout instead of being refused
+    old = tmp_path / "old.csv"
+    old.write_text("path,rank,caption,logprob,mean_logprob,error\nx.png,1,a cat,-3.0,-1.0,\n")
+    rf = record_file(old)
+    assert rf.open_for_append() == {"x.png"}
+    rf.append([{"path": "y.png", "captions": [{"text": "a dog", "logprob": -2.0, "mean_logprob": -0.5,
+                                                "ended": False}]}])
+    assert old.read_text().splitlines()[-1] == "y.png,1,a dog,-2.0,-0.5,"
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,9 @@ class RecordFile:
     """Records keyed by ``"path"``, appended to a JSONL file (one JSON object a line) or a CSV file.
 
     ``csv_rows(record) -> list[dict]`` flattens a record into CSV rows with ``columns`` (the first column must be
-    ``path``). JSONL keeps records whole.
+    ``path``). JSONL keeps records whole. A CSV started by an earlier vlens with fewer of the columns (e.g. before
+    captions had ``ended``) resumes in its own layout, so an upgrade never costs a half-done run; a CSV with any
+    other header is refused.
     """
 
     def __init__(self, path, columns: Sequence[str] = (), csv_rows: Callable | None = None):
@@ -234,7 +236,10 @@ class RecordFile:
             return paths
         rows = list(csv.reader(io.StringIO(text)))
         if rows and rows[0] != self.columns:
-            raise DatasetError(f"{self.path} has columns {rows[0]}, not {self.columns}; choose another --out")
+            header = rows[0]
+            if not (header[:1] == ["path"] and header == [c for c in self.columns if c in header]):
+                raise DatasetError(f"{self.path} has columns {header}, not {self.columns}; choose another --out")
+            self.columns = header  # an earlier vlens's layout: keep writing it
         return {r[0] for r in rows[1:] if r}
 
     def open_for_append(self) -> set[str]:
