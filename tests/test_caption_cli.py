@@ -220,3 +220,15 @@ def test_the_training_prompt_is_the_default(cli, tiny_blip, img_dir, tmp_path):
         assert json.loads(out)["settings"]["prompt"] == prompt
     code, out, _ = cli("caption", img_dir, "--model", tiny_blip, "--max-new-tokens", "4", "--json")
     assert json.loads(out)["settings"]["prompt"] == ""  # trained without a prompt: none by default
+
+
+def test_bulk_out_says_how_many_captions_were_cut(cli, tiny_blip, img_dir, tmp_path):
+    """A random model never ends within 4 tokens: every line says "ended": false and the run says what to do."""
+    out = tmp_path / "caps.jsonl"
+    code, stdout, err = cli("caption", img_dir, "--model", tiny_blip, "--max-new-tokens", "4", "--out", out,
+                            "--workers", "0", "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert any("3 caption(s) reached --max-new-tokens 4" in n for n in doc["notes"])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["ended"] for r in recs if "captions" in r for c in r["captions"]] == [False] * 3

@@ -166,15 +166,23 @@ def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progre
                                "mean_logprob": round(c.mean_logprob, 4), "ended": c.ended} for c in next(caps)]}
                 for d in batch]
 
+    cut = 0
+
     def commit(pairs):
+        nonlocal cut
         records = [{"path": todo[i], **r} for i, r in pairs]
         rf.append(records)
         rep.done += sum("error" not in r for r in records)
         rep.skipped += [(r["path"], r["error"]) for r in records if "error" in r]
+        cut += sum(not c["ended"] for r in records for c in r.get("captions", []))
 
     t0 = time.perf_counter()
     run_steps(procs, todo, settings.batch_size, PixelLoader(captioner.image_processor), infer, commit,
               workers=workers, progress=progress, desc="captioning")
     rep.seconds = time.perf_counter() - t0
+    if cut:
+        from vlens.caption.captioner import cut_note
+
+        rep.notes.append(cut_note(cut, settings.max_new_tokens))
     procs.barrier()
     return rep

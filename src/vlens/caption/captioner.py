@@ -127,6 +127,12 @@ class Caption:
     """False when the caption was cut at ``max_new_tokens`` before the model ended it (raise the limit)."""
 
 
+def cut_note(count: int, max_new_tokens: int) -> str:
+    """What to tell a user when ``count`` captions were cut at the limit (``Caption.ended`` False)."""
+    return (f"{count} caption(s) reached --max-new-tokens {max_new_tokens} before the model ended them (cut short; "
+            "\"ended\": false in JSON); raise --max-new-tokens to let them finish")
+
+
 _CACHE: dict[tuple[str, str], Captioner] = {}
 _CACHE_LOCK = threading.Lock()
 

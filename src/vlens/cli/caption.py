@@ -258,8 +258,9 @@ def run_cmd(
         )
     cut = sum(not c["ended"] for r in results for c in r["captions"])
     if cut and not json_out:
-        typer.echo(f"note: {cut} caption(s) reached --max-new-tokens {settings.max_new_tokens} before the model "
-                   "ended them (cut short); raise --max-new-tokens to let them finish", err=True)
+        from vlens.caption.captioner import cut_note
+
+        typer.echo(f"note: {cut_note(cut, settings.max_new_tokens)}", err=True)
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)
     if not results:
@@ -288,7 +289,7 @@ def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, 
                    "images": rep.total, "already": rep.already,
                    "captioned": rep.done, "seconds": round(rep.seconds, 3),
                    "images_per_s": round(rep.images_per_s, 2), "processes": rep.processes,
-                   "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]})
+                   "notes": rep.notes or [], "skipped": [{"path": p, "reason": r} for p, r in rep.skipped]})
     else:
         line = f"captioned {rep.done} image(s) into {out} in {rep.seconds:.1f} s ({rep.images_per_s:.1f} images/s"
         line += f", {rep.processes} processes)" if rep.processes > 1 else ")"
