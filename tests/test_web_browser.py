@@ -124,6 +124,49 @@ def test_search_shows_images_with_scores(server, page):
     page.wait_for_selector("#lightbox", state="hidden")
 
 
+def _open_hit(page, rank: int) -> None:
+    page.locator("#results .card").nth(rank).click()
+    page.wait_for_selector("#lightbox:not([hidden])")
+
+
+def test_a_found_image_goes_to_match_caption_and_explore(server, page):
+    """From a search hit's enlarged view, one click sends the indexed image to another tab as if uploaded."""
+    url, _ = server
+    page.goto(url)
+    page.wait_for_selector("#index-info:has-text('12 images')")
+    page.fill("#query", "a red circle")
+    page.click("#search-btn")
+    page.wait_for_selector("#results .card")
+    for rank, use in ((0, "match-a"), (1, "match-b")):
+        page.click("#tab-search")
+        _open_hit(page, rank)
+        page.click(f"#lightbox-use button[data-use='{use}']")
+        page.wait_for_selector("#lightbox", state="hidden")
+        assert page.locator("#panel-match").is_visible()
+        page.wait_for_function(f"document.getElementById('{use}').files.length === 1 && "
+                               f"document.getElementById('preview-{use[-1]}').naturalWidth > 0")
+    assert "from the index is ready" in page.inner_text("#match-status")
+    page.click("#match-btn")
+    page.wait_for_function("document.getElementById('match-result').naturalWidth > 0")
+    assert "matches by" in page.inner_text("#match-status")
+
+    page.click("#tab-search")
+    _open_hit(page, 2)
+    page.click("#lightbox-use button[data-use='caption']")
+    page.wait_for_function("document.getElementById('caption-file').files.length === 1")
+    page.click("#caption-btn")
+    page.wait_for_selector("#captions li")
+
+    for rank, which in ((0, "a"), (1, "b")):
+        page.click("#tab-search")
+        _open_hit(page, rank)
+        page.click(f"#lightbox-use button[data-use='explore-{which}']")
+        page.wait_for_function(f"window.vlensExplore.{which} !== null && "
+                               f"document.getElementById('explore-img-{which}').naturalWidth > 0")
+    assert page.locator("#panel-explore").is_visible()
+    assert "click anywhere on the first image" in page.inner_text("#explore-status")
+
+
 def test_search_by_uploaded_image(server, page):
     url, root = server
     page.goto(url)

@@ -30,8 +30,10 @@ document.querySelectorAll(".tab").forEach((tab) => {
 
 // ---- server info: index size and which features work
 let features = {};
+let maxUpload = Infinity;
 api("/api/info").then((info) => {
   features = info.features;
+  maxUpload = info.max_upload_bytes || Infinity;
   if (info.index) {
     const recall = info.index.kind === "flat" ? "exact" : `recall@10 ${info.index.recall_at_10}`;
     $("index-info").textContent = `${info.index.name}: ${info.index.count} images · ${info.index.model} · ` +
@@ -139,13 +141,52 @@ $("query-image").addEventListener("change", async () => {
   $("query-image").value = "";
 });
 
+let lightboxHit = null;
 function openLightbox(hit, rank) {
+  lightboxHit = hit;
   $("lightbox-img").src = hit.url;
   $("lightbox-text").textContent = `#${rank} · ${hit.score.toFixed(4)} · ${hit.path}` +
     (hit.caption ? ` · “${hit.caption}”` : "");
   $("lightbox").hidden = false;
 }
 $("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
+
+// An indexed image goes to another tab as if the user had uploaded it (same endpoints, same limits).
+async function indexedFile(hit) {
+  const get = async (url) => {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`could not fetch ${hit.path} from the index (HTTP ${r.status})`);
+    return r.blob();
+  };
+  let blob = await get(hit.url);  // the original file
+  if (blob.size > maxUpload) blob = await get(hit.url + "?size=2048");  // over the upload limit: a 2048 px copy
+  const name = hit.path.split("/").pop() || `image-${hit.id}`;
+  return new File([blob], name, { type: blob.type || "image/png" });
+}
+
+function putInInput(input, file) {
+  const dt = new DataTransfer();
+  dt.items.add(file);
+  input.files = dt.files;
+  input.dispatchEvent(new Event("change"));  // previews and the Explore upload listen to it
+}
+
+document.querySelectorAll("#lightbox-use button").forEach((btn) => {
+  btn.addEventListener("click", async () => {
+    const hit = lightboxHit;
+    const [tab, slot] = btn.dataset.use.split("-");
+    $("tab-" + tab).click();
+    const status = $(tab + "-status");
+    setStatus(status, `fetching ${hit.path} from the index…`);
+    try {
+      const file = await indexedFile(hit);
+      putInInput($(tab === "caption" ? "caption-file" : `${tab}-${slot}`), file);
+      if (tab !== "explore") setStatus(status, `${file.name} from the index is ready`);
+    } catch (e) {
+      setStatus(status, e.message, true);
+    }
+  });
+});
 document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("lightbox").hidden = true; });
 
 // ---- previews
