@@ -232,3 +232,13 @@ def test_bulk_out_says_how_many_captions_were_cut(cli, tiny_blip, img_dir, tmp_p
     assert any("3 caption(s) reached --max-new-tokens 4" in n for n in doc["notes"])
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [c["ended"] for r in recs if "captions" in r for c in r["captions"]] == [False] * 3
+
+
+def test_listing_marks_cut_captions(cli, tiny_blip, img_dir):
+    """With several captions per image the listing is ranked (finished first); cut ones end in an ellipsis."""
+    code, out, err = cli("caption", img_dir, "--model", tiny_blip, "--strategy", "sample", "--n", "2", "--seed", "0",
+                         "--max-new-tokens", "4")
+    assert code == 0, err
+    ranked = [line for line in out.splitlines() if line.startswith("  ")]
+    assert len(ranked) == 6 and all(line.endswith(" …") for line in ranked)  # a random model never ends in 4
+    assert "6 caption(s) reached --max-new-tokens 4" in err and "(shown ending in …)" in err

@@ -242,8 +242,8 @@ def run_cmd(
                 typer.echo(f"{shown_name(path)}\t{caps[0].text}")
             else:
                 typer.echo(shown_name(path))
-                for c in caps:
-                    typer.echo(f"  {c.mean_logprob:7.3f}  {c.text}")
+                for c in caps:  # finished captions rank first; a cut one ends in "…"
+                    typer.echo(f"  {c.mean_logprob:7.3f}  {c.text}{'' if c.ended else ' …'}")
             sys.stdout.flush()
     if json_out:
         echo_json(
@@ -260,7 +260,8 @@ def run_cmd(
     if cut and not json_out:
         from vlens.caption.captioner import cut_note
 
-        typer.echo(f"note: {cut_note(cut, settings.max_new_tokens)}", err=True)
+        shown = " (shown ending in …)" if settings.n > 1 else ""
+        typer.echo(f"note: {cut_note(cut, settings.max_new_tokens)}{shown}", err=True)
     if len(skips):
         typer.echo(skips.summary(limit=20), err=True)
     if not results:
