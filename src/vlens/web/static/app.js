@@ -150,6 +150,7 @@ function openLightbox(hit, rank) {
   $("lightbox").hidden = false;
 }
 $("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
+document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("lightbox").hidden = true; });
 
 // An indexed image goes to another tab as if the user had uploaded it (same endpoints, same limits).
 async function indexedFile(hit) {
@@ -187,7 +188,6 @@ document.querySelectorAll("#lightbox-use button").forEach((btn) => {
     }
   });
 });
-document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("lightbox").hidden = true; });
 
 // ---- previews
 function preview(input, img) {
