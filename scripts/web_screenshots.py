@@ -1,11 +1,13 @@
-"""Regenerate the README's pictures of the web app's Caption tab with the shipped models.
+"""Regenerate the README's pictures of the web app's Caption and Match tabs with the shipped models.
 
-    python scripts/web_screenshots.py     # writes docs/web-caption.png and docs/web-caption-explain.png
+    python scripts/web_screenshots.py   # docs/web-caption.png, docs/web-caption-explain.png, docs/web-match.png
 
-Serves `vlens serve`'s app (builtin:blip-tiny, builtin:dino-tiny) on a free local port, opens it in Debian's
-Chromium through Playwright and captions the lab's shapes test image 1 by sampling with top-k 5, seed 0: three
-captions at temperature 0.8, then the why-these-words table at 1.0. The browser tests take the same screenshots
-of tiny random models (test-artifacts/); these show what a user sees.
+Serves `vlens serve`'s app (builtin:blip-tiny, and the offline default backbone of the Match tab) on a free local
+port and opens it in Debian's Chromium through Playwright. Caption: the lab's shapes test image 1, sampled with
+top-k 5, seed 0: three captions at temperature 0.8, then the why-these-words table at 1.0. Match: scikit-image's
+`chelsea` against a 2x-zoomed crop of its face, the 25 best matches by cycle distance, the tab's defaults otherwise
+(quadratic refinement). The browser tests take the same screenshots of tiny random models (test-artifacts/);
+these show what a user sees.
 """
 
 from __future__ import annotations
@@ -39,13 +41,20 @@ def serve(app):
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
+    from vlens.data.photos import photo_paths
     from vlens.data.shapes import make_scene
+    from vlens.images import load_image
+    from vlens.models.defaults import MATCH_FALLBACK
     from vlens.web.app import create_app
 
-    image = ROOT / "runs" / "web-screenshots" / "shapes_test_00001.png"  # scenes depend only on seed/split/index
-    image.parent.mkdir(parents=True, exist_ok=True)
+    work = ROOT / "runs" / "web-screenshots"
+    work.mkdir(parents=True, exist_ok=True)
+    image = work / "shapes_test_00001.png"  # scenes depend only on seed/split/index
     make_scene(0, "target", "test", 1)[0].save(image)
-    srv, url = serve(create_app(captioner="builtin:blip-tiny", backbone="builtin:dino-tiny"))
+    cat = load_image(photo_paths(("chelsea",))[0])  # 451 x 300
+    cat.save(work / "chelsea.png")
+    cat.crop((120, 40, 320, 240)).resize((400, 400)).save(work / "chelsea_face_2x.png")
+    srv, url = serve(create_app(captioner="builtin:blip-tiny", backbone=MATCH_FALLBACK))
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
@@ -66,6 +75,15 @@ def main() -> None:
             page.click("#explain-btn")
             page.wait_for_selector("#explain-table tr")
             shot(page, "web-caption-explain.png")
+            page.click("#tab-match")
+            page.set_input_files("#match-a", str(work / "chelsea.png"))
+            page.set_input_files("#match-b", str(work / "chelsea_face_2x.png"))
+            page.fill("#count", "25")
+            page.click("#match-btn")
+            page.wait_for_function("document.getElementById('match-result').naturalWidth > 0 && "
+                                   "!document.getElementById('match-btn').disabled")
+            shot(page, "web-match.png")
+            print(page.inner_text("#match-status"))
             browser.close()
     finally:
         srv.should_exit = True
