@@ -84,6 +84,20 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shapes_folder(shapes_dir):
+    """``make(dest, split="test", n=None) -> dest``: the first ``n`` (all: None) images of a shapes split, sorted,
+    copied into ``dest`` (created): a photo folder for the index, caption and web tests to mess with."""
+
+    def make(dest: Path, split: str = "test", n: int | None = None) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in sorted((shapes_dir / "images").glob(f"{split}_*.png"))[:n]:
+            shutil.copy(p, dest / p.name)
+        return dest
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def shapes_captions(shapes_dir) -> list[str]:
     from vlens.data import load_dataset
 
@@ -116,6 +130,29 @@ def tiny_clip(tmp_path_factory, shapes_captions) -> Path:
     from vlens.models.tiny import save_tiny
 
     return save_tiny("dual_encoder", tmp_path_factory.mktemp("tiny-clip"), texts=shapes_captions)
+
+
+@pytest.fixture(scope="session")
+def clip_encoder(tiny_clip):
+    """The tiny random CLIP as a DualEncoder (loaded once per process)."""
+    from vlens.retrieval.model import DualEncoder
+
+    return DualEncoder.from_spec(str(tiny_clip))
+
+
+@pytest.fixture(scope="session")
+def shapes_index(shapes_folder, tiny_clip, clip_encoder):
+    """``make(base, n=None) -> (base/idx, base/photos)``: the first ``n`` shapes test images, indexed exactly with
+    the tiny CLIP (the web tests' collection)."""
+    from vlens.retrieval.index import IndexConfig, build_index
+
+    def make(base: Path, n: int | None = None) -> tuple[Path, Path]:
+        root = shapes_folder(base / "photos", n=n)
+        build_index(root, base / "idx", IndexConfig(model=str(tiny_clip)),
+                    embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
+        return base / "idx", root
+
+    return make
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,14 +34,11 @@ def _run(folder, out, fault: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
-def test_kill_at_a_random_batch_then_resume_loses_and_duplicates_nothing(shapes_dir, tmp_path):
+def test_kill_at_a_random_batch_then_resume_loses_and_duplicates_nothing(shapes_folder, tmp_path):
     from vlens.caption.bulk import caption_to_file, record_file
     from vlens.caption.captioner import Captioner, DecodeSettings
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for p in sorted((shapes_dir / "images").glob("train_*.png"))[:14]:
-        shutil.copy(p, folder / p.name)
+    folder = shapes_folder(tmp_path / "imgs", "train", n=14)
     (folder / "zz_broken.png").write_bytes(b"\x89PNG truncated")
     ref = tmp_path / "ref.jsonl"
     caption_to_file([folder], ref, Captioner.from_spec("builtin:blip-tiny", device="cpu", dtype="fp32"),

@@ -4,7 +4,6 @@ single process writes (same lines in the same order, same ids, vectors within fl
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -24,16 +23,13 @@ def _rows(index: Path) -> dict[str, tuple[int, np.ndarray]]:
     return rows
 
 
-def test_two_processes_write_what_one_writes(shapes_dir, tmp_path):
+def test_two_processes_write_what_one_writes(shapes_folder, tmp_path):
     from vlens.caption.bulk import caption_to_file, record_file
     from vlens.caption.captioner import Captioner, DecodeSettings
     from vlens.retrieval.index import IndexConfig, build_index
     from vlens.retrieval.index_reader import ImageIndex
 
-    images = tmp_path / "imgs"
-    images.mkdir()
-    for p in sorted((shapes_dir / "images").glob("val_*.png")) + sorted((shapes_dir / "images").glob("test_*.png")):
-        shutil.copy(p, images / p.name)  # 20 images: 4 steps of 2 x 3, the last one uneven
+    images = shapes_folder(shapes_folder(tmp_path / "imgs", "val"))  # 20 images: 4 steps of 2 x 3, the last uneven
     (images / "m_broken.jpg").write_bytes(b"")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "VLENS_PROGRESS": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE.parent / "src"), os.environ.get("PYTHONPATH", ""))

@@ -11,10 +11,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def img_dir(shapes_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("imgs")
-    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:3]:
-        shutil.copy(p, d / p.name)
+def img_dir(shapes_folder, tmp_path_factory):
+    d = shapes_folder(tmp_path_factory.mktemp("imgs"), n=3)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return d
 

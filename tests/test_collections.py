@@ -146,12 +146,11 @@ def test_a_lost_peer_under_torchrun_is_one_line_not_a_bug(cli, hostile, tmp_path
     assert code == 2 and "a bug in vlens" in err
 
 
-def test_faiss_training_warnings_are_one_note_not_raw_repeats(tmp_path, tiny_clip, capfd):
+def test_faiss_training_warnings_are_one_note_not_raw_repeats(tmp_path, tiny_clip, clip_encoder, capfd):
     """Issue 23 item 16: FAISS's k-means warning on a small collection was printed raw three times."""
     import shutil as sh
 
     from vlens.retrieval.index import IndexConfig, build_index
-    from vlens.retrieval.model import DualEncoder
 
     root = tmp_path / "photos"
     root.mkdir()
@@ -159,10 +158,9 @@ def test_faiss_training_warnings_are_one_note_not_raw_repeats(tmp_path, tiny_cli
 
     for i in range(40):
         Image.new("RGB", (32, 32), (i * 6, 255 - i * 6, (i * 37) % 255)).save(root / f"{i:02d}.png")
-    enc = DualEncoder.from_spec(str(tiny_clip))
     logs: list[str] = []
     build_index(root, tmp_path / "idx", IndexConfig(model=str(tiny_clip), kind="ivf", nlist=16),
-                embedder=(enc.encode_images, enc.dim), progress=False, log=logs.append)
+                embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False, log=logs.append)
     captured = capfd.readouterr()
     assert "please provide at least" not in captured.err  # nothing raw from FAISS's C++ code
     notes = [m for m in logs if "FAISS trained 16 clusters on only" in m]

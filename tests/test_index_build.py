@@ -20,22 +20,12 @@ from vlens.retrieval.index_store import index_lock, safe_join
 from vlens.retrieval.search import Searcher, contact_sheet, search
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_clip):
-    from vlens.retrieval.model import DualEncoder
-
-    return DualEncoder.from_spec(str(tiny_clip))
-
-
 @pytest.fixture
-def photos(tmp_path, shapes_dir) -> Path:
+def photos(tmp_path, shapes_folder) -> Path:
     """A small photo folder: 12 test images, one in a sub-folder, plus a broken file and a text file."""
-    root = tmp_path / "photos"
-    (root / "sub").mkdir(parents=True)
-    imgs = sorted((shapes_dir / "images").glob("test_*.png"))
-    for p in imgs[:11]:
-        shutil.copy(p, root / p.name)
-    shutil.copy(imgs[11], root / "sub" / imgs[11].name)
+    root = shapes_folder(tmp_path / "photos")
+    (root / "sub").mkdir()
+    (root / "test_00011.png").rename(root / "sub" / "test_00011.png")
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "notes.txt").write_text("not an image")
     return root
@@ -55,9 +45,9 @@ def _rows(out) -> dict[str, tuple[int, np.ndarray]]:
     return rows
 
 
-def test_build_stores_every_readable_image(photos, tmp_path, encoder):
+def test_build_stores_every_readable_image(photos, tmp_path, clip_encoder):
     out = tmp_path / "idx"
-    rep = _build(photos, out, encoder)
+    rep = _build(photos, out, clip_encoder)
     assert rep.total == rep.added == rep.embedded == 12
     assert [p for p, _ in rep.skipped] == ["broken.jpg"]
     rows = _rows(out)
@@ -65,25 +55,25 @@ def test_build_stores_every_readable_image(photos, tmp_path, encoder):
     # Stored vectors are the model's embeddings of the files (an independent re-embedding).
     from vlens.images import load_image
 
-    ref = encoder.encode_images([load_image(photos / "test_00003.png")])[0]
+    ref = clip_encoder.encode_images([load_image(photos / "test_00003.png")])[0]
     np.testing.assert_allclose(rows["test_00003.png"][1], ref, atol=1e-5)
     ix = ImageIndex(out)
     info = ix.info()
-    assert info["count"] == 12 and info["dim"] == encoder.dim and info["metric"] == "cosine"
+    assert info["count"] == 12 and info["dim"] == clip_encoder.dim and info["metric"] == "cosine"
     assert info["skipped"][0]["path"] == "broken.jpg" and not ix.stale
     m = ix.manifest
-    assert m["model"] == str(encoder.loaded.path) and m["vlens_version"] and m["kind"] == "flat"
+    assert m["model"] == str(clip_encoder.loaded.path) and m["vlens_version"] and m["kind"] == "flat"
     ix.close()
 
 
-def test_search_matches_brute_force(photos, tmp_path, encoder):
+def test_search_matches_brute_force(photos, tmp_path, clip_encoder):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
-    s = Searcher(out, encoder=encoder)
+    _build(photos, out, clip_encoder)
+    s = Searcher(out, encoder=clip_encoder)
     rows = _rows(out)
     paths = list(rows)
     mat = np.stack([rows[p][1] for p in paths])                      # (N, d)
-    q = encoder.encode_texts(["a red circle"])[0]
+    q = clip_encoder.encode_texts(["a red circle"])[0]
     expect = np.argsort(-(mat @ q), kind="stable")[:5]
     hits = s.text("a red circle", k=5)
     assert [h.path for h in hits] == [paths[i] for i in expect]
@@ -99,9 +89,9 @@ def test_search_matches_brute_force(photos, tmp_path, encoder):
         search(out, query=None, image=None)
 
 
-def test_update_add_change_delete_rename_touch(photos, tmp_path, encoder, shapes_dir):
+def test_update_add_change_delete_rename_touch(photos, tmp_path, clip_encoder, shapes_dir):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
+    _build(photos, out, clip_encoder)
     before = _rows(out)
     # add two, change one (new pixels), delete one, rename one, touch one (mtime only)
     train = sorted((shapes_dir / "images").glob("train_*.png"))
@@ -112,7 +102,7 @@ def test_update_add_change_delete_rename_touch(photos, tmp_path, encoder, shapes
     os.rename(photos / "test_00005.png", photos / "sub" / "renamed.png")
     t = time.time() + 5
     os.utime(photos / "test_00006.png", (t, t))
-    rep = update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+    rep = update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
     assert (rep.added, rep.changed, rep.removed, rep.renamed) == (2, 1, 1, 1)
     assert rep.embedded == 3 and rep.total == 13
     after = _rows(out)
@@ -123,38 +113,38 @@ def test_update_add_change_delete_rename_touch(photos, tmp_path, encoder, shapes
     assert after["test_00001.png"][0] != before["test_00001.png"][0]  # changed: new row, new vector
     assert not np.allclose(after["test_00001.png"][1], before["test_00001.png"][1])
     # The FAISS index answers for the new files and never returns the deleted one.
-    s = Searcher(out, encoder=encoder)
+    s = Searcher(out, encoder=clip_encoder)
     assert s.image(photos / "new_a.png", k=1)[0].path == "new_a.png"
     assert all(h.path != "test_00002.png" for h in s.text("a shape", k=20))
     # Nothing changed: nothing embedded.
-    rep = update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+    rep = update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
     assert rep.embedded == 0 and rep.unchanged == 13 and rep.total == 13
     # A duplicate of an indexed file reuses its vector instead of embedding again.
     shutil.copy(photos / "new_a.png", photos / "dup.png")
-    rep = update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+    rep = update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
     assert rep.embedded == 0 and rep.added == 1 and rep.reused == 1
 
 
-def test_skipped_file_is_retried_only_when_it_changes(photos, tmp_path, encoder, shapes_dir):
+def test_skipped_file_is_retried_only_when_it_changes(photos, tmp_path, clip_encoder, shapes_dir):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
+    _build(photos, out, clip_encoder)
     calls = []
 
     def counting(images):
         calls.append(len(images))
-        return encoder.encode_images(images)
+        return clip_encoder.encode_images(images)
 
-    rep = update_index(out, embedder=(counting, encoder.dim), progress=False)
+    rep = update_index(out, embedder=(counting, clip_encoder.dim), progress=False)
     assert sum(calls) == 0 and [p for p, _ in rep.skipped] == ["broken.jpg"]
     shutil.copy(min((shapes_dir / "images").glob("val_*.png")), photos / "broken.jpg")  # now readable
-    rep = update_index(out, embedder=(counting, encoder.dim), progress=False)
+    rep = update_index(out, embedder=(counting, clip_encoder.dim), progress=False)
     assert sum(calls) == 1 and rep.added == 1 and rep.skipped == []
 
 
-def test_ann_indexes_measure_recall(tmp_path, encoder, shapes_dir):
+def test_ann_indexes_measure_recall(tmp_path, clip_encoder, shapes_dir):
     for kind in ("ivf", "hnsw"):
         out = tmp_path / kind
-        _build(shapes_dir, out, encoder, kind=kind, batch_size=64)
+        _build(shapes_dir, out, clip_encoder, kind=kind, batch_size=64)
         ix = ImageIndex(out)
         ann = ix.info()["ann"]
         assert ann["kind"] == kind and 0 <= ann["recall_at_10"] <= 1 and ann["curve"]
@@ -186,51 +176,51 @@ def test_recall_at_k_by_hand():
     assert recall_at_k(found, truth) == pytest.approx((2 / 4 + 4 / 4) / 2)
 
 
-def test_stale_faiss_falls_back_to_exact(photos, tmp_path, encoder):
+def test_stale_faiss_falls_back_to_exact(photos, tmp_path, clip_encoder):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
-    ref = Searcher(out, encoder=encoder).text("a blue square", k=4)
+    _build(photos, out, clip_encoder)
+    ref = Searcher(out, encoder=clip_encoder).text("a blue square", k=4)
     con = sqlite3.connect(out / "meta.sqlite")  # a write the FAISS file has not seen (as if killed right after)
     with con:
         con.execute("UPDATE state SET value = value + 1 WHERE key='generation'")
     con.close()
-    s = Searcher(out, encoder=encoder)
+    s = Searcher(out, encoder=clip_encoder)
     assert s.index.stale
     assert [h.id for h in s.text("a blue square", k=4)] == [h.id for h in ref]
-    update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+    update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
     assert not ImageIndex(out).stale
 
 
-def test_lock_refuses_a_second_writer(photos, tmp_path, encoder, cli):
+def test_lock_refuses_a_second_writer(photos, tmp_path, clip_encoder, cli):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
+    _build(photos, out, clip_encoder)
     with index_lock(out, "test holder"):
         with pytest.raises(IndexError_, match="being written by pid .*test holder"):
-            update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+            update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
         code, _, err = cli("index", "update", out)
         assert code == 1 and "being written" in err and "retry" in err
         # Readers are not blocked.
-        assert len(Searcher(out, encoder=encoder).text("a circle", k=2)) == 2
-    update_index(out, embedder=(encoder.encode_images, encoder.dim), progress=False)
+        assert len(Searcher(out, encoder=clip_encoder).text("a circle", k=2)) == 2
+    update_index(out, embedder=(clip_encoder.encode_images, clip_encoder.dim), progress=False)
 
 
-def test_build_refuses_foreign_folders_and_other_models(photos, tmp_path, encoder, tiny_clip):
+def test_build_refuses_foreign_folders_and_other_models(photos, tmp_path, clip_encoder, tiny_clip):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "file.txt").write_text("x")
     with pytest.raises(IndexError_, match="not a vlens index"):
-        _build(photos, junk, encoder)
+        _build(photos, junk, clip_encoder)
     assert not (junk / "lock").exists()
     with pytest.raises(IndexError_, match="not a folder"):
-        _build(tmp_path / "missing", tmp_path / "idx", encoder)
+        _build(tmp_path / "missing", tmp_path / "idx", clip_encoder)
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
-    rep = _build(photos, out, encoder, kind="hnsw")  # a new kind reuses the stored vectors (issue 23 item 2)
+    _build(photos, out, clip_encoder)
+    rep = _build(photos, out, clip_encoder, kind="hnsw")  # a new kind reuses the stored vectors (issue 23 item 2)
     assert rep.embedded == 0 and ImageIndex(out).manifest["kind"] == "hnsw"
-    rep = _build(photos, out, encoder, kind="hnsw", force=True)
+    rep = _build(photos, out, clip_encoder, kind="hnsw", force=True)
     assert rep.added == 12 and ImageIndex(out).manifest["kind"] == "hnsw"
     with pytest.raises(ConfigError, match="flat"):
-        _build(photos, out, encoder, kind="lsh")
+        _build(photos, out, clip_encoder, kind="lsh")
     with pytest.raises(IndexError_, match="no index"):
         ImageIndex(tmp_path / "nowhere")
     with pytest.raises(IndexError_, match="not a vlens index"):
@@ -248,17 +238,17 @@ def test_safe_join_refuses_escapes(tmp_path):
         assert safe_join(root, bad) is None
 
 
-def test_link_out_of_root_is_not_indexed(photos, tmp_path, encoder, shapes_dir):
+def test_link_out_of_root_is_not_indexed(photos, tmp_path, clip_encoder, shapes_dir):
     os.symlink(min((shapes_dir / "images").glob("val_*.png")), photos / "outside.png")
-    rep = _build(photos, tmp_path / "idx", encoder)
+    rep = _build(photos, tmp_path / "idx", clip_encoder)
     assert "outside.png" not in _rows(tmp_path / "idx")
     assert any(p == "outside.png" and "outside" in r for p, r in rep.skipped)
 
 
-def test_contact_sheet(photos, tmp_path, encoder):
+def test_contact_sheet(photos, tmp_path, clip_encoder):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
-    s = Searcher(out, encoder=encoder)
+    _build(photos, out, clip_encoder)
+    s = Searcher(out, encoder=clip_encoder)
     hits = s.text("a green star", k=4)
     png = contact_sheet(hits, s.index.root, tmp_path / "sheet.png", title="a green star",
                         query_image=photos / "test_00000.png")
@@ -275,13 +265,13 @@ def test_drop_self_by_hand():
     np.testing.assert_array_equal(drop_self(ids, None, 2), ids[:, :2])
 
 
-def test_captions_are_stored_and_returned(photos, tmp_path, encoder, tiny_blip):
+def test_captions_are_stored_and_returned(photos, tmp_path, clip_encoder, tiny_blip):
     few = tmp_path / "few"
     few.mkdir()
     for name in ("test_00001.png", "test_00003.png", "test_00005.png"):
         shutil.copy(photos / name, few / name)
     photos, out = few, tmp_path / "idx"
-    rep = _build(photos, out, encoder, captioner=str(tiny_blip))
+    rep = _build(photos, out, clip_encoder, captioner=str(tiny_blip))
     assert rep.total == 3
     con = sqlite3.connect(out / "meta.sqlite")
     caps = [c for (c,) in con.execute("SELECT caption FROM images")]
@@ -291,17 +281,17 @@ def test_captions_are_stored_and_returned(photos, tmp_path, encoder, tiny_blip):
     from vlens.images import load_image
 
     ref = Captioner.from_spec(str(tiny_blip)).caption([load_image(photos / "test_00003.png")], DecodeSettings())
-    hit = Searcher(out, encoder=encoder).image(photos / "test_00003.png", k=1)[0]
+    hit = Searcher(out, encoder=clip_encoder).image(photos / "test_00003.png", k=1)[0]
     assert hit.caption == ref[0][0].text
     assert ImageIndex(out).info()["captioner"] == str(tiny_blip)
 
 
-def test_open_searcher_follows_a_forced_rebuild(photos, tmp_path, encoder):
+def test_open_searcher_follows_a_forced_rebuild(photos, tmp_path, clip_encoder):
     out = tmp_path / "idx"
-    _build(photos, out, encoder)
-    s = Searcher(out, encoder=encoder)
+    _build(photos, out, clip_encoder)
+    s = Searcher(out, encoder=clip_encoder)
     assert len(s.text("a circle", k=50)) == 12
     (photos / "test_00000.png").unlink()
-    _build(photos, out, encoder, force=True)  # new database file under the open searcher
+    _build(photos, out, clip_encoder, force=True)  # new database file under the open searcher
     hits = s.text("a circle", k=50)
     assert len(hits) == 11 and "test_00000.png" not in {h.path for h in hits}

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from PIL import Image
 
 
 @pytest.fixture
-def photos(tmp_path, shapes_dir):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png")):
-        shutil.copy(p, root / p.name)
+def photos(tmp_path, shapes_folder):
+    root = shapes_folder(tmp_path / "photos")
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return root
 

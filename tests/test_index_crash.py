@@ -95,16 +95,13 @@ def _check_partial(out: Path, reference: dict[str, np.ndarray], encoder) -> None
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_clip, shapes_dir, tmp_path_factory):
-    from vlens.retrieval.model import DualEncoder
-
-    enc = DualEncoder.from_spec(str(tiny_clip))
+def setup(tiny_clip, clip_encoder, shapes_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("crash") / "photos"
     shutil.copytree(shapes_dir / "images", root)
     ref = root.parent / "reference"
-    build_index(root, ref, IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
+    build_index(root, ref, IndexConfig(model=str(tiny_clip)), embedder=(clip_encoder.encode_images, clip_encoder.dim),
                 progress=False)
-    return enc, root, _rows(ref), tiny_clip
+    return clip_encoder, root, _rows(ref), tiny_clip
 
 
 def test_build_killed_at_every_stage_then_rerun(setup, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -14,12 +13,8 @@ from vlens.retrieval.index_store import MANIFEST, is_index
 
 
 @pytest.fixture()
-def photos(shapes_dir, tmp_path):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:6]:
-        shutil.copy(p, root / p.name)
-    return root
+def photos(shapes_folder, tmp_path):
+    return shapes_folder(tmp_path / "photos", n=6)
 
 
 def test_a_mistyped_model_or_captioner_leaves_nothing_and_the_rerun_works(cli, photos, tmp_path, tiny_clip):

@@ -28,20 +28,9 @@ class CountingEmbedder:
         return self.encoder.encode_images(images)
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_clip):
-    from vlens.retrieval.model import DualEncoder
-
-    return DualEncoder.from_spec(str(tiny_clip))
-
-
 @pytest.fixture
-def folder(tmp_path, shapes_dir) -> Path:
-    root = tmp_path / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:12]:
-        shutil.copy(p, root / p.name)
-    return root
+def folder(tmp_path, shapes_folder) -> Path:
+    return shapes_folder(tmp_path / "photos", n=12)
 
 
 def _build(root, out, enc, given=None, **kw):
@@ -56,8 +45,8 @@ def _build(root, out, enc, given=None, **kw):
     ("IVF4096,PQ8", {}, "cannot be built for 12 image"),
     ("IVF16,Flat", {}, "cannot be built for 12 image"),
 ])
-def test_settings_that_cannot_work_stop_before_any_embedding(folder, tmp_path, encoder, kind, extra, match):
-    enc = CountingEmbedder(encoder)
+def test_settings_that_cannot_work_stop_before_any_embedding(folder, tmp_path, clip_encoder, kind, extra, match):
+    enc = CountingEmbedder(clip_encoder)
     out = tmp_path / "idx"
     with pytest.raises(ConfigError, match=match):
         _build(folder, out, enc, kind=kind, **extra)
@@ -66,11 +55,11 @@ def test_settings_that_cannot_work_stop_before_any_embedding(folder, tmp_path, e
     assert rep.total == 12
 
 
-def test_ivfpq_on_a_one_image_folder(tmp_path, folder, encoder):
+def test_ivfpq_on_a_one_image_folder(tmp_path, folder, clip_encoder):
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(next(folder.iterdir()), one / "a.png")
-    enc = CountingEmbedder(encoder)
+    enc = CountingEmbedder(clip_encoder)
     try:
         rep = _build(one, tmp_path / "idx", enc, kind="ivfpq")
     except ConfigError as exc:  # refused up front: nothing embedded, nothing stored
@@ -94,8 +83,8 @@ def test_check_buildable_by_hand():
     check_buildable("flat", 32, 0, IndexConfig())
 
 
-def test_kind_changes_without_re_embedding(folder, tmp_path, encoder):
-    enc = CountingEmbedder(encoder)
+def test_kind_changes_without_re_embedding(folder, tmp_path, clip_encoder):
+    enc = CountingEmbedder(clip_encoder)
     out = tmp_path / "idx"
     _build(folder, out, enc)
     assert enc.images == 12
@@ -113,28 +102,28 @@ def test_kind_changes_without_re_embedding(folder, tmp_path, encoder):
     assert ImageIndex(out).manifest["kind"] == "hnsw"  # a refused setting is not stored
 
 
-def test_a_kind_that_fails_after_deletions_is_not_kept(folder, tmp_path, encoder):
+def test_a_kind_that_fails_after_deletions_is_not_kept(folder, tmp_path, clip_encoder):
     """IVF8 trains on 12 images; after deleting 6, FAISS cannot cluster 6 points into 8 lists. The update keeps
     its work, falls back to exact search and says how to pick another kind; the next update works."""
-    enc = CountingEmbedder(encoder)
+    enc = CountingEmbedder(clip_encoder)
     out = tmp_path / "idx"
     _build(folder, out, enc, kind="IVF8,Flat")
     for p in sorted(folder.iterdir())[:6]:
         p.unlink()
     with pytest.raises(IndexError_, match="IVF8,Flat' could not be built for 6 image.*--kind KIND"):
-        update_index(out, embedder=(enc, encoder.dim), progress=False, log=lambda m: None, workers=0)
+        update_index(out, embedder=(enc, clip_encoder.dim), progress=False, log=lambda m: None, workers=0)
     ix = ImageIndex(out)
     assert ix.manifest["kind"] == "flat" and ix.manifest["count"] == 6 and ix.manifest["ann"]["kind"] == "flat"
     ix.close()
-    rep = update_index(out, embedder=(enc, encoder.dim), progress=False, log=lambda m: None, workers=0)
+    rep = update_index(out, embedder=(enc, clip_encoder.dim), progress=False, log=lambda m: None, workers=0)
     assert rep.total == 6 and enc.images == 12
 
 
-def test_index_files_follow_the_umask(folder, tmp_path, encoder):
+def test_index_files_follow_the_umask(folder, tmp_path, clip_encoder):
     old = os.umask(0o002)
     try:
         out = tmp_path / "idx"
-        _build(folder, out, CountingEmbedder(encoder))
+        _build(folder, out, CountingEmbedder(clip_encoder))
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
     finally:
         os.umask(old)

@@ -12,11 +12,8 @@ from PIL import Image
 
 
 @pytest.fixture()
-def messy(shapes_dir, tmp_path):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:4]:
-        shutil.copy(p, root / p.name)
+def messy(shapes_folder, tmp_path):
+    root = shapes_folder(tmp_path / "photos", n=4)
     (root / "truncated.png").write_bytes((root / "test_00000.png").read_bytes()[:60])
     (root / "notes.jpg").write_text("not an image")
     latin1 = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: not valid UTF-8
@@ -68,11 +65,8 @@ def test_feature_errors_name_the_file_not_its_position(tmp_path, tiny_vit):
 
 
 @pytest.fixture()
-def photos_with_a_truncated_one(shapes_dir, tmp_path):
-    root = tmp_path / "imgs"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("train_*.png"))[:4]:
-        shutil.copy(p, root / p.name)
+def photos_with_a_truncated_one(shapes_folder, tmp_path):
+    root = shapes_folder(tmp_path / "imgs", "train", n=4)
     data = (root / "train_00000.png").read_bytes()
     (root / "zz_truncated.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut off
     return root

@@ -32,13 +32,11 @@ def test_atomic_writes_and_temp_folders_respect_the_umask(tmp_path, umask):
         assert (_mode(f), _mode(d)) == (file_mode, dir_mode), oct(mask)
 
 
-def test_a_saved_model_folder_respects_the_umask(tmp_path, umask, tiny_clip):
-    from vlens.retrieval.model import DualEncoder
+def test_a_saved_model_folder_respects_the_umask(tmp_path, umask, clip_encoder):
     from vlens.retrieval.train import save_model
 
     umask(0o022)
-    enc = DualEncoder.from_spec(str(tiny_clip))
-    out = save_model(enc.model, enc.processor, enc.tokenizer, tmp_path / "best")
+    out = save_model(clip_encoder.model, clip_encoder.processor, clip_encoder.tokenizer, tmp_path / "best")
     assert _mode(out) == 0o755 and all(_mode(p) == 0o644 for p in out.iterdir() if p.is_file())
 
 

@@ -11,25 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from vlens.retrieval.index import IndexConfig, build_index
 from vlens.retrieval.search import Searcher
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, shapes_dir, tiny_clip):
-    from vlens.retrieval.model import DualEncoder
-
-    enc = DualEncoder.from_spec(str(tiny_clip))
+def indexed(tmp_path_factory, shapes_index, clip_encoder):
     base = tmp_path_factory.mktemp("web")
-    root = base / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png")):
-        shutil.copy(p, root / p.name)
     (base / "secret.txt").write_text("top secret")
-    out = base / "idx"
-    build_index(root, out, IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
-                progress=False)
-    return out, root, enc
+    out, root = shapes_index(base)
+    return out, root, clip_encoder
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from vlens.retrieval.index import IndexConfig, build_index
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,19 +50,11 @@ def _serving(app):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
-    from vlens.retrieval.model import DualEncoder
+def server(tmp_path_factory, shapes_index, tiny_blip, tiny_vit):
     from vlens.web.app import create_app
 
-    enc = DualEncoder.from_spec(str(tiny_clip))
-    base = tmp_path_factory.mktemp("browser")
-    root = base / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png")):
-        shutil.copy(p, root / p.name)
-    build_index(root, base / "idx", IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
-                progress=False)
-    app = create_app(index=base / "idx", captioner=str(tiny_blip), backbone=str(tiny_vit))
+    index, root = shapes_index(tmp_path_factory.mktemp("browser"))
+    app = create_app(index=index, captioner=str(tiny_blip), backbone=str(tiny_vit))
     with _serving(app) as url:
         yield url, root
 

@@ -3,33 +3,20 @@ the answer is never a 5xx, its status is documented for that route, and its body
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks as st_checks
 
-from vlens.retrieval.index import IndexConfig, build_index
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, shapes_dir, tiny_clip, tiny_blip, tiny_vit):
-    from vlens.retrieval.model import DualEncoder
+def app(tmp_path_factory, shapes_index, tiny_blip, tiny_vit):
     from vlens.web.app import create_app
 
-    enc = DualEncoder.from_spec(str(tiny_clip))
-    base = tmp_path_factory.mktemp("fuzz")
-    root = base / "photos"
-    root.mkdir()
-    for p in sorted((shapes_dir / "images").glob("test_*.png"))[:6]:
-        shutil.copy(p, root / p.name)
-    build_index(root, base / "idx", IndexConfig(model=str(tiny_clip)), embedder=(enc.encode_images, enc.dim),
-                progress=False)
-    return create_app(index=base / "idx", captioner=str(tiny_blip), backbone=str(tiny_vit),
-                      max_upload_bytes=200_000)
+    index, _ = shapes_index(tmp_path_factory.mktemp("fuzz"), n=6)
+    return create_app(index=index, captioner=str(tiny_blip), backbone=str(tiny_vit), max_upload_bytes=200_000)
 
 
 CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
