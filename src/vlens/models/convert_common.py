@@ -54,6 +54,22 @@ def split_qkv(weight, bias, dim: int) -> list:
     return [(weight[i * dim:(i + 1) * dim], None if bias is None else bias[i * dim:(i + 1) * dim]) for i in range(3)]
 
 
+TIMM_QKV = ("attn.qkv.weight", "attn.qkv.bias")  # timm / DINO / DINOv2 blocks' fused projection
+HF_VIT_QKV = tuple(f"attention.attention.{n}" for n in ("query", "key", "value"))  # HF ViT / DINOv2 names
+
+
+def map_block(sd: dict, out: dict, src: str, dst: str, qkv: tuple[str, str], qkv_names, renames, width: int) -> None:
+    """One transformer block into Hugging Face's names: the fused projection ``sd[src + qkv[0]]`` (weight) and
+    ``sd[src + qkv[1]]`` (bias) split into ``dst + name`` for each of the three ``qkv_names``, then every
+    ``(from, to)`` of ``renames`` copied as ``src + from`` -> ``dst + to`` (weight and bias)."""
+    for name, (w, b) in zip(qkv_names, split_qkv(sd[src + qkv[0]], sd[src + qkv[1]], width), strict=True):
+        out[dst + name + ".weight"] = w
+        out[dst + name + ".bias"] = b
+    for a, c in renames:
+        out[dst + c + ".weight"] = sd[src + a + ".weight"]
+        out[dst + c + ".bias"] = sd[src + a + ".bias"]
+
+
 def heads_for(width: int, num_heads: int | None) -> int:
     """Attention heads: not stored in a state dict; every supported checkpoint uses 64-wide heads."""
     heads = num_heads or max(1, width // 64)

@@ -22,7 +22,7 @@ of ``facebook/dino-vits8`` (``embeddings.*``, ``encoder.layer.{i}.attention.atte
 
 from __future__ import annotations
 
-from vlens.models.convert_common import check_keys, count_blocks, grid_side, heads_for, split_qkv
+from vlens.models.convert_common import HF_VIT_QKV, TIMM_QKV, check_keys, count_blocks, grid_side, heads_for, map_block
 
 LAYOUT = "torch.hub DINO / timm ViT (cls_token, pos_embed, blocks.N.attn.qkv, norm)"
 
@@ -69,14 +69,8 @@ def convert(sd: dict, num_heads: int | None = None) -> tuple[dict, dict]:
            "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
            "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
            "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
+    renames = (("attn.proj", "attention.output.dense"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+               ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"))
     for i in range(dm["depth"]):
-        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
-        for name, (w, bias) in zip(("query", "key", "value"),
-                                   split_qkv(sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"], d), strict=True):
-            out[h + f"attention.attention.{name}.weight"] = w
-            out[h + f"attention.attention.{name}.bias"] = bias
-        for src, dst in (("attn.proj", "attention.output.dense"), ("norm1", "layernorm_before"),
-                         ("norm2", "layernorm_after"), ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
-            out[h + dst + ".weight"] = sd[b + src + ".weight"]
-            out[h + dst + ".bias"] = sd[b + src + ".bias"]
+        map_block(sd, out, f"blocks.{i}.", f"encoder.layer.{i}.", TIMM_QKV, HF_VIT_QKV, renames, d)
     return config, out

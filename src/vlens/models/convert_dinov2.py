@@ -26,7 +26,16 @@ dinov2_vits14_pretrain.pth: D 384, L 12, P 14, N 1369, H 1536 (6 heads). The HF 
 
 from __future__ import annotations
 
-from vlens.models.convert_common import LayoutError, check_keys, count_blocks, grid_side, heads_for, split_qkv
+from vlens.models.convert_common import (
+    HF_VIT_QKV,
+    TIMM_QKV,
+    LayoutError,
+    check_keys,
+    count_blocks,
+    grid_side,
+    heads_for,
+    map_block,
+)
 
 LAYOUT = "DINOv2 torch.hub (cls_token, mask_token, pos_embed, blocks.N.attn.qkv, blocks.N.ls1.gamma, norm)"
 
@@ -88,16 +97,11 @@ def convert(sd: dict, num_heads: int | None = None) -> tuple[dict, dict]:
            "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
     if dm["registers"]:
         out["embeddings.register_tokens"] = sd["register_tokens"]
+    renames = (("attn.proj", "attention.output.dense"), ("norm1", "norm1"), ("norm2", "norm2"),
+               ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"))
     for i in range(dm["depth"]):
         b, h = f"blocks.{i}.", f"encoder.layer.{i}."
-        for name, (w, bias) in zip(("query", "key", "value"),
-                                   split_qkv(sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"], d), strict=True):
-            out[h + f"attention.attention.{name}.weight"] = w
-            out[h + f"attention.attention.{name}.bias"] = bias
-        for src, dst in (("attn.proj", "attention.output.dense"), ("norm1", "norm1"), ("norm2", "norm2"),
-                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            out[h + dst + ".weight"] = sd[b + src + ".weight"]
-            out[h + dst + ".bias"] = sd[b + src + ".bias"]
+        map_block(sd, out, b, h, TIMM_QKV, HF_VIT_QKV, renames, d)
         out[h + "layer_scale1.lambda1"] = sd[b + "ls1.gamma"]
         out[h + "layer_scale2.lambda1"] = sd[b + "ls2.gamma"]
     return config, out

@@ -31,7 +31,7 @@ OpenAI's weights QuickGELU; :func:`convert` takes ``quick_gelu``.
 
 from __future__ import annotations
 
-from vlens.models.convert_common import LayoutError, check_keys, count_blocks, grid_side, heads_for, split_qkv
+from vlens.models.convert_common import LayoutError, check_keys, count_blocks, grid_side, heads_for, map_block
 
 LAYOUT = ("open_clip ViT CLIP (visual.class_embedding, visual.conv1, visual.transformer.resblocks.N, "
           "token_embedding, transformer.resblocks.N, text_projection, logit_scale)")
@@ -84,17 +84,11 @@ def dims(sd: dict) -> dict:
 
 
 def _blocks(sd: dict, out: dict, src: str, dst: str, layers: int, width: int) -> None:
+    renames = (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+               ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
     for i in range(layers):
-        s, h = f"{src}{i}.", f"{dst}{i}."
-        for name, (w, b) in zip(("q_proj", "k_proj", "v_proj"),
-                                split_qkv(sd[s + "attn.in_proj_weight"], sd[s + "attn.in_proj_bias"], width),
-                                strict=True):
-            out[h + f"self_attn.{name}.weight"] = w
-            out[h + f"self_attn.{name}.bias"] = b
-        for a, c in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
-            out[h + c + ".weight"] = sd[s + a + ".weight"]
-            out[h + c + ".bias"] = sd[s + a + ".bias"]
+        map_block(sd, out, f"{src}{i}.", f"{dst}{i}.", ("attn.in_proj_weight", "attn.in_proj_bias"),
+                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), renames, width)
 
 
 def convert(sd: dict, quick_gelu: bool = False, vision_heads: int | None = None,
