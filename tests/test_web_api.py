@@ -348,3 +348,41 @@ def test_without_models_the_server_runs_the_builtins_and_says_so():
     assert models["match"]["source"] == "builtin"
     assert models["match"]["fetch"] == "vlens models fetch facebook/dino-vits8"
     assert "search" not in models and 'id="model-notice"' in page
+
+
+def test_offline_fused_match_default_is_available(monkeypatch):
+    """The offline Match default is a fusion (builtin:dino-tiny*0.2+sift:8*0.8): the page must offer Match and
+    Explore, as their routes answer; a fusion naming a missing part is still reported up front."""
+    from vlens.models.defaults import MATCH_FALLBACK
+    from vlens.web.app import create_app
+
+    with TestClient(create_app(backbone=MATCH_FALLBACK)) as c:
+        f = c.get("/api/info").json()["features"]
+        assert f["match"]["available"] and f["explore"]["available"], f["match"]
+        assert c.post("/api/match", files={"image_a": ("a.png", _png((64, 64)), "image/png"),
+                                           "image_b": ("b.png", _png((64, 64)), "image/png")}).status_code == 200
+    with TestClient(create_app(backbone="builtin:nada*0.5+sift:8*0.5")) as c:
+        f = c.get("/api/info").json()["features"]
+        assert not f["match"]["available"] and "builtin:nada" in f["match"]["detail"]
+
+
+def test_info_lists_the_skipped_files_index_info_lists(tmp_path, shapes_index, cli):
+    """/api/info counts what `vlens index info` lists: the stored unreadable files and the files the folder scan
+    refuses by name (links out of the folder), with the same root-relative paths."""
+    import json
+
+    from vlens.web.app import create_app
+
+    idx, root = shapes_index(tmp_path, n=3)
+    (tmp_path / "outside.png").write_bytes(_png())
+    (root / "link_out.png").symlink_to(tmp_path / "outside.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    code, out, _ = cli("index", "update", idx, "--json")
+    assert code == 0, out
+    code, out, _ = cli("index", "info", idx, "--json")
+    listed = json.loads(out)["skipped"]
+    assert {s["path"] for s in listed} == {"link_out.png", "broken.png"}
+    with TestClient(create_app(index=idx)) as c:
+        ix = c.get("/api/info").json()["index"]
+    assert ix["skipped"] == len(listed) == 2
+    assert sorted(s["path"] for s in ix["skipped_files"]) == sorted(s["path"] for s in listed)

@@ -121,15 +121,13 @@ def info_cmd(
 ):
     """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
     from vlens.images import shown_name
-    from vlens.retrieval.index import scan
+    from vlens.retrieval.index import all_skipped
     from vlens.retrieval.index_reader import ImageIndex
 
     ix = ImageIndex(index)
     info = ix.info()
     ix.close()
-    if Path(info["root"]).is_dir():  # what build and update refuse by name is not stored: list it as they do
-        known = {s["path"] for s in info["skipped"]}
-        info["skipped"] += [{"path": p, "reason": r} for p, r in scan(Path(info["root"]))[1] if p not in known]
+    info["skipped"] = all_skipped(info)  # what build and update refuse by name is not stored: list it as they do
     if json_out:
         echo_json(info)
         return

@@ -78,6 +78,18 @@ def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]
     return found, refused
 
 
+def all_skipped(info: dict) -> list[dict]:
+    """Every file an index leaves out, as ``index info``, ``index build`` and the web app's /api/info list it:
+    the unreadable files stored in the index (``info["skipped"]``, from :meth:`ImageIndex.info`) and what the
+    folder scan refuses by name right now (not stored: links out of the folder, names that cannot be printed).
+    Paths are relative to the indexed folder, as every skip list vlens prints."""
+    out = list(info.get("skipped", []))
+    if Path(info["root"]).is_dir():
+        known = {s["path"] for s in out}
+        out += [{"path": p, "reason": r} for p, r in scan(Path(info["root"]))[1] if p not in known]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 

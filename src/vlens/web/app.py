@@ -192,6 +192,7 @@ class Services:
         self.captioner_spec = captioner or default_spec("captioner")
         self.backbone_spec = backbone or default_spec("backbone")
         self._searcher = None
+        self._skipped = None  # (index generation, skipped files)
         self._lock = threading.Lock()
         self._match_lock = threading.Lock()
         if index is not None:
@@ -258,6 +259,16 @@ class Services:
                         "real": d.real, "fetch": d.fetch_command}
         return out
 
+    def skipped(self, info: dict) -> list[dict]:
+        """The index's skipped files as `vlens index info` lists them (stored + refused by the folder scan),
+        scanned once per index generation (the page asks for /api/info on every load)."""
+        from vlens.retrieval.index import all_skipped
+
+        key = info.get("generation")
+        if self._skipped is None or self._skipped[0] != key:
+            self._skipped = (key, all_skipped(info))
+        return self._skipped[1]
+
     def preload(self) -> None:
         """Load the models now so that the first request is fast."""
         if self._searcher is not None:
@@ -265,14 +276,29 @@ class Services:
 
 
 def _model_state(spec: str) -> dict:
-    """Whether a model spec resolves, checked without loading it (hub ids are assumed fine: no network here)."""
+    """Whether a model spec resolves, checked without loading it (hub ids are assumed fine: no network here). A
+    fusion (``builtin:dino-tiny*0.2+sift:8*0.8``, the offline Match default) is checked part by part; ``pixels``
+    and ``sift`` need no weights."""
     from vlens.models.hub import resolve
 
-    if spec.startswith("builtin:") or Path(spec).expanduser().exists():
-        try:
-            resolve(spec)
-        except ModelLoadError as exc:
-            return {"available": False, "detail": str(exc)}
+    parts = [spec]
+    try:
+        from vlens.match.features import fused_parts
+
+        parts = [name for name, _w in fused_parts(spec) or [(spec, 1.0)]]
+    except ImportError:
+        pass
+    except ConfigError as exc:
+        return {"available": False, "detail": str(exc)}
+    for part in parts:
+        if part.split(":")[0] in ("pixels", "sift"):
+            continue
+        part = part.split(":", 1)[1] if part.startswith("random:") else part
+        if part.startswith("builtin:") or Path(part).expanduser().exists():
+            try:
+                resolve(part)
+            except ModelLoadError as exc:
+                return {"available": False, "detail": str(exc)}
     return {"available": True, "detail": f"model {spec}"}
 
 
@@ -333,6 +359,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         ix = None
         if svc._searcher is not None:
             full = svc._searcher.index.info()
+            full["skipped"] = svc.skipped(full)
             ix = {k: full[k] for k in ("count", "model", "dim", "kind", "metric", "updated", "stale")}
             ix["recall_at_10"] = full["ann"].get("recall_at_10")
             ix["name"] = Path(full["index"]).name
