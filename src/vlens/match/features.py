@@ -17,7 +17,8 @@ spec returns the same :class:`DenseFeatures`; loaded models are cached per spec.
 Fused specs: ``A+B`` or with weights ``A*0.3+B*0.7`` (any number of parts, each any spec above; weight 1 when
 left out). Each part's descriptors are put on one grid, the finest part's (a coarser part is resampled bilinearly
 at the finest part's patch centres, in the original image's pixels), L2-normalised per patch, multiplied by
-their weight and concatenated: ``d = [w_A a / |a|, w_B b / |b|]``. ``layer`` and ``facet`` apply to the parts with
+their weight and concatenated: ``d = [w_A a / |a|, w_B b / |b|]``, the weights divided by the largest one first
+(only their ratios matter to cosine similarity; huge weights such as ``1e308`` would otherwise overflow). ``layer`` and ``facet`` apply to the parts with
 a model; ``sift`` and ``pixels`` parts always give their one descriptor.
 """
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
+import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,10 +152,21 @@ class Backbone:
         raise ModelLoadError(f"cannot find the transformer blocks of '{self.spec}' ({self.model_type})")
 
 
+_WEIGHT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?")  # ASCII: no 1_0, no "８"
+MIN_WEIGHT_RATIO = 1e-6
+"""A part whose weight is below this fraction of the largest one contributes nothing a float32 dot product keeps:
+refused instead of silently ignored."""
+
+
 def fused_parts(spec: str) -> list[tuple[str, float]] | None:
     """The parts ``[(spec, weight), ...]`` of a fused spec ``A+B`` / ``A*0.3+B*0.7``; None for a plain spec (an
-    existing folder is never split). One-line :class:`ConfigError` for a malformed fusion."""
-    import math
+    existing folder is never split). One-line :class:`ConfigError` for a malformed fusion.
+
+    Spaces around ``+`` and ``*`` are allowed. Weights are plain ASCII decimals (``0.3``, ``2``, ``1e-3``; no
+    ``1_0``, no non-ASCII digits), returned as written; the backbone *normalises* them (divides by the largest, so
+    the largest part gets weight 1). Cosine similarity on the concatenation only sees the ratios, so ``A*2+B*6`` and ``A*1e308+B*3e308``
+    match exactly like ``A*0.333+B*1`` (without the normalisation the latter overflows float32 to inf and NaN). A
+    part weighted below :data:`MIN_WEIGHT_RATIO` of the largest is refused (it would contribute nothing)."""
     from pathlib import Path
 
     if not spec or ("+" not in spec and "*" not in spec) or Path(spec).exists():
@@ -163,17 +177,33 @@ def fused_parts(spec: str) -> list[tuple[str, float]] | None:
     for raw in spec.split("+"):
         name, weight = raw.strip(), 1.0
         if "*" in name:
-            name, w = name.rsplit("*", 1)
-            try:
-                weight = float(w)
-            except ValueError:
-                weight = float("nan")
+            name, w = (x.strip() for x in name.rsplit("*", 1))
+            weight = float(w) if _WEIGHT.fullmatch(w) else float("nan")
             if not math.isfinite(weight) or weight <= 0:
-                raise ConfigError(f"'{spec}': the weight of '{name}' must be a positive number, got '{w}'")
+                raise ConfigError(f"'{spec}': the weight of '{name or raw.strip()}' must be a positive decimal "
+                                  f"number such as 0.3 or 2, got '{w}'")
         if not name or "*" in name:
-            raise ConfigError(f"'{spec}': write a fusion as A+B or A*0.3+B*0.7 (each part a descriptor spec)")
-        parts.append((name, weight))
+            raise ConfigError(f"'{spec}': write a fusion as A+B or A*0.3+B*0.7 (each part a descriptor spec); "
+                              f"'{raw.strip()}' is not one")
+        parts.append((canonical_spec(name), weight))
+    top = max(w for _, w in parts)
+    for name, w in parts:
+        if w / top < MIN_WEIGHT_RATIO:
+            raise ConfigError(f"'{spec}': the weight of '{name}' is under {MIN_WEIGHT_RATIO:g} of the largest, so "
+                              "that part would count for nothing; raise it or leave the part out")
     return parts
+
+
+def canonical_spec(spec: str) -> str:
+    """vlens's own descriptor names in lower case (``SIFT:8`` -> ``sift:8``, ``Pixels`` -> ``pixels``, ``BUILTIN:``
+    and ``RANDOM:`` prefixes too), so they are never taken for hub ids; anything else unchanged."""
+    spec = str(spec).strip()
+    head, sep, rest = spec.partition(":")
+    if head.lower() in ("pixels", "sift"):
+        return head.lower() + sep + rest
+    if sep and head.lower() in ("builtin", "random") and head != head.lower():
+        return head.lower() + sep + (canonical_spec(rest) if head.lower() == "random" else rest)
+    return spec
 
 
 def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
@@ -182,7 +212,7 @@ def load_backbone(spec: str | None = None, pixels_patch: int = 16) -> Backbone:
     resolved before the cache so it is keyed by the answer)."""
     from vlens.models import default_spec
 
-    return _load_backbone(spec or default_spec("backbone"), pixels_patch)
+    return _load_backbone(canonical_spec(spec or default_spec("backbone")), pixels_patch)
 
 
 @functools.lru_cache(maxsize=8)
@@ -191,13 +221,14 @@ def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
 
     fused = fused_parts(spec)
     if fused is not None:
-        bbs = tuple((load_backbone(name, pixels_patch), w) for name, w in fused)
+        top = max(w for _, w in fused)  # normalised: see fused_parts
+        bbs = tuple((load_backbone(name, pixels_patch), w / top) for name, w in fused)
         return Backbone(spec, None, min(b.patch_size for b, _ in bbs), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0, 0,
                         "fused", parts=bbs)
     for kind in ("pixels", "sift"):
         if spec == kind or spec.startswith(kind + ":"):
             parts = spec.split(":")[1:] or [str(pixels_patch)]
-            ok = all(x.isdigit() and int(x) >= 1 for x in parts) and len(parts) <= (2 if kind == "sift" else 1)
+            ok = all(x.isascii() and x.isdigit() and int(x) >= 1 for x in parts) and len(parts) <= (2 if kind == "sift" else 1)
             if not ok:
                 extra = (" or sift:P:S with S the descriptor support in pixels (e.g. sift:8:48)"
                          if kind == "sift" else "")

@@ -61,7 +61,7 @@ def write_training_images(folder, paths, source: str = "", inherited: list[dict]
 
 def model_folder(spec: str) -> Path | None:
     """The folder holding a model's files, for ``builtin:NAME`` and local folders; None otherwise."""
-    if not spec or spec.startswith(("random:", "pixels", "sift")):
+    if not spec or spec.lower().startswith(("random:", "pixels", "sift")):
         return None
     if spec.startswith("builtin:"):
         folder = Path(__file__).resolve().parents[1] / "models" / "builtin" / spec.split(":", 1)[1]

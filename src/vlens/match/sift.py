@@ -50,6 +50,12 @@ def dense_sift(gray: np.ndarray, patch: int, support: float = SIFT_SUPPORT) -> n
     gh, gw = gray.shape[0] // patch, gray.shape[1] // patch
     if gh < 1 or gw < 1:
         raise ConfigError(f"a {gray.shape[1]}x{gray.shape[0]} image has no whole {patch} px patch")
+    side = max(gray.shape)
+    if support > 2 * side:  # every keypoint would see the whole (zero-padded) image: near-identical descriptors
+        raise ConfigError(f"a SIFT support of {support:g} px is far larger than the {gray.shape[1]}x{gray.shape[0]} "
+                          f"px image it describes (every patch would get nearly the same descriptor); use "
+                          f"sift:{patch}:S with S at most {2 * side} (the default is {SIFT_SUPPORT:g}), or a larger "
+                          "--size")
     size = support / 6.0  # OpenCV's support is 4 cells of 1.5 * size pixels = 6 * size
     ys = (np.arange(gh) + 0.5) * patch - 0.5
     xs = (np.arange(gw) + 0.5) * patch - 0.5

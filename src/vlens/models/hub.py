@@ -350,7 +350,7 @@ def source_of(spec: str | None) -> str:
         return "builtin"
     if spec.startswith("random:"):
         return "random"
-    if spec.split(":")[0] in ("pixels", "sift"):
+    if spec.split(":")[0].lower() in ("pixels", "sift"):
         return "computed"
     if spec and Path(spec).expanduser().exists():
         return "local"
