@@ -17,9 +17,9 @@ spec returns the same :class:`DenseFeatures`; loaded models are cached per spec.
 Fused specs: ``A+B`` or with weights ``A*0.3+B*0.7`` (any number of parts, each any spec above; weight 1 when
 left out). Each part's descriptors are put on one grid, the finest part's (a coarser part is resampled bilinearly
 at the finest part's patch centres, in the original image's pixels), L2-normalised per patch, multiplied by
-their weight and concatenated: ``d = [w_A a / |a|, w_B b / |b|]``, the weights divided by the largest one first
-(only their ratios matter to cosine similarity; huge weights such as ``1e308`` would otherwise overflow). ``layer`` and ``facet`` apply to the parts with
-a model; ``sift`` and ``pixels`` parts always give their one descriptor.
+their weight and concatenated: ``d = [w_A a / |a|, w_B b / |b|]``, the weights divided by the largest one
+first (only their ratios matter to cosine similarity; huge weights such as ``1e308`` would otherwise overflow).
+``layer`` and ``facet`` apply to the parts with a model; ``sift`` and ``pixels`` parts always give their one descriptor.
 """
 
 from __future__ import annotations
@@ -164,9 +164,10 @@ def fused_parts(spec: str) -> list[tuple[str, float]] | None:
 
     Spaces around ``+`` and ``*`` are allowed. Weights are plain ASCII decimals (``0.3``, ``2``, ``1e-3``; no
     ``1_0``, no non-ASCII digits), returned as written; the backbone *normalises* them (divides by the largest, so
-    the largest part gets weight 1). Cosine similarity on the concatenation only sees the ratios, so ``A*2+B*6`` and ``A*1e308+B*3e308``
-    match exactly like ``A*0.333+B*1`` (without the normalisation the latter overflows float32 to inf and NaN). A
-    part weighted below :data:`MIN_WEIGHT_RATIO` of the largest is refused (it would contribute nothing)."""
+    the largest part gets weight 1). Cosine similarity on the concatenation only sees the ratios, so ``A*2+B*6``
+    and ``A*1e308+B*3e308`` match exactly like ``A*0.333+B*1`` (without the normalisation the latter overflows
+    float32 to inf and NaN). A part weighted below :data:`MIN_WEIGHT_RATIO` of the largest is refused (it would
+    contribute nothing)."""
     from pathlib import Path
 
     if not spec or ("+" not in spec and "*" not in spec) or Path(spec).exists():
@@ -228,7 +229,8 @@ def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
     for kind in ("pixels", "sift"):
         if spec == kind or spec.startswith(kind + ":"):
             parts = spec.split(":")[1:] or [str(pixels_patch)]
-            ok = all(x.isascii() and x.isdigit() and int(x) >= 1 for x in parts) and len(parts) <= (2 if kind == "sift" else 1)
+            ok = all(x.isascii() and x.isdigit() and int(x) >= 1 for x in parts) and \
+                len(parts) <= (2 if kind == "sift" else 1)
             if not ok:
                 extra = (" or sift:P:S with S the descriptor support in pixels (e.g. sift:8:48)"
                          if kind == "sift" else "")
