@@ -54,6 +54,27 @@ def test_long_feature_extraction_shows_progress(tiny_vit, img, monkeypatch, caps
     assert "features (" in err and "block" in err
 
 
+def test_progress_ticks_leave_the_features_unchanged(tiny_vit, img, monkeypatch):
+    """The progress bar is ticked by forward hooks on the blocks; tqdm's update returns True whenever it redraws,
+    and a hook's return value replaces the block's output. A bar that redraws on every tick must change nothing
+    (it fed True to the next block: a TypeError that came and went with tqdm's redraw timing)."""
+    import vlens.match.features as F
+    import vlens.runs
+
+    class RedrawingBar:
+        def update(self, n=1):
+            return True
+
+        def close(self):
+            pass
+
+    plain = F.extract_features([img], str(tiny_vit), size=64)[0].descriptors
+    monkeypatch.setattr(F, "LONG_TOKENS", 10)
+    monkeypatch.setattr(vlens.runs, "progress", lambda *a, **k: RedrawingBar())
+    ticked = F.extract_features([img], str(tiny_vit), size=64)[0].descriptors
+    assert ticked.shape == plain.shape and bool((ticked == plain).all())
+
+
 def test_ctrl_c_is_answered_while_one_forward_runs(cli, img, tmp_path, tiny_vit, monkeypatch):
     """The forward runs off the main thread, so the CLI's SIGINT handler answers at once (the bound is loose;
     before, the wait lasted as long as the operation: 60+ s at --size 4096)."""

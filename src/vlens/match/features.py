@@ -416,7 +416,11 @@ def _block_progress(bb: Backbone, groups: dict, batch_size: int):
 
     chunks = sum(-(-len(idx) // batch_size) for idx in groups.values())
     bar = progress(total=chunks * bb.num_layers, desc=f"features ({tokens:,} patches)", unit="block")
-    return bar, [blk.register_forward_hook(lambda *_: bar.update(1)) for blk in bb.blocks()]
+
+    def tick(*_) -> None:  # returns None: a forward hook that returns a value replaces the block's output
+        bar.update(1)  # (tqdm's update returns True whenever it redraws, which would feed True to the next block)
+
+    return bar, [blk.register_forward_hook(tick) for blk in bb.blocks()]
 
 
 def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: int, weight) -> None:
