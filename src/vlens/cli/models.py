@@ -23,9 +23,10 @@ def register(root: typer.Typer) -> None:
 def list_cmd(json_out: bool = JSON_OPTION):
     """Each task's default and whether it is cached, every cached model with its size, the builtins."""
     from vlens.models.hub import hf_cache_dir, offline_reason
-    from vlens.models.inventory import builtins, cached_models, task_defaults
+    from vlens.models.inventory import builtins, cached_models, converted_models, task_defaults
 
-    info = {"tasks": task_defaults(), "cached": cached_models(), "builtins": builtins(),
+    info = {"tasks": task_defaults(), "cached": cached_models(), "converted": converted_models(),
+            "builtins": builtins(),
             "cache_dir": str(hf_cache_dir()), "offline": offline_reason()}
     if json_out:
         echo_json(info)
@@ -43,14 +44,24 @@ def list_cmd(json_out: bool = JSON_OPTION):
         what = r["kind"] or f"{r['type']}: not a model vlens loads"
         state = "" if r["complete"] else ("  (partial download: rerun `vlens models fetch " + r["id"] + "`)"
                                           if r["partial_download"] else "  (incomplete: no config or weights)")
-        typer.echo(f"  {r['id']:<40} {r['size_mb']:>8.1f} MB  {what}{state}")
+        typer.echo(f"  {r['id']:<40} {r['size_mb']:>8.1f} MB  {what}{_interp(r)}{state}")
+    if info["converted"]:
+        typer.echo("\nConverted checkpoint files (--model PATH):")
+    for r in info["converted"]:
+        cleaning = f", text cleaning: {r['text_cleaning']}" if r["text_cleaning"] else ""
+        typer.echo(f"  {r['source']}\n  {'':<40} {r['size_mb']:>8.1f} MB  {r['kind']} ({r['family']}){_interp(r)}"
+                   f"{cleaning}; settings from {r['settings_from'] or '?'}")
     typer.echo("\nEmbedded (offline, always there):")
     for b in info["builtins"]:
-        typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}")
+        typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}{_interp(b)}")
     if info["offline"] == "VLENS_OFFLINE=1":
         typer.echo("\nVLENS_OFFLINE=1: runs without --model use the builtins, cached or not.")
     elif info["offline"]:
         typer.echo(f"\n{info['offline']}: cached defaults are used, nothing is downloaded.")
+
+
+def _interp(row: dict) -> str:
+    return f", pos-embed interpolation: {row['interpolation']}" if row.get("interpolation") else ""
 
 
 @app.command("fetch")

@@ -246,10 +246,13 @@ def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
     if spec.startswith("random:"):
         import transformers
 
+        from vlens.models.pos_embed import install as install_pos_embed
+
         loaded = load(spec.split(":", 1)[1], "backbone")
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_SEED)
             model = transformers.AutoModel.from_config(loaded.model.config).eval()
+        install_pos_embed(model)  # the same interpolation convention as the trained model
         proc = loaded.image_processor
     else:
         loaded = load(spec, "backbone")

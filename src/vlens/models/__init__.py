@@ -110,6 +110,10 @@ def load(spec: str | None, kind: str, *, attn_implementation: str | None = None)
         except OSError as exc:
             raise ModelLoadError(f"cannot load weights from {folder}: {exc}") from None
     model.eval()
+    if kind == "backbone":
+        from vlens.models.pos_embed import install
+
+        install(model)  # the position-embedding interpolation its config declares (transformers' by default)
     tokenizer = None
     if kind != "backbone":
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

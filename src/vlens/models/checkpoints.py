@@ -157,7 +157,7 @@ def write_hf_folder(config: dict, state: dict, out: Path, tokenizer_from: Path |
     return out
 
 
-def _cache_root() -> Path:
+def converted_root() -> Path:
     return Path(os.environ.get("VLENS_CACHE") or Path.home() / ".cache" / "vlens") / "converted"
 
 
@@ -168,7 +168,7 @@ def converted_folder(path: Path, tokenizer_fallback: Path | None = None) -> Path
     path = Path(path).expanduser().resolve()
     st = path.stat()
     key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    root = _cache_root()
+    root = converted_root()
     out = root / f"{path.stem}-{key}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out

@@ -87,7 +87,8 @@ def convert(sd: dict, num_heads: int | None = None) -> tuple[dict, dict]:
               "num_hidden_layers": dm["depth"], "num_attention_heads": heads_for(d, num_heads),
               "mlp_ratio": dm["mlp"] // d, "hidden_act": "gelu", "layer_norm_eps": 1e-6,
               "image_size": side * dm["patch"], "patch_size": dm["patch"], "num_channels": 3, "qkv_bias": True,
-              "layerscale_value": 1.0, "use_swiglu_ffn": False}
+              "layerscale_value": 1.0, "use_swiglu_ffn": False,
+              "pos_embed_interpolation": "offset"}  # the original code's (vlens.models.pos_embed)
     if dm["registers"]:
         config["num_register_tokens"] = dm["registers"]
     out = {"embeddings.cls_token": sd["cls_token"], "embeddings.mask_token": sd["mask_token"],

@@ -16,6 +16,21 @@ def _kind_of_type(model_type: str) -> str:
     return next((k for k, types in _ACCEPTS.items() if model_type in types), "")
 
 
+def interpolation_of(cfg: dict) -> str:
+    """The position-embedding interpolation a model's config.json declares (``pos_embed_interpolation``), else
+    transformers' for its type; "" for models that run at their trained size only (CLIP, BLIP)."""
+    from vlens.models.pos_embed import CONFIG_KEY, transformers_convention
+
+    return cfg.get(CONFIG_KEY) or transformers_convention(cfg.get("model_type", "")) or ""
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _dir_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -28,13 +43,14 @@ def builtins() -> list[dict]:
     rows = []
     for name in builtin_names():
         folder = BUILTIN_DIR / name
-        mtype = json.loads((folder / "config.json").read_text()).get("model_type", "?")
+        cfg = _read_config(folder)
+        mtype = cfg.get("model_type", "?")
         card = folder / "MODEL_CARD.md"
         title = next((ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()), "") \
             if card.is_file() else ""
         rows.append({"spec": f"builtin:{name}", "kind": _kind_of_type(mtype), "type": mtype,
                      "size_mb": round(_dir_size(folder) / 1e6, 2), "knows": knows(f"builtin:{name}"),
-                     "card": title})
+                     "card": title, "interpolation": interpolation_of(cfg)})
     return rows
 
 
@@ -51,17 +67,33 @@ def cached_models() -> list[dict]:
     for repo in sorted(root.glob("models--*")):
         repo_id = repo.name[len("models--"):].replace("--", "/", 1)
         snap = cached(repo_id)
-        mtype = "?"
-        cfg = (snap / "config.json") if snap else None
-        if cfg and cfg.is_file():
-            try:
-                mtype = json.loads(cfg.read_text()).get("model_type", "?")
-            except (OSError, ValueError):
-                pass
+        cfg = _read_config(snap) if snap else {}
+        mtype = cfg.get("model_type", "?")
         partial = any(repo.glob("blobs/*.vlens-part")) or any(repo.glob("blobs/*.incomplete"))
         rows.append({"id": repo_id, "size_mb": round(_dir_size(repo) / 1e6, 1), "type": mtype,
                      "kind": _kind_of_type(mtype), "complete": snap is not None, "partial_download": partial,
-                     "path": str(snap or repo)})
+                     "path": str(snap or repo), "interpolation": interpolation_of(cfg)})
+    return rows
+
+
+def converted_models() -> list[dict]:
+    """Checkpoint files converted by ``--model PATH`` (``$VLENS_CACHE/converted``): the file, its family and
+    layout, the position-embedding interpolation and text cleaning it got, and which source decided its settings."""
+    from vlens.models.checkpoints import converted_root
+
+    rows = []
+    root = converted_root()
+    for folder in sorted(root.glob("*/CONVERTED.json")) if root.is_dir() else []:
+        try:
+            info = json.loads(folder.read_text())
+        except (OSError, ValueError):
+            continue
+        cfg = _read_config(folder.parent)
+        rows.append({"source": info.get("source", "?"), "family": info.get("family", "?"),
+                     "type": cfg.get("model_type", "?"), "kind": _kind_of_type(cfg.get("model_type", "")),
+                     "interpolation": interpolation_of(cfg), "text_cleaning": info.get("text_cleaning", ""),
+                     "settings_from": info.get("settings_from", ""), "path": str(folder.parent),
+                     "size_mb": round(_dir_size(folder.parent) / 1e6, 1)})
     return rows
 
 
