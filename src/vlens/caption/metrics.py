@@ -126,6 +126,12 @@ def tokenize(texts: Sequence[str], use_java: bool | None = None) -> list[str]:
     return _CACHES[use_java].tokenize(list(texts), use_java)
 
 
+MAX_REFERENCE_WORDS = 200
+"""A reference caption longer than this (in tokens) is refused by :func:`score_captions`: COCO's and Flickr30k's
+longest are under 100 words, and corpus BLEU's brevity penalty sums reference lengths over the corpus, so one
+pasted paragraph as a reference zeroes BLEU-4 for every image."""
+
+
 def score_captions(
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
@@ -163,6 +169,13 @@ def score_captions(
     toks = iter(tokenize(flat, use_java and tokenizer == "ptb"))
     res = {k: [next(toks)] for k in ids}
     gts = {k: [next(toks) for _ in references[k]] for k in ids}
+    long = [(k, i, len(r.split())) for k in ids for i, r in enumerate(gts[k]) if len(r.split()) > MAX_REFERENCE_WORDS]
+    if long:
+        k, i, n = long[0]
+        raise ConfigError(f"reference caption {i + 1} of image {k!r} has {n} words, more than the "
+                          f"{MAX_REFERENCE_WORDS} a caption can have (one such reference alone drives corpus BLEU "
+                          f"to 0){f'; {len(long)} references do' if len(long) > 1 else ''}: fix or drop it in the "
+                          "dataset (`vlens data inspect` lists caption lengths)")
 
     scores: dict[str, float] = {}
     want = set(metrics)

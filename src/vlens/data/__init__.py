@@ -66,4 +66,6 @@ def load_dataset(path, images_root=None, strict: bool = True) -> CaptionDataset:
         from vlens.data.folder import load_folder
 
         ds = load_folder(path)
+    if not ds.samples and not ds.problems:
+        ds.problems.append("no images: the dataset lists none (add entries, or point at another file)")
     return ds.check() if strict else ds

@@ -1,6 +1,7 @@
 """Karpathy split JSON: ``{"images": [{"filepath", "filename", "split", "sentences": [{"raw"}]}]}``.
 
-``restval`` (COCO's extra training images) joins ``train``. Image paths are ``root/filepath/filename`` where
+``restval`` (COCO's extra training images) joins ``train``; every entry names its split (an entry without one is
+malformed: counting it as train could train on a test image). Image paths are ``root/filepath/filename`` where
 root defaults to the JSON file's folder (for ``dataset_coco.json`` pass the folder holding ``train2014/``).
 """
 
@@ -30,7 +31,10 @@ def load_karpathy(path, images_root=None) -> CaptionDataset:
             problems.append(f"images[{i}]: no 'filename'" if filename is None else
                             f"images[{i}]: 'filename' {filename!r} is not a file name")
             continue
-        split = im.get("split", "train")
+        if "split" not in im:  # counting it as train would put a test image into training
+            problems.append(f"images[{i}] ({filename}): no 'split' (train, restval, val or test)")
+            continue
+        split = im["split"]
         if not isinstance(split, str) or not split.strip():
             problems.append(f"images[{i}] ({filename}): 'split' {split!r} is not a split name")
             continue

@@ -9,8 +9,10 @@ Layout (as distributed by the SPair-71k authors; point ``--data`` at the folder 
 
 A pair annotation holds ``src_imname``, ``trg_imname``, ``category``, ``src_kps`` and ``trg_kps`` (lists of
 ``[x, y]``, the same keypoints in the same order) and ``trg_bndbox`` (``[x1, y1, x2, y2]``); other fields are
-ignored. Keypoints are pixel indices (centres at integers, as in the annotation tools); vlens adds 0.5 to put them
-in its own convention (centres at +0.5) — at a threshold of 0.1 x the box size the difference is immaterial.
+ignored. A keypoint at ``[-1, -1]`` on either side is invisible there and not scored (a pair with none
+visible in both images is left out and listed). Keypoints are pixel indices (centres at integers, as in the
+annotation tools); vlens adds 0.5 to put them in its own convention (centres at +0.5) — at a threshold of
+0.1 x the box size the difference is immaterial.
 
 Transfer: both images are resized to a longer side of ``size`` pixels; each source keypoint takes the descriptor
 of the patch that contains it, its nearest target patch (over the whole target image, no box used) gives the
@@ -34,6 +36,16 @@ from vlens.errors import DatasetError
 
 SPLITS = {"train": "trn", "trn": "trn", "val": "val", "test": "test"}
 ALPHA = 0.1
+INVISIBLE = -1.0
+"""A keypoint at (-1, -1) is not visible in that image (the SPair / PF-PASCAL mark): its pair is not scored."""
+
+
+class NoVisibleKeypoint(DatasetError):
+    """A pair annotation whose keypoints are all marked invisible: left out of the benchmark and listed."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"SPair annotation {path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 @dataclass(frozen=True)
@@ -70,10 +82,14 @@ def _read_pair(path: Path, images: Path) -> KeypointPair:
     where = f"SPair annotation {path}: field"
     cat = fields.relative_file(a["category"], f"{where} 'category'")
     names = {k: fields.relative_file(a[k], f"{where} '{k}'") for k in ("src_imname", "trg_imname")}
-    src = fields.matrix(a["src_kps"], f"{where} 'src_kps' (a list of [x, y])", cols=2, min_rows=1) + 0.5
-    trg = fields.matrix(a["trg_kps"], f"{where} 'trg_kps' (a list of [x, y])", cols=2, min_rows=1) + 0.5
+    src = fields.matrix(a["src_kps"], f"{where} 'src_kps' (a list of [x, y])", cols=2, min_rows=1)
+    trg = fields.matrix(a["trg_kps"], f"{where} 'trg_kps' (a list of [x, y])", cols=2, min_rows=1)
     if len(src) != len(trg):
         raise DatasetError(f"SPair annotation {path}: {len(src)} source but {len(trg)} target keypoints")
+    seen = ~((src == INVISIBLE).all(axis=1) | (trg == INVISIBLE).all(axis=1))  # (n,) visible in both images
+    if not seen.any():
+        raise NoVisibleKeypoint(path, "no keypoint is visible in both images (all marked -1, -1)")
+    src, trg = src[seen] + 0.5, trg[seen] + 0.5
     box = fields.vector(a["trg_bndbox"], f"{where} 'trg_bndbox' ([x1, y1, x2, y2])", size=4)
     if box[2] <= box[0] or box[3] <= box[1]:
         raise DatasetError(f"SPair annotation {path}: trg_bndbox must be [x1, y1, x2, y2] with x2 > x1, y2 > y1")
@@ -123,7 +139,7 @@ def load_spair(root: str | Path, split: str = "test", categories: list[str] | No
             continue
         try:
             pairs.append(_read_pair(f, root / "JPEGImages"))
-        except ImageLoadError as err:
+        except (ImageLoadError, NoVisibleKeypoint) as err:
             skips.add(err)
             continue
         per_cat[cat] = per_cat.get(cat, 0) + 1

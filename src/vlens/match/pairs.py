@@ -80,6 +80,8 @@ class Pair:
 
 
 DISPARITY_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "F")
+_INTEGER_RANGE = {"L": 255, "I": 2**31 - 1, "I;16": 65535, "I;16B": 65535, "I;16L": 65535}
+"""The values an integer disparity image can hold (from 0): an unknown mark outside them matches nothing."""
 
 
 def read_disparity(path: Path, scale: float = 1.0, unknown: float | None = 0.0) -> np.ndarray:
@@ -99,11 +101,16 @@ def read_disparity(path: Path, scale: float = 1.0, unknown: float | None = 0.0) 
             if im.mode not in DISPARITY_MODES:
                 raise DatasetError(f"disparity file {path}: a disparity map has one channel (8/16-bit or float "
                                    f"grey), this is a {im.mode} image; save the disparities as a grey PNG")
-            arr = np.asarray(im).astype(np.float64)
+            arr, mode = np.asarray(im).astype(np.float64), im.mode
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"disparity file {path}: cannot read it ({exc})") from None
     if arr.ndim != 2:
         raise DatasetError(f"disparity file {path}: expected a single-channel image, got shape {arr.shape}")
+    top = _INTEGER_RANGE.get(mode)
+    if unknown is not None and top is not None and not (float(unknown).is_integer() and 0 <= unknown <= top):
+        raise DatasetError(f"disparity file {path}: holds whole numbers 0 to {top} ({mode} image), so the unknown "
+                           f"value {unknown!r} never occurs and unknown pixels would count as known; give the value "
+                           "that marks them (0 in Middlebury maps, the default)")
     if not np.isfinite(arr).all():
         raise DatasetError(f"disparity file {path}: holds NaN or infinite values; mark unknown pixels with one "
                            "value (disparity_unknown) instead")
@@ -193,8 +200,8 @@ def load_manifest(path: str | Path) -> list[Pair]:
 
     ``homography``: a file (9 numbers, or OpenCV XML/YAML) or an inline 3x3 list; ``convention`` ``opencv``
     (default: pixel centres at integers) or ``vlens``. ``disparity``: an image of the source's size whose values
-    divided by ``disparity_scale`` (default 1) are disparities in pixels; ``disparity_unknown`` (default 0, null
-    for none) marks pixels without ground truth.
+    divided by ``disparity_scale`` (default 1) are disparities in pixels; ``disparity_unknown`` (default 0) marks
+    pixels without ground truth: a value the image can hold (a whole number 0-255 in an 8-bit map), never null.
     """
     path = Path(path)
     if not path.is_file():
@@ -232,7 +239,7 @@ def _manifest_pair(path: Path, base: Path, i: int, e) -> Pair:
     if not isinstance(e, dict):
         raise DatasetError(f"manifest {path}: pair {i + 1} is {fields._show(e)}, not an object with 'source' and "
                            "'target'")
-    e = {k: v for k, v in e.items() if v is not None or k == "disparity_unknown"}  # null = not given
+    e = {k: v for k, v in e.items() if v is not None or k == "disparity_unknown"}  # null = not given (but see below)
     name = fields.text(e["name"], f"manifest {path}: pair {i + 1} field 'name'") if "name" in e else f"pair{i + 1}"
     where = f"manifest {path}: pair '{name}'"
     unknown = sorted(set(e) - set(MANIFEST_FIELDS))
@@ -259,9 +266,11 @@ def _manifest_pair(path: Path, base: Path, i: int, e) -> Pair:
             fields.matrix(h, hw + " (a file name or 3 rows of 3 numbers)", rows=3, cols=3), hw)
     else:
         scale = fields.number(e.get("disparity_scale", 1.0), f"{where} field 'disparity_scale'", lo=0, lo_open=True)
-        unknown_value = e.get("disparity_unknown", 0)
-        if unknown_value is not None:
-            unknown_value = fields.number(unknown_value, f"{where} field 'disparity_unknown' (a number or null)")
+        if e.get("disparity_unknown", 0) is None:
+            raise DatasetError(f"{where} field 'disparity_unknown': null would count every pixel as known, the "
+                               "unmeasured ones too; give the value that marks pixels without ground truth (leave "
+                               "the field out for 0, the Middlebury mark)")
+        unknown_value = fields.number(e.get("disparity_unknown", 0), f"{where} field 'disparity_unknown' (a number)")
         d = read_disparity(base / fields.relative_file(e["disparity"], f"{where} field 'disparity'"), scale,
                            unknown_value)
     return make_pair(name, src, tgt, homography=h, disparity=d, convention=convention)
