@@ -30,6 +30,12 @@ REFINE_HELP = ("Sub-patch refinement of each match from the similarities of the 
                "(patch centres), 'soft' (soft-argmax, T 0.05) or 'quadratic' (parabola vertex per axis). Refined "
                "points go to the picture and the JSON; cycle distances use them.")
 REFINES = check.choice("none", "soft", "quadratic")
+BIN_HELP = ("Log-binned descriptors (as 'Deep ViT Features as Dense Visual Descriptors'): each patch's descriptor "
+            "concatenated with its 8 neighbouring cells at growing scales, cells of 1 and of 3 x 3 patches "
+            "(average-pooled) by default: 17 x the dimensions, more context per patch, slower matching. Works on "
+            "every descriptor, fusions, SIFT and pixels included (binned after fusion).")
+BIN_LEVELS_HELP = ("Hierarchy levels of --bin: 1 = the 3 x 3 neighbours only (9 cells), 2 = also 3 x 3-patch cells "
+                   "(17 cells, the reference), 3 = also 9 x 9-patch cells (25 cells).")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 
 bench_app = typer.Typer(help="Benchmarks with tables and figures: real pairs with ground truth, SPair-style "
@@ -72,6 +78,8 @@ def match_cmd(
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
     refine: str = typer.Option(None, help=REFINE_HELP + " Default: quadratic (measured best, see README).",
                                callback=REFINES),
+    bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP),
+    bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
                              "coloured by rank (yellow = best).", callback=check.output("file")),
     json_out: bool = typer.Option(False, "--json", help="Print the matches as JSON on stdout instead of text "
@@ -99,7 +107,7 @@ def match_cmd(
 
     dev = resolve_device(device)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev))
+                              dtype=resolve_dtype(dtype, dev), bin_levels=bin_levels if bin_ else 0)
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
@@ -111,7 +119,8 @@ def match_cmd(
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
             "score": score, "pca": pca,
-            "refine": refine, "layer": layer, "facet": facet, "grid_a": list(fa.grid), "grid_b": list(fb.grid),
+            "refine": refine, "layer": layer, "facet": facet, "bin_levels": fa.bin_levels,
+            "dims": int(fa.descriptors.shape[-1]), "grid_a": list(fa.grid), "grid_b": list(fb.grid),
             "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
             "matches": ranked.to_records()}
     if json_out:
@@ -221,6 +230,8 @@ def bench_pairs_cmd(
                                     callback=check.number(0, 1000, lo_open=True)),
     refine: list[str] = typer.Option(None, "--refine", help="Repeatable: " + REFINE_HELP + " Each descriptor gets "
                                      "one row per refinement; default: none and quadratic.", callback=REFINES),
+    bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP + " Applies to every descriptor of the run."),
+    bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on pairs whose images "
                                             "the model lists as training images (refused by default; flagged)."),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
@@ -251,7 +262,8 @@ def bench_pairs_cmd(
     from vlens.match.refine import DEFAULT_REFINE
 
     methods = tuple(dict.fromkeys(refine or ("none", DEFAULT_REFINE)))
-    cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px, refine=methods)
+    cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px, refine=methods,
+                      bin_levels=bin_levels if bin_ else 0)
     from vlens.match.heldout import check_heldout
 
     specs = [model, *(baseline_specs(model) if baselines else [])]

@@ -60,6 +60,7 @@ class DenseFeatures:
     layer: int
     facet: str
     note: str = ""  # e.g. "resized from 6000x4000"
+    bin_levels: int = 0  # log-binned descriptors (vlens.match.binning): 0 = off, else the hierarchy levels
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -357,15 +358,25 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Ten
 
 
 def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
-                     size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None) -> list[DenseFeatures]:
+                     size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None,
+                     bin_levels: int = 0) -> list[DenseFeatures]:
     """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
 
     Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
     share an input size are run as one batch. ``layer`` counts blocks from 1 (``-1`` = the last block);
     ``facet`` is ``token`` (block output, final layer norm applied) or ``key``/``query``/``value`` of that
     block's attention. ``device``/``dtype`` (see :mod:`vlens.devices`) move the model there first; descriptors
-    always come back as float32 on the CPU.
+    always come back as float32 on the CPU. ``bin_levels`` > 0 log-bins every descriptor with that many levels
+    (each patch concatenated with its neighbouring cells at growing scales, 2 levels = 17 x d dims; see
+    :mod:`vlens.match.binning`), after fusion for a fused spec.
     """
+    if bin_levels:
+        from vlens.match.binning import bin_features, check_levels
+
+        check_levels(bin_levels)
+        feats = extract_features(images, model, layer=layer, facet=facet, size=size, batch_size=batch_size,
+                                 device=device, dtype=dtype)
+        return [bin_features(f, bin_levels) for f in feats]
     from vlens.images import load_image
 
     if facet not in FACETS:

@@ -405,6 +405,7 @@ class PairsConfig:
     ratio: float = 0.8  # Lowe's ratio for the sparse SIFT reference
     refine: tuple[str, ...] = ("none",)  # sub-patch refinements to evaluate, each a row (vlens.match.refine)
     sparse: bool = True  # also run the sparse SIFT + ratio (+ RANSAC) reference on every pair
+    bin_levels: int = 0  # log-binned descriptors (vlens.match.binning): 0 = off, else the hierarchy levels
 
 
 @dataclass
@@ -545,7 +546,8 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
         for spec in specs:
             t0 = time.time()
             bb = load_backbone(spec)
-            fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size)
+            fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size,
+                                      bin_levels=cfg.bin_levels)
             t_feat = time.time() - t0
             for method in cfg.refine:
                 t1 = time.time()
@@ -676,9 +678,10 @@ def write_pairs_outputs(results: list[PairResult], cfg: PairsConfig, out) -> dic
 
 
 def describe(cfg: PairsConfig) -> str:
+    binned = f"descriptors log-binned, {cfg.bin_levels} levels; " if cfg.bin_levels else ""
     return (f"Errors in target pixels at the working resolution (longer side {cfg.size} px); every source patch "
-            f"matched to its nearest target patch (PCA {cfg.pca or 'off'}; '+ soft' / '+ quadratic' = refined off the "
-            f"patch centre, see vlens.match.refine); MMA@1-10 = mean of the fraction within "
+            f"matched to its nearest target patch (PCA {cfg.pca or 'off'}; {binned}'+ soft' / '+ quadratic' = refined "
+            f"off the patch centre, see vlens.match.refine); MMA@1-10 = mean of the fraction within "
             f"t px for t = 1..10; PCK in %; top x% = the best-scored x% of the matches; RANSAC corner px = mean "
             f"corner error of the OpenCV RANSAC homography ({cfg.ransac_px:g} px) from the dense matches.")
 
