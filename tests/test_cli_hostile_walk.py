@@ -203,3 +203,83 @@ def test_hostile_inputs_end_in_success_or_one_error_line(cli, world, tiny_vit, t
         if not ok:
             bad.append(f"{command} [{column}] -> exit {code}: {err.strip()[-300:]}")
     assert not bad, "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------- outputs through links, special paths
+
+def output_rows(w, tiny, idx):
+    """Commands that write one file named by --out (a picture or a record file); ``{}`` stands for the output."""
+    vit, blip = tiny["vit"], tiny["blip"]
+    small = ("--size", "64")
+    return {
+        "match": ["match", w["ok"], w["hostile"], "--model", vit, *small, "--out", "{}"],
+        "explore point": ["explore", "point", w["ok"], w["hostile"], "--xy", "5,5", "--model", vit, *small,
+                          "--out", "{}"],
+        "explore attention": ["explore", "attention", w["ok"], "--model", vit, *small, "--out", "{}"],
+        "segment parts": ["segment", "parts", w["ok"], w["hostile"], "--k", "2", "--model", "pixels:8", *small,
+                          "--out", "{}"],
+        "search": ["search", idx, "a red circle", "--out", "{}"],
+        "caption run": ["caption", w["ok"], "--model", blip, "--workers", "0", "--max-new-tokens", "2", "--out",
+                        "{}"],
+    }
+
+
+def _argv(row, out):
+    return [out if a == "{}" else a for a in row]
+
+
+def test_outputs_through_links_and_special_paths(cli, world, tiny_vit, tiny_blip, tiny_clip, shapes_index,
+                                                 tmp_path, monkeypatch):
+    """The link column: ``--out LINK`` writes the link's target (atomically there) and leaves the link a link
+    (it used to be replaced by a regular file, the target untouched). The special column: ``--out -`` is one
+    error line (it used to write a file named '-'), ``--out FIFO`` writes into the pipe and leaves it one
+    (as root, atomic writes used to replace /dev/stdout's link), a folder is one error line."""
+    import stat
+    import threading
+
+    monkeypatch.setenv("VLENS_CACHE", str(world["d"] / "cache"))
+    monkeypatch.chdir(tmp_path)
+    idx, _ = shapes_index(tmp_path / "ix", n=4)
+    table = output_rows(world, {"vit": tiny_vit, "blip": tiny_blip}, idx)
+    bad = []
+
+    def check(command, column, argv, want_ok, extra=""):
+        code, out, err = cli(*argv)
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        ok = "a bug in vlens" not in err and "Traceback" not in err and (
+            code == 0 if want_ok else (code == 1 and len(errors) == 1 and extra in errors[0]))
+        if not ok:
+            bad.append(f"{command} [{column}] {argv[-1]} -> exit {code}: {err.strip()[-300:]}")
+        return code
+
+    for command, row in sorted(table.items()):
+        suffix = ".jsonl" if command == "caption run" else ".png"
+        target_dir = tmp_path / command.replace(" ", "_")
+        target_dir.mkdir()
+        target = target_dir / f"target{suffix}"
+        target.write_bytes(b"")
+        link = tmp_path / f"link-{command.replace(' ', '_')}{suffix}"
+        os.symlink(os.path.relpath(target, tmp_path), link)
+        check(command, "link", _argv(row, link), True)
+        if not (os.path.islink(link) and target.stat().st_size > 0):
+            bad.append(f"{command} [link]: link kept {os.path.islink(link)}, target {target.stat().st_size} bytes")
+        if sorted(os.listdir(target_dir)) != [target.name]:
+            bad.append(f"{command} [link]: left {sorted(os.listdir(target_dir))}")
+        check(command, "special", _argv(row, "-"), False, "'-' is not a file name")
+        check(command, "special", _argv(row, target_dir), False, "is a folder")
+        fifo = tmp_path / f"fifo-{command.replace(' ', '_')}{suffix}"  # not /dev/null: a regression run as
+        os.mkfifo(fifo)  # root would replace the machine's /dev/null
+        got = []
+        reader = threading.Thread(target=lambda f=fifo: got.append(open(f, "rb").read()), daemon=True)
+        reader.start()
+        if command == "caption run":  # a record file is read back to resume: never a device or pipe
+            check(command, "special", _argv(row, fifo), False, "is a device or a pipe")
+            with open(fifo, "wb"):  # let the reader go
+                pass
+        else:
+            check(command, "special", _argv(row, fifo), True)
+        reader.join(10)
+        if not (stat.S_ISFIFO(os.stat(fifo).st_mode) and (got[0][:4] == b"\x89PNG" or command == "caption run")):
+            bad.append(f"{command} [special]: the FIFO was replaced or got {got[:1]!r:.40}")
+    assert not os.path.exists(tmp_path / "-")
+    assert not bad, "\n".join(bad)

@@ -1,6 +1,7 @@
 """Atomic writes, run folders, schedules and checkpoints shared by every trainer."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -53,3 +54,51 @@ def test_param_groups_skip_decay_on_bias_and_norms():
     m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
     decay, no_decay = param_groups(m, 0.1)
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_atomic_writes_go_through_links_to_their_target(tmp_path):
+    """A symlink (or a chain of them) stays a link; its final target gets the new bytes, renamed into place there
+    (no temp file left beside the link or the target); a dangling link creates its target."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "t.json").write_text("old")
+    os.symlink(real / "t.json", tmp_path / "l1")
+    os.symlink("l1", tmp_path / "l2")  # relative, to another link
+    write_json(tmp_path / "l2", {"a": 1})
+    assert os.path.islink(tmp_path / "l1") and os.path.islink(tmp_path / "l2")
+    assert json.loads((real / "t.json").read_text()) == {"a": 1}
+    assert sorted(os.listdir(real)) == ["t.json"] and sorted(os.listdir(tmp_path)) == ["l1", "l2", "real"]
+    os.symlink(real / "new.txt", tmp_path / "dangling")
+    atomic_write_text(tmp_path / "dangling", "x")
+    assert os.path.islink(tmp_path / "dangling") and (real / "new.txt").read_text() == "x"
+
+
+def test_devices_and_fifos_are_written_directly_never_replaced(tmp_path):
+    import stat
+    import threading
+
+    from vlens.runs import is_special
+
+    # never the real /dev/null here: a regression run as root would replace it for the whole machine
+    assert is_special("/dev/null") and is_special("/dev/stdout") and not is_special(tmp_path)
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    write_json(fifo, {"b": 2})
+    reader.join(10)
+    assert json.loads(got[0]) == {"b": 2} and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["pipe.json"]
+
+
+def test_dash_folders_and_link_loops_are_one_line_refusals(tmp_path):
+    from vlens.errors import ConfigError
+
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    for bad, why in (("-", "not a file name"), (tmp_path / "a", "symbolic links"), (tmp_path, "is a folder")):
+        with pytest.raises(ConfigError, match=why) as exc:
+            atomic_write_text(bad, "x")
+        assert "\n" not in str(exc.value)
+    assert not os.path.exists("-")

@@ -210,6 +210,11 @@ class RecordFile:
             raise ConfigError(f"--out {self.path}: write .jsonl (one JSON object per image) or .csv")
         if self.format == ".csv" and (not columns or columns[0] != "path" or csv_rows is None):
             raise ValueError("a CSV record file needs columns starting with 'path' and a csv_rows function")
+        from vlens.runs import is_special
+
+        if is_special(self.path):
+            raise ConfigError(f"--out {self.path} is a device or a pipe, but a {self.format} record file is read "
+                              "back to resume a killed run; give a regular file")
         self.columns, self.csv_rows = list(columns), csv_rows
 
     def _complete_text(self) -> tuple[str, int, int]:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import random
+import stat
 import sys
 import tempfile
 import time
@@ -95,13 +96,83 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
+def output_problem(path) -> str | None:
+    """Why vlens cannot write the file ``path`` (a one-line reason that says what to do), or None.
+
+    ``-`` is refused (vlens prints its own messages on stdout, so a picture there would be mixed with them; name
+    ``/dev/stdout`` to pipe a file on purpose). A folder, or a link loop, is refused. A symlink is fine (the file
+    is written at its target), so is a device or a FIFO that can be opened for writing (written directly)."""
+    text = str(path)
+    if text == "-":
+        return ("'-' is not a file name: vlens prints its own messages on stdout; give a file name (or "
+                "/dev/stdout to send the file down a pipe)")
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a link loop; EACCES: a folder on the way that cannot be searched
+        return f"{text}: {exc.strerror.lower() if exc.strerror else exc}; give another file name"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{text} is a folder; give a file name to write"
+    if not stat.S_ISREG(st.st_mode) and not os.access(p, os.W_OK):
+        return f"{text} is a special file that cannot be written (permission denied); give a file name"
+    return None
+
+
+def is_special(path: Path) -> bool:
+    """True for what is written directly, never replaced: an existing path (links followed) that is neither a
+    regular file nor a folder (a device such as /dev/null, a FIFO, a socket), and anything reached through /dev or
+    /proc (``/dev/stdout`` redirected to a file is ``/proc/self/fd/1``, a link to that file: replacing it would
+    leave the shell's redirection pointing at the old, emptied file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return True
+    hop = os.path.abspath(path)
+    for _ in range(40):
+        if hop.startswith(("/dev/", "/proc/")):
+            return True
+        if not os.path.islink(hop):
+            return False
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     Use it for writers that want a filename (``torch.save``, ``fig.savefig``, ``faiss.write_index``).
+
+    Links are written *through*: the temp file goes beside the link's final target (a chain of links is followed;
+    a dangling link creates its target) and is renamed there, so the link stays a link and its target gets the new
+    bytes atomically. A device or FIFO (``/dev/stdout``, ``/dev/null``, a named pipe) is never replaced: the
+    finished file is copied into it. ``-``, a folder or a link loop: :class:`vlens.errors.ConfigError`, one line
+    (see :func:`output_problem`), before anything is written.
     """
+    from vlens.errors import ConfigError
+
     path = Path(path)
+    problem = output_problem(path)
+    if problem:
+        raise ConfigError(problem)
+    if is_special(path):
+        import shutil
+
+        folder = tempfile.mkdtemp(prefix=".vlens-out.")
+        tmp = Path(folder) / ("out" + (suffix or path.suffix))
+        try:
+            yield tmp
+            with open(tmp, "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)

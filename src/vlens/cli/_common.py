@@ -246,8 +246,21 @@ class _Check:
 
                 raise typer.BadParameter(f"{shown_name(v)}: the path is not valid UTF-8; choose a UTF-8 name to "
                                          "write to", param=param) from None
-            if kind == "file" and p.is_dir():
-                raise typer.BadParameter(f"{v} is a folder; give a file name to write", param=param)
+            if str(v) == "-":
+                from vlens.runs import output_problem
+
+                raise typer.BadParameter(output_problem("-") if kind == "file" else
+                                         "'-' is not a folder name; give a folder to write into", param=param)
+            if kind == "file":
+                from vlens.runs import is_special, output_problem
+
+                problem = output_problem(p)
+                if problem:
+                    raise typer.BadParameter(problem, param=param)
+                if is_special(p):  # a device, FIFO or /dev/stdout: written directly (not replaced)
+                    return v
+                if p.is_symlink():  # written at the link's final target, atomically there
+                    p = Path(os.path.realpath(p))
             if kind == "dir" and p.exists() and not p.is_dir():
                 raise typer.BadParameter(f"{v} is an existing file; give a folder", param=param)
             problem = writable_problem(p if kind == "dir" and p.is_dir() else p.parent)
