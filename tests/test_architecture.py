@@ -20,7 +20,7 @@ LAYERS = [
     ("data", ["vlens.data"]),
     ("ground floor", ["vlens.images", "vlens.runs", "vlens.models", "vlens.devices", "vlens.cpu", "vlens.faults",
                       "vlens.fields", "vlens.training", "vlens.sweep", "vlens.bulk", "vlens.plots", "vlens.tables",
-                      "vlens.interrupt"]),
+                      "vlens.interrupt", "vlens.engines"]),
     ("foundations", ["vlens.errors", "vlens"]),
 ]
 

@@ -359,6 +359,15 @@ PRECISION_OPTION = typer.Option(
     "auto", "--mixed-precision", help="Automatic mixed precision (accelerate autocast, fp32 master weights): auto "
     "(bf16, or fp16 on GPUs without bf16; off on the CPU), bf16 (GPUs and CPUs), fp16 (CUDA only), no.",
     callback=check.choice("auto", "no", "bf16", "fp16", "fp32"))
+ENGINE_HELP = ("Runtime for the model's towers: torch (eager), onnx (ONNX Runtime: an export made once, checked "
+               "against torch, cached under $VLENS_CACHE/exports; see `vlens models list`), or auto (default: "
+               "whichever the export measured faster on this machine; torch where no export can be made).")
+ENGINE_OPTION = typer.Option("auto", "--engine", help=ENGINE_HELP, callback=check.choice("torch", "onnx", "auto"))
+ENGINE_TORCH_OPTION = typer.Option(
+    "torch", "--engine", help=ENGINE_HELP.replace("or auto (default: ", "or auto (").replace(
+        "where no export can be made).", "where no export can be made). Default torch: each new input size needs "
+        "its own export (seconds to a minute), which pays off over many images, not one run."),
+    callback=check.choice("torch", "onnx", "auto"))
 WORKERS_OPTION = typer.Option(
     2, "--workers", help="Processes decoding and resizing images while the model runs (0 = none, in this process).",
     callback=check.count(lo=0, max=64))

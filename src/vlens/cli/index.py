@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, WORKERS_OPTION, check, echo_json
+from vlens.cli._common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    ENGINE_OPTION,
+    JSON_OPTION,
+    WORKERS_OPTION,
+    check,
+    echo_json,
+)
 
 app = typer.Typer(help="Build and maintain a search index of an image folder (FAISS vectors + SQLite metadata). "
                        "Killing a build or update is safe: rerun it to finish. For large collections run it under "
@@ -70,6 +78,7 @@ def build_cmd(
     workers: int = WORKERS_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
@@ -88,7 +97,7 @@ def build_cmd(
     given = {k for k in ("kind", "nlist", "pq_bytes", "target_recall")
              if ctx.get_parameter_source(k).name != "DEFAULT"}
     rep = build_index(images, out, cfg, force=force, log=lambda m: typer.echo(m, err=True), workers=workers,
-                      device=device, dtype=dtype, given=given)
+                      device=device, dtype=dtype, given=given, engine=engine)
     if Processes().is_main:
         _report(rep, json_out, out)
 
@@ -102,6 +111,7 @@ def update_cmd(
     workers: int = WORKERS_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Add new and changed files, drop deleted ones, follow renames; unchanged images are not re-embedded."""
@@ -109,7 +119,7 @@ def update_cmd(
     from vlens.retrieval.index import update_index
 
     rep = update_index(index, root=root, log=lambda m: typer.echo(m, err=True), workers=workers, device=device,
-                       dtype=dtype)
+                       dtype=dtype, engine=engine)
     if Processes().is_main:
         _report(rep, json_out, index)
 
@@ -164,16 +174,20 @@ def search_cmd(
     k: int = typer.Option(5, "-k", "--top", help="How many results.", callback=check.count(1, 10000)),
     out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet PNG of the results here.",
                              callback=check.output("file")),
+    engine: str = ENGINE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
-    """Find the images most similar to a text or an image query; prints rank, cosine similarity and path."""
+    """Find the images most similar to a text or an image query; prints rank, cosine similarity and path.
+
+    With an ONNX export of the index model's towers (made by `vlens index build`, or by the first search), the
+    search runs without torch and answers in about a second."""
     from vlens.errors import ConfigError
     from vlens.images import shown_name
     from vlens.retrieval.search import Searcher, contact_sheet
 
     if (query is None) == (image is None):
         raise ConfigError("give a text QUERY or --image FILE (exactly one)")
-    s = Searcher(index)
+    s = Searcher(index, engine=engine)
     hits = s.text(query, k) if query is not None else s.image(image, k)
     if out is not None:
         title = f'query: "{query}"' if query is not None else f"query image: {image.name}"

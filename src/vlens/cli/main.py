@@ -98,6 +98,8 @@ def model_event_line(event: dict) -> str | None:
                 "builtin:NAME stays offline)")
     if kind == "downloaded":
         return f"{event['repo']}: downloaded in {event['seconds']:.1f} s into {event['path']}"
+    if kind == "engine":
+        return event["line"]
     return None
 
 

@@ -11,7 +11,8 @@ app = typer.Typer(help="The models vlens uses: each task's real default (used wh
                        "or can be downloaded), the embedded builtin:NAME fallbacks, and the cache itself.\n\n"
                        "  vlens models list                 what each task runs now, what is cached\n"
                        "  vlens models fetch defaults       download the three real defaults (~1.7 GB) once\n"
-                       "  vlens models rm ORG/NAME          free a cached model's space",
+                       "  vlens models rm ORG/NAME          free a cached model's space\n"
+                       "  vlens models rm exports           remove every ONNX export (remade when needed)",
                   no_args_is_help=True)
 
 
@@ -22,12 +23,14 @@ def register(root: typer.Typer) -> None:
 @app.command("list")
 def list_cmd(json_out: bool = JSON_OPTION):
     """Each task's default and whether it is cached, every cached model with its size, the builtins."""
+    from vlens.engines.store import exports_root, list_exports
     from vlens.models.hub import hf_cache_dir, offline_reason
     from vlens.models.inventory import builtins, cached_models, converted_models, task_defaults
 
     info = {"tasks": task_defaults(), "cached": cached_models(), "converted": converted_models(),
             "builtins": builtins(),
-            "cache_dir": str(hf_cache_dir()), "offline": offline_reason()}
+            "cache_dir": str(hf_cache_dir()), "offline": offline_reason(), "exports": list_exports(),
+            "exports_dir": str(exports_root())}
     if json_out:
         echo_json(info)
         return
@@ -54,6 +57,17 @@ def list_cmd(json_out: bool = JSON_OPTION):
     typer.echo("\nEmbedded (offline, always there):")
     for b in info["builtins"]:
         typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}{_interp(b)}")
+    typer.echo(f"\nONNX exports ({info['exports_dir']}; `vlens models rm exports` removes them):")
+    if not info["exports"]:
+        typer.echo("  none (made by --engine onnx|auto when a model first runs)")
+    for e in info["exports"]:
+        if e["state"] == "ok":
+            t = e.get("timing") or {}
+            state = (f"auto uses {e['choice']} (torch {t.get('torch_ms', 0):.1f} ms, onnx {t.get('onnx_ms', 0):.1f} ms)"
+                     + (f", {e['quantize']}" if e["quantize"] != "none" else ""))
+        else:
+            state = f"{e['state']}: {e['why']}"[:90]
+        typer.echo(f"  {e['name']:<48} {e['size_mb']:>8.1f} MB  {state}")
     if info["offline"] == "VLENS_OFFLINE=1":
         typer.echo("\nVLENS_OFFLINE=1: runs without --model use the builtins, cached or not.")
     elif info["offline"]:
@@ -93,13 +107,24 @@ def fetch_cmd(
 
 @app.command("rm")
 def rm_cmd(
-    repo_id: str = typer.Argument(..., metavar="ID", help="The hub id to delete from the Hugging Face cache.",
-                                  callback=check.text(max_len=200)),
+    repo_id: str = typer.Argument(..., metavar="ID", help="The hub id to delete from the Hugging Face cache; "
+                                  "`exports` for every ONNX export, `exports:NAME` for one (its name or model spec "
+                                  "as `vlens models list` shows it).", callback=check.text(max_len=200)),
     json_out: bool = JSON_OPTION,
 ):
-    """Delete a model (every revision) from the Hugging Face cache."""
+    """Delete a model (every revision) from the Hugging Face cache, or ONNX exports from the vlens cache."""
     from vlens.models.inventory import remove
 
+    if repo_id == "exports" or repo_id.startswith("exports:"):
+        from vlens.engines.store import remove_exports
+
+        gone = remove_exports(repo_id.split(":", 1)[1] if ":" in repo_id else "all")
+        freed = sum(e["size_mb"] for e in gone)
+        if json_out:
+            echo_json({"removed": [e["name"] for e in gone], "freed_mb": round(freed, 2)})
+        else:
+            typer.echo(f"removed {len(gone)} ONNX export(s) ({freed:.1f} MB freed)")
+        return
     r = remove(repo_id)
     if json_out:
         echo_json(r)

@@ -85,7 +85,7 @@ _LISTENERS: list[Callable[[dict], None]] = []
 def add_listener(fn: Callable[[dict], None]) -> None:
     """Call ``fn(event)`` for what users should hear about. Events (dicts, key ``event``): ``fallback`` (task,
     spec, real, reason), ``download`` (repo, bytes, files: said before a download starts), ``downloaded`` (repo,
-    path, seconds)."""
+    path, seconds), ``engine`` (line: an ONNX export made, refused or rebuilt; :mod:`vlens.engines`)."""
     if fn not in _LISTENERS:
         _LISTENERS.append(fn)
 
@@ -98,6 +98,11 @@ def remove_listener(fn: Callable[[dict], None]) -> None:
 def _emit(event: str, **info) -> None:
     for fn in list(_LISTENERS):
         fn({"event": event, **info})
+
+
+def note(line: str) -> None:
+    """Tell the user one line about how a model runs (an ``engine`` event: an export made, refused or rebuilt)."""
+    _emit("engine", line=line)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

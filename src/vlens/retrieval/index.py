@@ -93,11 +93,13 @@ def all_skipped(info: dict) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _default_embedder(model: str, device: str = "auto",
-                      dtype: str = "auto") -> tuple[Callable[[list], np.ndarray], int]:
+def _default_embedder(model: str, device: str = "auto", dtype: str = "auto",
+                      engine: str = "torch") -> tuple[Callable[[list], np.ndarray], int]:
     from vlens.retrieval.model import DualEncoder
 
-    enc = DualEncoder.from_spec(model, device=device, dtype=dtype)
+    enc = DualEncoder.from_spec(model, device=device, dtype=dtype, engine=engine)
+    if engine != "torch":
+        enc.prepare_engines()  # the text tower too: later searches of this index find its export
     return enc.encode_images, enc.dim
 
 
@@ -124,7 +126,7 @@ ANN_FIELDS = ("kind", "nlist", "hnsw_m", "pq_bytes", "target_recall")
 
 def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bool = False, embedder=None,
                 progress: bool = True, log=print, workers: int = 2, device: str = "auto",
-                dtype: str = "auto", given=None) -> UpdateReport:
+                dtype: str = "auto", given=None, engine: str = "torch") -> UpdateReport:
     """Create an index of every image under ``images_dir`` in folder ``out`` (or resume an unfinished one).
 
     ``embedder``: optional ``(fn(list[PIL]) -> (n, d) unit float32, d)`` to reuse a loaded model.
@@ -136,6 +138,8 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
     to build is never kept (see :func:`_sync`).
     ``workers``: processes decoding images while the model runs. Under torchrun / ``accelerate launch`` every
     process embeds a disjoint shard and process 0 writes the index (the same index one process would write).
+    ``engine``: torch, onnx or auto for the image tower (:mod:`vlens.engines`); onnx/auto also export the text
+    tower, so searches of the index run without torch.
     """
     from vlens.bulk import Processes
 
@@ -143,7 +147,7 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
     config.check()
     procs = Processes()
     if not procs.is_main:
-        follow_build(procs, embedder or _default_embedder(_model_spec(config.model), device, dtype))
+        follow_build(procs, embedder or _default_embedder(_model_spec(config.model), device, dtype, engine))
         return UpdateReport()
     root, out = Path(images_dir).expanduser(), Path(out).expanduser()
     if not root.is_dir():
@@ -166,7 +170,7 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
             effective = IndexConfig(**{**_known(m.get("config", {})), "batch_size": config.batch_size})
     fault_point("index.model")
     if embedder is None:
-        embedder = _default_embedder(effective.model, device, dtype)
+        embedder = _default_embedder(effective.model, device, dtype, engine)
     if effective.captioner:
         from vlens.models.hub import resolve
 
@@ -229,7 +233,7 @@ def _expected_count(root: Path) -> int:
 
 
 def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, log=print, workers: int = 2,
-                 device: str = "auto", dtype: str = "auto") -> UpdateReport:
+                 device: str = "auto", dtype: str = "auto", engine: str = "torch") -> UpdateReport:
     """Bring an index up to date with its folder: embed new and changed files, drop deleted ones."""
     from vlens.bulk import Processes
 
@@ -237,7 +241,7 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
     manifest = read_manifest(folder)
     procs = Processes()
     if not procs.is_main:
-        follow_build(procs, embedder or _default_embedder(manifest["model"], device, dtype))
+        follow_build(procs, embedder or _default_embedder(manifest["model"], device, dtype, engine))
         return UpdateReport()
     try:
         config = IndexConfig(**_known(manifest.get("config", {})))
@@ -246,7 +250,7 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
     _check_stored(config, folder)
     if embedder is None:  # before anything is written: a model that cannot load leaves the index as it was
         fault_point("index.model")
-        embedder = _default_embedder(manifest["model"], device, dtype)
+        embedder = _default_embedder(manifest["model"], device, dtype, engine)
     with index_lock(folder, "vlens index update"):
         fault_point("index.start")
         remove_temps(folder)
