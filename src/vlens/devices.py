@@ -142,6 +142,74 @@ def available_memory(device=None) -> int | None:
     return avail
 
 
+class PeakMemory:
+    """Peak memory of a block of work above what was in use when it started, in bytes (``.bytes`` after the
+    block): CUDA's allocator peak on a GPU; on the CPU the growth of the process's resident set, sampled every
+    ``interval`` seconds by a thread after the C heap's free memory went back to the system (a spike shorter
+    than the interval can be missed). Use: ``with PeakMemory() as pm: ...; pm.bytes``."""
+
+    def __init__(self, device=None, interval: float = 0.002):
+        self.device, self.interval, self.bytes = device, interval, 0
+
+    def __enter__(self):
+        import threading
+
+        import torch
+
+        dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        self._cuda = dev.type == "cuda"
+        if self._cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            self._start = torch.cuda.memory_allocated(dev)
+            return self
+        _trim_heap()  # hand freed memory back first, so that reusing it counts as growth
+        self._start = self._peak = _rss()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, _rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self._cuda:
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
+            self.bytes = max(0, torch.cuda.max_memory_allocated(dev) - self._start)
+            return False
+        self._stop.set()
+        self._thread.join()
+        self.bytes = max(0, max(self._peak, _rss()) - self._start)
+        return False
+
+
+def _trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``; a no-op elsewhere): without it, a
+    block that reuses memory an earlier one freed shows no growth in the resident set."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss() -> int:
+    """This process's resident set in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def check_memory(need: int, device, what: str, advice) -> None:
     """A one-line ConfigError before allocating when ``need`` bytes will not fit in 80% of what is available
     (``VLENS_MEMORY_LIMIT`` in bytes overrides what is detected, for tests and shared machines). ``advice(budget)``

@@ -11,7 +11,17 @@ from pathlib import Path
 import typer
 
 from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
-from vlens.cli.match import FACET_HELP, FACETS, LAYER_HELP, MATCH_PCA_HELP, MODEL_HELP, REFINE_HELP, REFINES, SIZE_HELP
+from vlens.cli.match import (
+    FACET_HELP,
+    FACETS,
+    LAYER_HELP,
+    MATCH_PCA_HELP,
+    MODEL_HELP,
+    REFINE_HELP,
+    REFINES,
+    SIZE_HELP,
+    STRIDE_HELP,
+)
 from vlens.models.hub import source_of
 
 app = typer.Typer(
@@ -39,6 +49,7 @@ def point_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     refine: str = typer.Option(None, help=REFINE_HELP + " Default: as `vlens match`.", callback=REFINES),
     top_k: int = typer.Option(5, "--top-k", help="How many of B's most similar patches to list (and number "
                               "on the picture).", callback=check.count(1, 100)),
@@ -70,7 +81,7 @@ def point_cmd(
     t0 = time.time()
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev))
+                              dtype=resolve_dtype(dtype, dev), stride=stride)
     from vlens.match.refine import DEFAULT_REFINE
 
     refine = refine or DEFAULT_REFINE
@@ -78,8 +89,8 @@ def point_cmd(
     point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
                                      f"PCA {pca if pca > 0 else 'off'}, refine {refine}")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
-            "layer": layer, "facet": facet,
-            "pca": pca, "size": size, "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
+            "layer": layer, "facet": facet, "pca": pca, "size": size, "stride": fa.step,
+            "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
             "picture": str(out), "seconds": round(time.time() - t0, 3)}
     if json_out:
         echo_json(info)
@@ -104,6 +115,8 @@ def attention_cmd(
     layer: int = typer.Option(-1, help="Block whose [CLS] attention is shown, counted from 1; -1 = the last "
                               "(where DINO's heads look at objects).", callback=check.layer()),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
+    stride: int = typer.Option(None, help=STRIDE_HELP + " Attention memory grows with the 4th power of "
+                               "patch / S.", callback=check.integer(1, 64)),
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="Picture: the photo, its features' PCA "
                              "as RGB, the heads' mean attention and one panel per head.",
                              callback=check.output("file")),
@@ -130,12 +143,12 @@ def attention_cmd(
     run_dtype = resolve_dtype(dtype, dev)
     t0 = time.time()
     img = load_image(image)
-    att = cls_attention(img, model, layer=layer, size=size, device=dev, dtype=run_dtype)
-    rgb = pca_features(img, model, layer=layer, size=size, device=dev, dtype=run_dtype)
+    att = cls_attention(img, model, layer=layer, size=size, device=dev, dtype=run_dtype, stride=stride)
+    rgb = pca_features(img, model, layer=layer, size=size, device=dev, dtype=run_dtype, stride=stride)
     attention_figure(img, att, rgb, out)
     grid = list(att.maps.shape[1:])
     info = {"image": str(image), "model": att.model, "model_source": source_of(att.model),
-            "layer": att.layer, "heads": att.heads, "grid": grid,
+            "layer": att.layer, "heads": att.heads, "grid": grid, "stride": att.stride or att.patch_size,
             "input_size": list(att.input_size),
             "per_head": [{"head": h + 1, "peak": round(float(att.maps[h].max()), 5),
                           "peak_xy": _peak_xy(att, att.maps[h]),
@@ -156,7 +169,8 @@ def _peak_xy(att, m) -> list[float]:
     gh, gw = m.shape
     i = int(m.argmax())
     sx, sy = att.image_size[0] / att.input_size[0], att.image_size[1] / att.input_size[1]
-    return [round((i % gw + 0.5) * att.patch_size * sx, 2), round((i // gw + 0.5) * att.patch_size * sy, 2)]
+    step, origin = att.stride or att.patch_size, att.patch_size / 2  # the grid's step and first centre, input px
+    return [round((i % gw * step + origin) * sx, 2), round((i // gw * step + origin) * sy, 2)]
 
 
 def explain_images(captioner, files, settings, figure: Path, json_out: bool, notes: list[str],

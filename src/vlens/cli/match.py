@@ -37,6 +37,10 @@ BIN_HELP = ("Log-binned descriptors (as 'Deep ViT Features as Dense Visual Descr
 BIN_LEVELS_HELP = ("Hierarchy levels of --bin: 1 = the 3 x 3 neighbours only (9 cells), 2 = also 3 x 3-patch cells "
                    "(17 cells, the reference), 3 = also 9 x 9-patch cells (25 cells).")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
+STRIDE_HELP = ("Overlapping patches: a descriptor every S input pixels instead of every patch (S divides the "
+               "patch size; 4 on an 8 px model = the 'Deep ViT Features' recipe, 1 + (H - 8) / 4 rows). Default: the "
+               "patch size, no overlap. Time and memory grow ~(patch / S)^4 in the attention; a fusion strides every "
+               "part; dense SIFT and pixels put their descriptors S px apart.")
 
 bench_app = typer.Typer(help="Benchmarks with tables and figures: real pairs with ground truth, SPair-style "
                         "keypoint transfer, the crop benchmark and label-transfer segmentation.",
@@ -76,6 +80,7 @@ def match_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     refine: str = typer.Option(None, help=REFINE_HELP + " Default: quadratic (measured best, see README).",
                                callback=REFINES),
     bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP),
@@ -107,7 +112,8 @@ def match_cmd(
 
     dev = resolve_device(device)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev), bin_levels=bin_levels if bin_ else 0)
+                              dtype=resolve_dtype(dtype, dev), bin_levels=bin_levels if bin_ else 0,
+                              stride=stride)
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
@@ -118,7 +124,7 @@ def match_cmd(
     with atomic_path(out) as tmp:
         draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
-            "score": score, "pca": pca,
+            "score": score, "pca": pca, "stride": fa.step,
             "refine": refine, "layer": layer, "facet": facet, "bin_levels": fa.bin_levels,
             "dims": int(fa.descriptors.shape[-1]), "grid_a": list(fa.grid), "grid_b": list(fb.grid),
             "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
@@ -153,6 +159,7 @@ def bench_crops_cmd(
     source_side: int = typer.Option(448, help="Working resolution: the source's longer side in pixels. Crop "
                                     "errors are in these pixels.", callback=check.side(32)),
     crop_side: int = typer.Option(224, help="Longer side of each crop as fed to the model.", callback=check.side(16)),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     refine: str = typer.Option("none", help=REFINE_HELP, callback=REFINES),
     seed: int = typer.Option(0, help="Same seed -> same crops, for every model.", callback=check.seed()),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on images the model "
@@ -179,7 +186,7 @@ def bench_crops_cmd(
     model = model or default_spec("backbone")
     cfg = make_config(scenarios=tuple(scenario) if scenario else SCENARIO_NAMES, crops_per_image=crops,
                       seed=seed, pca=_pca(pca), layer=layer, facet=facet, source_side=source_side,
-                      crop_side=crop_side, refine=refine)
+                      crop_side=crop_side, refine=refine, stride=stride)
     run = RunDir(out, {"model": model, "model_source": source_of(model),
                        "images": images, "baselines": baselines, **cfg.__dict__})
     results = []
@@ -232,6 +239,9 @@ def bench_pairs_cmd(
                                      "one row per refinement; default: none and quadratic.", callback=REFINES),
     bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP + " Applies to every descriptor of the run."),
     bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
+    stride: list[int] = typer.Option(None, "--stride", help="Repeatable: " + STRIDE_HELP + " Each descriptor gets "
+                                     "one row per stride (with its time and peak memory); default: the patch size.",
+                                     callback=check.integer(1, 64)),
     allow_train_images: bool = typer.Option(False, "--allow-train-images", help="Run even on pairs whose images "
                                             "the model lists as training images (refused by default; flagged)."),
     out: Path = typer.Option(Path("bench-pairs"), "--out", "-o", help="Run folder: config.json, results.json, "
@@ -263,7 +273,8 @@ def bench_pairs_cmd(
 
     methods = tuple(dict.fromkeys(refine or ("none", DEFAULT_REFINE)))
     cfg = PairsConfig(size=size, pca=_pca(pca), layer=layer, facet=facet, ransac_px=ransac_px, refine=methods,
-                      bin_levels=bin_levels if bin_ else 0)
+                      bin_levels=bin_levels if bin_ else 0,
+                      strides=tuple(dict.fromkeys(stride)) if stride else (None,))
     from vlens.match.heldout import check_heldout
 
     specs = [model, *(baseline_specs(model) if baselines else [])]
@@ -311,6 +322,7 @@ def bench_keypoints_cmd(
     alpha: float = typer.Option(0.1, help="PCK threshold as a fraction of max(target box width, height).",
                                 callback=check.number(0, 1, lo_open=True)),
     refine: str = typer.Option("none", help=REFINE_HELP, callback=REFINES),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     out: Path = typer.Option(Path("bench-keypoints"), "--out", "-o", help="Run folder: config.json, "
                              "results.json, table.md.", callback=check.output("dir")),
     json_out: bool = JSON_OPTION,
@@ -334,12 +346,12 @@ def bench_keypoints_cmd(
     run = RunDir(out, {"model": model, "model_source": source_of(model),
                        "data": str(data), "split": split, "categories": category, "limit": limit,
                        "size": size, "pca": pca, "layer": layer, "facet": facet, "alpha": alpha,
-                       "refine": refine})
+                       "refine": refine, "stride": stride})
     results = []
     for spec in [model, *(baseline_specs(model) if baselines else [])]:
         typer.echo(f"[bench keypoints] {spec}: {len(pairs)} pairs ...", err=True)
         results.append(run_keypoint_benchmark(spec, pairs, size=size, pca=_pca(pca), layer=layer, facet=facet,
-                                              alpha=alpha, refine=refine))
+                                              alpha=alpha, refine=refine, stride=stride))
     skips.skipped += [s for s in results[0].skipped if s not in skips.skipped]
     if len(skips):
         typer.echo(skips.summary(limit=20) + "\n(the pairs of these images are left out)", err=True)
@@ -389,6 +401,7 @@ def segment_cmd(
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     classes: int = typer.Option(0, "--classes", help="Number of classes (0 = 1 + the largest reference label).",
                                 callback=check.integer(0, 255)),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     json_out: bool = JSON_OPTION,
 ):
     """Segment an image by label transfer: each patch takes a similarity-weighted vote of its k nearest
@@ -412,7 +425,8 @@ def segment_cmd(
     refs = [(load_image(r), _read_mask(m)) for r, m in zip(ref, ref_mask)]
     img = load_image(target)
     gt = _read_mask(target_mask) if target_mask else None
-    cfg = SegmentConfig(k=k, temperature=temperature, size=size, layer=layer, facet=facet, n_classes=classes or None)
+    cfg = SegmentConfig(k=k, temperature=temperature, size=size, layer=layer, facet=facet, n_classes=classes or None,
+                        stride=stride)
     from vlens.models import default_spec
 
     model = model or default_spec("backbone")  # named in the JSON
@@ -466,6 +480,7 @@ def parts_cmd(
     layer: int = typer.Option(-1, help=LAYER_HELP, callback=check.layer()),
     facet: str = typer.Option("token", help=FACET_HELP, callback=FACETS),
     seed: int = typer.Option(0, help="k-means++ seed.", callback=check.seed()),
+    stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     json_out: bool = JSON_OPTION,
 ):
     """Unsupervised part discovery: k-means on the features of one or more images, drawn as a colour overlay,
@@ -478,7 +493,8 @@ def parts_cmd(
     from vlens.plots import image_grid
 
     imgs = [load_image(p) for p in images]
-    labels, feats = discover_parts(imgs, model, k=k, size=size, pca=_pca(pca), layer=layer, facet=facet, seed=seed)
+    labels, feats = discover_parts(imgs, model, k=k, size=size, pca=_pca(pca), layer=layer, facet=facet, seed=seed,
+                                   stride=stride)
     rgb = pca_rgb(feats[0].descriptors, [f.descriptors for f in feats[1:]])
     cells, titles = [], []
     for p, im, lab, col in zip(images, imgs, labels, rgb):

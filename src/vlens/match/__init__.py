@@ -23,7 +23,8 @@ __all__ = ["DenseFeatures", "Matches", "draw_matches", "extract_features", "load
 
 def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", pca: int | None = None,
                  top: int | None = 50, *, layer: int = -1, facet: str = "token", size: int = 448,
-                 normalize: bool = True, refine: str = "none", bin_levels: int = 0) -> Matches:
+                 normalize: bool = True, refine: str = "none", bin_levels: int = 0,
+                 stride: int | None = None) -> Matches:
     """Match every patch of ``img_a`` to its nearest neighbour in ``img_b``; return the ``top`` best by
     ``score`` (``cycle`` or ``feature``), best first (``top=None``: all of them, ranked).
 
@@ -34,11 +35,13 @@ def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", p
     ``refine``: ``none`` (patch centres), ``soft`` or ``quadratic`` (sub-patch points, :mod:`vlens.match.refine`).
     ``bin_levels``: log-binned descriptors with that many levels (0 = off, 2 = the reference's 17 cells; see
     :mod:`vlens.match.binning`).
+    ``stride``: overlapping patches, a descriptor every ``stride`` input px (:mod:`vlens.match.strided`).
     """
     from vlens.images import load_image, to_rgb
 
     a, b = (to_rgb(x) if hasattr(x, "mode") else load_image(x) for x in (img_a, img_b))
-    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, bin_levels=bin_levels)
+    fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, bin_levels=bin_levels,
+                              stride=stride)
     m = match_features(fa, fb, pca=pca, normalize=normalize, refine=refine)
     return m.top(top, score) if top else m.ranked(score)
 

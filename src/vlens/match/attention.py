@@ -32,6 +32,7 @@ class AttentionMaps:
     patch_size: int
     model: str
     layer: int  # block counted from 1
+    stride: int | None = None  # input pixels between patch centres (None: the patch size; vlens.match.strided)
 
     @property
     def heads(self) -> int:
@@ -70,36 +71,40 @@ def eager_backbone(spec: str | None):
 
 @torch.no_grad()
 def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None,
-                  dtype=None) -> AttentionMaps:
+                  dtype=None, stride: int | None = None) -> AttentionMaps:
     """[CLS] attention of block ``layer`` (counted from 1, -1 = last) on ``image`` (PIL image or path).
-    ``device`` / ``dtype`` (torch objects or names, see :mod:`vlens.devices`) move the eager copy there first."""
+    ``device`` / ``dtype`` (torch objects or names, see :mod:`vlens.devices`) move the eager copy there first.
+    ``stride``: overlapping patches, the patch embedding run every ``stride`` px (:mod:`vlens.match.strided`)."""
     from PIL import Image
 
     from vlens.images import load_image
-    from vlens.match.features import _to_tensor, block_index, input_size_for, placed
+    from vlens.match.features import _to_tensor, block_index, grid_of, input_size_for, placed
+    from vlens.match.strided import check_stride, strided_patches
 
     bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     img = image if isinstance(image, Image.Image) else load_image(image)
     li = block_index(bb, layer)  # 0-based block
+    s = check_stride(bb.patch_size, stride, bb.spec)
     w_in, h_in = input_size_for(img.size, bb.patch_size, size, img.info.get("vlens_source") or "image")
     w = next(bb.model.parameters())
-    check_attention_memory(bb, img.size, size, w)
+    check_attention_memory(bb, img.size, size, w, s)
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
     from vlens.interrupt import interruptible
 
     with _LOCK:
-        out = interruptible(_attend, bb.model, x, kwargs)
+        with strided_patches(bb.model, bb.patch_size, s):
+            out = interruptible(_attend, bb.model, x, kwargs)
     att = out.attentions[li] if out.attentions else None
     if att is None:
         raise ConfigError(f"'{bb.spec}' ({bb.model_type}) returned no attention weights")
     row = att[0, :, 0, :].float().cpu()  # (heads, tokens): what [CLS] attends to
-    gh, gw = h_in // bb.patch_size, w_in // bb.patch_size
+    gh, gw = grid_of(bb, w_in, h_in, s)
     patches = row[:, bb.num_prefix:]  # (heads, h*w)
     prefix = row[:, :bb.num_prefix].sum(-1)  # (heads,)
     maps = patches / patches.sum(-1, keepdim=True).clamp_min(1e-12)  # (heads, h*w), each row sums to 1
     return AttentionMaps(maps.reshape(-1, gh, gw), prefix, img.size, (w_in, h_in), bb.patch_size, bb.spec,
-                         li + 1)
+                         li + 1, None if s == bb.patch_size else s)
 
 
 @torch.no_grad()
@@ -107,23 +112,26 @@ def _attend(model, x, kwargs):
     return model(pixel_values=x, output_attentions=True, **kwargs)
 
 
-def attention_bytes(bb, w_in: int, h_in: int, element_size: int = 4) -> int:
+def attention_bytes(bb, w_in: int, h_in: int, element_size: int = 4, stride: int | None = None) -> int:
     """Memory of an eager forward that returns every block's attention: each of the ``layers`` blocks keeps a
     (heads, T, T) matrix, and the block being computed holds two more (scores and softmax), T = patches + prefix.
-    Quadratic in tokens, so quartic in the image side."""
-    tokens = (w_in // bb.patch_size) * (h_in // bb.patch_size) + bb.num_prefix
+    Quadratic in tokens, so quartic in the image side (and in ``patch / stride``)."""
+    from vlens.match.features import grid_of
+
+    rows, cols = grid_of(bb, w_in, h_in, stride or bb.patch_size)
+    tokens = rows * cols + bb.num_prefix
     heads = int(getattr(bb.model.config, "num_attention_heads", 1))
     return (bb.num_layers + 2) * heads * tokens * tokens * element_size
 
 
-def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight) -> None:
+def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight, stride: int | None = None) -> None:
     """A one-line ConfigError, before anything is allocated, when the attention maps of this input cannot fit;
-    it names the largest --size that would."""
+    it names the largest --size that would at this ``stride``."""
     from vlens.devices import check_memory
     from vlens.match.features import input_size_for
 
     def need_at(side: int) -> int:
-        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), weight.element_size())
+        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), weight.element_size(), stride)
 
     w_in, h_in = input_size_for(image_size, bb.patch_size, size)
     need = need_at(size)
@@ -132,16 +140,18 @@ def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight) -
         fit = int(size * (budget / need) ** 0.25) // bb.patch_size * bb.patch_size
         while fit >= 16 and need_at(fit) > budget:
             fit -= bb.patch_size
-        return (f"attention memory grows with the 4th power of the side: use --size {fit} or less"
+        at = f" at --stride {stride}" if stride and stride != bb.patch_size else ""
+        return (f"attention memory grows with the 4th power of the side: use --size {fit} or less{at}"
                 if fit >= 16 else "this model's attention does not fit at any size here")
 
     check_memory(need, weight.device, f"the attention of {w_in}x{h_in} px ({bb.num_layers} blocks)", advice)
 
 
-def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None, dtype=None):
+def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None, dtype=None,
+                 stride: int | None = None):
     """The image's patch features (token facet of ``layer``) as 3 PCA components in RGB: (h, w, 3) in [0, 1]."""
     from vlens.match.draw import pca_rgb
     from vlens.match.features import extract_features
 
-    f = extract_features([image], model, layer=layer, size=size, device=device, dtype=dtype)[0]
+    f = extract_features([image], model, layer=layer, size=size, device=device, dtype=dtype, stride=stride)[0]
     return pca_rgb(f.descriptors)[0]

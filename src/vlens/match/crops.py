@@ -76,6 +76,7 @@ class CropBenchmarkConfig:
     crop_side: int = 224  # longer side of each rendered crop (= model input)
     curve_points: int = 100  # resolution of the error-vs-rank curve
     refine: str = "none"  # sub-patch refinement of the matches in the source (vlens.match.refine)
+    stride: int | None = None  # overlapping patches every ``stride`` input px (None: the patch size)
 
 
 @dataclass
@@ -316,13 +317,14 @@ def run_crop_benchmark(model, images=None, config: CropBenchmarkConfig | None = 
     overlap = check_heldout(spec, originals, allow_train_images, "the crop benchmark", names)  # before loading
     bb = load_backbone(model) if isinstance(model, str) or model is None else model
     sources = [working_image(im, cfg.source_side) for im in originals]
-    src_feats = extract_features(sources, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.source_side)
+    src_feats = extract_features(sources, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.source_side,
+                                 stride=cfg.stride)
     chosen = custom_scenarios or tuple(s for s in SCENARIOS if s.name in cfg.scenarios)
     results, examples = [], []
     for sc in chosen:
         crops = make_crops(sources, sc, cfg)
         crop_feats = extract_features([c.image for c in crops], bb, layer=cfg.layer, facet=cfg.facet,
-                                      size=cfg.crop_side)
+                                      size=cfg.crop_side, stride=cfg.stride)
         ranked = {"feature": [], "cycle": []}
         total = 0
         for k, (crop, cf) in enumerate(zip(crops, crop_feats)):

@@ -71,6 +71,8 @@ def patch_at(features, xy: tuple[float, float]) -> int:
     if not (0 <= x < w and 0 <= y < h):
         raise ConfigError(f"the point ({x:g}, {y:g}) is outside the image ({w}x{h} pixels; x in [0, {w}), "
                           f"y in [0, {h}))")
+    if features.stride:  # overlapping patches: the one whose centre is nearest
+        return int(features.index_at([[x, y]])[0])
     gh, gw = features.grid
     sx, sy = features.scale
     col = min(gw - 1, int(x / (features.patch_size * sx)))
@@ -91,7 +93,7 @@ def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float]
     """Answer one click on A at ``xy`` given projected descriptors ``a`` (n, k) and ``b`` (m, k) of ``fa``/``fb``.
     ``refine``: ``none``, ``soft`` or ``quadratic`` (:mod:`vlens.match.refine`): the match and the cycle's
     landing point move off their patch centres."""
-    from vlens.match.refine import check_method, grid_step, refine_points
+    from vlens.match.refine import check_method, grid_origin, grid_step, refine_points
 
     check_method(refine)
     if top_k < 1:
@@ -107,8 +109,10 @@ def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float]
     cyc_xy = fa.centers[back]
     refined = None
     if refine != "none":
-        fwd = refine_points(q[None], b, torch.tensor([j]), fb.grid, grid_step(fb), refine)[0]
-        cyc_xy = refine_points(b[j][None], a, torch.tensor([back]), fa.grid, grid_step(fa), refine)[0]
+        fwd = refine_points(q[None], b, torch.tensor([j]), fb.grid, grid_step(fb), refine,
+                            origin=grid_origin(fb))[0]
+        cyc_xy = refine_points(b[j][None], a, torch.tensor([back]), fa.grid, grid_step(fa), refine,
+                               origin=grid_origin(fa))[0]
         refined = (float(fwd[0]), float(fwd[1]))
 
     def cand(idx: int) -> Candidate:

@@ -6,6 +6,11 @@ and its centre is ``(col + 0.5, row + 0.5)``. The image is resized to a model in
 (multiples of the patch size ``p``); patch ``(i, j)`` covers input pixels ``[j*p, (j+1)*p) x [i*p, (i+1)*p)``
 and its centre, mapped back to the *original* image, is ``((j + 0.5) * p * W / W_in, (i + 0.5) * p * H / H_in)``.
 ``DenseFeatures.centers`` holds these centres in row-major patch order, matching ``descriptors.reshape(-1, d)``.
+With a stride ``S`` (``stride=``, a divisor of ``p``; :mod:`vlens.match.strided`) the patches overlap: patch
+``(i, j)`` covers ``[j*S, j*S+p) x [i*S, i*S+p)``, centred at ``(j*S + p/2, i*S + p/2)`` input pixels. The grid's
+geometry lives in one place, the features: ``DenseFeatures.step`` (input pixels between centres, ``S``) and
+``.origin`` (the first centre, ``p/2``); everything downstream (refinement, cycle distances, fusion resampling,
+drawings) reads those, never the patch size.
 
 Model specs: anything :func:`vlens.models.load` takes (hub id, folder, ``builtin:NAME``), plus ``pixels`` or
 ``pixels:P`` (raw P x P pixel patches as descriptors, P=16 by default: the no-learning baseline),
@@ -61,6 +66,34 @@ class DenseFeatures:
     facet: str
     note: str = ""  # e.g. "resized from 6000x4000"
     bin_levels: int = 0  # log-binned descriptors (vlens.match.binning): 0 = off, else the hierarchy levels
+    stride: int | None = None  # input pixels between patch centres; None = the patch size (no overlap)
+
+    @property
+    def step(self) -> int:
+        """Input pixels between neighbouring patch centres: the stride (the patch size unless overlapping)."""
+        return self.stride or self.patch_size
+
+    @property
+    def origin(self) -> float:
+        """Input pixels from the top-left corner to the first patch centre (half a patch)."""
+        return self.patch_size / 2
+
+    @property
+    def step_px(self) -> tuple[float, float]:
+        """Original pixels between neighbouring patch centres, (x, y)."""
+        sx, sy = self.scale
+        return self.step * sx, self.step * sy
+
+    def index_at(self, xy) -> torch.Tensor:
+        """Row-major index of the patch whose centre is nearest each point (n, 2) of the original image: (n,).
+        Without overlap that is the patch that covers the point."""
+        xy = torch.as_tensor(xy, dtype=torch.float64).reshape(-1, 2)
+        gh, gw = self.grid
+        sx, sy = self.scale
+        lo = self.origin - self.step / 2  # input pixels where cell 0 starts (0 without overlap)
+        col = ((xy[:, 0] - lo * sx) / (self.step * sx)).floor().long().clamp(0, gw - 1)
+        row = ((xy[:, 1] - lo * sy) / (self.step * sy)).floor().long().clamp(0, gh - 1)
+        return row * gw + col
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -82,6 +115,13 @@ def patch_centers(grid_h: int, grid_w: int, patch: int, sx: float = 1.0, sy: flo
     xs = (torch.arange(grid_w, dtype=torch.float32) + 0.5) * patch * sx  # (w,)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (h, w) each
     return torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (h*w, 2)
+
+
+def grid_of(bb: Backbone, w_in: int, h_in: int, stride: int) -> tuple[int, int]:
+    """Patch grid (rows, cols) of ``bb`` on a ``w_in x h_in`` input at ``stride`` (:mod:`vlens.match.strided`)."""
+    from vlens.match.strided import strided_grid
+
+    return strided_grid(h_in, w_in, bb.patch_size, stride)
 
 
 def block_index(bb: Backbone, layer: int) -> int | None:
@@ -302,29 +342,35 @@ def _to_tensor(img: Image.Image, w: int, h: int, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def _sift_descriptors(img: Image.Image, w: int, h: int, p: int, support: float) -> torch.Tensor:
-    """Dense SIFT of one image resized (bicubic) to (w, h): (h/p, w/p, 128)."""
+def _sift_descriptors(img: Image.Image, w: int, h: int, p: int, support: float, stride: int | None = None
+                      ) -> torch.Tensor:
+    """Dense SIFT of one image resized (bicubic) to (w, h), one every ``stride`` px: (rows, cols, 128)."""
     from vlens.images import to_rgb
     from vlens.match.sift import dense_sift, gray_uint8
 
-    return torch.from_numpy(dense_sift(gray_uint8(to_rgb(img).resize((w, h), Image.BICUBIC)), p, support))
+    return torch.from_numpy(dense_sift(gray_uint8(to_rgb(img).resize((w, h), Image.BICUBIC)), p, support, stride))
 
 
-def _pixel_descriptors(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Raw-pixel patch descriptors: (B, 3, H, W) -> (B, h, w, 3*p*p)."""
+def _pixel_descriptors(x: torch.Tensor, p: int, stride: int | None = None) -> torch.Tensor:
+    """Raw-pixel patch descriptors, one every ``stride`` px (``p`` by default): (B, 3, H, W) -> (B, h, w, 3*p*p)."""
+    s = stride or p
     b, c, hh, ww = x.shape
-    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, 3, h, w, p, p)
-    return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, hh // p, ww // p, c * p * p)
+    patches = x.unfold(2, p, s).unfold(3, p, s)  # (B, 3, h, w, p, p)
+    return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, patches.shape[2], patches.shape[3], c * p * p)
 
 
 @torch.no_grad()
-def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Tensor:
-    """Run the model on (B, 3, H, W) and return (B, h, w, d) descriptors of ``layer`` and ``facet``."""
+def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int | None = None) -> torch.Tensor:
+    """Run the model on (B, 3, H, W) and return (B, h, w, d) descriptors of ``layer`` and ``facet``, the patch
+    embedding at ``stride`` (None: the patch size)."""
+    from vlens.match.strided import strided_patches
+
     p = bb.patch_size
+    s = stride or p
     b, _, hh, ww = x.shape
-    gh, gw = hh // p, ww // p
+    gh, gw = grid_of(bb, ww, hh, s)
     if bb.is_pixels:
-        return _pixel_descriptors(x, p)
+        return _pixel_descriptors(x, p, s)
     n = bb.num_layers
     li = layer if layer >= 0 else n + layer  # 0-based block index
     if not 0 <= li < n:
@@ -342,7 +388,8 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Ten
             raise ConfigError(f"facet '{facet}' is not available for '{bb.spec}' ({bb.model_type}); use --facet token")
         handle = proj.register_forward_hook(lambda _m, _i, out: captured.__setitem__("x", out))
     try:
-        out = bb.model(pixel_values=x, **kwargs)
+        with strided_patches(bb.model, p, s):
+            out = bb.model(pixel_values=x, **kwargs)
     finally:
         if handle is not None:
             handle.remove()
@@ -359,7 +406,7 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str) -> torch.Ten
 
 def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
                      size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None,
-                     bin_levels: int = 0) -> list[DenseFeatures]:
+                     bin_levels: int = 0, stride: int | None = None) -> list[DenseFeatures]:
     """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
 
     Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
@@ -368,16 +415,19 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     block's attention. ``device``/``dtype`` (see :mod:`vlens.devices`) move the model there first; descriptors
     always come back as float32 on the CPU. ``bin_levels`` > 0 log-bins every descriptor with that many levels
     (each patch concatenated with its neighbouring cells at growing scales, 2 levels = 17 x d dims; see
-    :mod:`vlens.match.binning`), after fusion for a fused spec.
+    :mod:`vlens.match.binning`), after fusion for a fused spec. ``stride``: overlapping patches, a descriptor
+    every ``stride`` input pixels (a divisor of the patch size; None = the patch size, no overlap;
+    :mod:`vlens.match.strided`); dense SIFT and raw pixels take it too, a fusion passes it to every part.
     """
     if bin_levels:
         from vlens.match.binning import bin_features, check_levels
 
         check_levels(bin_levels)
         feats = extract_features(images, model, layer=layer, facet=facet, size=size, batch_size=batch_size,
-                                 device=device, dtype=dtype)
+                                 device=device, dtype=dtype, stride=stride)
         return [bin_features(f, bin_levels) for f in feats]
     from vlens.images import load_image
+    from vlens.match.strided import check_stride
 
     if facet not in FACETS:
         raise ConfigError(f"unknown facet '{facet}'; one of {', '.join(FACETS)}")
@@ -386,7 +436,10 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
         images = [images]
     block_index(bb, layer)  # layer 0 or past the last block: refused before any work, numbered as given
     if bb.parts:
-        return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size)
+        for part, _ in bb.parts:
+            check_stride(part.patch_size, stride, part.spec)
+        return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size, stride=stride)
+    stride = None if stride is None or stride == bb.patch_size else check_stride(bb.patch_size, stride, bb.spec)
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
     if not bb.has_model and facet != "token":
         raise ConfigError(f"'{bb.spec}' has no attention facets; use facet 'token'")
@@ -401,12 +454,12 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
         groups.setdefault(s, []).append(i)
     from vlens.interrupt import interruptible
 
-    bar, hooks = _block_progress(bb, groups, batch_size)
+    bar, hooks = _block_progress(bb, groups, batch_size, stride or bb.patch_size)
     try:
         for (w_in, h_in), idx in groups.items():
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
-                _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible)
+                _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride)
     finally:
         for h in hooks:
             h.remove()
@@ -419,11 +472,11 @@ LONG_TOKENS = 40_000
 """Patches in one call above which feature extraction shows a progress bar (one tick per transformer block)."""
 
 
-def _block_progress(bb: Backbone, groups: dict, batch_size: int):
+def _block_progress(bb: Backbone, groups: dict, batch_size: int, stride: int):
     """A progress bar over (chunk, block) for long extractions, ticked by forward hooks; (None, []) otherwise."""
     if not bb.has_model:
         return None, []
-    tokens = sum(len(idx) * (w // bb.patch_size) * (h // bb.patch_size) for (w, h), idx in groups.items())
+    tokens = sum(len(idx) * int(np.prod(grid_of(bb, w, h, stride))) for (w, h), idx in groups.items())
     if tokens < LONG_TOKENS:
         return None, []
     from vlens.runs import progress
@@ -437,53 +490,83 @@ def _block_progress(bb: Backbone, groups: dict, batch_size: int):
     return bar, [blk.register_forward_hook(tick) for blk in bb.blocks()]
 
 
-def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: int, weight) -> None:
+def feature_bytes(bb: Backbone, batch: int, w_in: int, h_in: int, element_size: int, stride: int | None = None
+                  ) -> int:
+    """Activation bytes of a forward (:func:`check_feature_memory`): (layers + 6) x B x T x d, T the tokens of the
+    grid at ``stride`` plus the prefix."""
+    tokens = int(np.prod(grid_of(bb, w_in, h_in, stride or bb.patch_size))) + bb.num_prefix
+    d = int(getattr(bb.model.config, "hidden_size", 768))
+    return (bb.num_layers + 6) * batch * tokens * d * element_size
+
+
+def largest_fitting_size(bb: Backbone, budget: float, aspect: float, fits) -> int:
+    """The largest ``--size`` (a multiple of the patch size) for which ``fits(w_in, h_in)`` is under ``budget``;
+    ``aspect`` = shorter / longer input side. 0 when not even one patch fits."""
+    p = bb.patch_size
+    side = p
+    while True:
+        nxt = side + p
+        if fits(nxt, max(p, round(nxt * aspect / p) * p)) > budget or nxt > 1 << 16:
+            break
+        side = nxt
+    return side if fits(side, max(p, round(side * aspect / p) * p)) <= budget else 0
+
+
+def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: int, weight,
+                         stride: int | None = None) -> None:
     """A one-line ConfigError before a forward whose activations cannot fit: every block's hidden states are kept
-    (the token facet reads one of them) plus a few block-sized temporaries, (layers + 6) x B x T x d."""
+    (the token facet reads one of them) plus a few block-sized temporaries, (layers + 6) x B x T x d. The advice
+    names the largest ``--size`` that fits at this stride."""
     from vlens.devices import check_memory
 
-    tokens = (w_in // bb.patch_size) * (h_in // bb.patch_size) + bb.num_prefix
-    d = int(getattr(bb.model.config, "hidden_size", 768))
-    need = (bb.num_layers + 6) * batch * tokens * d * weight.element_size()
+    es = weight.element_size()
+    need = feature_bytes(bb, batch, w_in, h_in, es, stride)
 
     def advice(budget: float) -> str:
-        fit = int(size * (budget / need) ** 0.5) // bb.patch_size * bb.patch_size
-        return f"use --size {fit} or less" if fit >= bb.patch_size else "use a smaller model"
+        aspect = min(w_in, h_in) / max(w_in, h_in)
+        fit = largest_fitting_size(bb, budget, aspect, lambda w, h: feature_bytes(bb, batch, w, h, es, stride))
+        at = f" at --stride {stride}" if stride and stride != bb.patch_size else ""
+        return f"use --size {fit} or less{at}" if fit >= bb.patch_size else "use a smaller model"
 
     check_memory(need, weight.device, f"features of {batch} image(s) at {w_in}x{h_in} px", advice)
 
 
-def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible) -> None:
+def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride=None) -> None:
     """Descriptors of the images ``chunk`` (same input size) into ``results``."""
+    from vlens.match.strided import grid_centers
+
     if bb.model_type == "sift":
-        desc = torch.stack([_sift_descriptors(pils[i], w_in, h_in, bb.patch_size, bb.support)
+        desc = torch.stack([_sift_descriptors(pils[i], w_in, h_in, bb.patch_size, bb.support, stride)
                             for i in chunk])  # (B, h, w, 128)
     else:
         x = torch.stack([_to_tensor(pils[i], w_in, h_in, bb.mean, bb.std) for i in chunk])  # (B, 3, H, W)
         if bb.model is not None:  # wherever (and in whatever dtype) the model now is
             w = next(bb.model.parameters())
-            check_feature_memory(bb, len(chunk), w_in, h_in, size, w)
+            check_feature_memory(bb, len(chunk), w_in, h_in, size, w, stride)
             x = x.to(device=w.device, dtype=w.dtype)
-        desc = interruptible(_forward, bb, x, layer_idx, facet).float().cpu()  # (B, h, w, d)
+        desc = interruptible(_forward, bb, x, layer_idx, facet, stride).float().cpu()  # (B, h, w, d)
     gh, gw = desc.shape[1:3]
     for k, i in enumerate(chunk):
         w0, h0 = pils[i].size
         note = ""
         if max(w0, h0) > 2 * size:
             note = f"resized from {w0}x{h0} to {w_in}x{h_in} for the model (change with --size)"
-        centers = patch_centers(gh, gw, bb.patch_size, w0 / w_in, h0 / h_in)
+        if stride is None:
+            centers = patch_centers(gh, gw, bb.patch_size, w0 / w_in, h0 / h_in)
+        else:
+            centers = grid_centers(gh, gw, stride, bb.patch_size / 2, w0 / w_in, h0 / h_in)
         results[i] = DenseFeatures(desc[k].contiguous(), centers, (w0, h0), (w_in, h_in), bb.patch_size,
-                                   bb.spec, layer, facet, note)
+                                   bb.spec, layer, facet, note, stride=stride)
 
 
-def resample_grid(desc: torch.Tensor, patch: int, input_size: tuple[int, int], image_size: tuple[int, int],
-                  centers: torch.Tensor) -> torch.Tensor:
+def resample_grid(desc: torch.Tensor, step: float, origin: float, input_size: tuple[int, int],
+                  image_size: tuple[int, int], centers: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of a descriptor grid (h, w, d) at points ``centers`` (n, 2) in original-image pixels:
-    (n, d). The grid's patch ``(i, j)`` sits at ``((j + 0.5) p W / W_in, (i + 0.5) p H / H_in)``; points beyond
-    the outer patch centres take the border patches' values."""
+    (n, d). The grid's patch ``(i, j)`` sits at ``((j step + origin) W / W_in, (i step + origin) H / H_in)``
+    (``step = p``, ``origin = p / 2`` without overlap); points beyond the outer centres take the border values."""
     h, w, d = desc.shape
-    u = centers[:, 0] * input_size[0] / image_size[0] / patch - 0.5  # (n,) in patch units: centre j -> j
-    v = centers[:, 1] * input_size[1] / image_size[1] / patch - 0.5
+    u = centers[:, 0] * input_size[0] / image_size[0] / step - origin / step  # (n,) in grid units: centre j -> j
+    v = centers[:, 1] * input_size[1] / image_size[1] / step - origin / step
     gx = u / max(w - 1, 1) * 2 - 1 if w > 1 else torch.zeros_like(u)
     gy = v / max(h - 1, 1) * 2 - 1 if h > 1 else torch.zeros_like(v)
     grid = torch.stack([gx, gy], dim=-1).float()[None, None]  # (1, 1, n, 2)
@@ -495,13 +578,14 @@ def resample_grid(desc: torch.Tensor, patch: int, input_size: tuple[int, int], i
 def fuse_features(parts: Sequence[DenseFeatures], weights: Sequence[float], spec: str) -> DenseFeatures:
     """One image's fused descriptors (module docstring): every part on the finest part's grid, L2-normalised per
     patch, weighted and concatenated."""
-    ref = min(parts, key=lambda f: f.patch_size)  # the first of the finest
+    ref = min(parts, key=lambda f: (f.step, f.patch_size))  # the first of the finest (then the most cells)
     gh, gw = ref.grid
     blocks = []
     for f, wt in zip(parts, weights):
         if f.image_size != ref.image_size:
             raise ConfigError(f"'{spec}': the parts saw different images ({f.image_size} vs {ref.image_size})")
-        if f.grid == ref.grid and f.input_size == ref.input_size and f.patch_size == ref.patch_size:
+        if (f.grid == ref.grid and f.input_size == ref.input_size and f.step == ref.step
+                and f.origin == ref.origin):
             flat = f.flat  # the same grid: no resampling
         else:
             h, w = f.grid
@@ -509,15 +593,15 @@ def fuse_features(parts: Sequence[DenseFeatures], weights: Sequence[float], spec
                 raise ConfigError(f"'{spec}': cannot align the {h}x{w} patch grid of '{f.model}' with the {gh}x{gw} "
                                   f"grid of '{ref.model}' (a grid needs 2 patches per side to be resampled); use a "
                                   "larger --size or parts with closer patch sizes")
-            flat = resample_grid(f.descriptors, f.patch_size, f.input_size, f.image_size, ref.centers)
+            flat = resample_grid(f.descriptors, f.step, f.origin, f.input_size, f.image_size, ref.centers)
         blocks.append(wt * torch.nn.functional.normalize(flat.float(), dim=-1))
     desc = torch.cat(blocks, dim=-1).reshape(gh, gw, -1)
     note = next((f.note for f in parts if f.note), "")
     return dataclasses.replace(ref, descriptors=desc.contiguous(), model=spec, note=note)
 
 
-def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, batch_size: int
-                    ) -> list[DenseFeatures]:
+def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, batch_size: int,
+                    stride: int | None = None) -> list[DenseFeatures]:
     """:func:`extract_features` for a fused backbone: each part on the images, then :func:`fuse_features`."""
     from vlens.images import load_image
 
@@ -526,7 +610,8 @@ def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, 
         if not isinstance(src, Image.Image):
             im.info.setdefault("vlens_source", str(src))
     per_part = [extract_features(imgs, part, layer=layer if part.has_model else -1,
-                                 facet=facet if part.has_model else "token", size=size, batch_size=batch_size)
+                                 facet=facet if part.has_model else "token", size=size, batch_size=batch_size,
+                                 stride=stride)
                 for part, _ in bb.parts]
     weights = [w for _, w in bb.parts]
     return [fuse_features([feats[i] for feats in per_part], weights, bb.spec) for i in range(len(imgs))]

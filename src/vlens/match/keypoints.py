@@ -173,13 +173,16 @@ def transfer(fs, ft, src_kps: np.ndarray, pca: int | None = None, refine: str = 
     ``fs`` / ``ft``: :class:`DenseFeatures`. (n, 2)"""
     from vlens.match.matching import nearest_neighbors
     from vlens.match.pca import joint_pca
-    from vlens.match.refine import grid_step, refine_points
+    from vlens.match.refine import grid_origin, grid_step, refine_points
 
     a, b = joint_pca(fs.flat, ft.flat, k=pca, normalize=True)  # (hs*ws, d), (ht*wt, d)
-    idx = torch.as_tensor(patch_index(src_kps, fs.grid, fs.image_size))
+    if fs.stride:  # overlapping patches: the patch whose centre is nearest
+        idx = fs.index_at(src_kps)
+    else:
+        idx = torch.as_tensor(patch_index(src_kps, fs.grid, fs.image_size))
     nn, _ = nearest_neighbors(a[idx], b)  # (n,)
     if refine != "none":
-        return refine_points(a[idx], b, nn, ft.grid, grid_step(ft), refine).double().numpy()
+        return refine_points(a[idx], b, nn, ft.grid, grid_step(ft), refine, origin=grid_origin(ft)).double().numpy()
     return ft.centers[nn].double().numpy()
 
 
@@ -202,7 +205,7 @@ class KeypointResult:
 
 def run_keypoint_benchmark(spec: str, pairs: list[KeypointPair], size: int = 224, pca: int | None = None,
                            layer: int = -1, facet: str = "token", alpha: float = ALPHA,
-                           refine: str = "none") -> KeypointResult:
+                           refine: str = "none", stride: int | None = None) -> KeypointResult:
     """PCK@alpha (of the target box) of keypoint transfer with one descriptor spec over ``pairs``."""
     from vlens.images import ImageLoadError, SkipLog, load_image
     from vlens.match.features import extract_features, load_backbone
@@ -216,7 +219,7 @@ def run_keypoint_benchmark(spec: str, pairs: list[KeypointPair], size: int = 224
         except ImageLoadError as err:  # readable header, broken data (a truncated download): the pair is left out
             skips.add(err)
             continue
-        fs, ft = extract_features(imgs, bb, layer=layer, facet=facet, size=size)
+        fs, ft = extract_features(imgs, bb, layer=layer, facet=facet, size=size, stride=stride)
         ok = pck_correct(transfer(fs, ft, p.src_kps, pca, refine), p.trg_kps, p.threshold_unit, alpha)
         per_pair.append((p.name, int(ok.sum()), len(ok)))
         c = per_cat.setdefault(p.category, [0, 0, 0])

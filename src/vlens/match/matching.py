@@ -194,7 +194,7 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
     come back on the CPU.
     """
     from vlens.match.pca import joint_pca
-    from vlens.match.refine import TEMPERATURE, check_method, grid_step, refine_matches
+    from vlens.match.refine import TEMPERATURE, check_method, grid_origin, grid_step, refine_matches
 
     check_method(refine)
 
@@ -210,7 +210,8 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
         m = Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
     if refine != "none":
         m = refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
-                           TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors)
+                           TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors,
+                           origin_a=grid_origin(fa), origin_b=grid_origin(fb))
     return m
 
 

@@ -406,6 +406,7 @@ class PairsConfig:
     refine: tuple[str, ...] = ("none",)  # sub-patch refinements to evaluate, each a row (vlens.match.refine)
     sparse: bool = True  # also run the sparse SIFT + ratio (+ RANSAC) reference on every pair
     bin_levels: int = 0  # log-binned descriptors (vlens.match.binning): 0 = off, else the hierarchy levels
+    strides: tuple = (None,)  # patch strides to evaluate, each a row (None: the patch size; vlens.match.strided)
 
 
 @dataclass
@@ -424,12 +425,17 @@ class DescriptorResult:
     errors: np.ndarray | None = field(default=None, repr=False)  # (n,) valid matches, best cycle score first
     match_xy: tuple | None = field(default=None, repr=False)  # (src (n, 2), dst (n, 2)) working px, same order
     refine: str = "none"  # sub-patch refinement of the matches (vlens.match.refine)
+    stride: int | None = None  # patch stride of the features (None: the patch size)
+    feature_seconds: float = 0.0  # of ``seconds``: the features of both images
+    peak_bytes: int = 0  # peak memory of the features + matching above what was in use before (PeakMemory)
+    grid: tuple | None = None  # the source's patch grid (rows, cols)
 
     @property
     def label(self) -> str:
         from vlens.match.draw import short_model
 
-        return short_model(self.descriptor) + ("" if self.refine == "none" else f" + {self.refine}")
+        return (short_model(self.descriptor) + ("" if self.stride is None else f" /{self.stride}")
+                + ("" if self.refine == "none" else f" + {self.refine}"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -533,6 +539,7 @@ def sparse_sift_reference(pair: Pair, img_s, img_t, s_src, s_tgt, cfg: PairsConf
 def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig | None = None,
                         progress=None) -> list[PairResult]:
     """Match every source patch of every pair with each descriptor spec; see the module docstring."""
+    from vlens.devices import PeakMemory
     from vlens.match.features import extract_features, load_backbone
     from vlens.match.matching import match_features
 
@@ -543,26 +550,36 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
     for pair in pairs:
         img_s, img_t, s_src, s_tgt = working_pair(pair, cfg.size)
         rows = []
-        for spec in specs:
-            t0 = time.time()
+        for spec, stride in ((sp, st) for sp in specs for st in cfg.strides):
             bb = load_backbone(spec)
-            fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size,
-                                      bin_levels=cfg.bin_levels)
+            stride = None if stride == min_patch(bb) else stride
+            t0 = time.time()
+            with PeakMemory() as pm_feat:
+                fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size,
+                                          stride=stride, bin_levels=cfg.bin_levels)
             t_feat = time.time() - t0
             for method in cfg.refine:
                 t1 = time.time()
-                m = match_features(fs, ft, pca=cfg.pca, normalize=cfg.normalize, refine=method)
+                with PeakMemory() as pm_match:
+                    m = match_features(fs, ft, pca=cfg.pca, normalize=cfg.normalize, refine=method)
+                t_match = time.time() - t1
                 r = evaluate_matches(pair, m, s_src, s_tgt, img_t.size, img_s.size, cfg, bb.spec)
-                r.refine = method
-                r.seconds = round(t_feat + time.time() - t1, 3)
+                r.refine, r.stride, r.grid = method, stride, tuple(fs.grid)
+                r.seconds, r.feature_seconds = round(t_feat + t_match, 3), round(t_feat, 3)
+                r.peak_bytes = max(pm_feat.bytes, pm_match.bytes)
                 rows.append(r)
                 if progress:
-                    progress(f"{pair.name}: {r.label} {r.seconds:.1f} s")
+                    progress(f"{pair.name}: {r.label} {r.seconds:.1f} s, peak {r.peak_bytes / 1e6:.0f} MB")
         sparse = (sparse_sift_reference(pair, img_s, img_t, s_src, s_tgt, cfg) if cfg.sparse else
                   {"evaluated": 0, "skipped": True, "all": subset_stats(np.zeros(0))})
         results.append(PairResult(pair.name, pair.kind, (img_s.size, img_t.size), rows, sparse,
                                   pair.group or pair.name))
     return results
+
+
+def min_patch(bb) -> int:
+    """The patch size a stride refers to: the backbone's, the finest part's for a fusion."""
+    return min(p.patch_size for p, _ in bb.parts) if bb.parts else bb.patch_size
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -622,6 +639,8 @@ def summarize(results: list[PairResult]) -> list[dict]:
         for k, d0 in enumerate(prs[0].descriptors):
             ds = [pr.descriptors[k] for pr in prs]
             rows.append({"descriptor": d0.descriptor, "refine": d0.refine, "label": d0.label,
+                         "stride": d0.stride, "seconds": float(np.mean([d.seconds for d in ds])),
+                         "peak_mb": max(d.peak_bytes for d in ds) / 1e6,
                          "matches": sum(d.matches for d in ds),
                          "top50_cycle_pck@10": float(np.mean([d.top["cycle@50%"]["pck@10"] for d in ds])),
                          **_set_stats([d.all for d in ds], [d.corner_error for d in ds])})
@@ -634,7 +653,7 @@ def summarize(results: list[PairResult]) -> list[dict]:
 
 
 SUMMARY_HEADERS = ["set", "pairs", "descriptor", *[f"PCK@{t}" for t in PCK_THRESHOLDS], "MMA@1-10", "median px",
-                   "PCK@10 top50% cycle", "RANSAC corner px"]
+                   "PCK@10 top50% cycle", "RANSAC corner px", "s / pair", "peak MB"]
 
 
 def summary_rows(summaries: list[dict]) -> list[list]:
@@ -646,7 +665,9 @@ def summary_rows(summaries: list[dict]) -> list[list]:
                          round(100 * float(np.mean(r["mma"])), 1),
                          "-" if not math.isfinite(r["median"]) else round(r["median"], 1),
                          round(100 * r["top50_cycle_pck@10"], 1) if "top50_cycle_pck@10" in r else "-",
-                         _fmt_corner(r["corner_error"])])
+                         _fmt_corner(r["corner_error"]),
+                         round(r["seconds"], 2) if "seconds" in r else "-",
+                         round(r["peak_mb"]) if "peak_mb" in r else "-"])
     return rows
 
 
@@ -683,5 +704,8 @@ def describe(cfg: PairsConfig) -> str:
             f"matched to its nearest target patch (PCA {cfg.pca or 'off'}; {binned}'+ soft' / '+ quadratic' = refined "
             f"off the patch centre, see vlens.match.refine); MMA@1-10 = mean of the fraction within "
             f"t px for t = 1..10; PCK in %; top x% = the best-scored x% of the matches; RANSAC corner px = mean "
-            f"corner error of the OpenCV RANSAC homography ({cfg.ransac_px:g} px) from the dense matches.")
+            f"corner error of the OpenCV RANSAC homography ({cfg.ransac_px:g} px) from the dense matches; '/S' = "
+            f"patch stride S (overlapping patches); s / pair = features of both images + matching, mean over the "
+            f"set's pairs; peak MB = the largest peak memory above the start of a row's features or matching "
+            f"(resident set on the CPU, allocator peak on a GPU).")
 

@@ -94,10 +94,11 @@ def refine_offsets(sim: torch.Tensor, inside: torch.Tensor, method: str, tempera
 
 
 def refine_points(query: torch.Tensor, b: torch.Tensor, nn: torch.Tensor, grid: tuple[int, int],
-                  step: tuple[float, float], method: str = "soft", temperature: float = TEMPERATURE
-                  ) -> torch.Tensor:
+                  step: tuple[float, float], method: str = "soft", temperature: float = TEMPERATURE,
+                  origin: tuple[float, float] | None = None) -> torch.Tensor:
     """Refined location (n, 2), in the target's pixels, of each query (n, d) matched to patch ``nn`` (n,) of the
-    target descriptors ``b`` (h*w, d) on ``grid`` (h, w) with patch centres ``step`` = (sx, sy) pixels apart."""
+    target descriptors ``b`` (h*w, d) on ``grid`` (h, w) with patch centres ``step`` = (sx, sy) pixels apart, the
+    first one at ``origin`` (x, y) pixels (None: half a step, the grid without overlap; :func:`grid_origin`)."""
     check_method(method)
     nn = nn.long()
     w = grid[1]
@@ -106,18 +107,29 @@ def refine_points(query: torch.Tensor, b: torch.Tensor, nn: torch.Tensor, grid: 
         off = torch.zeros(nn.shape[0], 2)
     else:
         off = refine_offsets(*window_similarity(query, b, nn, grid), method, temperature)
-    return torch.stack([(col + 0.5 + off[:, 0]) * step[0], (row + 0.5 + off[:, 1]) * step[1]], dim=1)
+    if origin is None:
+        return torch.stack([(col + 0.5 + off[:, 0]) * step[0], (row + 0.5 + off[:, 1]) * step[1]], dim=1)
+    return torch.stack([(col + off[:, 0]) * step[0] + origin[0], (row + off[:, 1]) * step[1] + origin[1]], dim=1)
 
 
 def grid_step(features) -> tuple[float, float]:
     """Pixels between neighbouring patch centres of a :class:`~vlens.match.features.DenseFeatures`, (sx, sy)."""
+    return features.step_px
+
+
+def grid_origin(features) -> tuple[float, float] | None:
+    """Pixels (x, y) from the image's corner to the first patch centre of a
+    :class:`~vlens.match.features.DenseFeatures`; None when that is half a step (no overlapping patches)."""
+    if 2 * features.origin == features.step:
+        return None
     sx, sy = features.scale
-    return features.patch_size * sx, features.patch_size * sy
+    return features.origin * sx, features.origin * sy
 
 
 def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int, int], grid_b: tuple[int, int],
                    step_a: tuple[float, float], step_b: tuple[float, float], method: str = "soft",
-                   temperature: float = TEMPERATURE, *, nearest: Callable):
+                   temperature: float = TEMPERATURE, *, nearest: Callable,
+                   origin_a: tuple[float, float] | None = None, origin_b: tuple[float, float] | None = None):
     """``matches`` (a :class:`~vlens.match.matching.Matches` of source rows ``a`` (n, d) into target rows
     ``b`` (m, d), same projection) with refined target points and refined cycle distances (module docstring).
     Feature distances, indices and ``mutual`` stay those of the patches. ``nearest(q, a)``: the nearest-neighbour
@@ -128,10 +140,10 @@ def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int,
         return matches
     src, dst = matches.src_index.long().cpu(), matches.dst_index.long().cpu()
     a, b = a.cpu(), b.cpu()
-    dst_xy = refine_points(a[src], b, dst, grid_b, step_b, method, temperature)
+    dst_xy = refine_points(a[src], b, dst, grid_b, step_b, method, temperature, origin_b)
     uniq, inv = torch.unique(dst, return_inverse=True)
     back, _ = nearest(b[uniq], a)  # each target patch's nearest source patch
-    back_xy = refine_points(b[dst], a, back[inv], grid_a, step_a, method, temperature)  # (n, 2)
+    back_xy = refine_points(b[dst], a, back[inv], grid_a, step_a, method, temperature, origin_a)  # (n, 2)
     src_xy = matches.src_xy.cpu()
     return replace(matches, dst_xy=dst_xy.to(matches.dst_xy.dtype),
                    cycle_distance=(src_xy.float() - back_xy).norm(dim=1).to(matches.cycle_distance.dtype))

@@ -35,6 +35,7 @@ class SegmentConfig:
     layer: int = -1
     facet: str = "token"
     n_classes: int | None = None  # default: 1 + the largest label in the reference masks
+    stride: int | None = None  # overlapping patches every ``stride`` input px (None: the patch size)
 
 
 @dataclass
@@ -60,6 +61,21 @@ def label_distribution(mask: np.ndarray | torch.Tensor, grid: tuple[int, int], n
     m = torch.as_tensor(np.asarray(mask)).long()
     onehot = F.one_hot(m, n_classes).permute(2, 0, 1).float()[None]  # (1, C, H, W)
     frac = F.adaptive_avg_pool2d(onehot, grid)[0]  # (C, h, w): area average over each patch's pixels
+    return frac.permute(1, 2, 0).reshape(-1, n_classes)  # (h*w, C)
+
+
+def patch_label_distribution(mask: np.ndarray | torch.Tensor, features, n_classes: int) -> torch.Tensor:
+    """:func:`label_distribution` on the grid of ``features`` (a DenseFeatures): without overlap the same; with
+    overlapping patches (a stride) the class fractions of each patch's own ``p x p`` input pixels, which overlap
+    like the patches: the mask's one-hot resized (area) to the model input, averaged over ``p x p`` windows every
+    ``step`` px: (h*w, C)."""
+    if not features.stride:
+        return label_distribution(mask, features.grid, n_classes)
+    m = torch.as_tensor(np.asarray(mask)).long()
+    onehot = F.one_hot(m, n_classes).permute(2, 0, 1).float()[None]  # (1, C, H, W)
+    w_in, h_in = features.input_size
+    at_input = F.adaptive_avg_pool2d(onehot, (h_in, w_in))  # (1, C, H_in, W_in)
+    frac = F.avg_pool2d(at_input, features.patch_size, features.step)[0]  # (C, h, w)
     return frac.permute(1, 2, 0).reshape(-1, n_classes)  # (h*w, C)
 
 
@@ -115,9 +131,9 @@ def build_references(refs: list[tuple[Image.Image, np.ndarray]], model=None, con
                            "raise --classes")
     if ref_features is None:
         ref_features = extract_features([to_rgb(im) for im, _ in refs], model, layer=cfg.layer, facet=cfg.facet,
-                                        size=cfg.size)
+                                        size=cfg.size, stride=cfg.stride)
     keys = F.normalize(torch.cat([f.flat for f in ref_features]), dim=1)  # (N, d)
-    values = torch.cat([label_distribution(m, f.grid, n_classes) for m, f in zip(masks, ref_features)])  # (N, C)
+    values = torch.cat([patch_label_distribution(m, f, n_classes) for m, f in zip(masks, ref_features)])  # (N, C)
     classes = set(np.unique(np.concatenate([np.unique(m) for m in masks])).tolist())
     return References(keys, values, classes, n_classes)
 
@@ -137,7 +153,7 @@ def segment(target: Image.Image, refs, model=None, config: SegmentConfig | None 
     bank = refs if isinstance(refs, References) else build_references(refs, model, cfg)
     if target_features is None:
         (target_features,) = extract_features([to_rgb(target)], model, layer=cfg.layer, facet=cfg.facet,
-                                              size=cfg.size)
+                                              size=cfg.size, stride=cfg.stride)
     probs = knn_vote(target_features.flat, bank.keys, bank.values, cfg.k, cfg.temperature)  # (h*w, C)
     probs = probs.reshape(*target_features.grid, bank.n_classes)  # (h, w, C)
     notes = []
@@ -199,15 +215,16 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[tor
 
 
 def discover_parts(images: list[Image.Image], model=None, k: int = 5, size: int = 224, pca: int | None = 10,
-                   layer: int = -1, facet: str = "token", seed: int = 0):
-    """k-means on the (jointly PCA-reduced, L2-normalised) features of one or more images.
+                   layer: int = -1, facet: str = "token", seed: int = 0, stride: int | None = None):
+    """k-means on the (jointly PCA-reduced, L2-normalised) features of one or more images (``stride``:
+    overlapping patches, :mod:`vlens.match.strided`).
 
     Returns (list of (h, w) part labels, list of DenseFeatures): a part id means the same thing in every image,
     because the clustering is joint."""
     from vlens.match.features import extract_features
     from vlens.match.pca import joint_pca
 
-    feats = extract_features(images, model, layer=layer, facet=facet, size=size)
+    feats = extract_features(images, model, layer=layer, facet=facet, size=size, stride=stride)
     reduced = joint_pca(*[f.flat for f in feats], k=pca, normalize=True)
     labels, _ = kmeans(torch.cat(reduced), k, seed=seed)
     out, start = [], 0
@@ -295,8 +312,8 @@ def run_segment_benchmark(model, data=None, *, refs: int = 20, targets: int = 40
     else:
         bb = load_backbone(model)
         spec = bb.spec
-        ref_f = extract_features(ref_imgs, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size)
-        tgt_f = extract_features(tgt_imgs, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size)
+        ref_f = extract_features(ref_imgs, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size, stride=cfg.stride)
+        tgt_f = extract_features(tgt_imgs, bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size, stride=cfg.stride)
         bank = build_references(list(zip(ref_imgs, ref_masks)), bb, cfg, ref_features=ref_f)
         preds = []
         for img, mask, f in zip(tgt_imgs, tgt_masks, tgt_f):

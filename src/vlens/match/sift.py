@@ -38,11 +38,14 @@ def gray_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def dense_sift(gray: np.ndarray, patch: int, support: float = SIFT_SUPPORT) -> np.ndarray:
+def dense_sift(gray: np.ndarray, patch: int, support: float = SIFT_SUPPORT, step: int | None = None
+               ) -> np.ndarray:
     """SIFT descriptors at the centres of the ``patch``-pixel grid of an (H, W) uint8 image: (H//p, W//p, 128).
 
     Row-major grid like :func:`vlens.match.features.patch_centers`: patch ``(i, j)`` is centred at vlens
-    ``((j + 0.5) p, (i + 0.5) p)``, i.e. OpenCV ``((j + 0.5) p - 0.5, (i + 0.5) p - 0.5)``.
+    ``((j + 0.5) p, (i + 0.5) p)``, i.e. OpenCV ``((j + 0.5) p - 0.5, (i + 0.5) p - 0.5)``. With ``step`` (a
+    stride, :mod:`vlens.match.strided`) the centres are ``step`` px apart from ``p / 2``: (1 + (H - p) // step,
+    1 + (W - p) // step, 128).
     """
     cv2 = _cv2()
     if gray.ndim != 2 or gray.dtype != np.uint8:
@@ -57,8 +60,13 @@ def dense_sift(gray: np.ndarray, patch: int, support: float = SIFT_SUPPORT) -> n
                           f"sift:{patch}:S with S at most {2 * side} (the default is {SIFT_SUPPORT:g}), or a larger "
                           "--size")
     size = support / 6.0  # OpenCV's support is 4 cells of 1.5 * size pixels = 6 * size
-    ys = (np.arange(gh) + 0.5) * patch - 0.5
-    xs = (np.arange(gw) + 0.5) * patch - 0.5
+    if step is None or step == patch:
+        ys = (np.arange(gh) + 0.5) * patch - 0.5
+        xs = (np.arange(gw) + 0.5) * patch - 0.5
+    else:
+        gh, gw = 1 + (gray.shape[0] - patch) // step, 1 + (gray.shape[1] - patch) // step
+        ys = np.arange(gh) * step + patch / 2 - 0.5
+        xs = np.arange(gw) * step + patch / 2 - 0.5
     kps = [cv2.KeyPoint(float(x), float(y), float(size), 0.0) for y in ys for x in xs]  # row-major
     sift = cv2.SIFT_create()
     out_kps, desc = sift.compute(gray, kps)

@@ -83,6 +83,7 @@ class MatchResponse(BaseModel):
     matches: list[MatchItem]
     score: str
     refine: str = Field(description="The sub-patch refinement used: quadratic, soft or none (patch centres).")
+    stride: int | None = Field(None, description="The patch stride asked for (None: the patch size, no overlap).")
     model: str
     took_ms: float
 
@@ -443,7 +444,10 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     count: int = Form(30, ge=1, le=500, description="How many top matches to draw"),
                     refine: Literal["none", "soft", "quadratic"] | None = Form(
                         None, description="Sub-patch refinement of each match: quadratic (the default, as `vlens "
-                        "match`), soft, or none (patch centres)")) -> MatchResponse:
+                        "match`), soft, or none (patch centres)"),
+                    stride: int | None = Form(None, ge=1, le=64, description="Overlapping patches: a descriptor "
+                                              "every S input pixels (S divides the patch size); empty = the patch "
+                                              "size")) -> MatchResponse:
         """Dense correspondences between two images: the top matches by the chosen score, drawn."""
         from vlens.match.refine import DEFAULT_REFINE
 
@@ -454,7 +458,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
 
         def run():
             with svc._match_lock:
-                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine)
+                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
+                                 stride=stride)
                 picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x that wide per image
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
@@ -463,7 +468,7 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         t0 = time.perf_counter()
         m, url = await run_cpu(run)
         recs = m.to_records()[:count]
-        return MatchResponse(image=url, score=score, refine=refine, model=svc.backbone_spec,
+        return MatchResponse(image=url, score=score, refine=refine, stride=stride, model=svc.backbone_spec,
                              matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))
 

@@ -268,6 +268,7 @@ $("match-form").addEventListener("submit", async (ev) => {
   form.append("score", $("score").value);
   form.append("count", $("count").value || "30");
   form.append("refine", $("refine").value);
+  if ($("stride").value) form.append("stride", $("stride").value);
   const btn = $("match-btn");
   btn.disabled = true;
   setStatus($("match-status"), "matching…");
@@ -275,7 +276,8 @@ $("match-form").addEventListener("submit", async (ev) => {
     const data = await api("/api/match", { method: "POST", body: form });
     $("match-result").src = data.image;
     setStatus($("match-status"), `top ${data.matches.length} matches by ${data.score} distance · ` +
-      `refine ${data.refine} · ${data.model} · ${data.took_ms.toFixed(0)} ms`);
+      `refine ${data.refine} · ` + (data.stride ? `stride ${data.stride} px · ` : "") +
+      `${data.model} · ${data.took_ms.toFixed(0)} ms`);
   } catch (e) {
     setStatus($("match-status"), e.message, true);
   } finally {
