@@ -119,11 +119,24 @@ def test_resume_with_other_settings_is_refused_in_one_line(cli, hostile, tiny_bl
     # What does not change a caption is not a mismatch: the batch size, workers, --top-k under greedy.
     code, _, err = cli(*base, "--model", tiny_blip, "--batch-size", "3", "--top-k", "7")
     assert code == 0, err
-    # A file written before settings were recorded is adopted with a note, then guarded.
-    Path(str(out) + ".settings.json").unlink()
-    code, _, err = cli(*base, "--model", tiny_blip)
-    assert code == 0 and "no record of the settings" in err
-    assert cli(*base, "--model", tiny_blip, "--max-new-tokens", "5")[0] == 1
+    assert side["dtype"] == "float32"  # bf16 makes other captions: recorded too
+
+
+def test_resume_onto_captions_of_unknown_settings_is_refused(cli, hostile, tiny_blip, tmp_path):
+    """Issue 29 item 9: the settings record damaged, then deleted as the message advised: the rerun must not
+    append greedy captions to a sampled file (it did, with a note); nothing is written."""
+    out = tmp_path / "caps.jsonl"
+    side = Path(str(out) + ".settings.json")
+    base = ("caption", hostile / "plain0.png", "--out", out, "--workers", "0", "--model", tiny_blip)
+    assert cli(*base, "--strategy", "sample", "--seed", "1")[0] == 0
+    before = out.read_bytes()
+    side.write_text("{not json")
+    code, _, err = cli(*base, hostile / "plain1.png")
+    assert code == 1 and err.count("\n") == 1 and "damaged" in err and "choose another --out" in err, err
+    side.unlink()
+    code, _, err = cli(*base, hostile / "plain1.png")
+    assert code == 1 and err.count("\n") == 1 and "no record of the settings" in err, err
+    assert f"delete {out}" in err and out.read_bytes() == before and not side.exists()
 
 
 def test_a_lost_peer_under_torchrun_is_one_line_not_a_bug(cli, hostile, tmp_path, monkeypatch):

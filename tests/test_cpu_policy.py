@@ -198,3 +198,48 @@ def test_policy_off_leaves_torch_alone_but_honours_threads(clean_env):
         assert cpu.apply(threads=1).threads == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_more_threads_than_cores_are_lowered_with_a_note(clean_env):
+    """Issue 29 item 9: --threads 999 on 2 cores planned 999 while torch ran 2: the plan says what runs."""
+    p = cpu.plan(threads=999, cores=2)
+    assert (p.threads, p.asked) == (2, 999) and "999" in p.note() and "running 2" in p.note()
+    assert cpu.plan(threads=2, cores=2).note() == ""
+    clean_env.setenv("VLENS_THREADS", "64")
+    assert (cpu.plan(cores=4).threads, cpu.plan(cores=4).source) == (4, "VLENS_THREADS")
+
+
+def test_openmp_nested_thread_lists_use_their_first_number(clean_env):
+    clean_env.setenv("OMP_NUM_THREADS", "4,2")
+    assert (cpu.plan(cores=8).threads, cpu.plan(cores=8).source) == (4, "OMP_NUM_THREADS")
+    clean_env.setenv("OMP_NUM_THREADS", "4,x")
+    assert cpu.plan(cores=8).threads == 4  # the nested levels are OpenMP's to read
+    clean_env.setenv("OMP_NUM_THREADS", ",2")
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
+        cpu.plan(cores=8)
+
+
+@pytest.mark.parametrize("value,off", [("off", True), ("0", True), ("torch", True), ("on", False), ("", False),
+                                       ("ON", False), ("1", False)])
+def test_cpu_policy_switch_values(clean_env, value, off):
+    clean_env.setenv("VLENS_CPU_POLICY", value)
+    assert cpu.disabled() is off
+
+
+def test_a_bogus_cpu_policy_is_refused_in_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in POLICY_ENV}
+    r = subprocess.run([sys.executable, "-m", "vlens", "lab", "--help"], env={**env, "VLENS_CPU_POLICY": "bogus"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: VLENS_CPU_POLICY='bogus'") and "on" in r.stderr and "off" in r.stderr
+
+
+def test_cli_threads_above_the_cores_run_the_cores_and_say_so(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
+    got = _cli(["caption", str(tmp_path / "a.png"), "--model", "builtin:blip-tiny", "--json", "--threads", "999"])
+    assert got["rc"] == 0 and got["torch"] == cpu.usable_cores()
+    got = _cli(["caption", str(tmp_path / "a.png"), "--model", "builtin:blip-tiny", "--json"],
+               {"OMP_NUM_THREADS": "1,1"})
+    assert (got["rc"], got["torch"]) == (0, 1)

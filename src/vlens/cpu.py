@@ -11,8 +11,10 @@ one busy process instead of 24 ms (2 cores). The policy:
 - **threads**: the cores this process may use (CPU affinity and the cgroup CPU quota, not ``os.cpu_count()``),
   divided among the processes torchrun/accelerate start on this node (``LOCAL_WORLD_SIZE``) and the server's
   concurrent requests, less one core per decode worker (each worker runs one thread);
-- ``--threads N`` on the command line, else ``VLENS_THREADS``, else ``OMP_NUM_THREADS``, overrides the count;
-  ``VLENS_CPU_POLICY=off`` leaves torch's defaults alone (the baseline of benchmarks/bench_cpu_policy.py).
+- ``--threads N`` on the command line, else ``VLENS_THREADS``, else ``OMP_NUM_THREADS`` (its first number: OpenMP's
+  nested form ``4,2`` is valid), overrides the count, lowered with a note to the usable cores; ``VLENS_CPU_POLICY=off``
+  leaves torch's defaults alone (the baseline of benchmarks/bench_cpu_policy.py; ``on`` is the default, anything
+  else is refused).
 
 Library users make the same choice with one call, before importing torch::
 
@@ -45,6 +47,14 @@ class CpuPlan:
     slots: int = 1
     wait_policy: str = "PASSIVE"
     source: str = "auto"  # auto | --threads | VLENS_THREADS | OMP_NUM_THREADS
+    asked: int | None = None  # an explicit count above the usable cores, lowered to them (see note())
+
+    def note(self) -> str:
+        """One line for the CLI when the count asked for was lowered to the usable cores, else ""."""
+        if self.asked is None:
+            return ""
+        return (f"note: {self.source} asks for {self.asked} threads but this process may use {self.cores} core(s); "
+                f"running {self.threads} (more threads than cores only wait for each other)")
 
     def describe(self) -> str:
         extra = f", {self.workers} decode worker(s)" if self.workers else ""
@@ -110,8 +120,10 @@ def _requested(threads: int | None) -> tuple[int | None, str]:
         if value:
             from vlens.errors import ConfigError
 
+            # OpenMP's nested form "4,2" (4 threads, then 2 in each nested region): torch's count is the first
+            first = value.split(",")[0].strip() if name == "OMP_NUM_THREADS" else value
             try:
-                n = int(value)
+                n = int(first)
             except ValueError:
                 raise ConfigError(f"{name}={value!r}: write a whole number of threads, e.g. {name}=2") from None
             if n < 1:
@@ -133,19 +145,34 @@ def plan(threads: int | None = None, workers: int = 0, slots: int = 1, cores: in
     share = max(1, cores // local_processes())
     workers = max(0, min(int(workers), share - 1))
     wanted, source = _requested(threads)
+    asked = None
     if wanted is not None:
+        if wanted > share:  # torch would run them anyway, time-sliced on fewer cores: slower, and the plan a lie
+            asked, wanted = wanted, share
         n = wanted
         slots = slots or max(1, (share - workers) // n)
     else:
         slots = min(slots, share - workers) if slots else share - workers  # at least one core per slot
         n = max(1, (share - workers) // max(1, slots))
     wait = os.environ.get("OMP_WAIT_POLICY", "PASSIVE" if "GOMP_SPINCOUNT" not in os.environ else "(GOMP_SPINCOUNT)")
-    return CpuPlan(cores=cores, threads=n, workers=workers, slots=max(1, slots), wait_policy=wait, source=source)
+    return CpuPlan(cores=cores, threads=n, workers=workers, slots=max(1, slots), wait_policy=wait, source=source,
+                   asked=asked)
+
+
+POLICY_OFF = ("off", "0", "false", "no", "torch")
+POLICY_ON = ("", "on", "1", "true", "yes", "auto")
 
 
 def disabled() -> bool:
-    """``VLENS_CPU_POLICY=off``: leave torch's own defaults alone (for comparisons; not recommended)."""
-    return os.environ.get("VLENS_CPU_POLICY", "").strip().lower() in ("off", "0", "torch")
+    """``VLENS_CPU_POLICY=off``: leave torch's own defaults alone (for comparisons; not recommended). Anything
+    but on/off (and their usual spellings) is a one-line ConfigError, never silently on."""
+    value = os.environ.get("VLENS_CPU_POLICY", "").strip().lower()
+    if value not in POLICY_OFF + POLICY_ON:
+        from vlens.errors import ConfigError
+
+        raise ConfigError(f"VLENS_CPU_POLICY={os.environ['VLENS_CPU_POLICY']!r}: write on (the default: vlens "
+                          "plans threads and passive waiting) or off (torch's own defaults)")
+    return value in POLICY_OFF
 
 
 def apply(threads: int | None = None, workers: int = 0, slots: int = 1) -> CpuPlan:
@@ -173,9 +200,9 @@ def apply(threads: int | None = None, workers: int = 0, slots: int = 1) -> CpuPl
     if threads:  # the process's choice from now on: a later apply(workers=...) keeps it
         os.environ[THREADS_ENV] = str(p.threads)
     if "torch" not in sys.modules:
-        if p.source != "OMP_NUM_THREADS":
+        if p.source != "OMP_NUM_THREADS" or p.asked is not None:  # the user's own list ("4,2") stays
             os.environ["OMP_NUM_THREADS"] = os.environ[_AUTO_MARK] = str(p.threads)
-        os.environ["MKL_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]  # torch reads it too, and it wins
+        os.environ["MKL_NUM_THREADS"] = str(p.threads)  # torch reads it too, and it wins
     else:
         import torch
 

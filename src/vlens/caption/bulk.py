@@ -13,7 +13,8 @@ writes everything.
 ``path`` is the file's absolute path, and a rerun recognises a file by its resolved path: the same folder given
 as ``photos/``, ``./photos`` or ``/home/me/photos`` (or from another working directory) resumes instead of
 captioning everything again. What made the lines (the model and every decoding setting that changes a caption)
-is kept beside the file in ``OUT.settings.json``; a rerun with other settings is refused (choose another --out).
+is kept beside the file in ``OUT.settings.json``; a rerun with other settings is refused (choose another --out),
+and so is a rerun onto captions whose record is missing or damaged (their settings are unknown).
 A file whose name cannot be written as text (not valid UTF-8, a newline or tab in it) is skipped and listed on
 every run, never written.
 """
@@ -105,33 +106,38 @@ def made_with(captioner, settings) -> dict:
         spec = str(Path(spec).resolve())
     kept = {k: v for k, v in dataclasses.asdict(settings).items()
             if k != "batch_size" and _ONLY_FOR.get(k, settings.strategy) == settings.strategy}
-    return {"model": spec, **kept}
+    dtype = str(getattr(captioner, "dtype", "") or "").removeprefix("torch.") or None  # bf16 changes captions too
+    return {"model": spec, "dtype": dtype, **kept}
 
 
-def check_settings(out, made: dict, has_records: bool) -> str | None:
-    """Refuse to append captions made differently from those already in ``out``; record ``made`` if new.
-    Returns a note when ``out`` predates settings records (its settings are then assumed to be these)."""
+def check_settings(out, made: dict, has_records: bool) -> None:
+    """Refuse to append captions made differently from those already in ``out``, or to append to captions whose
+    settings are not known (the record is missing or damaged: they may have been sampled, this run greedy);
+    record ``made`` when ``out`` is new."""
     from vlens.runs import read_json, write_json
 
     side = Path(str(out) + SETTINGS_SUFFIX)
+    start_over = (f"choose another --out, or delete {out} and {side.name} to caption everything again with this "
+                  "run's settings")
     if side.exists():
         try:
             before = read_json(side)
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"{side} is damaged ({exc}); delete it or choose another --out") from None
+            raise DatasetError(f"{side} is damaged ({exc}), so the settings of the captions in {out} are unknown; "
+                               f"{start_over}") from None
         if not isinstance(before, dict):
-            raise DatasetError(f"{side} is not a settings record written by vlens; delete it or choose another --out")
+            raise DatasetError(f"{side} is not a settings record written by vlens; {start_over}")
         diff = [k for k in sorted(set(before) | set(made)) if before.get(k) != made.get(k)]
         if diff:
-            was = ", ".join(f"{k}={before.get(k)!r}" for k in diff)
+            was = ", ".join(f"{k}={before[k]!r}" if k in before else f"{k} unrecorded" for k in diff)
             now = ", ".join(f"{k}={made.get(k)!r}" for k in diff)
             raise ConfigError(f"{out} holds captions made with {was}; this run asks for {now}. Rerun with the "
                               "same settings to continue it, or choose another --out")
-        return None
+        return
+    if has_records:  # appending would mix captions made one way with captions made another, unnoticed
+        raise DatasetError(f"{out} holds captions but no record of the settings they were made with ({side.name} "
+                           f"is missing), so this run cannot tell whether its captions would match; {start_over}")
     write_json(side, made)
-    if has_records:  # written before settings were recorded: adopt this run's rather than refuse forever
-        return f"{out} has no record of the settings its captions were made with; assuming this run's"
-    return None
 
 
 def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progress: bool = True,
@@ -143,11 +149,11 @@ def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progre
     settings, _ = captioner.prepare(settings)
     files, refused = collect(paths)
     rf = record_file(out)
-    todo, problem, note = None, None, None
+    todo, problem = None, None
     if procs.is_main:
         try:
             had = rf.path.exists() and rf.path.stat().st_size > 0
-            note = check_settings(out, made_with(captioner, settings), had)
+            check_settings(out, made_with(captioner, settings), had)
             done = {os.path.realpath(p) for p in rf.open_for_append()}  # older files hold relative paths too
             todo = [p for p in files if os.path.realpath(p) not in done]
         except (ConfigError, DatasetError) as exc:
@@ -156,7 +162,7 @@ def caption_to_file(paths, out, captioner, settings, *, workers: int = 2, progre
     if problem is not None:
         raise problem
     rep = BulkReport(total=len(files) + len(refused), already=len(files) - len(todo), skipped=list(refused),
-                     processes=procs.world, notes=[note] if note else [])
+                     processes=procs.world, notes=[])
 
     def infer(batch):
         good = [d for d in batch if d.error is None]

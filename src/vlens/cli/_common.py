@@ -395,7 +395,9 @@ def with_threads(func):
     def wrapper(*args, threads: int | None = None, **kwargs):
         from vlens import cpu
 
-        cpu.apply(threads)
+        note = cpu.apply(threads).note()
+        if note:
+            typer.echo(note, err=True)
         return func(*args, **kwargs)
 
     param = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=THREADS_OPTION,

@@ -568,7 +568,9 @@ def train_cmd(
     from vlens import cpu
     from vlens.caption.train import TrainConfig, train
 
-    cpu.apply(threads or None)
+    note = cpu.apply(threads or None).note()
+    if note:
+        typer.echo(note, err=True)
     cfg = TrainConfig(
         str(data),
         str(out),

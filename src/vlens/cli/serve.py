@@ -66,6 +66,8 @@ def serve_cmd(
     from vlens import cpu
 
     plan = cpu.apply(threads, slots=0)  # as many concurrent requests as the cores hold at --threads each
+    if plan.note():
+        typer.echo(plan.note(), err=True)
     app = create_app(cpu_slots=plan.slots, index=index, captioner=captioner, backbone=backbone,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024))
     if preload:

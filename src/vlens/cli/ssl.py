@@ -156,7 +156,9 @@ def train_cmd(
     from vlens import cpu
     from vlens.ssl.train import DINOConfig, load_config, train
 
-    cpu.apply(threads or None, workers=workers)  # cropping workers take their cores from the model's threads
+    note = cpu.apply(threads or None, workers=workers).note()  # cropping workers: cores from the model's
+    if note:
+        typer.echo(note, err=True)
     given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
     cfg = load_config(config) if config else DINOConfig()
     crop_fields = {"global_size", "local_size", "n_local", "global_scale", "local_scale", "flip_p", "gray_p",
