@@ -270,7 +270,7 @@ def test_outputs_through_links_and_special_paths(cli, world, tiny_vit, tiny_blip
         fifo = tmp_path / f"fifo-{command.replace(' ', '_')}{suffix}"  # not /dev/null: a regression run as
         os.mkfifo(fifo)  # root would replace the machine's /dev/null
         got = []
-        reader = threading.Thread(target=lambda f=fifo: got.append(open(f, "rb").read()), daemon=True)
+        reader = threading.Thread(target=lambda f=fifo, g=got: g.append(open(f, "rb").read()), daemon=True)
         reader.start()
         if command == "caption run":  # a record file is read back to resume: never a device or pipe
             check(command, "special", _argv(row, fifo), False, "is a device or a pipe")

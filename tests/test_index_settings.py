@@ -129,3 +129,60 @@ def test_index_files_follow_the_umask(folder, tmp_path, clip_encoder):
         os.umask(old)
     assert {"manifest.json", "meta.sqlite", "lock", "vectors.faiss"} <= modes.keys()
     assert set(modes.values()) == {0o664}, modes
+
+
+@pytest.mark.parametrize("kind,why", [("HNSW0", "FAISS crashed \\(SIGABRT"), ("HNSW1", "FAISS crashed \\(SIGSEGV"),
+                                      ("PCA16,Flat", "a PCA keeps at most"), ("IVF2,Flat,Junk", "FAISS cannot build")])
+def test_factory_strings_that_crash_or_fail_faiss_are_refused_in_one_line(kind, why):
+    """HNSW0 aborts FAISS, HNSW1 segfaults it: tried in a child process, each is a one-line refusal."""
+    with pytest.raises(ConfigError, match=why) as exc:
+        check_buildable(kind, 32, 12, IndexConfig(kind=kind))
+    assert "\n" not in str(exc.value)
+
+
+def test_pre_transform_kinds_train_their_transform_and_search(folder, tmp_path, clip_encoder):
+    """RR32 is a random rotation (inner products unchanged): the same neighbours as exact search; PCA8 is trained
+    on the stored vectors (8 of 32 dimensions kept) and searches."""
+    import numpy as np
+
+    enc = CountingEmbedder(clip_encoder)
+    _build(folder, tmp_path / "flat", enc)
+    _build(folder, tmp_path / "rr", enc, kind="RR32,Flat")
+    _build(folder, tmp_path / "pca", enc, kind="PCA8,Flat")
+    flat, rr, pca = (ImageIndex(tmp_path / n) for n in ("flat", "rr", "pca"))
+    q = flat.vector(1)[None]
+    np.testing.assert_array_equal(rr.search(q, 5)[1], flat.search(q, 5)[1])
+    assert rr.manifest["kind"] == "RR32,Flat" and rr.manifest["ann"]["recall_at_10"] == 1.0
+    s, ids = pca.search(q, 5)
+    assert ids.shape == (1, 5) and ids[0, 0] == flat.search(q, 1)[1][0, 0]  # a stored vector finds itself
+    for ix in (flat, rr, pca):
+        ix.close()
+
+
+def test_a_stored_kind_that_crashes_faiss_is_refused_by_update(folder, tmp_path, clip_encoder):
+    """A manifest naming HNSW1 (written before kinds were tried) makes update refuse in one line, not segfault."""
+    from vlens.retrieval.index_store import read_manifest, write_manifest
+
+    enc = CountingEmbedder(clip_encoder)
+    out = tmp_path / "idx"
+    _build(folder, out, enc)
+    m = read_manifest(out)
+    m["kind"] = m["config"]["kind"] = "HNSW1"
+    write_manifest(out, m)
+    with pytest.raises(IndexError_, match="stored index kind cannot be built: FAISS crashed.*--kind flat`") as exc:
+        update_index(out, embedder=(enc, clip_encoder.dim), progress=False, log=lambda m: None, workers=0)
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_build_with_a_crashing_kind_is_one_line_and_stores_nothing(folder, tmp_path, tiny_clip):
+    """In a separate process (a regression would kill the test runner): rc 1, one error line, no manifest."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "idx"
+    r = subprocess.run([sys.executable, "-m", "vlens", "index", "build", str(folder), "--out", str(out), "--model",
+                        str(tiny_clip), "--kind", "HNSW0", "--workers", "0"], capture_output=True, text=True,
+                       timeout=120)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "FAISS crashed" in errors[0], r.stderr
+    assert "a bug in vlens" not in r.stderr and not (out / "manifest.json").exists()

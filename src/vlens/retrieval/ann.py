@@ -74,6 +74,8 @@ def faiss_reason(exc: BaseException) -> str:
         return "too few vectors to train its clusters: k-means needs at least one vector per cluster"
     if "d % M == 0" in text:
         return "the PQ size must divide the vector dimension"
+    if "PCA matrix cannot output" in text:
+        return "a PCA keeps at most as many dimensions as it has training vectors and input dimensions"
     return text.rsplit("Error: ", 1)[-1][:200]
 
 
@@ -88,10 +90,12 @@ def training_rows(kind: str, n: int, config) -> int:
 def check_buildable(kind: str, dim: int, n: int, config, trial_rows: int = 5000) -> None:
     """Raise :class:`ConfigError` if FAISS cannot build ``kind`` for ``n`` vectors of ``dim`` dimensions.
 
-    Called before any image is embedded, so a setting that cannot work costs nothing and is never stored. What
-    fails is arithmetic (PQ bytes that do not divide the dimension, fewer training points than k-means clusters),
-    not the values of the vectors, so a small index is trial-built on random unit vectors of the real count, and
-    a big one (enough points for any cluster count) only has its factory string parsed for this dimension.
+    Called before any image is embedded or any setting is stored, so a setting that cannot work costs nothing and
+    never reaches the manifest. What fails is arithmetic (PQ bytes that do not divide the dimension, fewer training
+    points than k-means clusters, a PCA wider than its data), not the values of the vectors, so a small index is
+    trial-built on random unit vectors of the real count, and a big one (enough points for any cluster count) on a
+    sample. A FAISS factory string is tried in a child process (:func:`trial_in_subprocess`): some (``HNSW0``,
+    ``HNSW1``) abort or segfault FAISS instead of raising, which must not take vlens down with them.
     """
     from vlens.errors import ConfigError
 
@@ -99,31 +103,114 @@ def check_buildable(kind: str, dim: int, n: int, config, trial_rows: int = 5000)
         divisors = [m for m in range(1, min(dim, 256) + 1) if dim % m == 0]
         raise ConfigError(f"--pq-bytes {config.pq_bytes} must divide the vector dimension {dim} (e.g. "
                           f"{', '.join(map(str, divisors[-4:]))}; 0 picks {auto_pq_bytes(dim)})")
-    if not needs_training(kind):
+    if is_factory(kind):
+        why = trial_in_subprocess(kind, dim, n, config, trial_rows)
+        if why:
+            raise ConfigError(why)
         return
-    rows = training_rows(kind, n, config)
-    if rows > trial_rows:
-        if is_factory(kind):
-            import faiss
+    why = trial_build(kind, dim, n, config, trial_rows)
+    if why:
+        raise ConfigError(why)
 
+
+def trial_build(kind: str, dim: int, n: int, config, trial_rows: int = 5000) -> str | None:
+    """Build ``kind`` for ``n`` random unit vectors of ``dim`` dimensions (at most ``trial_rows`` of them), add
+    them, search and set the search knob, as a real build does; the one-line reason it cannot, or None."""
+    rows = training_rows(kind, n, config) if needs_training(kind) else 0
+    big = rows > trial_rows
+    if big and is_factory(kind):
+        import faiss
+
+        from vlens.errors import ConfigError
+
+        try:
             index = make_faiss(kind, dim, n, config, np.zeros((0, dim), np.float32), train_index=False)
-            try:
-                lists = int(faiss.extract_index_ivf(index).nlist)
-            except RuntimeError:  # not an IVF index
-                return
-            if lists > rows:
-                raise ConfigError(f"index kind '{kind}' has {lists} lists but {n} image(s) give {rows} training "
-                                  "vectors; use fewer lists (IVF<N> with N well under the number of images)")
-        return
-    x = np.random.default_rng(0).standard_normal((max(rows, 0), dim)).astype(np.float32)
+        except ConfigError as exc:
+            return str(exc)
+        try:
+            lists = int(faiss.extract_index_ivf(index).nlist)
+        except RuntimeError:  # not an IVF index
+            lists = 0
+        if lists > rows:
+            return (f"index kind '{kind}' has {lists} lists but {n} image(s) give {rows} training vectors; use "
+                    "fewer lists (IVF<N> with N well under the number of images)")
+        if lists > trial_rows:
+            return None  # enough real vectors for its k-means, too many to try here
+    elif big:
+        return None
+    m = min(max(rows, min(n, trial_rows), 1), trial_rows)
+    x = np.random.default_rng(0).standard_normal((m, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
     try:
-        make_faiss(kind, dim, n, config, x)
+        index = make_faiss(kind, dim, n, config, x[:rows] if rows else None)
+        index.add_with_ids(x, np.arange(m, dtype=np.int64))
+        knob = search_knob(index)
+        if knob:
+            set_search_param(index, kind, 1)
+        index.search(x[:4], min(10, m))
     except RuntimeError as exc:
         why = faiss_reason(exc)
-        raise ConfigError(f"index kind '{kind}' cannot be built for {n} image(s) of {dim}-d vectors ({why}); "
-                          "use --kind flat (exact, fine up to ~1M images), or an IVF setting with fewer lists "
-                          "(--nlist, or IVF<N> with N well under the number of images)") from None
+        if "PCA" in why or "pre-transform" in why:
+            return (f"index kind '{kind}' cannot be built for {n} image(s) of {dim}-d vectors ({why}); use --kind "
+                    "flat (exact, fine up to ~1M images), or a smaller transform (PCA<N>/RR<N> with N at most the "
+                    "vector dimension and the number of images)")
+        return (f"index kind '{kind}' cannot be built for {n} image(s) of {dim}-d vectors ({why}); use --kind "
+                "flat (exact, fine up to ~1M images), or an IVF setting with fewer lists (--nlist, or IVF<N> with "
+                "N well under the number of images)")
+    except Exception as exc:  # noqa: BLE001 - what FAISS's Python layer raises for a structure vlens cannot use
+        return (f"index kind '{kind}' cannot be used by vlens ({exc.__class__.__name__}: "
+                f"{' '.join(str(exc).split())[:160]}); use --kind flat, ivf, hnsw or ivfpq")
+    return None
+
+
+def trial_in_subprocess(kind: str, dim: int, n: int, config, trial_rows: int = 5000, timeout: float = 120) -> \
+        str | None:
+    """:func:`trial_build` in a child Python process: the reason ``kind`` cannot be built, or None. A child killed
+    by a signal (FAISS aborts on some failed assertions and segfaults on others) is a reason too, so a bad factory
+    string is refused in one line instead of killing vlens (or a web server) with it."""
+    import json
+    import signal
+    import subprocess
+
+    import vlens
+
+    args = json.dumps({"kind": kind, "dim": int(dim), "n": int(n), "trial_rows": int(trial_rows),
+                       "config": {k: getattr(config, k) for k in ("nlist", "hnsw_m", "pq_bytes")}})
+    env = dict(os.environ)
+    src = str(os.path.dirname(os.path.dirname(os.path.abspath(vlens.__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    code = "import sys; from vlens.retrieval.ann import _trial_child; _trial_child(sys.argv[1])"
+    try:
+        r = subprocess.run([sys.executable, "-c", code, args], capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return (f"index kind '{kind}' did not finish a trial build on {trial_rows} random vectors in {timeout:g} s; "
+                "use --kind flat, ivf, hnsw or ivfpq")
+    out = r.stdout.decode(errors="replace").strip().splitlines()
+    if r.returncode == 0 and out:
+        answer = json.loads(out[-1])
+        return answer.get("error")
+    if r.returncode < 0:
+        how = signal.Signals(-r.returncode).name
+    else:
+        how = f"exit status {r.returncode}"
+    detail = " ".join(r.stderr.decode(errors="replace").split())
+    if "assertion" in detail:
+        detail = "assertion " + detail.split("assertion", 1)[1].split(" failed")[0].strip() + " failed"
+    detail = f": {detail[-160:]}" if detail else ""
+    return (f"FAISS crashed ({how}{detail}) on a trial build of index kind '{kind}' for {dim}-d vectors; nothing "
+            "was written. Use --kind flat, ivf, hnsw or ivfpq, or another factory string (e.g. HNSW32, IVF256,PQ16)")
+
+
+def _trial_child(args: str) -> None:
+    """The child of :func:`trial_in_subprocess`: one JSON line ``{"error": reason or null}`` on stdout."""
+    import json
+    from types import SimpleNamespace
+
+    a = json.loads(args)
+    why = trial_build(a["kind"], a["dim"], a["n"], SimpleNamespace(**a["config"]), a["trial_rows"])
+    sys.stdout.write(json.dumps({"error": why}) + "\n")
+    sys.stdout.flush()
 
 
 @contextlib.contextmanager

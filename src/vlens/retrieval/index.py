@@ -24,7 +24,7 @@ import numpy as np
 
 from vlens.errors import ConfigError, IndexError_
 from vlens.faults import fault_point
-from vlens.retrieval.ann import check_buildable, faiss_reason
+from vlens.retrieval.ann import check_buildable, faiss_reason, is_factory
 from vlens.retrieval.index_faiss import build_faiss
 from vlens.retrieval.index_store import (
     DB,
@@ -248,6 +248,13 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
     except TypeError as exc:
         raise IndexError_(f"{folder / MANIFEST} is damaged ({exc}); rebuild with `vlens index build --force`") from None
     _check_stored(config, folder)
+    if is_factory(config.kind):  # a manifest from before factory strings were tried: refused, not a FAISS crash
+        try:
+            check_buildable(config.kind, int(manifest.get("dim") or 1), int(manifest.get("count") or 0), config)
+        except ConfigError as exc:
+            raise IndexError_(f"the stored index kind cannot be built: {exc}. To switch kinds without re-embedding: "
+                              f"`vlens index build "
+                              f"{manifest.get('root')} --out {folder} --kind flat`") from None
     if embedder is None:  # before anything is written: a model that cannot load leaves the index as it was
         fault_point("index.model")
         embedder = _default_embedder(manifest["model"], device, dtype, engine)

@@ -63,7 +63,7 @@ def build_faiss(folder: Path, con: sqlite3.Connection, manifest: dict, config: I
         param, rec, curve = tune(index, kind, queries, drop_self(truth, own, 10), config.target_recall, own=own)
         ann.update({"param": search_knob(index), "value": param,
                     "recall_at_10": round(rec, 4), "recall_queries": int(qn), "curve": curve})
-        if search_knob(index).startswith("nprobe"):
+        if (search_knob(index) or "").startswith("nprobe"):
             ann["nlist"] = int(faiss.extract_index_ivf(index).nlist)
         if kind == "ivfpq":
             ann["pq_bytes"] = int(faiss.extract_index_ivf(index).code_size)
