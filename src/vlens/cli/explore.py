@@ -120,6 +120,12 @@ def attention_cmd(
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="Picture: the photo, its features' PCA "
                              "as RGB, the heads' mean attention and one panel per head.",
                              callback=check.output("file")),
+    saliency: bool = typer.Option(False, "--saliency", help="Also draw the saliency map `vlens match "
+                                  "--saliency-threshold` masks with: the last block's [CLS] attention, heads "
+                                  "averaged (raw attention, [CLS] share included), normalised to 0-1 over the image."),
+    saliency_heads: str = typer.Option(None, "--saliency-heads", help="Heads averaged for --saliency, counted "
+                                       "from 1, e.g. '1,3' (default: all).",
+                                       callback=check.numbers(1, 1024, integer=True)),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     json_out: bool = JSON_OPTION,
@@ -145,7 +151,13 @@ def attention_cmd(
     img = load_image(image)
     att = cls_attention(img, model, layer=layer, size=size, device=dev, dtype=run_dtype, stride=stride)
     rgb = pca_features(img, model, layer=layer, size=size, device=dev, dtype=run_dtype, stride=stride)
-    attention_figure(img, att, rgb, out)
+    sal = None
+    if saliency or saliency_heads:
+        from vlens.match.saliency import saliency as saliency_map
+
+        heads = tuple(int(h) for h in saliency_heads.split(",") if h.strip()) if saliency_heads else None
+        sal = saliency_map(img, model, heads=heads, size=size, device=dev, dtype=run_dtype, stride=stride)
+    attention_figure(img, att, rgb, out, saliency=sal)
     grid = list(att.maps.shape[1:])
     info = {"image": str(image), "model": att.model, "model_source": source_of(att.model),
             "layer": att.layer, "heads": att.heads, "grid": grid, "stride": att.stride or att.patch_size,
@@ -154,6 +166,12 @@ def attention_cmd(
                           "peak_xy": _peak_xy(att, att.maps[h]),
                           "on_prefix": round(float(att.prefix_mass[h]), 5)} for h in range(att.heads)],
             "mean_peak_xy": _peak_xy(att, att.mean), "picture": str(out), "seconds": round(time.time() - t0, 3)}
+    if sal is not None:
+        info["saliency"] = {"model": sal.model, "layer": sal.layer, "heads": list(sal.heads),
+                            "grid": list(sal.map.shape), "min": round(float(sal.map.min()), 5),
+                            "max": round(float(sal.map.max()), 5), "mean": round(float(sal.map.mean()), 5),
+                            "above_0.05": round(float((sal.map >= 0.05).float().mean()), 4),
+                            "peak_xy": _peak_xy(att, sal.map)}
     if json_out:
         echo_json(info)
         return
@@ -161,6 +179,10 @@ def attention_cmd(
     for h in info["per_head"]:
         typer.echo(f"  head {h['head']}: peak {100 * h['peak']:.1f}% of its patch attention at "
                    f"({h['peak_xy'][0]:.0f}, {h['peak_xy'][1]:.0f}); {100 * h['on_prefix']:.0f}% on [CLS]")
+    if sal is not None:
+        s = info["saliency"]
+        typer.echo(f"  saliency (heads {','.join(map(str, s['heads']))} of block {s['layer']}, 0-1): mean "
+                   f"{s['mean']:.2f}, {100 * s['above_0.05']:.0f}% of patches >= 0.05 (kept by the dvf threshold)")
     typer.echo(f"picture: {out} ({info['seconds']:.1f} s)")
 
 

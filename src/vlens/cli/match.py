@@ -36,6 +36,17 @@ BIN_HELP = ("Log-binned descriptors (as 'Deep ViT Features as Dense Visual Descr
             "every descriptor, fusions, SIFT and pixels included (binned after fusion).")
 BIN_LEVELS_HELP = ("Hierarchy levels of --bin: 1 = the 3 x 3 neighbours only (9 cells), 2 = also 3 x 3-patch cells "
                    "(17 cells, the reference), 3 = also 9 x 9-patch cells (25 cells).")
+PAIRS_HELP = ("Draw and list N well-spread best buddies instead of the top matches (the 'Deep ViT Features' "
+              "picture): mutual nearest neighbours, clustered by k-means (fixed seed) on both ends' descriptors "
+              "joined, the best of each cluster kept (highest mean saliency of its two ends; the best cycle score "
+              "where there is no saliency), one colour per pair. 0 = off.")
+SALIENCY_HELP = ("Keep only matches whose source AND target ends are foreground: saliency >= T, the last block's "
+                 "[CLS] attention (heads averaged) normalised to 0-1 per image. 0 = off; the reference uses 0.05. "
+                 "Needs a [CLS] token (a ViT, or a fusion with one: its ViT part); SIFT and pixels have none.")
+SALIENCY_HEADS_HELP = "Attention heads averaged for the saliency, counted from 1, e.g. '1,3,5' (default: all)."
+PRESET_HELP = ("A recipe in one word; options you give yourself win. 'dvf' = 'Deep ViT Features as Dense Visual "
+               "Descriptors': key facet, layer 9 of 12 (scaled to the model's depth), stride 4, --bin, "
+               "--saliency-threshold 0.05, --pairs 10.")
 SIZE_HELP = "Longer side of the model input in pixels (rounded to whole patches); bigger = finer, slower."
 STRIDE_HELP = ("Overlapping patches: a descriptor every S input pixels instead of every patch (S divides the "
                "patch size; 4 on an 8 px model = the 'Deep ViT Features' recipe, 1 + (H - 8) / 4 rows). Default: the "
@@ -67,6 +78,7 @@ def _pca(k: int) -> int | None:
 
 
 def match_cmd(
+    ctx: typer.Context,
     image_a: Path = typer.Argument(..., help="Source image: every one of its patches gets a match.",
                                    callback=check.existing("file")),
     image_b: Path = typer.Argument(..., help="Destination image.", callback=check.existing("file")),
@@ -85,8 +97,15 @@ def match_cmd(
                                callback=REFINES),
     bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP),
     bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
+    saliency_threshold: float = typer.Option(0.0, "--saliency-threshold", help=SALIENCY_HELP,
+                                             callback=check.number(0, 1)),
+    saliency_heads: str = typer.Option(None, "--saliency-heads", help=SALIENCY_HEADS_HELP,
+                                       callback=check.numbers(1, 1024, integer=True)),
+    pairs: int = typer.Option(0, "--pairs", help=PAIRS_HELP, callback=check.count(0, 1000)),
+    preset: str = typer.Option(None, "--preset", help=PRESET_HELP, callback=check.choice("dvf")),
     out: Path = typer.Option(Path("matches.png"), "--out", "-o", help="Picture: A left, B right, lines "
-                             "coloured by rank (yellow = best).", callback=check.output("file")),
+                             "coloured by rank (yellow = best); with --pairs one colour per pair.",
+                             callback=check.output("file")),
     json_out: bool = typer.Option(False, "--json", help="Print the matches as JSON on stdout instead of text "
                                   "(coordinates in each image's pixels, both distances and scores; the picture "
                                   "is still written to --out). To keep them in a file: --json > matches.json."),
@@ -96,6 +115,9 @@ def match_cmd(
     """Match two images patch by patch and draw the best matches.
 
     Example: vlens match a.jpg b.jpg --score cycle --top 50 --out m.png --json > m.json
+
+    The 'Deep ViT Features' picture (10 well-spread foreground best buddies, one colour each):
+    vlens match a.jpg b.jpg --preset dvf --out pairs.png
     """
     import time
 
@@ -110,30 +132,97 @@ def match_cmd(
     t0 = time.time()
     from vlens.devices import resolve_device, resolve_dtype
 
+    notes = []
+    if preset:
+        from vlens.match.recipes import recipe
+
+        settings, notes = recipe(preset, model)
+
+        def given(name: str) -> bool:  # typer carries its own click: compare the source by name
+            src = ctx.get_parameter_source(name)
+            return src is not None and src.name != "DEFAULT"
+
+        facet = facet if given("facet") else settings["facet"]
+        layer = layer if given("layer") else settings["layer"]
+        bin_, bin_levels = (bin_, bin_levels) if given("bin_") else (True, settings["bin_levels"])
+        if not given("saliency_threshold"):
+            saliency_threshold = settings["saliency_threshold"]
+        pairs = pairs if given("pairs") else settings["pairs"]
+        stride = stride if given("stride") else settings["stride"]
     dev = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, dev)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev), bin_levels=bin_levels if bin_ else 0,
-                              stride=stride)
+                              dtype=run_dtype, bin_levels=bin_levels if bin_ else 0, stride=stride)
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:
             typer.echo(f"note: {p.name}: {f.note}", err=True)
+    for n in notes:
+        typer.echo(f"note: {n}", err=True)
     refine = refine or DEFAULT_REFINE
     m = match_features(fa, fb, pca=_pca(pca), device=dev, refine=refine)
-    ranked = m.top(top, score) if top > 0 else m.ranked(score)
+    heads = tuple(int(h) for h in saliency_heads.split(",") if h.strip()) if saliency_heads else None
+    sal_a = sal_b = None
+    sal_info = None
+    if saliency_threshold > 0 or heads:
+        from vlens.match.saliency import pair_saliency
+
+        sal_a, sal_b, sa, _ = pair_saliency(a, b, fa, fb, model, heads=heads, size=size, device=dev,
+                                            dtype=run_dtype)
+        sal_info = {"model": sa.model, "layer": sa.layer, "heads": list(sa.heads), "threshold": saliency_threshold}
+    buddies = None
+    if pairs > 0:
+        from vlens.match.buddies import spread_pairs
+
+        buddies = spread_pairs(m, fa.flat, fb.flat, pairs, sal_a, sal_b, saliency_threshold)
+        ranked = buddies.matches
+        if len(buddies) < pairs:
+            typer.echo(f"note: only {buddies.candidates} best buddies"
+                       + (f" with saliency >= {saliency_threshold:g} at both ends" if sal_a is not None else "")
+                       + f": {len(buddies)} pair(s) drawn instead of {pairs}", err=True)
+    else:
+        kept = m
+        if sal_a is not None and saliency_threshold > 0:
+            from vlens.match.saliency import mask_matches
+
+            kept = mask_matches(m, sal_a, sal_b, saliency_threshold)
+        ranked = kept.top(top, score) if top > 0 else kept.ranked(score)
+        if sal_info is not None:
+            sal_info["foreground_matches"] = len(kept)
     with atomic_path(out) as tmp:
-        draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
+        if buddies is not None:
+            from vlens.match.draw import draw_pairs
+
+            draw_pairs(a, b, ranked).save(tmp, format="PNG")
+        else:
+            draw_matches(a, b, ranked, top=None, by=score).save(tmp, format="PNG")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
             "score": score, "pca": pca, "stride": fa.step,
             "refine": refine, "layer": layer, "facet": facet, "bin_levels": fa.bin_levels,
             "dims": int(fa.descriptors.shape[-1]), "grid_a": list(fa.grid), "grid_b": list(fb.grid),
-            "patches": len(m), "mutual": int(m.mutual.sum()), "seconds": round(time.time() - t0, 3),
-            "matches": ranked.to_records()}
+            "patches": len(m), "mutual": int(m.mutual.sum()), "preset": preset, "saliency": sal_info,
+            "selection": "pairs" if buddies is not None else "top", "seconds": round(time.time() - t0, 3),
+            "notes": notes, "matches": buddies.to_records() if buddies is not None else ranked.to_records()}
+    if buddies is not None:
+        info["pairs"] = {"asked": pairs, "drawn": len(buddies), "best_buddies": buddies.buddies,
+                         "clustered": buddies.candidates, "ranked_by": buddies.ranked_by, "seed": 0}
     if json_out:
         echo_json(info)
         return
-    typer.echo(f"{len(m)} patches of {image_a.name} matched into {image_b.name} ({int(m.mutual.sum())} mutual "
-               f"nearest neighbours); top {len(ranked)} by {score} drawn to {out} ({info['seconds']:.1f} s)")
+    head = (f"{len(m)} patches of {image_a.name} matched into {image_b.name} ({int(m.mutual.sum())} mutual "
+            "nearest neighbours)")
+    if buddies is not None:
+        typer.echo(f"{head}; {len(buddies)} well-spread best buddies (k-means on {buddies.candidates} "
+                   f"{'foreground ' if sal_a is not None else ''}buddies, ranked by {buddies.ranked_by}) drawn to "
+                   f"{out} ({info['seconds']:.1f} s)")
+        for i, r in enumerate(info["matches"]):
+            extra = (f", saliency {r['saliency_src']:.2f} / {r['saliency_dst']:.2f}" if "saliency_src" in r else "")
+            typer.echo(f"  {i + 1:2d}. ({r['src_xy'][0]:.0f}, {r['src_xy'][1]:.0f}) -> ({r['dst_xy'][0]:.0f}, "
+                       f"{r['dst_xy'][1]:.0f})  cluster {r['cluster']}{extra}")
+        return
+    fg = (f", {sal_info['foreground_matches']} with saliency >= {saliency_threshold:g} at both ends"
+          if sal_info and "foreground_matches" in sal_info and saliency_threshold > 0 else "")
+    typer.echo(f"{head}{fg}; top {len(ranked)} by {score} drawn to {out} ({info['seconds']:.1f} s)")
 
 
 @bench_app.command("crops")

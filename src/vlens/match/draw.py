@@ -209,3 +209,35 @@ def stack_rows(images: list[Image.Image], labels: list[str], gap: int = 6) -> Im
         canvas.paste(im.convert("RGB"), (0, y + bar))
         y += im.height + bar + gap
     return canvas
+
+
+def pair_colors(n: int) -> np.ndarray:
+    """``n`` distinct colours (tab10, then tab20 beyond 10, then hues): (n, 3) uint8."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        return (np.asarray([cmap(i)[:3] for i in range(n)]) * 255).astype(np.uint8)
+    return _colormap(np.arange(n) / n, "hsv")
+
+
+def draw_pairs(img_a: Image.Image, img_b: Image.Image, matches, height: int | None = 384,
+               lines: bool = False) -> Image.Image:
+    """The "Deep ViT Features" correspondence picture: A left, B right, each pair one distinct colour as a ringed
+    dot at both ends (no lines unless ``lines``), the first pair (the best) drawn last, on top."""
+    canvas, sa, sb, off = side_by_side(img_a, img_b, height)
+    draw = ImageDraw.Draw(canvas)
+    n = len(matches)
+    colors = pair_colors(n)
+    r = max(4, round(canvas.height / 70))
+    for i in reversed(range(n)):
+        c = tuple(int(v) for v in colors[i])
+        x0, y0 = (matches.src_xy[i] * sa).tolist()
+        x1, y1 = (matches.dst_xy[i] * sb).tolist()
+        x1 += off
+        if lines:
+            draw.line([(x0, y0), (x1, y1)], fill=c, width=1)
+        for x, y in ((x0, y0), (x1, y1)):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(255, 255, 255), width=max(1, r // 4))
+            draw.ellipse([x - r // 3, y - r // 3, x + r // 3, y + r // 3], fill=(255, 255, 255))
+    return canvas

@@ -103,8 +103,10 @@ def attention_overlays(img: Image.Image, att) -> list[Image.Image]:
     return [heat_overlay(img, m, 0.0, float(m.max())) for m in maps]
 
 
-def attention_figure(img: Image.Image, att, rgb: np.ndarray | None, path, title: str = "", cols: int = 4) -> None:
-    """The photo, its features' PCA as RGB, the heads' mean attention, then one panel per head."""
+def attention_figure(img: Image.Image, att, rgb: np.ndarray | None, path, title: str = "", cols: int = 4,
+                     saliency=None) -> None:
+    """The photo, its features' PCA as RGB, the saliency map when given (:mod:`vlens.match.saliency`), the heads'
+    mean attention, then one panel per head."""
     from vlens.plots import plt, save_fig
 
     pyplot = plt()
@@ -113,6 +115,9 @@ def attention_figure(img: Image.Image, att, rgb: np.ndarray | None, path, title:
     if rgb is not None:
         panels.append((Image.fromarray((rgb * 255).astype(np.uint8)).resize(img.size, Image.NEAREST),
                        "patch features: 3 PCA components as RGB"))
+    if saliency is not None:
+        heads = "all heads" if len(saliency.heads) == att.heads else f"heads {','.join(map(str, saliency.heads))}"
+        panels.append((heat_overlay(img, saliency.map, 0.0, 1.0), f"saliency: block {saliency.layer}, {heads}, 0-1"))
     mean = att.mean
     panels.append((overlays[-1], f"mean of {att.heads} heads (peak {100 * float(mean.max()):.1f}%)"))
     for h in range(att.heads):
