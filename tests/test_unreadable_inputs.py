@@ -30,7 +30,7 @@ def test_index_build_skips_and_lists_them_by_name(cli, messy, tmp_path, tiny_cli
     assert rep["total"] == 4 and set(skipped) == {"truncated.png", "notes.jpg", "caf\\xe9.png"}
     assert "not valid UTF-8" in skipped["caf\\xe9.png"]
     code, text, _ = cli("index", "build", messy, "--out", out, "--model", tiny_clip)
-    assert code == 0 and "skipped 3 unreadable file(s):" in text and "caf\\xe9.png" in text
+    assert code == 0 and "skipped: 3 unreadable:" in text and "caf\\xe9.png" in text
     # The rerun is not stopped either, and the web app lists them too.
     from fastapi.testclient import TestClient
 
@@ -123,6 +123,6 @@ def test_index_refuses_names_that_break_lines_and_info_lists_every_refusal(cli, 
     code, stdout, _ = cli("index", "info", out, "--json")
     assert code == 0 and {s["path"] for s in json.loads(stdout)["skipped"]} == built
     code, text, _ = cli("index", "info", out)
-    assert code == 0 and "skipped   5 unreadable file(s):" in text and "  new\\nline.png: " in text
+    assert code == 0 and "skipped   5 unreadable:" in text and "  new\\nline.png: " in text
     code, text, _ = cli("search", out, "a red square", "-k", "10")
     assert code == 0 and len(text.strip().splitlines()) == 4  # 4 indexed images, one line each

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vlens import image_formats as formats
 from vlens.errors import ImageLoadError
 
 DEFAULT_MAX_PIXELS = 90_000_000
 """About 90 megapixels: larger than any camera photo, small enough that decoding cannot exhaust memory."""
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+IMAGE_SUFFIXES = set(formats.ALL_SUFFIXES)
+"""Every suffix vlens reads (some only with the packages of ``vlens[photos]``: :func:`image_formats.missing_hint`)."""
 
 # We enforce our own limit before decoding; PIL's bomb check would otherwise fire with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
@@ -40,7 +42,10 @@ def load_image(source, *, max_pixels: int | None = None, name: str | None = None
     """Read ``source`` (a path, bytes or a binary file object) and return an upright RGB image.
 
     ``max_pixels`` caps width*height (default :data:`DEFAULT_MAX_PIXELS` or ``$VLENS_MAX_PIXELS``);
-    ``name`` is used in error messages when ``source`` is not a path.
+    ``name`` is used in error messages when ``source`` is not a path, and its suffix picks the reader (a camera
+    raw upload). Reads every format of :mod:`vlens.image_formats` (HEIC, AVIF, JPEG XL, camera RAW where their
+    packages are installed; otherwise the error says what to install). The image's EXIF capture time, camera and
+    GPS position are left in ``info["vlens_meta"]`` (:func:`vlens.photo_meta.exif_fields`).
     """
     limit = max_pixels_default() if max_pixels is None else max_pixels
     if isinstance(source, bytes | bytearray):
@@ -58,29 +63,89 @@ def load_image(source, *, max_pixels: int | None = None, name: str | None = None
             raise ImageLoadError(label, "this is a folder, not an image file")
         if path.stat().st_size == 0:
             raise ImageLoadError(label, "the file is empty (0 bytes)")
+    fam = formats.family(Path(str(label)).suffix)
     try:
-        with Image.open(fp) as im:
-            w, h = im.size
-            if w * h > limit:
-                raise ImageLoadError(
-                    label,
-                    f"{w}x{h} = {w * h / 1e6:.0f} megapixels exceeds the limit of {limit / 1e6:.0f} "
-                    "megapixels (raise it with VLENS_MAX_PIXELS or max_pixels=)",
-                )
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            out = to_rgb(im)
-            out.info["vlens_source"] = str(label)  # names the file in later messages about this image
-            return out
+        if fam == "raw":
+            return _decode_raw(fp, label, limit, None)
+        if fam not in (None, "pillow") and not formats.enable(fam):
+            raise ImageLoadError(label, formats.missing_reason(fam))
+        return _decode(fp, label, limit)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(label, "not a recognised image format") from None
+        found = formats.sniff(_head(fp))
+        if found is None or found == fam:
+            raise ImageLoadError(label, "not a recognised image format") from None
+        if not formats.enable(found):
+            raise ImageLoadError(label, formats.missing_reason(found)) from None
+        return _retry(fp, label, limit, found)
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         if "truncated" in reason.lower():
             reason = "the file is truncated (incomplete download or copy?)"
         raise ImageLoadError(label, reason) from None
+
+
+def _decode(fp, label, limit: int) -> Image.Image:
+    """Pillow (and the plugins registered with it): check the size from the header, decode, turn upright."""
+    with Image.open(fp) as im:
+        if formats.is_raw_tiff(im):  # a DNG given without its suffix
+            exif = im.getexif()
+            return _decode_raw(_rewound(fp), label, limit, exif)
+        w, h = im.size
+        _check_pixels(label, w, h, limit)
+        im.load()
+        exif = im.getexif()
+        im = ImageOps.exif_transpose(im)
+        return _finish(to_rgb(im), label, exif)
+
+
+def _decode_raw(fp, label, limit: int, exif) -> Image.Image:
+    if not formats.enable("raw"):
+        raise ImageLoadError(label, formats.missing_reason("raw"))
+    data = fp.read_bytes() if isinstance(fp, Path) else fp.read()
+    img, exif = formats.load_raw(data, exif, check=lambda w, h: _check_pixels(label, w, h, limit))
+    return _finish(img, label, exif)
+
+
+def _retry(fp, label, limit: int, fam: str) -> Image.Image:
+    """Pillow did not know the data but its first bytes name a format a plugin reads (now enabled): decode again."""
+    fp = _rewound(fp)
+    try:
+        return _decode_raw(fp, label, limit, None) if fam == "raw" else _decode(fp, label, limit)
+    except UnidentifiedImageError:
+        raise ImageLoadError(label, "not a recognised image format") from None
+
+
+def _check_pixels(label, w: int, h: int, limit: int) -> None:
+    if w * h > limit:
+        raise ImageLoadError(
+            label,
+            f"{w}x{h} = {w * h / 1e6:.0f} megapixels exceeds the limit of {limit / 1e6:.0f} "
+            "megapixels (raise it with VLENS_MAX_PIXELS or max_pixels=)",
+        )
+
+
+def _finish(img: Image.Image, label, exif) -> Image.Image:
+    from vlens.photo_meta import exif_fields
+
+    img.info["vlens_source"] = str(label)  # names the file in later messages about this image
+    img.info["vlens_meta"] = exif_fields(exif)
+    return img
+
+
+def _head(fp) -> bytes:
+    if isinstance(fp, Path):
+        with open(fp, "rb") as fh:
+            return fh.read(32)
+    fp.seek(0)
+    return fp.read(32)
+
+
+def _rewound(fp):
+    if not isinstance(fp, Path):
+        fp.seek(0)
+    return fp
 
 
 def image_size(path) -> tuple[int, int]:
@@ -152,6 +217,97 @@ def name_problem(path) -> str | None:
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+@dataclass
+class FolderScan:
+    """What :func:`scan_folder` found: the image files it can read, and every other file counted by kind."""
+
+    images: list[tuple[str, os.DirEntry]] = field(default_factory=list)
+    """(path relative to the root, in POSIX form, its directory entry) of every readable image file, sorted."""
+    passed_over: dict[str, int] = field(default_factory=dict)
+    """kind -> count: '.mov', 'no suffix', 'hidden' (dot files), '.heic (install vlens[photos])' (a format whose
+    reader is not installed), 'link to a folder (not followed)', 'not a regular file'."""
+
+
+def scan_folder(folder) -> FolderScan:
+    """Walk ``folder`` recursively (one ``scandir`` per folder, no per-file ``stat``: fast on 100k files) and
+    sort every entry into the images vlens can read and the files it passes over, by kind. Links to folders are
+    not followed (as ``Path.rglob``); links to files are listed (the caller checks where they point)."""
+    from collections import Counter
+
+    root = Path(folder)
+    if not root.is_dir():
+        from vlens.errors import DatasetError
+
+        raise DatasetError(f"{root} is not a folder of images")
+    images, passed = [], Counter()
+    stack = [("", os.fspath(root))]
+    while stack:
+        prefix, path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            passed["unreadable folder"] += 1
+            continue
+        for e in entries:
+            rel = prefix + e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((rel + "/", e.path))
+                    continue
+                if not e.is_file():
+                    passed["link to a folder (not followed)" if e.is_dir() else "not a regular file"] += 1
+                    continue
+            except OSError:
+                passed["not a regular file"] += 1
+                continue
+            if e.name.startswith("."):
+                passed["hidden"] += 1
+                continue
+            suffix = os.path.splitext(e.name)[1].lower()
+            if suffix not in IMAGE_SUFFIXES:
+                passed[suffix or "no suffix"] += 1
+                continue
+            hint = formats.missing_hint(suffix)
+            if hint:
+                passed[f"{suffix} ({hint})"] += 1
+                continue
+            images.append((rel, e))
+    images.sort(key=lambda item: item[0])
+    return FolderScan(images, dict(passed))
+
+
+def header_meta(path) -> dict:
+    """The EXIF fields (:func:`vlens.photo_meta.exif_fields`) and upright width/height of an image file, read from
+    its header without decoding the pixels (camera raws: LibRaw reads the sizes). Unknown fields are None."""
+    from vlens.photo_meta import EXIF_FIELDS, exif_fields
+
+    path = Path(path)
+    out = dict.fromkeys((*EXIF_FIELDS, "width", "height"))
+    fam = formats.family(path.suffix)
+    try:
+        if fam == "raw":
+            if not formats.enable("raw"):
+                return out
+            import rawpy
+
+            data = path.read_bytes()
+            out.update(exif_fields(formats.tiff_exif(data)))
+            with rawpy.imread(io.BytesIO(data)) as raw:
+                w, h, flip = raw.sizes.width, raw.sizes.height, raw.sizes.flip
+            out["width"], out["height"] = (h, w) if flip in (5, 6) else (w, h)
+            return out
+        if fam not in (None, "pillow"):
+            formats.enable(fam)
+        with Image.open(path) as im:
+            exif = im.getexif()
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - metadata is best effort: an unreadable header leaves it unknown
+        return out
+    out.update(exif_fields(exif))
+    out["width"], out["height"] = (h, w) if exif.get(0x0112) in (5, 6, 7, 8) else (w, h)
+    return out
 
 
 def list_images(folder, recursive: bool = True) -> list[Path]:

@@ -37,7 +37,8 @@ def _report(rep, json_out: bool, index: Path) -> None:
 
         model = read_manifest(index).get("model") if (Path(index) / "manifest.json").is_file() else None
         d.update(index=str(index), model=model, model_source=source_of(model), images_per_s=round(rep.images_per_s, 2),
-                 skipped=[{"path": p, "reason": r} for p, r in rep.skipped])
+                 skipped=[{"path": p, "reason": r} for p, r in rep.skipped], passed_over=rep.passed_over,
+                 metadata_read=rep.described)
         echo_json(d)
     else:
         typer.echo(rep.summary())
@@ -129,10 +130,12 @@ def info_cmd(
     index: Path = typer.Argument(..., help="An index folder.", callback=check.path()),
     json_out: bool = JSON_OPTION,
 ):
-    """Model, size, kind, measured ANN recall@10, and the files that could not be read."""
+    """Model, size, kind, measured ANN recall@10, and every file left out: the kinds the last build or update
+    passed over (videos, sidecars, formats whose reader is not installed) and the unreadable files by name."""
     from vlens.images import shown_name
     from vlens.retrieval.index import all_skipped
     from vlens.retrieval.index_reader import ImageIndex
+    from vlens.retrieval.index_store import skip_kinds
 
     ix = ImageIndex(index)
     info = ix.info()
@@ -158,9 +161,12 @@ def info_cmd(
     if info["stale"]:
         lines.append("state     the FAISS file is behind the database (an interrupted run?): searches are exact "
                      "until `vlens index update` rebuilds it")
-    if info["skipped"]:
-        lines.append(f"skipped   {len(info['skipped'])} unreadable file(s):")
+    kinds = skip_kinds(info.get("passed_over") or {}, len(info["skipped"]))
+    if kinds:  # the kinds as counted by the last build/update; the unreadable files by name
+        lines.append(f"skipped   {kinds}" + (":" if info["skipped"] else ""))
         lines += [f"  {shown_name(s['path'])}: {s['reason']}" for s in info["skipped"][:20]]
+        if len(info["skipped"]) > 20:
+            lines.append(f"  ... and {len(info['skipped']) - 20} more (--json lists all)")
     typer.echo("\n".join(lines))
 
 

@@ -39,6 +39,8 @@ from vlens.retrieval.index_store import (
     _is_index_file,
     _known,
     connect,
+    faiss_state,
+    generation,
     index_lock,
     is_index,
     read_manifest,
@@ -60,22 +62,33 @@ def file_sha256(path: Path) -> str:
 def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
     """Image files under ``root``: {relative posix path: (size, mtime_ns)}, plus files refused (links out, names
     that cannot be stored and printed as one line: :func:`vlens.images.name_problem`), by their shown name."""
-    from vlens.images import list_images, name_problem, shown_name
+    found, refused, _passed = scan_counts(root)
+    return found, refused
+
+
+def scan_counts(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]], dict[str, int]]:
+    """:func:`scan`, plus every other file the walk passed over, counted by kind
+    (:attr:`vlens.images.FolderScan.passed_over`). One ``stat`` per image file, nothing opened."""
+    from vlens.images import name_problem, scan_folder, shown_name
 
     real_root = root.resolve()
+    walk = scan_folder(root)
     found, refused = {}, []
-    for p in list_images(root):
-        rel = p.relative_to(root).as_posix()
-        problem = name_problem(rel)  # not UTF-8 (an old camera, a zip), or a newline/tab that breaks every line
+    for rel, entry in walk.images:
+        # not UTF-8 (an old camera, a zip), or a newline/tab that breaks every line (isprintable: the fast path)
+        problem = None if rel.isprintable() else name_problem(rel)
         if problem:
             refused.append((shown_name(rel), problem.replace("to use it", "to index it")))
             continue
-        if not p.resolve().is_relative_to(real_root):
+        if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(real_root):
             refused.append((rel, "a link that points outside the indexed folder"))
             continue
-        st = p.stat()
+        try:
+            st = entry.stat()
+        except OSError:  # vanished, or a link to nothing
+            continue
         found[rel] = (st.st_size, st.st_mtime_ns)
-    return found, refused
+    return found, refused, walk.passed_over
 
 
 def all_skipped(info: dict) -> list[dict]:
@@ -213,7 +226,7 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
                                  "dim": int(dim), "metric": "cosine", "kind": config.kind,
                                  "root": str(root.resolve()), "created": now, "updated": now,
                                  "config": asdict(config), "count": 0, "ann": {}})
-        return _sync(out, con, config, encode, progress=progress, log=log, procs=procs, workers=workers,
+        return _sync(out, con, config, lambda: encode, progress=progress, log=log, procs=procs, workers=workers,
                      previous=previous)
 
 
@@ -255,9 +268,20 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
             raise IndexError_(f"the stored index kind cannot be built: {exc}. To switch kinds without re-embedding: "
                               f"`vlens index build "
                               f"{manifest.get('root')} --out {folder} --kind flat`") from None
-    if embedder is None:  # before anything is written: a model that cannot load leaves the index as it was
-        fault_point("index.model")
-        embedder = _default_embedder(manifest["model"], device, dtype, engine)
+
+    def load_encoder():
+        """The model, loaded only when something needs embedding (an update that finds nothing new never
+        imports torch), and before anything is written: a model that cannot load leaves the index as it was."""
+        nonlocal embedder
+        if embedder is None:
+            fault_point("index.model")
+            embedder = _default_embedder(manifest["model"], device, dtype, engine)
+        encode, dim = embedder
+        if int(dim) != int(manifest["dim"]):
+            raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
+                              f"{manifest['dim']}-d; rebuild with `vlens index build --force`")
+        return encode
+
     with index_lock(folder, "vlens index update"):
         fault_point("index.start")
         remove_temps(folder)
@@ -270,17 +294,18 @@ def update_index(index_dir, *, root=None, embedder=None, progress: bool = True, 
         if not Path(manifest["root"]).is_dir():
             raise IndexError_(f"the indexed folder {manifest['root']} is gone; if it moved, run "
                               f"`vlens index update {folder} --root NEW_FOLDER`")
-        encode, dim = embedder
-        if int(dim) != int(manifest["dim"]):
-            raise IndexError_(f"model {manifest['model']} now gives {dim}-d vectors but the index holds "
-                              f"{manifest['dim']}-d; rebuild with `vlens index build --force`")
-        return _sync(folder, connect(folder), config, encode, progress=progress, log=log, procs=procs,
+        return _sync(folder, connect(folder), config, load_encoder, progress=progress, log=log, procs=procs,
                      workers=workers, previous=config)
 
 
-def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *, progress: bool,
+def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, load_encoder, *, progress: bool,
           log, procs=None, workers: int = 2, previous: IndexConfig | None = None) -> UpdateReport:
     """Diff the folder against the database, apply it in crash-safe transactions, rebuild FAISS.
+
+    Unchanged files (same size and mtime as stored) are never opened: a rerun over a library where nothing changed
+    costs one directory walk with a ``stat`` per image, one read of the paths table, and no model (``load_encoder()``
+    -> the encode function is called only when something must be embedded; the FAISS file is kept when the
+    database did not change).
 
     If FAISS cannot build ``config``'s search structure for what the folder now holds (the checks before
     embedding catch what they can; deletions can still leave too few images for a trained kind), the embedded
@@ -297,7 +322,8 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
     manifest = read_manifest(folder)
     root, dim = Path(manifest["root"]), int(manifest["dim"])
     rep = UpdateReport()
-    disk, refused = scan(root)
+    disk, refused, rep.passed_over = scan_counts(root)
+    gen0 = generation(con)
     db = {p: (i, s, m, h) for i, p, s, m, h in con.execute("SELECT id, path, size, mtime_ns, sha256 FROM images")}
     skipped_db = {p: (s, m) for p, s, m in con.execute("SELECT path, size, mtime_ns FROM skipped")}
 
@@ -329,26 +355,29 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
             renames.append((p, size, mtime, removed.pop(src)[0]))
         else:
             rest.append(item)
-    with con:  # one transaction: deletions, renames, touches, forgotten skips
-        con.executemany("DELETE FROM images WHERE id = ?", [(v[0],) for v in removed.values()])
-        con.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", renames)
-        con.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", touched)
-        con.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in skipped_db.keys() - disk.keys()])
-        _bump(con)
+    encode = load_encoder() if rest else None  # before the first write (see update_index)
+    gone_skips = [(p,) for p in skipped_db.keys() - disk.keys()]
+    if removed or renames or touched or gone_skips:
+        with con:  # one transaction: deletions, renames, touches, forgotten skips
+            con.executemany("DELETE FROM images WHERE id = ?", [(v[0],) for v in removed.values()])
+            con.executemany("UPDATE images SET path = ?, size = ?, mtime_ns = ?, folder = ?, format = ? "
+                            "WHERE id = ?", [(p, sz, mt, *_where(p), i) for p, sz, mt, i in renames])
+            con.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", touched)
+            con.executemany("DELETE FROM skipped WHERE path = ?", gone_skips)
+            _bump(con)
     rep.removed, rep.renamed = len(removed), len(renames)
 
     # Content already indexed under another path: copy its vector instead of embedding it again.
     to_embed, reuse = [], []
     for item in rest:
-        twin = con.execute("SELECT vector, caption FROM images WHERE sha256 = ? AND path != ? LIMIT 1",
-                           (item[3], item[0])).fetchone()
+        twin = con.execute(f"SELECT vector, caption, {_EXIF_COLS} FROM images WHERE sha256 = ? AND path != ? "
+                           "LIMIT 1", (item[3], item[0])).fetchone()
         (reuse if twin is not None else to_embed).append((item, twin))
     if reuse:
         with con:
             con.executemany("DELETE FROM images WHERE path = ?", [(it[0],) for it, _ in reuse if it[4] is not None])
-            con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [(it[0], it[1], it[2], it[3], tw[1], tw[0], time.time()) for it, tw in reuse])
+            con.executemany(_INSERT, [(it[0], it[1], it[2], it[3], tw[1], tw[0], time.time(), *tw[2:], *_where(it[0]))
+                                      for it, tw in reuse])
             con.executemany("DELETE FROM skipped WHERE path = ?", [(it[0],) for it, _ in reuse])
             _bump(con)
         for it, _ in reuse:
@@ -368,15 +397,15 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
             if isinstance(res, str):
                 bad.append((p, size, mtime, res))
                 continue
-            vec, cap = res
+            vec, cap, meta = res
             if vec.shape != (dim,):
                 raise IndexError_(f"the model returned {vec.shape} vectors, the index holds {dim}-d")
-            rows.append((p, size, mtime, sha, cap, np.ascontiguousarray(vec, np.float32).tobytes(), now))
+            rows.append((p, size, mtime, sha, cap, np.ascontiguousarray(vec, np.float32).tobytes(), now,
+                         *(meta.get(c) for c in EXIF_COLUMNS), *_where(p)))
         with con:  # one transaction per step: all of it lands, or none of it
             olds = [(to_embed[pos][0],) for pos, _ in pairs if to_embed[pos][4] is not None]
             con.executemany("DELETE FROM images WHERE path = ?", olds)
-            con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany(_INSERT, rows)
             con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", bad)
             con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
             _bump(con)
@@ -388,14 +417,21 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
                 rep.changed += to_embed[pos][4] is not None
 
     te = time.time()
-    _embed_steps(procs, plan, encode, commit, progress=progress)
+    if to_embed or procs.world > 1:  # the other ranks wait for this step whatever it holds
+        _embed_steps(procs, plan, encode or load_encoder(), commit, progress=progress)
     rep.embed_seconds += time.time() - te
     rep.skipped = sorted(refused + [(p, r) for p, r in con.execute("SELECT path, reason FROM skipped")])
+    rep.described = _describe_old_rows(con, root, log)
 
     fault_point("index.faiss")
     failed = None
+    current = faiss_state(folder) if previous is not None and _ann(previous) == _ann(config) else None
     try:
-        ann = build_faiss(folder, con, manifest, config, log=log)
+        if current is not None and current.get("generation") == gen0 == generation(con) \
+                and current.get("kind") == config.kind:
+            ann = {k: v for k, v in current.items() if k != "generation"}  # nothing changed: the file is current
+        else:
+            ann = build_faiss(folder, con, manifest, config, log=log)
     except (RuntimeError, ConfigError) as exc:
         failed = (config.kind, faiss_reason(exc))
         config = previous if previous is not None and _ann(previous) != _ann(config) else \
@@ -406,7 +442,7 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
         manifest.update(kind=config.kind, config=asdict(config))
     rep.total = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     manifest.update({"updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "count": int(rep.total), "ann": ann,
-                     "skipped": len(rep.skipped)})
+                     "skipped": len(rep.skipped), "passed_over": rep.passed_over})
     write_manifest(folder, manifest)
     fault_point("index.done")
     con.close()
@@ -417,6 +453,50 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, encode, *,
                           f"'{config.kind}' meanwhile. To try another kind without re-embedding: `vlens index "
                           f"build {root} --out {folder} --kind KIND`")
     return rep
+
+
+EXIF_COLUMNS = ("taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "width", "height")
+"""The metadata columns read from the image (the others, folder and format, come from its path)."""
+_EXIF_COLS = ", ".join(EXIF_COLUMNS)
+_INSERT = (f"INSERT INTO images (path, size, mtime_ns, sha256, caption, vector, added, {_EXIF_COLS}, folder, format) "
+           f"VALUES ({', '.join('?' * (9 + len(EXIF_COLUMNS)))})")
+
+
+def _where(rel: str) -> tuple[str, str | None]:
+    """(folder, format) columns of a stored path."""
+    from vlens.photo_meta import file_fields
+
+    f = file_fields(rel)
+    return f["folder"], f["format"]
+
+
+def _exif_meta(image) -> dict:
+    """The :data:`EXIF_COLUMNS` of a decoded image (:func:`vlens.photo_meta.image_fields`)."""
+    from vlens.photo_meta import image_fields
+
+    meta = image_fields(image, "")
+    return {k: meta[k] for k in EXIF_COLUMNS}
+
+
+def _describe_old_rows(con: sqlite3.Connection, root: Path, log, chunk: int = 500) -> int:
+    """Fill the photo metadata of rows written before vlens stored it (``format`` NULL: every row vlens writes now
+    has it) from the files' headers; nothing is decoded or re-embedded. Returns how many rows were read."""
+    from vlens.images import header_meta
+
+    todo = con.execute("SELECT id, path FROM images WHERE format IS NULL").fetchall()
+    if not todo:
+        return 0
+    log(f"reading the photo metadata (capture time, camera, GPS, size) of {len(todo)} image(s) indexed before "
+        "vlens stored it; nothing is re-embedded")
+    for i in range(0, len(todo), chunk):
+        rows = []
+        for image_id, rel in todo[i:i + chunk]:
+            m = header_meta(root / rel)
+            rows.append((*(m[c] for c in EXIF_COLUMNS), *_where(rel), image_id))
+        with con:
+            con.executemany(f"UPDATE images SET {', '.join(c + ' = ?' for c in EXIF_COLUMNS)}, folder = ?, "
+                            "format = ? WHERE id = ?", rows)
+    return len(todo)
 
 
 def _load_for_index(path):
@@ -443,7 +523,7 @@ def _embed_steps(procs, plan: dict, encode, commit, *, progress: bool) -> None:
             if d.error is not None:
                 out.append(d.error)
             else:
-                out.append((np.asarray(vecs[k], np.float32), caps[k]))
+                out.append((np.asarray(vecs[k], np.float32), caps[k], _exif_meta(images[k])))
                 k += 1
         return out
 

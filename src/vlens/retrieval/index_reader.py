@@ -12,7 +12,17 @@ import numpy as np
 from vlens.errors import IndexError_
 from vlens.retrieval.ann import exact_topk
 from vlens.retrieval.index_faiss import load_faiss
-from vlens.retrieval.index_store import DB, connect, generation, is_index, iter_vectors, read_manifest, safe_join
+from vlens.retrieval.index_store import (
+    DB,
+    METADATA_COLUMNS,
+    connect,
+    generation,
+    image_columns,
+    is_index,
+    iter_vectors,
+    read_manifest,
+    safe_join,
+)
 
 
 class ImageIndex:
@@ -83,12 +93,15 @@ class ImageIndex:
             return self._rows(ids, out)
 
     def _rows(self, ids: list[int], out: dict) -> dict[int, dict]:
+        """Each row with every metadata column (:data:`METADATA_COLUMNS`; None where unknown or where the index
+        predates them and was opened read-only)."""
+        names = ("id", "path", "size", "mtime_ns", "sha256", "caption", *METADATA_COLUMNS)
+        have = image_columns(self.con)
+        cols = ", ".join(c if c in have else f"NULL AS {c}" for c in names)
         for i in range(0, len(ids), 900):
             part = ids[i:i + 900]
-            for r in self.con.execute("SELECT id, path, size, mtime_ns, sha256, caption FROM images "
-                                      f"WHERE id IN ({','.join('?' * len(part))})", part):
-                out[r[0]] = {"id": r[0], "path": r[1], "size": r[2], "mtime_ns": r[3], "sha256": r[4],
-                             "caption": r[5]}
+            for r in self.con.execute(f"SELECT {cols} FROM images WHERE id IN ({','.join('?' * len(part))})", part):
+                out[r[0]] = dict(zip(names, r))
         return out
 
     def vector(self, image_id: int) -> np.ndarray | None:
@@ -112,7 +125,8 @@ class ImageIndex:
                 "captioner": self.manifest.get("config", {}).get("captioner"),
                 "vlens_version": self.manifest.get("vlens_version"), "created": self.manifest.get("created"),
                 "updated": self.manifest.get("updated"), "disk_bytes": size,
-                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+                "skipped": [{"path": p, "reason": r} for p, r in skipped],
+                "passed_over": self.manifest.get("passed_over", {})}
 
     def close(self) -> None:
         self.con.close()

@@ -2,9 +2,11 @@
 
 An index is a folder::
 
-    manifest.json   model, dimension, metric, kind, indexed root, vlens version, ANN settings, measured recall@10
-    meta.sqlite     table ``images``: id, path (relative to the root), size, mtime_ns, sha256, caption, vector;
-                    table ``skipped``: unreadable files; table ``state``: a generation counter
+    manifest.json   model, dimension, metric, kind, indexed root, vlens version, ANN settings, measured recall@10,
+                    the files the last scan passed over by kind (``passed_over``)
+    meta.sqlite     table ``images``: id, path (relative to the root), size, mtime_ns, sha256, caption, vector,
+                    and the photo metadata of :data:`METADATA_COLUMNS`; table ``skipped``: unreadable files;
+                    table ``state``: a generation counter
     vectors.faiss   the search structure, *derived* from meta.sqlite; ``vectors.json`` names the generation it holds
     lock            held (``flock``) by the one process that writes
 
@@ -50,7 +52,24 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO state VALUES ('generation', 0);
 """
 
+METADATA_COLUMNS = {"taken_at": "REAL", "camera_make": "TEXT", "camera_model": "TEXT", "gps_lat": "REAL",
+                    "gps_lon": "REAL", "width": "INTEGER", "height": "INTEGER", "folder": "TEXT", "format": "TEXT"}
+"""Per-image photo metadata (NULL when unknown; meanings in :mod:`vlens.photo_meta`). The file's size in bytes and
+its mtime are the columns ``size`` and ``mtime_ns``. Indexes written before these columns existed get them (NULL)
+when a writer opens them; ``index update`` then fills them from the files' headers (nothing is re-embedded)."""
 
+
+def image_columns(con: sqlite3.Connection) -> set[str]:
+    """The columns of this database's ``images`` table (a read-only old index lacks :data:`METADATA_COLUMNS`)."""
+    return {r[1] for r in con.execute("PRAGMA table_info(images)")}
+
+
+def _add_metadata_columns(con: sqlite3.Connection) -> None:
+    have = image_columns(con)
+    with con:
+        for name, kind in METADATA_COLUMNS.items():
+            if name not in have:
+                con.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
 
 
 @dataclass
@@ -110,6 +129,10 @@ class UpdateReport:
     unchanged: int = 0
     embedded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    passed_over: dict[str, int] = field(default_factory=dict)
+    """Files the folder scan passed over, by kind: {'.mov': 37, '.heic (install vlens[photos])': 3, 'hidden': 2}."""
+    described: int = 0
+    """Images already indexed whose photo metadata was read from their headers (an index from before it existed)."""
     total: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -124,14 +147,25 @@ class UpdateReport:
         line = ", ".join(parts) + f" in {self.seconds:.1f} s"
         if self.embedded:
             line += f" ({self.embedded} embedded, {self.images_per_s:.1f} images/s)"
+        if self.described:
+            line += f"\nphoto metadata read for {self.described} image(s) indexed before vlens stored it"
+        kinds = skip_kinds(self.passed_over, len(self.skipped))
+        if kinds:
+            line += f"\nskipped: {kinds}" + (":" if self.skipped else "")
         if self.skipped:
-            line += f"\nskipped {len(self.skipped)} unreadable file(s):"
             from vlens.images import shown_name
 
             line += "".join(f"\n  {shown_name(p)}: {r}" for p, r in self.skipped[:10])
             if len(self.skipped) > 10:
                 line += f"\n  ... and {len(self.skipped) - 10} more (vlens index info --json lists all)"
         return line
+
+
+def skip_kinds(passed_over: dict[str, int], unreadable: int = 0) -> str:
+    """'37 .mov, 3 .heic (install vlens[photos]), 2 unreadable': every kind of file left out, most first (the
+    unreadable and refused ones, listed by name after it, last)."""
+    items = sorted(passed_over.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join([f"{n} {kind}" for kind, n in items] + ([f"{unreadable} unreadable"] if unreadable else []))
 
 
 # ----------------------------------------------------------------------------------------------- files, lock
@@ -202,7 +236,20 @@ def connect(folder, readonly: bool = False) -> sqlite3.Connection:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         con.executescript(SCHEMA)
+        _add_metadata_columns(con)
     return con
+
+
+def faiss_state(folder) -> dict | None:
+    """What ``vectors.json`` says about the FAISS file (its database generation, kind, tuned settings), or None."""
+    path = Path(folder) / FAISS_STATE
+    if not (Path(folder) / FAISS_FILE).is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def generation(con: sqlite3.Connection) -> int:

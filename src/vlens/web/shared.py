@@ -125,7 +125,8 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
     filename, name = shown_filename(upload), upload_label(upload, name)
     ctype = (upload.content_type or "").lower()
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-        raise HTTPException(415, f"{name}: '{ctype}' is not an image; upload a JPEG, PNG, WebP, GIF, BMP or TIFF")
+        raise HTTPException(415, f"{name}: '{ctype}' is not an image; upload a JPEG, PNG, WebP, HEIC, AVIF, "
+                                 "GIF, BMP, TIFF, JPEG XL or camera RAW file")
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"{name}: larger than the {limit // (1024 * 1024) or 1} MB upload limit")
@@ -135,5 +136,5 @@ async def read_image(upload: UploadFile, limit: int, name: str = "file"):
         return await run_cpu(lambda: bounded(load_image(data, name=filename or name,
                                                         max_pixels=UPLOAD_MAX_PIXELS), name))
     except ImageLoadError as exc:
-        status = 415 if "not a recognised image format" in exc.reason else 422
+        status = 415 if "not a recognised image format" in exc.reason or "install vlens[" in exc.reason else 422
         raise HTTPException(status, f"{name}: {exc.reason}") from None
