@@ -170,41 +170,112 @@ def info_cmd(
     typer.echo("\n".join(lines))
 
 
+SEARCH_HELP = """Find the images most like a query: words, pictures, or both, with weights and minus terms.
+Prints rank, cosine similarity and path of each hit.
+
+\b
+QUERY is rclip's form: terms joined by + (add) and - (subtract), each term optionally weighted N:
+  vlens search IDX "2:golden retriever" + ./pool.jpg - fruit
+  vlens search IDX sunset beach - people          (words between operators are one phrase)
+  vlens search IDX ./cat.jpg + "at night"
+A term is an image when it starts with ./ ../ / ~/ or file:// or names an existing image file; id:N is the
+indexed image with id N. Each term is a unit vector e; the query is sum(sign * weight * e) scaled to
+length 1, so a score is the cosine similarity of the query and the image. Image terms weigh more than text
+terms of the same weight (images are closer to images): give text 2: to 4: to balance. Quote a phrase that
+contains - or +; put -- before a query that starts with -.
+
+\b
+Filters restrict the search itself (the top k are the best k among the images that pass):
+  --after/--before DATE   capture time (EXIF), YYYY-MM-DD (whole day, both ends), YYYY, or YYYY-MM-DDTHH:MM
+  --camera TEXT           make or model contains TEXT (any case)
+  --folder GLOB           folder (relative to the indexed root) or a parent matches GLOB
+  --near LAT,LON,KM       GPS position within KM kilometres
+  --format LIST           jpg,heic,...
+Photos without the metadata a filter needs are left out by it.
+
+\b
+For pipes: --paths prints bare absolute paths, one per line (-0: NUL-separated), e.g.
+  vlens search IDX beach --after 2024-06-01 -0 | xargs -0 feh
+
+With an ONNX export of the index model's towers (made by `vlens index build`, or by the first search), the
+search runs without torch and answers in about a second.
+"""
+
+
 def search_cmd(
     index: Path = typer.Argument(..., help="An index folder made by `vlens index build`.",
                                  callback=check.path()),
-    query: str = typer.Argument(None, help="What to look for, in words, e.g. \"a white airplane\".",
-                                callback=check.text()),
-    image: Path = typer.Option(None, "--image", "-i", help="Search with an image instead of words.",
-                               callback=check.existing("file")),
+    query: list[str] = typer.Argument(None, help="The query: terms joined by + and -, e.g. "
+                                      "\"2:golden retriever\" + ./pool.jpg - fruit (see above).",
+                                      callback=check.text()),
+    image: Path = typer.Option(None, "--image", "-i", help="One more image term (+, weight 1); alone, search "
+                               "with this image.", callback=check.existing("file")),
     k: int = typer.Option(5, "-k", "--top", help="How many results.", callback=check.count(1, 10000)),
+    after: str = typer.Option(None, "--after", help="Taken on or after this date (YYYY-MM-DD, YYYY, or "
+                              "YYYY-MM-DDTHH:MM; UTC as stored).", callback=check.text(max_len=40)),
+    before: str = typer.Option(None, "--before", help="Taken on or before this date (a date includes its whole "
+                               "day; a time is exact, excluded).", callback=check.text(max_len=40)),
+    camera: str = typer.Option(None, "--camera", help="Camera make or model contains this (any case), e.g. "
+                               "iphone.", callback=check.text(max_len=200)),
+    folder: str = typer.Option(None, "--folder", help="Only images whose folder (relative to the indexed root) "
+                               "or a parent of it matches this glob, e.g. 'trips/2024*'; '.' is the root alone.",
+                               callback=check.text(max_len=1000)),
+    near: str = typer.Option(None, "--near", help="Only photos taken within KM km of LAT,LON (GPS in the EXIF), "
+                             "e.g. 48.8584,2.2945,5.", callback=check.text(max_len=100)),
+    fmt: str = typer.Option(None, "--format", help="Only these formats, comma-separated, e.g. jpg,heic.",
+                            callback=check.text(max_len=200)),
+    paths: bool = typer.Option(False, "--paths", "-p", help="Print bare absolute paths, one per line, best "
+                               "first (for pipes and image viewers)."),
+    null: bool = typer.Option(False, "-0", "--null", help="Like --paths, but each path ends with a NUL "
+                              "character (xargs -0: safe for any file name)."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet PNG of the results here.",
                              callback=check.output("file")),
     engine: str = ENGINE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
-    """Find the images most similar to a text or an image query; prints rank, cosine similarity and path.
-
-    With an ONNX export of the index model's towers (made by `vlens index build`, or by the first search), the
-    search runs without torch and answers in about a second."""
     from vlens.errors import ConfigError
     from vlens.images import shown_name
+    from vlens.retrieval.filters import Filters
+    from vlens.retrieval.query import parse_query, query_text
     from vlens.retrieval.search import Searcher, contact_sheet
 
-    if (query is None) == (image is None):
-        raise ConfigError("give a text QUERY or --image FILE (exactly one)")
+    if not query and image is None:
+        raise ConfigError("give a QUERY (words, ./image paths, + and - terms) or --image FILE; "
+                          "see `vlens search --help`")
+    if json_out and (paths or null):
+        raise ConfigError("choose one output: --json, or --paths / -0")
+    filters = Filters.from_text(after=after, before=before, camera=camera, folder=folder, near=near, formats=fmt)
+    terms = parse_query(query) if query else []
     s = Searcher(index, engine=engine)
-    hits = s.text(query, k) if query is not None else s.image(image, k)
+    allowed = s.allowed(filters)
+    vec = s.query_vector(terms, [image] if image is not None else ())
+    hits = s.vectors(vec[None], k, allowed=allowed)[0]
+    shown = query_text(terms) + (f" + {image}" if image is not None and terms else str(image) if image else "")
+    if filters.active and not (paths or null or json_out):
+        typer.echo(f"filter: {filters.describe()}: {len(allowed)} of {len(s.index)} images pass", err=True)
     if out is not None:
-        title = f'query: "{query}"' if query is not None else f"query image: {image.name}"
-        contact_sheet(hits, s.index.root, out, title=title, query_image=image)
+        title = f"query: {shown}" + (f"  [{filters.describe()}]" if filters.active else "")
+        contact_sheet(hits, s.index.root, out, title=title, query_image=image if not terms else None)
+    if paths or null:
+        import sys
+
+        end = "\0" if null else "\n"
+        for h in hits:
+            sys.stdout.write(str(s.index.root / h.path) + end)
+        sys.stdout.flush()
+        return
     if json_out:
-        echo_json({"index": str(index), "query": query, "image": str(image) if image else None,
+        echo_json({"index": str(index), "query": shown if terms else None, "image": str(image) if image else None,
+                   "terms": [{"kind": t.kind, "value": t.value, "weight": t.weight, "sign": t.sign} for t in terms],
+                   "filters": filters.describe() or None, "passed": None if allowed is None else int(len(allowed)),
                    "root": str(s.index.root), "hits": hits, "sheet": str(out) if out else None})
         return
     if not hits:
-        typer.echo("no results (the index is empty)")
+        typer.echo("no results (no image passes the filters)" if filters.active else "no results (the index is empty)")
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {h.score:+.4f}  {shown_name(h.path)}" + (f"  \"{h.caption}\"" if h.caption else ""))
     if out is not None:
         typer.echo(f"contact sheet: {out}")
+
+
+search_cmd.__doc__ = SEARCH_HELP

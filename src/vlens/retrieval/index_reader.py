@@ -24,6 +24,28 @@ from vlens.retrieval.index_store import (
     safe_join,
 )
 
+EXACT_FILTERED = 50_000
+"""A filtered search over at most this many images is exact, straight from their stored vectors."""
+
+
+def _oversampled(index, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ANN search for many allowed ids: search the top ``k'`` unfiltered and keep the allowed, ``k'`` doubled
+    until every query has k (or the whole index was asked for)."""
+    n = int(index.ntotal)
+    kk = min(n, max(2 * k, int(np.ceil(2 * k * n / max(len(allowed), 1)))))
+    while True:
+        s, i = index.search(q, kk)                                          # (Q, kk)
+        keep = np.isin(i, allowed)                                          # (Q, kk)
+        if kk >= n or (keep.sum(axis=1) >= k).all():
+            break
+        kk = min(n, 2 * kk)
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    out_i = np.full((len(q), k), -1, np.int64)
+    for r in range(len(q)):
+        sel = np.nonzero(keep[r])[0][:k]
+        out_s[r, :len(sel)], out_i[r, :len(sel)] = s[r, sel], i[r, sel]
+    return out_s, out_i
+
 
 class ImageIndex:
     """An index opened for searching. Cheap to open; never writes; safe to read while another process updates."""
@@ -74,17 +96,49 @@ class ImageIndex:
         with self.lock:
             return int(self.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, d) unit queries -> scores (Q, k), ids (Q, k) (id -1 where fewer than k images)."""
+    def search(self, queries: np.ndarray, k: int = 10,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, d) unit queries -> scores (Q, k), ids (Q, k) (id -1 where fewer than k images).
+
+        ``allowed``: only these ids may be returned (a filter, :func:`vlens.retrieval.filters.matching_ids`);
+        the restriction is part of the search, so the result is the top k among them:
+
+        - exact (``flat``) FAISS index: FAISS's own ID selector, exact;
+        - at most :data:`EXACT_FILTERED` allowed ids, or a stale FAISS file: exact search over their stored
+          vectors (an ANN graph or list walk restricted to a few ids misses many of them);
+        - more, on an ANN kind: the ANN top ``k / fraction allowed`` (times 2, doubled until k pass) is
+          filtered, so the filtered result has the ANN's own measured recall.
+        """
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         if q.shape[1] != self.dim:
             raise IndexError_(f"query vectors are {q.shape[1]}-d, the index holds {self.dim}-d "
                               f"(built with {self.model})")
         index = self.faiss
-        if index is not None:
-            return index.search(q, k)
-        with self.lock:
-            return exact_topk(q, iter_vectors(self.con, self.dim), k)
+        if allowed is None:
+            if index is not None:
+                return index.search(q, k)
+            with self.lock:
+                return exact_topk(q, iter_vectors(self.con, self.dim), k)
+        allowed = np.unique(np.asarray(allowed, np.int64))
+        if index is not None and self.manifest.get("kind") == "flat":
+            import faiss
+
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            return index.search(q, k, params=params)
+        if index is None or len(allowed) <= EXACT_FILTERED:
+            with self.lock:
+                return exact_topk(q, self._vectors_of(allowed), k)
+        return _oversampled(index, q, k, allowed)
+
+    def _vectors_of(self, ids: np.ndarray, chunk: int = 900):
+        """Stream (ids (n,), vectors (n, d)) of the given ids from the database."""
+        for i in range(0, len(ids), chunk):
+            part = [int(x) for x in ids[i:i + chunk]]
+            rows = self.con.execute(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                    part).fetchall()
+            if rows:
+                yield (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                       np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim))
 
     def rows(self, ids: Iterable[int]) -> dict[int, dict]:
         ids = [int(i) for i in ids if i >= 0]

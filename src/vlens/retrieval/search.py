@@ -58,23 +58,32 @@ class Searcher:
                                   f"holds {self.index.dim}-d (built with {self.index.model})")
             return self._encoder
 
-    def embed_text(self, query: str) -> np.ndarray:
-        """Text -> (d,) unit vector (recent queries are cached)."""
-        query = (query or "").strip()
-        if not query:
-            raise ConfigError("the text query is empty; type what you are looking for, e.g. \"a red circle\"")
-        if len(query) > 1000:
-            raise ConfigError("the text query is longer than 1000 characters; shorten it")
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, d) unit vectors, one model call for those not cached (recent texts are cached)."""
+        clean = []
+        for t in texts:
+            t = (t or "").strip()
+            if not t:
+                raise ConfigError("the text query is empty; type what you are looking for, e.g. \"a red circle\"")
+            if len(t) > 1000:
+                raise ConfigError("the text query is longer than 1000 characters; shorten it")
+            clean.append(t)
         enc = self.encoder
         with self._lock:
-            if query in self._text_cache:
-                self._text_cache.move_to_end(query)
-                return self._text_cache[query]
-            v = enc.encode_texts([query])[0]
-            self._text_cache[query] = v
-            if len(self._text_cache) > self._cache_size:
+            todo = list(dict.fromkeys(t for t in clean if t not in self._text_cache))
+            if todo:
+                for t, v in zip(todo, enc.encode_texts(todo)):
+                    self._text_cache[t] = v
+            out = np.stack([self._text_cache[t] for t in clean])           # (n, d)
+            for t in clean:
+                self._text_cache.move_to_end(t)
+            while len(self._text_cache) > self._cache_size:
                 self._text_cache.popitem(last=False)
-        return v
+        return out
+
+    def embed_text(self, query: str) -> np.ndarray:
+        """Text -> (d,) unit vector (recent queries are cached)."""
+        return self.embed_texts([query])[0]
 
     def embed_image(self, image) -> np.ndarray:
         """A PIL image, path or bytes -> (d,) unit vector."""
@@ -88,12 +97,26 @@ class Searcher:
         with self._lock:
             return enc.encode_images([image])[0]
 
-    def vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
-        """(Q, d) unit vectors -> the top ``k`` hits for each, best first."""
+    def allowed(self, filters) -> np.ndarray | None:
+        """The ids that pass ``filters`` (a :class:`vlens.retrieval.filters.Filters`), None when none is set."""
+        if filters is None or not filters.active:
+            return None
+        from vlens.retrieval.filters import matching_ids
+
+        self.index.refresh()
+        with self.index.lock:
+            return matching_ids(self.index.con, filters)
+
+    def vectors(self, queries: np.ndarray, k: int = 10, filters=None,
+                allowed: np.ndarray | None = None) -> list[list[SearchHit]]:
+        """(Q, d) unit vectors -> the top ``k`` hits for each, best first, among the images that pass
+        ``filters`` (a :class:`vlens.retrieval.filters.Filters`; None = all), or among ``allowed`` ids."""
         if k < 1:
             raise ConfigError("k must be at least 1")
         self.index.refresh()
-        scores, ids = self.index.search(queries, k)  # (Q, k) each
+        if allowed is None:
+            allowed = self.allowed(filters)
+        scores, ids = self.index.search(queries, k, allowed=allowed)  # (Q, k) each
         rows = self.index.rows(ids.ravel())
         out = []
         for srow, irow in zip(scores, ids):
@@ -102,11 +125,37 @@ class Searcher:
                         for s, i in zip(srow, irow) if int(i) in rows])
         return out
 
-    def text(self, query: str, k: int = 10) -> list[SearchHit]:
-        return self.vectors(self.embed_text(query)[None], k)[0]
+    def term_vectors(self, terms) -> np.ndarray:
+        """Terms (:func:`vlens.retrieval.query.parse_query`) -> their (T, d) unit vectors."""
+        from vlens.retrieval.query import term_vectors
 
-    def image(self, image, k: int = 10) -> list[SearchHit]:
-        return self.vectors(self.embed_image(image)[None], k)[0]
+        return term_vectors(terms, self.embed_texts, self.embed_image, self.index.vector)
+
+    def query_vector(self, terms, extra_images=()) -> np.ndarray:
+        """Terms, plus images given as pictures (PIL or bytes, each one more + term of weight 1, as an upload
+        is) -> the (d,) unit query vector."""
+        from vlens.retrieval.query import Term, combine
+
+        terms = list(terms)
+        vecs = [self.term_vectors(terms)] if terms else []
+        if extra_images:
+            vecs.append(np.stack([self.embed_image(im) for im in extra_images]))
+            terms += [Term("image", "<upload>")] * len(extra_images)
+        return combine(terms, np.concatenate(vecs))
+
+    def query(self, query, k: int = 10, filters=None) -> list[SearchHit]:
+        """A combined query (a string or shell words in rclip's form, or parsed terms): the top ``k`` hits.
+        ``"2:golden retriever + ./pool.jpg - fruit"``: see :mod:`vlens.retrieval.query` for the grammar."""
+        from vlens.retrieval.query import Term, parse_query
+
+        terms = query if query and all(isinstance(t, Term) for t in query) else parse_query(query)
+        return self.vectors(self.query_vector(terms)[None], k, filters)[0]
+
+    def text(self, query: str, k: int = 10, filters=None) -> list[SearchHit]:
+        return self.vectors(self.embed_text(query)[None], k, filters)[0]
+
+    def image(self, image, k: int = 10, filters=None) -> list[SearchHit]:
+        return self.vectors(self.embed_image(image)[None], k, filters)[0]
 
     def similar(self, image_id: int, k: int = 10) -> list[SearchHit]:
         """Images like an indexed one (by id), using its stored vector."""
@@ -116,14 +165,19 @@ class Searcher:
         return self.vectors(v[None], k)[0]
 
 
-def search(index, query: str | None = None, image=None, k: int = 10, encoder=None,
+def search(index, query=None, image=None, k: int = 10, encoder=None, filters=None,
            engine: str = "auto") -> list[SearchHit]:
-    """One-shot search: exactly one of ``query`` (text) or ``image`` (path, bytes or PIL)."""
-    if (query is None) == (image is None):
-        raise ConfigError("give either a text query or --image FILE (not both, not neither)")
+    """One-shot search: ``query`` (a combined query: a string or words, see :mod:`vlens.retrieval.query`), or
+    ``image`` (path, bytes or PIL), or both (the image is one more term, weight 1); ``filters``: a
+    :class:`vlens.retrieval.filters.Filters`; ``engine``: what encodes the query (torch | onnx | auto)."""
+    if query is None and image is None:
+        raise ConfigError("give a query (text, ./image paths, weights and - terms) or an image")
     s = Searcher(index, encoder=encoder, engine=engine)
     try:
-        return s.text(query, k) if query is not None else s.image(image, k)
+        from vlens.retrieval.query import parse_query
+
+        terms = parse_query(query) if query is not None else []
+        return s.vectors(s.query_vector(terms, [image] if image is not None else ())[None], k, filters)[0]
     finally:
         s.index.close()
 
