@@ -132,6 +132,42 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return bool(ok)
 
 
+ANSWER_DEADLINE = 5.0
+"""Seconds for the hub to answer at all: the connection probe and the file-list request together (a server that
+accepts connections and never answers, or trickles its answer, is given up on after this)."""
+READ_TIMEOUT = 10.0
+"""Seconds a download may take for each :data:`READ_CHUNK` bytes (or each file's small request): slower than
+that (about 6 KB/s, a stalled or trickling server) it stops with one line, the partial file kept to resume."""
+READ_CHUNK = 64 * 1024
+
+
+class HubStalled(ModelLoadError):
+    """The hub accepted the connection but did not answer (or send data) in time."""
+
+
+def _within(seconds: float, what: str, fn, *args, shown: float | None = None, **kw):
+    """``fn(*args, **kw)`` with a hard deadline: it runs in a daemon thread, and when it has not returned after
+    ``seconds`` :class:`HubStalled` is raised (the thread is abandoned; its socket times out on its own). The
+    message names ``shown`` seconds (the whole deadline this wait was part of) when given."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args, **kw)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(max(seconds, 0.01))
+    if t.is_alive():
+        raise HubStalled(f"the hub ({hub_endpoint()}) accepted the connection but did not answer {what} within "
+                         f"{shown or seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 WEIGHT_PATTERNS = ("*.safetensors",)
 FILE_PATTERNS = ("*.json", "*.txt", "*.model")
 _DOWNLOADED: set[str] = set()  # ids downloaded by this process: their source is "hub", later runs say "cache"
@@ -150,7 +186,7 @@ def _pick_files(files: dict[str, int]) -> dict[str, int]:
     return {**small, **weights}
 
 
-def _ranged_get(url: str, part: Path, size: int | None, headers: dict, timeout: float, bar) -> None:
+def _ranged_get(url: str, part: Path, size: int | None, headers: dict, timeout: float, bar, label: str = "") -> None:
     """GET ``url`` into ``part``, appending from its current length with an HTTP Range request (a killed download
     resumes where it stopped). Raises OSError-family errors on network failure; ``part`` keeps what arrived."""
     import urllib.request
@@ -161,15 +197,46 @@ def _ranged_get(url: str, part: Path, size: int | None, headers: dict, timeout: 
         have = 0
     if size is not None and have == size:
         return
+    import time
+
     req = urllib.request.Request(url, headers={**headers, **({"Range": f"bytes={have}-"} if have else {})})
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - the hub endpoint (http/https)
+    r = _within(timeout, f"the download of {part.name}", urllib.request.urlopen, req, timeout=timeout)
+    with r:  # noqa: S310 - the hub endpoint (http/https)
         if have and r.status != 206:  # the server ignored the Range: start over
             have = 0
             bar.reset(total=bar.total)
+        sock = _socket_of(r)
+        got, window_start, window_bytes = have, time.monotonic(), 0
         with open(part, "ab" if have else "wb") as f:
-            while chunk := r.read(1 << 20):
+            while True:
+                left = timeout - (time.monotonic() - window_start)
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    if sock is not None:
+                        sock.settimeout(left)  # this read may take what is left of the window, no more
+                    chunk = r.read1(1 << 20)
+                except TimeoutError:
+                    f.flush()
+                    raise HubStalled(f"the download stalled: fewer than {READ_CHUNK // 1024} KB in {timeout:g} s "
+                                     f"after {got / 1e6:.1f} MB of {label or part.name}; the partial file is "
+                                     "kept, rerun the same command to resume") from None
+                if not chunk:
+                    break
                 f.write(chunk)
                 bar.update(len(chunk))
+                got += len(chunk)
+                window_bytes += len(chunk)
+                if window_bytes >= READ_CHUNK:
+                    window_start, window_bytes = time.monotonic(), 0
+
+
+def _socket_of(response):
+    """The socket under a urllib response (to give each read its own deadline), or None."""
+    try:
+        return response.fp.raw._sock
+    except AttributeError:
+        return None
 
 
 def _fetch_file(repo_id: str, name: str, cache: Path, endpoint: str, timeout: float, bar) -> Path:
@@ -182,7 +249,8 @@ def _fetch_file(repo_id: str, name: str, cache: Path, endpoint: str, timeout: fl
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, name, revision="main", endpoint=endpoint), timeout=timeout)
+    meta = _within(timeout, f"the request for {name}", get_hf_file_metadata,
+                   hf_hub_url(repo_id, name, revision="main", endpoint=endpoint), timeout=timeout)
     blobs = cache / ("models--" + repo_id.replace("/", "--")) / "blobs"
     blob = blobs / str(meta.etag)
     blobs.mkdir(parents=True, exist_ok=True)
@@ -191,31 +259,39 @@ def _fetch_file(repo_id: str, name: str, cache: Path, endpoint: str, timeout: fl
     with FileLock(str(part) + ".lock"):
         if not blob.exists():
             same_host = _parse(meta.location).netloc == _parse(endpoint).netloc
-            _ranged_get(meta.location, part, meta.size, build_hf_headers() if same_host else {}, timeout, bar)
+            _ranged_get(meta.location, part, meta.size, build_hf_headers() if same_host else {}, timeout, bar,
+                        label=name)
             if meta.size is not None and part.stat().st_size != meta.size:
                 raise ModelLoadError(f"{repo_id}/{name}: got {part.stat().st_size} of {meta.size} bytes; rerun "
                                      "to resume the download")
             part.replace(blob)
         else:
             bar.update(meta.size or 0)
-    return Path(hf_hub_download(repo_id, name, revision="main", cache_dir=cache, endpoint=endpoint,
-                                etag_timeout=timeout))
+    return Path(_within(timeout, f"the request for {name}", hf_hub_download, repo_id, name, revision="main",
+                        cache_dir=cache, endpoint=endpoint, etag_timeout=timeout))
 
 
-def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0, timeout: float = 10.0) -> Path:
+def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0, timeout: float | None = None,
+             deadline: float | None = None) -> Path:
     """Download ``repo_id`` (revision main) into the Hugging Face cache and return its snapshot folder.
 
     Says the size first (a ``download`` event), shows a progress bar over the bytes (on a terminal, or with
     VLENS_PROGRESS=1), resumes an interrupted download from where it stopped (HTTP Range), and fails with
-    :class:`ModelLoadError` within a few seconds when no connection may or can be made.
+    :class:`ModelLoadError` within a few seconds when no connection may or can be made: ``deadline`` seconds
+    (:data:`ANSWER_DEADLINE`) for the probe and the file list together, then ``timeout`` (:data:`READ_TIMEOUT`)
+    for each file's request and each :data:`READ_CHUNK` of its bytes (:class:`HubStalled`: the partial file is
+    kept for the next try).
     """
     import time
 
+    timeout = READ_TIMEOUT if timeout is None else timeout
+    deadline = ANSWER_DEADLINE if deadline is None else deadline
+    t_end = time.monotonic() + deadline
     why = offline_reason()
     if why:
         raise ModelLoadError(f"model '{repo_id}' is not in the Hugging Face cache and {why} forbids a download; "
                              + OFFLINE_CHOICES)
-    if not hub_reachable(probe_timeout):
+    if not hub_reachable(min(probe_timeout, deadline)):
         raise ModelLoadError(f"model '{repo_id}' is not in the Hugging Face cache and the hub ({hub_endpoint()}) "
                              "cannot be reached (no network?); " + OFFLINE_CHOICES)
     from huggingface_hub import HfApi
@@ -225,7 +301,9 @@ def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0,
     t0 = time.time()
     cache, endpoint = hf_cache_dir(), hub_endpoint()
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True, timeout=timeout)
+        left = max(t_end - time.monotonic(), 0.5)
+        info = _within(left, "the request for its file list", HfApi(endpoint=endpoint).model_info, repo_id,
+                       files_metadata=True, timeout=left, shown=deadline)
         files = _pick_files({s.rfilename: int(s.size or 0) for s in (info.siblings or [])})
         if "config.json" not in files:
             raise ModelLoadError(f"'{repo_id}' on {endpoint} has no config.json: not a transformers model")
@@ -235,6 +313,8 @@ def download(repo_id: str, *, progress: bool = True, probe_timeout: float = 2.0,
                           disable=None if progress else True) as bar:
             for name in sorted(files, key=lambda f: files[f]):  # small files first: a bad repo fails early
                 _fetch_file(repo_id, name, cache, endpoint, timeout, bar)
+    except HubStalled as exc:
+        raise HubStalled(f"could not download '{repo_id}': {exc}; otherwise " + OFFLINE_CHOICES) from None
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - network, HTTP, disk: one line, the offline choices
@@ -337,6 +417,8 @@ def resolve_default(task: str) -> DefaultChoice:
         except ModelLoadError as exc:
             msg = str(exc).replace(OFFLINE_CHOICES, "").rstrip("; .")
             reason = ("is not in the Hugging Face cache and the hub cannot be reached" if "cannot be reached" in msg
+                      else "is not in the Hugging Face cache and the hub did not answer in time"
+                      if isinstance(exc, HubStalled) and "did not answer" in msg
                       else f"is not in the Hugging Face cache and the download failed ({msg[:240]})")
     if reason:
         choice = DefaultChoice(task, d.fallback, "builtin", d.real, reason)
