@@ -189,9 +189,12 @@ class _Check:
         allowed = f"comma-separated {kind}, each from {lo:g} to {hi:g}"
 
         def one(v, param):
-            items = [x.strip() for x in str(v).split(",") if x.strip()]
-            if not items:
+            items = [x.strip() for x in str(v).split(",")]
+            if not any(items):
                 raise typer.BadParameter(f"{v!r} is empty (allowed: {allowed})", param=param)
+            if not all(items):  # "10,,50" or "10,": a value lost in typing, never dropped silently
+                raise typer.BadParameter(f"{v!r} has an empty item; write each value once between commas, e.g. "
+                                         f"{','.join(x for x in items if x)} (allowed: {allowed})", param=param)
             for x in items:
                 try:
                     num = float(x)

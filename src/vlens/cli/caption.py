@@ -168,9 +168,9 @@ def run_cmd(
         "many stayed eligible; also drawn to --figure.",
     ),
     figure: Path = typer.Option(
-        Path("explain.png"),
+        None,
         "--figure",
-        help="--explain: the picture, one row per step (one file per image).",
+        help="With --explain: the picture, one row per step (one file per image; default explain.png).",
         callback=check.output("file"),
     ),
 ):
@@ -198,6 +198,11 @@ def run_cmd(
         batch_size=batch_size,
     )
     settings, notes = settings.validated()
+    if figure is not None and not explain:
+        from vlens.errors import ConfigError
+
+        raise ConfigError(f"--figure draws what --explain shows; add --explain to write {figure}, or drop --figure")
+    figure = figure or Path("explain.png")
     if explain and out is not None:
         from vlens.errors import ConfigError
 

@@ -132,7 +132,7 @@ def info_cmd(
 ):
     """Model, size, kind, measured ANN recall@10, and every file left out: the kinds the last build or update
     passed over (videos, sidecars, formats whose reader is not installed) and the unreadable files by name."""
-    from vlens.images import shown_name
+    from vlens.images import shown_path
     from vlens.retrieval.index import all_skipped
     from vlens.retrieval.index_reader import ImageIndex
     from vlens.retrieval.index_store import skip_kinds
@@ -164,7 +164,7 @@ def info_cmd(
     kinds = skip_kinds(info.get("passed_over") or {}, len(info["skipped"]))
     if kinds:  # the kinds as counted by the last build/update; the unreadable files by name
         lines.append(f"skipped   {kinds}" + (":" if info["skipped"] else ""))
-        lines += [f"  {shown_name(s['path'])}: {s['reason']}" for s in info["skipped"][:20]]
+        lines += [f"  {shown_path(s['path'], info['root'])}: {s['reason']}" for s in info["skipped"][:20]]
         if len(info["skipped"]) > 20:
             lines.append(f"  ... and {len(info['skipped']) - 20} more (--json lists all)")
     typer.echo("\n".join(lines))
