@@ -233,3 +233,17 @@ def test_recipe_scaling():
     assert [scaled_layer(n, 9 / 12) for n in (12, 4, 2, 1, 24)] == [9, 3, 2, 1, 18]
     assert recipe_stride([8]) == 4 and recipe_stride([16]) == 4 and recipe_stride([8, 8]) == 4
     assert recipe_stride([14]) == 7 and recipe_stride([14, 8]) == 2 and recipe_stride([1]) == 1
+
+
+def test_library_find_pairs_and_saliency_threshold(tiny_vit, two_images):
+    from vlens.match import find_pairs, match_images
+
+    p = find_pairs(two_images / "a.png", two_images / "b.png", str(tiny_vit), preset="dvf", size=64, n=4)
+    assert p.ranked_by == "saliency" and 1 <= len(p) <= 4 and bool(p.matches.mutual.all())
+    assert len(set(p.cluster.tolist())) == len(p) and bool((p.saliency_src >= 0.05).all())
+    plain = find_pairs(two_images / "a.png", two_images / "b.png", "sift:8", size=64, n=3)
+    assert plain.ranked_by == "cycle" and len(plain) == 3
+    m_all = match_images(two_images / "a.png", two_images / "b.png", str(tiny_vit), top=None, size=64)
+    m_fg = match_images(two_images / "a.png", two_images / "b.png", str(tiny_vit), top=None, size=64,
+                        saliency_threshold=0.5)
+    assert 0 < len(m_fg) < len(m_all)
