@@ -53,7 +53,9 @@ def list_cmd(json_out: bool = JSON_OPTION):
     for r in info["converted"]:
         cleaning = f", text cleaning: {r['text_cleaning']}" if r["text_cleaning"] else ""
         typer.echo(f"  {r['source']}\n  {'':<40} {r['size_mb']:>8.1f} MB  {r['kind']} ({r['family']}){_interp(r)}"
-                   f"{cleaning}; settings from {r['settings_from'] or '?'}")
+                   f"{cleaning}")
+        for what, source in (r["settings_from"] or {}).items():
+            typer.echo(f"  {'':<40} {what}: {source}")
     typer.echo("\nEmbedded (offline, always there):")
     for b in info["builtins"]:
         typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}{_interp(b)}")

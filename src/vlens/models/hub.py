@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from vlens.errors import ModelLoadError
+from vlens.models.events import add_listener, remove_listener  # noqa: F401 - front ends register here
+from vlens.models.events import emit as _emit
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 OFFLINE_CHOICES = ("use an embedded model (builtin:dino-tiny, builtin:blip-tiny, builtin:clip-tiny), "
@@ -77,27 +78,6 @@ def cached(repo_id: str) -> Path | None:
     except OSError:
         return None
     return snap if _has_weights(snap) else None
-
-
-_LISTENERS: list[Callable[[dict], None]] = []
-
-
-def add_listener(fn: Callable[[dict], None]) -> None:
-    """Call ``fn(event)`` for what users should hear about. Events (dicts, key ``event``): ``fallback`` (task,
-    spec, real, reason), ``download`` (repo, bytes, files: said before a download starts), ``downloaded`` (repo,
-    path, seconds), ``engine`` (line: an ONNX export made, refused or rebuilt; :mod:`vlens.engines`)."""
-    if fn not in _LISTENERS:
-        _LISTENERS.append(fn)
-
-
-def remove_listener(fn: Callable[[dict], None]) -> None:
-    if fn in _LISTENERS:
-        _LISTENERS.remove(fn)
-
-
-def _emit(event: str, **info) -> None:
-    for fn in list(_LISTENERS):
-        fn({"event": event, **info})
 
 
 def note(line: str) -> None:
