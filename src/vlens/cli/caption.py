@@ -10,6 +10,7 @@ import typer
 from vlens.cli._common import (
     DEVICE_OPTION,
     DTYPE_OPTION,
+    ENGINE_TORCH_OPTION,
     JSON_OPTION,
     PRECISION_OPTION,
     DefaultCommandGroup,
@@ -159,6 +160,7 @@ def run_cmd(
     ),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_TORCH_OPTION,
     json_out: bool = JSON_OPTION,
     explain: bool = typer.Option(
         False,
@@ -210,7 +212,7 @@ def run_cmd(
                           "does not stream to --out. Drop --explain to caption a collection into --out, or --out "
                           "to explain a few images")
     if out is not None:
-        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out)
+        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out, engine)
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -222,7 +224,7 @@ def run_cmd(
             files.append(p)  # missing or unreadable files are reported by the loader below
     if not files:
         raise DatasetError("no images to caption; give image files or folders that contain images")
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine)
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
@@ -273,14 +275,15 @@ def run_cmd(
         raise DatasetError("none of the given images could be read")
 
 
-def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out) -> None:
+def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out,
+                     engine: str = "torch") -> None:
     from vlens.bulk import Processes
     from vlens.caption.bulk import caption_to_file
     from vlens.caption.captioner import Captioner
     from vlens.errors import DatasetError
 
     procs = Processes()
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine)
     settings, more = captioner.prepare(settings)
     if procs.is_main:
         for note in notes + more:

@@ -41,6 +41,10 @@ def serve_cmd(
                                 "small models and many concurrent users: requests run in parallel instead (as many "
                                 "at once as the usable cores hold); raise it for a large model and few users.",
                                 callback=check.count(1, 1024)),
+    engine: str = typer.Option("auto", "--engine", help="Runtime for the search towers and the captioner's "
+                               "vision encoder: torch, onnx (ONNX Runtime exports, made once and checked against "
+                               "torch), or auto (default: whichever measured faster here).",
+                               callback=check.choice("torch", "onnx", "auto")),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.
 
@@ -69,7 +73,7 @@ def serve_cmd(
     if plan.note():
         typer.echo(plan.note(), err=True)
     app = create_app(cpu_slots=plan.slots, index=index, captioner=captioner, backbone=backbone,
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), engine=engine)
     if preload:
         app.state.services.preload()
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -124,7 +124,11 @@ def vit_tokens_engine(model, folder, spec: str, engine: str, block: int, prefix:
         return None
     h, w = size
     interpolate = model.config.model_type in ("vit", "deit", "dino")
-    eid = ExportId(spec, weights_fingerprint(folder), "vit-tokens", f"b,3,{h},{w}:block{block}", quantize)
+    # what changes the traced graph beyond the weights: the position-embedding convention and a patch stride
+    convention = getattr(model.config, "pos_embed_interpolation", None) or "-"
+    stride = next((tuple(m.stride) for m in model.modules() if isinstance(m, torch.nn.Conv2d)), ())
+    family = f"b,3,{h},{w}:block{block}:pos-{convention}:stride{'x'.join(map(str, stride))}"
+    eid = ExportId(spec, weights_fingerprint(folder), "vit-tokens", family, quantize)
     return prepare(eid, VitTokens(model, block, prefix, interpolate).eval(), {"pixel_values": _pixels(1, h, w)},
                    {"pixel_values": _pixels(2, h, w, 1)}, {"pixel_values": {0: "batch"}, "output": {0: "batch"}},
                    engine, what=f"{spec} (block {block + 1}, {w}x{h} input)")

@@ -190,9 +190,12 @@ class BodyLimit:
 class Services:
     """What the routes call: the searcher, captioner and matcher, each loaded on first use."""
 
-    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None):
+    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None,
+                 engine: str = "torch"):
+        from vlens.engines import check_engine
         from vlens.models import default_spec
 
+        self.engine = check_engine(engine)  # search's towers and the captioner's vision encoder (vlens.engines)
         self.index_path = index
         # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
         # resolver decides once; the page shows a notice for a builtin, see models()).
@@ -205,7 +208,7 @@ class Services:
         if index is not None:
             from vlens.retrieval.search import Searcher
 
-            self._searcher = Searcher(index)
+            self._searcher = Searcher(index, engine=self.engine)
 
     @property
     def searcher(self):
@@ -220,7 +223,7 @@ class Services:
         except ImportError:
             raise HTTPException(503, "captioning is not available in this vlens install") from None
         try:
-            return Captioner.from_spec(self.captioner_spec, device="cpu")
+            return Captioner.from_spec(self.captioner_spec, device="cpu", engine=self.engine)
         except ModelLoadError as exc:
             raise HTTPException(503, f"captioner unavailable: {exc}") from None
 
@@ -318,15 +321,17 @@ def _hits(hits) -> list[Hit]:
 
 
 def create_app(index=None, captioner: str | None = None, backbone: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None) -> FastAPI:
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None,
+               engine: str = "torch") -> FastAPI:
     """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
-    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy)."""
+    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy); ``engine``: torch,
+    onnx or auto for the search towers and the captioner's vision encoder (:mod:`vlens.engines`)."""
     from vlens import __version__
 
     if cpu_slots:
         set_cpu_slots(cpu_slots)
 
-    svc = Services(index, captioner, backbone)
+    svc = Services(index, captioner, backbone, engine)
     app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,
                   description="Search an image index with words or a picture, caption an image, match two "
                               "images. Images are addressed by index id. Uploads: multipart/form-data, "
