@@ -223,6 +223,15 @@ def test_vit_token_facet_on_onnx_equals_torch(cache, family, request):
     rows = store.list_exports()
     assert rows and all(r["tower"] == "vit-tokens" and r["state"] == "ok" for r in rows)
     assert len({r["family"] for r in rows}) == len({f.input_size for f in ref})
+    # overlapping patches (--stride): the export traces the strided patch embedding, keyed by the stride
+    from vlens.match.features import load_backbone
+
+    stride = load_backbone(spec).patch_size // 2
+    ref_s = extract_features(imgs[:1], spec, size=64, stride=stride, engine="torch")[0].descriptors
+    got_s = extract_features(imgs[:1], spec, size=64, stride=stride, engine="onnx")[0].descriptors
+    assert ref_s.shape == got_s.shape and ref_s.shape[0] > ref[0].descriptors.shape[0]
+    assert (ref_s - got_s).abs().max() <= 1e-4 * ref_s.abs().max()
+    assert any(r["family"].endswith(f":stride{stride}") for r in store.list_exports())
     cache.clear()
     extract_features(imgs[:1], spec, size=64, facet="key", engine="onnx")  # attention facets: torch, said once
     assert any("key facet" in n and "runs on torch" in n for n in cache)

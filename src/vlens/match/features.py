@@ -361,14 +361,14 @@ def _pixel_descriptors(x: torch.Tensor, p: int, stride: int | None = None) -> to
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, patches.shape[2], patches.shape[3], c * p * p)
 
 
-def _onnx_tokens(bb: Backbone, x: torch.Tensor, li: int, engine: str) -> torch.Tensor | None:
+def _onnx_tokens(bb: Backbone, x: torch.Tensor, li: int, engine: str, stride: int) -> torch.Tensor | None:
     """The token facet of block ``li`` through ONNX Runtime (:mod:`vlens.engines`), or None to run torch. Called
     inside the patch-stride context, so an export traces (and is keyed by) the stride in force."""
     if engine == "torch" or bb.folder is None:
         return None
     from vlens.engines.towers import vit_tokens_engine
 
-    tower = vit_tokens_engine(bb.model, bb.folder, bb.spec, engine, li, bb.num_prefix, tuple(x.shape[2:]))
+    tower = vit_tokens_engine(bb.model, bb.folder, bb.spec, engine, li, bb.num_prefix, tuple(x.shape[2:]), stride)
     return None if tower is None else torch.from_numpy(tower(pixel_values=x.numpy()))
 
 
@@ -395,7 +395,7 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int 
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
     if facet == "token":
         with strided_patches(bb.model, p, s):
-            tokens = _onnx_tokens(bb, x, li, engine)
+            tokens = _onnx_tokens(bb, x, li, engine, s)
         if tokens is not None:
             return tokens.reshape(b, gh, gw, -1).float()  # (B, h, w, d)
     elif engine == "onnx" and (bb.spec, facet) not in _NOTED:
