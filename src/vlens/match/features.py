@@ -511,10 +511,10 @@ def _block_progress(bb: Backbone, groups: dict, batch_size: int, stride: int):
     tokens = sum(len(idx) * int(np.prod(grid_of(bb, w, h, stride))) for (w, h), idx in groups.items())
     if tokens < LONG_TOKENS:
         return None, []
-    from vlens.runs import progress
+    from vlens.runs import stage_progress
 
     chunks = sum(-(-len(idx) // batch_size) for idx in groups.values())
-    bar = progress(total=chunks * bb.num_layers, desc=f"features ({tokens:,} patches)", unit="block")
+    bar = stage_progress(chunks * bb.num_layers, f"features ({tokens:,} patches)", unit="block")
 
     def tick(*_) -> None:  # returns None: a forward hook that returns a value replaces the block's output
         bar.update(1)  # (tqdm's update returns True whenever it redraws, which would feed True to the next block)
