@@ -247,3 +247,14 @@ def test_library_find_pairs_and_saliency_threshold(tiny_vit, two_images):
     m_fg = match_images(two_images / "a.png", two_images / "b.png", str(tiny_vit), top=None, size=64,
                         saliency_threshold=0.5)
     assert 0 < len(m_fg) < len(m_all)
+
+
+def test_recipe_for_descriptors_without_a_model(tiny_vit):
+    from vlens.match.recipes import recipe
+
+    settings, notes = recipe("dvf", "sift:8")
+    assert settings["facet"] == "token" and settings["saliency_threshold"] == 0 and settings["stride"] == 4
+    assert any("no model" in n for n in notes)
+    settings, notes = recipe("dvf", f"{tiny_vit}*0.2+sift:8*0.8")
+    assert settings["facet"] == "key" and settings["layer"] == 2 and settings["saliency_threshold"] == 0.05
+    assert any("ViT part" in n for n in notes)
