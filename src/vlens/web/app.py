@@ -309,6 +309,13 @@ def _model_state(spec: str) -> dict:
                 resolve(part)
             except ModelLoadError as exc:
                 return {"available": False, "detail": str(exc)}
+        else:  # a hub id: no network here, but a damaged copy in the cache is known now
+            from vlens.models.hub import cached, damage, damaged_message
+
+            snap = cached(part)
+            found = damage(snap) if snap is not None else None
+            if found:
+                return {"available": False, "detail": damaged_message(part, found)}
     return {"available": True, "detail": f"model {spec}"}
 
 
