@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import typer
@@ -88,17 +87,12 @@ def serve_cmd(
     how = "Ctrl-C" if server.stopped_by == signal.SIGINT else signal.Signals(server.stopped_by).name
     typer.echo(f"vlens serve stopped ({how}); http://{host}:{port} no longer answers", err=True)
     code = 128 + server.stopped_by
-    # Work abandoned in worker threads (a model forward) would hold the exit until it finishes: seconds. Nothing
-    # the server does needs finishing (it writes no files), so the process ends now.
-    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    deadline = time.monotonic() + 0.5
-    for t in busy:
-        t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in busy):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Work abandoned in worker threads (a model forward) would hold the exit until it finishes, and the
+    # interpreter's teardown of loaded models takes its own time: seconds. Nothing the server does needs finishing
+    # (it writes no files), so the process ends now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 STOP_GRACE_S = 1
