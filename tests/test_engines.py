@@ -248,3 +248,22 @@ def test_blip_vision_encoder_on_onnx_gives_the_same_captions(cache, tiny_blip):
     assert onnx._vision_tower is not None
     assert [c[0].token_ids for c in got] == [c[0].token_ids for c in ref]
     assert [r["tower"] for r in store.list_exports()] == ["blip-vision"]
+
+
+def test_quantize_int8_offered_only_where_it_kept_quality(cache, tiny_blip, tmp_path, capsys):
+    from vlens.caption.captioner import Captioner, DecodeSettings
+    from vlens.cli.main import main
+
+    cap = Captioner.from_spec(str(tiny_blip), device="cpu", quantize="int8")
+    caps = cap.caption(_images(2), DecodeSettings(max_new_tokens=4))
+    assert len(caps) == 2 and cap._vision_tower is not None
+    (row,) = store.list_exports()
+    assert row["quantize"] == "int8" and row["verify"]["min_cosine"] >= 0.99
+    (tmp_path / "p").mkdir()
+    _images(1)[0].save(tmp_path / "p" / "a.png")
+    capsys.readouterr()
+    assert main(["index", "build", str(tmp_path / "p"), "--out", str(tmp_path / "i"), "--model",
+                 "builtin:clip-tiny", "--quantize", "int8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not offered" in err[0] and "recall@5" in err[0]
+    assert not (tmp_path / "i").exists()

@@ -140,14 +140,17 @@ _CACHE_LOCK = threading.Lock()
 class Captioner:
     """A loaded BLIP captioner. Build it with :meth:`from_spec` (cached) or from a ``LoadedModel``."""
 
-    def __init__(self, loaded, device: str = "cpu", dtype=None, engine: str = "torch"):
+    def __init__(self, loaded, device: str = "cpu", dtype=None, engine: str = "torch", quantize: str = "none"):
         """``engine`` (torch | onnx | auto, :mod:`vlens.engines`): what runs the vision encoder; the text decoder
-        (``generate``) always runs torch."""
+        (``generate``) always runs torch. ``quantize='int8'``: the vision encoder as an ONNX Runtime int8 export
+        (it kept the quality bar: :mod:`vlens.engines.int8`)."""
         import torch
 
         from vlens.engines import check_engine
+        from vlens.engines.int8 import check_int8
 
-        self.engine = check_engine(engine)
+        self.quantize = check_int8("blip-vision", quantize)
+        self.engine = "onnx" if self.quantize == "int8" else check_engine(engine)
         self._vision_tower = False  # not decided yet
         self.loaded = loaded
         self.device = torch.device(device)
@@ -163,7 +166,7 @@ class Captioner:
 
     @classmethod
     def from_spec(cls, spec: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
-                  engine: str = "torch") -> Captioner:
+                  engine: str = "torch", quantize: str = "none") -> Captioner:
         """Load (once per process) the captioner for ``spec``: hub id, local folder or ``builtin:NAME``.
 
         ``device``/``dtype``: see :mod:`vlens.devices` (auto = a GPU in bf16/fp16 when present, else CPU fp32).
@@ -174,10 +177,10 @@ class Captioner:
         spec = spec or default_spec("captioner")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        key = (str(spec), str(dev), str(dt), engine)
+        key = (str(spec), str(dev), str(dt), engine, quantize)
         with _CACHE_LOCK:
             if key not in _CACHE:
-                _CACHE[key] = cls(load(spec, "captioner"), device=dev, dtype=dt, engine=engine)
+                _CACHE[key] = cls(load(spec, "captioner"), device=dev, dtype=dt, engine=engine, quantize=quantize)
             return _CACHE[key]
 
     @property
@@ -192,7 +195,7 @@ class Captioner:
             from vlens.engines.towers import blip_vision_engine
 
             self._vision_tower = None if self.engine == "torch" else blip_vision_engine(
-                self.model, self.loaded.path, self.spec, self.engine)
+                self.model, self.loaded.path, self.spec, self.engine, self.quantize)
         if self._vision_tower is not None and pixel_values.device.type == "cpu":
             out = self._vision_tower(pixel_values=pixel_values.float().numpy())
             return torch.from_numpy(out).to(self.dtype)

@@ -13,6 +13,7 @@ from vlens.cli._common import (
     ENGINE_TORCH_OPTION,
     JSON_OPTION,
     PRECISION_OPTION,
+    QUANTIZE_OPTION,
     DefaultCommandGroup,
     check,
     echo_json,
@@ -161,6 +162,7 @@ def run_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_TORCH_OPTION,
+    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
     explain: bool = typer.Option(
         False,
@@ -212,7 +214,8 @@ def run_cmd(
                           "does not stream to --out. Drop --explain to caption a collection into --out, or --out "
                           "to explain a few images")
     if out is not None:
-        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out, engine)
+        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out, engine,
+                                quantize)
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -224,7 +227,7 @@ def run_cmd(
             files.append(p)  # missing or unreadable files are reported by the loader below
     if not files:
         raise DatasetError("no images to caption; give image files or folders that contain images")
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
@@ -276,14 +279,14 @@ def run_cmd(
 
 
 def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out,
-                     engine: str = "torch") -> None:
+                     engine: str = "torch", quantize: str = "none") -> None:
     from vlens.bulk import Processes
     from vlens.caption.bulk import caption_to_file
     from vlens.caption.captioner import Captioner
     from vlens.errors import DatasetError
 
     procs = Processes()
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     settings, more = captioner.prepare(settings)
     if procs.is_main:
         for note in notes + more:

@@ -11,6 +11,7 @@ from vlens.cli._common import (
     DTYPE_OPTION,
     ENGINE_OPTION,
     JSON_OPTION,
+    QUANTIZE_OPTION,
     WORKERS_OPTION,
     check,
     echo_json,
@@ -80,11 +81,15 @@ def build_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_OPTION,
+    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
     from vlens.bulk import Processes
+    from vlens.engines.int8 import check_int8
     from vlens.retrieval.index import IndexConfig, build_index, is_index, read_manifest
+
+    check_int8("clip-image", quantize)  # one line, before any work, where int8 did not keep quality
 
     if not model and not force and is_index(out):
         model = read_manifest(out).get("model")  # resume / update with the model the index was built with
