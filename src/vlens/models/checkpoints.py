@@ -26,7 +26,8 @@ OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26
 _WRAPPERS = ("state_dict", "model", "teacher", "module", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _DROPPED = ("dino_head.", "ibot_head.")  # DINOv2 training heads beside the backbone
-_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's TorchScript CLIP files
+# Not weights: scalars in OpenAI's TorchScript CLIP files, and the causal mask a traced open_clip model keeps
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                     "vocab.txt")
 
