@@ -201,7 +201,7 @@ def _tiny_dino_checkpoint(path):
 
     from vlens.models import convert_dino
 
-    keys = convert_dino.expected_keys(width=128, depth=2, patch=8, n_patches=16, mlp=256)
+    keys = convert_dino.expected_keys(width=192, depth=2, patch=8, n_patches=16, mlp=384)  # ViT-Tiny width: 3 heads
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(shape, generator=g) * 0.2 + (1 if k.endswith("norm1.weight") or
                                                       k.endswith("norm2.weight") or k == "norm.weight" else 0)
