@@ -78,6 +78,11 @@ def test_combined_query_equals_hand_computation(shapes_index, clip_encoder, tmp_
     want2 /= np.linalg.norm(want2)
     scores = [h["score"] for h in json.loads(out)["hits"]]
     np.testing.assert_allclose(scores, np.sort(stored @ want2)[::-1][:5], atol=1e-4)
+    # filters from the index's stored metadata (format, folder)
+    code, out, err = cli("search", idx, *words, "-k", "5", "--format", "png", "--folder", ".", "--json")
+    assert [h["id"] for h in json.loads(out)["hits"]] == [h.id for h in hits] and json.loads(out)["passed"] == 12
+    code, out, err = cli("search", idx, "a red circle", "--folder", "elsewhere")
+    assert code == 0 and "no results (no image passes the filters)" in out and "0 of 12 images pass" in err
     for args, said in [(["-", "x"], "cannot start"), (["dog", "+"], "ends with"), (["id:999"], "no image with id"),
                        (["x", "--json", "--paths"], "choose one output")]:
         code, _, err = cli("search", idx, "--", *args) if args[0] == "-" else cli("search", idx, *args)

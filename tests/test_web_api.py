@@ -388,15 +388,34 @@ def test_info_lists_the_skipped_files_index_info_lists(tmp_path, shapes_index, c
     assert sorted(s["path"] for s in ix["skipped_files"]) == sorted(s["path"] for s in listed)
 
 
-def test_match_endpoint_pairs(client, indexed):
-    root = indexed[1]
-    a = ("a.png", (root / "test_00001.png").read_bytes(), "image/png")
-    b = ("b.png", (root / "test_00002.png").read_bytes(), "image/png")
-    body = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"pairs": "4", "refine": "none"}).json()
-    assert 1 <= body["pairs"] == len(body["matches"]) <= 4 and body["ranked_by"] in ("saliency", "cycle")
-    assert all(m["mutual"] for m in body["matches"])
-    assert len({m["cluster"] for m in body["matches"]}) == len(body["matches"])
-    r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"preset": "dvf", "pairs": "3"})
+def test_library_filters_combined_queries_and_dupes(client, indexed):
+    """The Search tab's API: the library a page at a time (with filters and skip counts), combined queries equal
+    to the library's Searcher, paths refused, duplicate groups."""
+    from vlens.retrieval.query import parse_query
+    from vlens.retrieval.search import Searcher
+
+    out, root, enc = indexed
+    page = client.post("/api/library?limit=5", json={}).json()
+    assert page["total"] == page["passed"] == 12 and len(page["items"]) == 5
+    assert [it["path"] for it in page["items"]] == sorted(p.name for p in root.glob("*.png"))[:5]
+    page2 = client.post("/api/library?offset=10&limit=5", json={}).json()
+    assert len(page2["items"]) == 2
+    assert client.post("/api/library", json={"format": "png", "folder": "."}).json()["passed"] == 12
+    assert client.post("/api/library", json={"format": "heic"}).json()["passed"] == 0
+    assert client.post("/api/library", json={"after": "someday"}).status_code == 422
+
+    q = "2:a red circle - a blue square + id:3"
+    r = client.post("/api/search", json={"query": q, "k": 4})
     assert r.status_code == 200, r.text
-    assert r.json()["preset"] == "dvf" and r.json()["pairs"] <= 3
-    assert client.post("/api/match", files={"image_a": a, "image_b": b}, data={"preset": "xyz"}).status_code == 422
+    s = Searcher(out, encoder=enc)
+    assert [h["id"] for h in r.json()["hits"]] == [h.id for h in s.query(parse_query(q), 4)]
+    assert client.post("/api/search", json={"query": "x", "format": "heic"}).json()["hits"] == []
+    r = client.post("/api/search", json={"query": "a cat + ./secret.jpg"})
+    assert r.status_code == 422 and "upload the image" in r.json()["detail"]
+    # an upload combines with the typed terms
+    data = (root / "test_00004.png").read_bytes()
+    r = client.post("/api/search/image", files={"file": ("q.png", data, "image/png")},
+                    data={"k": "3", "query": "a red circle", "format": "png"})
+    assert r.status_code == 200, r.text
+    d = client.get("/api/dupes").json()
+    assert d["threshold"] == 0.95 and isinstance(d["groups"], list)

@@ -94,7 +94,7 @@ def test_search_shows_images_with_scores(server, page):
     page.fill("#query", "a red circle")
     page.fill("#k", "6")
     page.click("#search-btn")
-    page.wait_for_selector("#results .card")
+    page.wait_for_selector("#results .score")
     cards = page.locator("#results .card")
     assert cards.count() == 6
     scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
@@ -125,7 +125,7 @@ def test_a_found_image_goes_to_match_caption_and_explore(server, page):
     page.wait_for_selector("#index-info:has-text('12 images')")
     page.fill("#query", "a red circle")
     page.click("#search-btn")
-    page.wait_for_selector("#results .card")
+    page.wait_for_selector("#results .score")
     for rank, use in ((0, "match-a"), (1, "match-b")):
         page.click("#tab-search")
         _open_hit(page, rank)
@@ -160,15 +160,37 @@ def test_search_by_uploaded_image(server, page):
     url, root = server
     page.goto(url)
     page.set_input_files("#query-image", str(root / "test_00004.png"))
-    page.wait_for_selector("#results .card")
+    page.wait_for_selector("#results .score")
     assert page.locator("#results .path").first.inner_text() == "test_00004.png"
 
 
-def test_empty_query_shows_a_message(server, page):
+def test_search_tab_opens_on_the_library_and_takes_combined_queries(server, page):
+    """No query yet: the grid is the library itself (with the skip count); an empty query browses again; a
+    combined query with a minus term ranks like the API; the duplicates view lists groups."""
     url, _ = server
     page.goto(url)
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card").count() == 12 and page.locator("#results .score").count() == 0
+    assert "library: showing 12 of 12 images" in page.inner_text("#search-status")
+    page.fill("#f-folder", "elsewhere")  # no such folder: nothing passes, said so
+    page.click("#browse-btn")
+    page.wait_for_selector("#search-status:has-text('showing 0 of 0 images')")
+    page.fill("#f-folder", "")
+    page.fill("#query", "2:a red circle - a blue square")
     page.click("#search-btn")
-    assert "type what you are looking for" in page.inner_text("#search-status")
+    page.wait_for_selector("#results .score")
+    import json
+    import urllib.request
+
+    body = json.dumps({"query": "2:a red circle - a blue square", "k": 12}).encode()
+    req = urllib.request.Request(url + "/api/search", body, {"Content-Type": "application/json"})
+    want = [h["path"] for h in json.load(urllib.request.urlopen(req))["hits"]]
+    assert page.locator("#results .path").all_inner_texts() == want
+    page.fill("#query", "")
+    page.click("#search-btn")
+    page.wait_for_selector("#search-status:has-text('library: showing 12')")
+    page.click("#dupes-btn")
+    page.wait_for_selector("#search-status:has-text('duplicates')")
 
 
 def test_caption_appears_for_an_upload(server, page):

@@ -10,10 +10,8 @@ import typer
 from vlens.cli._common import (
     DEVICE_OPTION,
     DTYPE_OPTION,
-    ENGINE_TORCH_OPTION,
     JSON_OPTION,
     PRECISION_OPTION,
-    QUANTIZE_OPTION,
     DefaultCommandGroup,
     check,
     echo_json,
@@ -161,8 +159,6 @@ def run_cmd(
     ),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
-    engine: str = ENGINE_TORCH_OPTION,
-    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
     explain: bool = typer.Option(
         False,
@@ -172,9 +168,9 @@ def run_cmd(
         "many stayed eligible; also drawn to --figure.",
     ),
     figure: Path = typer.Option(
-        None,
+        Path("explain.png"),
         "--figure",
-        help="With --explain: the picture, one row per step (one file per image; default explain.png).",
+        help="--explain: the picture, one row per step (one file per image).",
         callback=check.output("file"),
     ),
 ):
@@ -202,11 +198,6 @@ def run_cmd(
         batch_size=batch_size,
     )
     settings, notes = settings.validated()
-    if figure is not None and not explain:
-        from vlens.errors import ConfigError
-
-        raise ConfigError(f"--figure draws what --explain shows; add --explain to write {figure}, or drop --figure")
-    figure = figure or Path("explain.png")
     if explain and out is not None:
         from vlens.errors import ConfigError
 
@@ -214,8 +205,7 @@ def run_cmd(
                           "does not stream to --out. Drop --explain to caption a collection into --out, or --out "
                           "to explain a few images")
     if out is not None:
-        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out, engine,
-                                quantize)
+        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out)
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -227,7 +217,7 @@ def run_cmd(
             files.append(p)  # missing or unreadable files are reported by the loader below
     if not files:
         raise DatasetError("no images to caption; give image files or folders that contain images")
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
@@ -278,15 +268,14 @@ def run_cmd(
         raise DatasetError("none of the given images could be read")
 
 
-def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out,
-                     engine: str = "torch", quantize: str = "none") -> None:
+def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out) -> None:
     from vlens.bulk import Processes
     from vlens.caption.bulk import caption_to_file
     from vlens.caption.captioner import Captioner
     from vlens.errors import DatasetError
 
     procs = Processes()
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
     settings, more = captioner.prepare(settings)
     if procs.is_main:
         for note in notes + more:

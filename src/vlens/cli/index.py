@@ -11,7 +11,6 @@ from vlens.cli._common import (
     DTYPE_OPTION,
     ENGINE_OPTION,
     JSON_OPTION,
-    QUANTIZE_OPTION,
     WORKERS_OPTION,
     check,
     echo_json,
@@ -81,15 +80,11 @@ def build_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_OPTION,
-    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
     from vlens.bulk import Processes
-    from vlens.engines.int8 import check_int8
     from vlens.retrieval.index import IndexConfig, build_index, is_index, read_manifest
-
-    check_int8("clip-image", quantize)  # one line, before any work, where int8 did not keep quality
 
     if not model and not force and is_index(out):
         model = read_manifest(out).get("model")  # resume / update with the model the index was built with
@@ -137,7 +132,7 @@ def info_cmd(
 ):
     """Model, size, kind, measured ANN recall@10, and every file left out: the kinds the last build or update
     passed over (videos, sidecars, formats whose reader is not installed) and the unreadable files by name."""
-    from vlens.images import shown_path
+    from vlens.images import shown_name
     from vlens.retrieval.index import all_skipped
     from vlens.retrieval.index_reader import ImageIndex
     from vlens.retrieval.index_store import skip_kinds
@@ -169,10 +164,63 @@ def info_cmd(
     kinds = skip_kinds(info.get("passed_over") or {}, len(info["skipped"]))
     if kinds:  # the kinds as counted by the last build/update; the unreadable files by name
         lines.append(f"skipped   {kinds}" + (":" if info["skipped"] else ""))
-        lines += [f"  {shown_path(s['path'], info['root'])}: {s['reason']}" for s in info["skipped"][:20]]
+        lines += [f"  {shown_name(s['path'])}: {s['reason']}" for s in info["skipped"][:20]]
         if len(info["skipped"]) > 20:
             lines.append(f"  ... and {len(info['skipped']) - 20} more (--json lists all)")
     typer.echo("\n".join(lines))
+
+
+@app.command("dupes")
+def dupes_cmd(
+    index: Path = typer.Argument(..., help="An index folder made by `vlens index build`.", callback=check.path()),
+    threshold: float = typer.Option(0.95, "--threshold", "-t", help="Near copies: the smallest cosine similarity "
+                                    "of the two images' embeddings (1 = identical).",
+                                    callback=check.number(-1, 1)),
+    max_bits: int = typer.Option(10, "--max-bits", help="Near copies: at most this many of the 64 bits of the "
+                                 "perceptual hash (dHash) may differ (0 = same layout of light and dark).",
+                                 callback=check.integer(0, 64)),
+    neighbours: int = typer.Option(10, "--neighbours", help="Candidates compared per image (its nearest in the "
+                                   "index); raise it when one picture has many copies.",
+                                   callback=check.count(1, 1000)),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write a contact sheet per group here "
+                             "(group-001.png ...).", callback=check.output("dir")),
+    json_out: bool = JSON_OPTION,
+):
+    """Group duplicate images: exact copies (same bytes) and near copies (a resized or re-encoded version: its
+    embedding within --threshold cosine AND its perceptual hash within --max-bits). In each group the largest
+    file comes first (usually the original to keep). Nothing is deleted."""
+    from vlens.images import shown_name
+    from vlens.retrieval.dupes import find_duplicates, group_sheets
+    from vlens.retrieval.index_reader import ImageIndex
+
+    ix = ImageIndex(index)
+    try:
+        groups = find_duplicates(ix, threshold=threshold, max_bits=max_bits, neighbours=neighbours,
+                                 progress=not json_out)
+        sheets = group_sheets(groups, ix.root, out) if out is not None else []
+        root, count = ix.root, len(ix)
+    finally:
+        ix.close()
+    spare = sum(sum(g.sizes[1:]) for g in groups)
+    if json_out:
+        echo_json({"index": str(index), "root": str(root), "images": count, "threshold": threshold,
+                   "max_bits": max_bits, "spare_bytes": spare,
+                   "groups": [{"kind": g.kind, "images": [{"id": i, "path": p, "size": z, "similarity": c, "bits": b}
+                                                          for i, p, z, c, b in zip(g.ids, g.paths, g.sizes,
+                                                                                   g.similarity, g.bits)],
+                               "sheet": str(sheets[n]) if sheets else None} for n, g in enumerate(groups)]})
+        return
+    exact = sum(g.kind == "exact" for g in groups)
+    typer.echo(f"{len(groups)} group(s) of duplicates among {count} images ({exact} exact, {len(groups) - exact} "
+               f"near); all but the first of each: {sum(len(g.ids) - 1 for g in groups)} files, "
+               f"{spare / 1e6:.1f} MB")
+    for n, g in enumerate(groups, 1):
+        typer.echo(f"group {n}: {g.kind}, {len(g.ids)} images")
+        for j, (p, z, c, b) in enumerate(zip(g.paths, g.sizes, g.similarity, g.bits)):
+            extra = "" if j == 0 else f"  cosine {c:.3f}" + (f", {b} bits" if b is not None else "")
+            typer.echo(f"  {'keep' if j == 0 else '    '}  {shown_name(p)}  ({z / 1e3:.0f} kB){extra}")
+    if sheets:
+        typer.echo(f"contact sheets: {out}/group-001.png ... ({len(sheets)})")
 
 
 SEARCH_HELP = """Find the images most like a query: words, pictures, or both, with weights and minus terms.

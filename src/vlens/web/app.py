@@ -32,10 +32,66 @@ DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 # ----------------------------------------------------------------------------------------------- schemas
 
 
-class SearchRequest(BaseModel):
-    query: str = Field(..., min_length=1, max_length=1000, description="What to look for, in words.",
-                       examples=["a red circle on the left"])
+class Filters(BaseModel):
+    """Search and browse filters (``vlens search --help`` says what each means); empty = no restriction."""
+
+    after: str | None = Field(None, max_length=40, description="Taken on or after: YYYY-MM-DD, YYYY or ISO time.")
+    before: str | None = Field(None, max_length=40, description="Taken on or before (a date: its whole day).")
+    camera: str | None = Field(None, max_length=200, description="Camera make or model contains this.")
+    folder: str | None = Field(None, max_length=1000, description="Folder glob (a parent matching counts).")
+    near: str | None = Field(None, max_length=100, description="LAT,LON,KM.")
+    format: str | None = Field(None, max_length=200, description="Formats, comma-separated: jpg,heic.")
+
+    def parsed(self):
+        from vlens.retrieval.filters import Filters as F
+
+        return F.from_text(after=self.after or None, before=self.before or None, camera=self.camera or None,
+                           folder=self.folder or None, near=self.near or None, formats=self.format or None)
+
+
+class SearchRequest(Filters):
+    query: str = Field(..., min_length=1, max_length=1000, description="What to look for: words, or a combined "
+                       "query in rclip's form, terms joined by + and -, each optionally weighted N:, and id:N for "
+                       "an indexed image, e.g. '2:a red circle - id:5 + blue'.",
+                       examples=["a red circle on the left", "2:a red circle - a blue square"])
     k: int = Field(12, ge=1, le=200, description="How many results.")
+
+
+class LibraryItem(BaseModel):
+    id: int
+    path: str
+    url: str
+    thumb_url: str
+
+
+class LibraryPage(BaseModel):
+    total: int = Field(description="Images in the index.")
+    passed: int = Field(description="Images that pass the filters.")
+    offset: int
+    items: list[LibraryItem]
+    skipped: int = Field(description="Files the index left out (unsupported kinds and unreadable files).")
+    skipped_by_kind: dict[str, int] = Field(description="Those files counted by kind, as `vlens index info` "
+                                            "counts them: {'.mov': 37, 'unreadable': 2}.")
+
+
+class DupeImage(BaseModel):
+    id: int
+    path: str
+    size: int
+    similarity: float
+    bits: int | None
+    thumb_url: str
+
+
+class DupeGroupOut(BaseModel):
+    kind: str
+    images: list[DupeImage]
+
+
+class DupesResponse(BaseModel):
+    threshold: float
+    max_bits: int
+    groups: list[DupeGroupOut]
 
 
 class Hit(BaseModel):
@@ -76,8 +132,6 @@ class MatchItem(BaseModel):
     cycle_distance: float
     mutual: bool = Field(description="Mutual nearest neighbours (A->B->A comes back to the same patch); ranked "
                                      "first by cycle score")
-    cluster: int | None = Field(None, description="With pairs > 0: the k-means cluster of this best-buddy pair "
-                                                  "(one pair per cluster)")
 
 
 class MatchResponse(BaseModel):
@@ -86,10 +140,6 @@ class MatchResponse(BaseModel):
     score: str
     refine: str = Field(description="The sub-patch refinement used: quadratic, soft or none (patch centres).")
     stride: int | None = Field(None, description="The patch stride asked for (None: the patch size, no overlap).")
-    pairs: int = Field(0, description="Well-spread best-buddy pairs asked for (0: the top matches were drawn).")
-    preset: str | None = Field(None, description="The recipe used (dvf) or None.")
-    ranked_by: str | None = Field(None, description="With pairs: how each cluster's pair was chosen, saliency or "
-                                                    "cycle.")
     model: str
     took_ms: float
 
@@ -190,12 +240,9 @@ class BodyLimit:
 class Services:
     """What the routes call: the searcher, captioner and matcher, each loaded on first use."""
 
-    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None,
-                 engine: str = "torch"):
-        from vlens.engines import check_engine
+    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None):
         from vlens.models import default_spec
 
-        self.engine = check_engine(engine)  # search's towers and the captioner's vision encoder (vlens.engines)
         self.index_path = index
         # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
         # resolver decides once; the page shows a notice for a builtin, see models()).
@@ -208,7 +255,7 @@ class Services:
         if index is not None:
             from vlens.retrieval.search import Searcher
 
-            self._searcher = Searcher(index, engine=self.engine)
+            self._searcher = Searcher(index)
 
     @property
     def searcher(self):
@@ -223,7 +270,7 @@ class Services:
         except ImportError:
             raise HTTPException(503, "captioning is not available in this vlens install") from None
         try:
-            return Captioner.from_spec(self.captioner_spec, device="cpu", engine=self.engine)
+            return Captioner.from_spec(self.captioner_spec, device="cpu")
         except ModelLoadError as exc:
             raise HTTPException(503, f"captioner unavailable: {exc}") from None
 
@@ -309,13 +356,6 @@ def _model_state(spec: str) -> dict:
                 resolve(part)
             except ModelLoadError as exc:
                 return {"available": False, "detail": str(exc)}
-        else:  # a hub id: no network here, but a damaged copy in the cache is known now
-            from vlens.models.hub import cached, damage, damaged_message
-
-            snap = cached(part)
-            found = damage(snap) if snap is not None else None
-            if found:
-                return {"available": False, "detail": damaged_message(part, found)}
     return {"available": True, "detail": f"model {spec}"}
 
 
@@ -328,17 +368,15 @@ def _hits(hits) -> list[Hit]:
 
 
 def create_app(index=None, captioner: str | None = None, backbone: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None,
-               engine: str = "torch") -> FastAPI:
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None) -> FastAPI:
     """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
-    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy); ``engine``: torch,
-    onnx or auto for the search towers and the captioner's vision encoder (:mod:`vlens.engines`)."""
+    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy)."""
     from vlens import __version__
 
     if cpu_slots:
         set_cpu_slots(cpu_slots)
 
-    svc = Services(index, captioner, backbone, engine)
+    svc = Services(index, captioner, backbone)
     app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,
                   description="Search an image index with words or a picture, caption an image, match two "
                               "images. Images are addressed by index id. Uploads: multipart/form-data, "
@@ -387,24 +425,106 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         return Info(version=__version__, index=ix, features=svc.features(), models=svc.models(),
                     max_upload_bytes=max_upload_bytes)
 
+    def _web_terms(query: str | None, required: bool = False):
+        from vlens.retrieval.query import parse_query
+
+        if not required and (not query or not query.strip()):
+            return []
+        terms = parse_query(query)
+        if any(t.kind == "image" for t in terms):
+            raise ConfigError("the web app cannot read files on the server by path; upload the image, or use "
+                              "id:N for an indexed one (the N in its enlarged view)")
+        return terms
+
+    def _combined(searcher, terms, images, k: int, filters):
+        return searcher.vectors(searcher.query_vector(terms, images)[None], k, filters)[0]
+
     @app.post("/api/search", response_model=SearchResponse, tags=["search"])
     def search_text(req: SearchRequest) -> SearchResponse:
-        """Images most similar to a text query, best first, with cosine similarity."""
+        """Images most similar to a query, best first, with cosine similarity: words, or a combined query
+        (``2:a red circle - a blue square + id:5``), among the images that pass the filters."""
         t0 = time.perf_counter()
-        hits = svc.searcher.text(req.query, req.k)
+        searcher, filters, terms = svc.searcher, req.parsed(), _web_terms(req.query, required=True)
+        hits = _combined(searcher, terms, (), req.k, filters)
         return SearchResponse(query=req.query, k=req.k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
                               hits=_hits(hits))
 
     @app.post("/api/search/image", response_model=SearchResponse, tags=["search"])
     async def search_image(file: UploadFile = File(..., description="The query image."),
-                           k: int = Form(12, ge=1, le=200)) -> SearchResponse:
-        """Images most similar to an uploaded image."""
+                           k: int = Form(12, ge=1, le=200),
+                           query: str | None = Form(None, max_length=1000, description="More terms to combine "
+                                                    "with the image (+ and -, N: weights, id:N)."),
+                           after: str | None = Form(None, max_length=40),
+                           before: str | None = Form(None, max_length=40),
+                           camera: str | None = Form(None, max_length=200),
+                           folder: str | None = Form(None, max_length=1000),
+                           near: str | None = Form(None, max_length=100),
+                           format: str | None = Form(None, max_length=200)) -> SearchResponse:  # noqa: A002
+        """Images most similar to an uploaded image (plus the query's terms, if any), among those that pass the
+        filters."""
         searcher = svc.searcher
+        filters = Filters(after=after, before=before, camera=camera, folder=folder, near=near,
+                          format=format).parsed()
+        terms = _web_terms(query)
         img = await read_image(file, max_upload_bytes)
         t0 = time.perf_counter()
-        hits = await run_cpu(searcher.image, img, k)
-        return SearchResponse(query=None, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
+        hits = await run_cpu(_combined, searcher, terms, [img], k, filters)
+        return SearchResponse(query=query or None, k=k, took_ms=round((time.perf_counter() - t0) * 1000, 2),
                               hits=_hits(hits))
+
+    @app.post("/api/library", response_model=LibraryPage, tags=["search"])
+    def library(req: Filters, offset: int = Query(0, ge=0, le=2**40),
+                limit: int = Query(60, ge=1, le=500)) -> LibraryPage:
+        """The indexed images that pass the filters, by path, a page at a time (what the Search tab shows before
+        any query), with how many files the index passed over."""
+        from vlens.retrieval.filters import matching_ids
+
+        ix = svc.searcher.index
+        f = req.parsed()
+        ix.refresh()
+        with ix.lock:
+            total = int(ix.con.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+            if f.active:
+                ids = [int(i) for i in matching_ids(ix.con, f)]
+                passed = len(ids)
+                rows = {}
+                for i in range(0, len(ids), 900):
+                    part = ids[i:i + 900]
+                    rows.update(ix.con.execute(f"SELECT id, path FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                               part).fetchall())
+                page = sorted(rows.items(), key=lambda r: r[1])[offset:offset + limit]
+            else:
+                passed = total
+                page = ix.con.execute("SELECT id, path FROM images ORDER BY path LIMIT ? OFFSET ?",
+                                      (limit, offset)).fetchall()
+        info = ix.info()
+        unreadable = len(svc.skipped(info))
+        kinds = {**(info.get("passed_over") or {}), **({"unreadable": unreadable} if unreadable else {})}
+        items = [LibraryItem(id=i, path=p, url=f"/api/images/{i}", thumb_url=f"/api/images/{i}?size=256")
+                 for i, p in page]
+        return LibraryPage(total=total, passed=passed, offset=offset, skipped=sum(kinds.values()),
+                           skipped_by_kind=kinds, items=items)
+
+    dupes_cache: dict = {}
+
+    @app.get("/api/dupes", response_model=DupesResponse, tags=["search"])
+    async def dupes(threshold: float = Query(0.95, ge=-1, le=1, description="Smallest embedding cosine."),
+                    max_bits: int = Query(10, ge=0, le=64, description="Most perceptual-hash bits that differ.")
+                    ) -> DupesResponse:
+        """Groups of duplicate images: exact copies and near copies (as ``vlens index dupes``), largest file
+        first."""
+        from vlens.retrieval.dupes import find_duplicates
+
+        ix = svc.searcher.index
+        ix.refresh()
+        key = (ix.generation, threshold, max_bits)
+        if key not in dupes_cache:
+            dupes_cache.clear()
+            dupes_cache[key] = await run_cpu(lambda: find_duplicates(ix, threshold=threshold, max_bits=max_bits))
+        groups = dupes_cache[key]
+        return DupesResponse(threshold=threshold, max_bits=max_bits, groups=[DupeGroupOut(kind=g.kind, images=[
+            DupeImage(id=i, path=p, size=z, similarity=c, bits=b, thumb_url=f"/api/images/{i}?size=256")
+            for i, p, z, c, b in zip(g.ids, g.paths, g.sizes, g.similarity, g.bits)]) for g in groups])
 
     @app.get("/api/images/{image_id}", tags=["search"],
              responses={200: {"content": {"image/*": {}}}, 404: {"description": "No image with this id."}})
@@ -465,50 +585,29 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                         "match`), soft, or none (patch centres)"),
                     stride: int | None = Form(None, ge=1, le=64, description="Overlapping patches: a descriptor "
                                               "every S input pixels (S divides the patch size); empty = the patch "
-                                              "size"),
-                    pairs: int = Form(0, ge=0, le=100, description="Draw this many well-spread best-buddy pairs "
-                                      "(k-means over mutual nearest neighbours, one colour each) instead of the top "
-                                      "matches; 0 = top matches"),
-                    preset: Literal["dvf"] | None = Form(None, description="'dvf': the Deep ViT Features recipe "
-                                                         "(key facet, layer 9 of 12 scaled, stride 4, binning, "
-                                                         "saliency 0.05, 10 pairs unless pairs is given); a stride "
-                                                         "given here wins")) -> MatchResponse:
-        """Dense correspondences between two images: the top matches by the chosen score, drawn; or well-spread
-        best-buddy pairs (``pairs`` > 0 or ``preset=dvf``)."""
+                                              "size")) -> MatchResponse:
+        """Dense correspondences between two images: the top matches by the chosen score, drawn."""
         from vlens.match.refine import DEFAULT_REFINE
 
         refine = refine or DEFAULT_REFINE
         match_images, draw_matches = svc.matcher()
         a = await read_image(image_a, max_upload_bytes, "image_a")
         b = await read_image(image_b, max_upload_bytes, "image_b")
-        spread = pairs > 0 or preset is not None
 
         def run():
             with svc._match_lock:
-                if spread:
-                    from vlens.match import draw_pairs, find_pairs
-
-                    found = find_pairs(a, b, svc.backbone_spec, pairs or None, preset=preset, stride=stride,
-                                       refine=refine)
-                    m, extra = found.matches, {"clusters": found.cluster.tolist(), "ranked_by": found.ranked_by}
-                    picture = draw_pairs(a, b, m)
-                else:
-                    m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
-                                     stride=stride)
-                    extra = {}
-                    picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x as wide each
+                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
+                                 stride=stride)
+                picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x that wide per image
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
-            return m, extra, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            return m, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
         t0 = time.perf_counter()
-        m, extra, url = await run_cpu(run)
-        recs = m.to_records() if spread else m.to_records()[:count]
-        for r, c in zip(recs, extra.get("clusters", [])):
-            r["cluster"] = c
+        m, url = await run_cpu(run)
+        recs = m.to_records()[:count]
         return MatchResponse(image=url, score=score, refine=refine, stride=stride, model=svc.backbone_spec,
-                             matches=[MatchItem(**{k: r.get(k) for k in MatchItem.model_fields}) for r in recs],
-                             pairs=len(recs) if spread else 0, preset=preset, ranked_by=extra.get("ranked_by"),
+                             matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     from vlens.web.explore import add_explore_routes

@@ -43,6 +43,7 @@ api("/api/info").then((info) => {
       $("index-info").title = "skipped: " + info.index.skipped_files.map((s) => `${s.path} (${s.reason})`)
         .join("; ");
     }
+    browse(0);  // the Search tab opens on the library itself
   } else {
     $("index-info").textContent = "no index loaded";
   }
@@ -106,21 +107,85 @@ function showResults(data, label) {
     : "no results (the index is empty)");
 }
 
+function filterValues() {
+  const out = {};
+  for (const name of ["after", "before", "camera", "folder", "near", "format"]) {
+    const v = $("f-" + name).value.trim();
+    if (v) out[name] = v;
+  }
+  return out;
+}
+
+// ---- browse: the library itself, a page at a time, before any query (and whenever the query is empty)
+let browseOffset = 0;
+let view = 0;  // what the grid shows now: an answer that arrives after the user asked for something else is dropped
+function newView() {
+  view += 1;
+  $("results").innerHTML = "";
+  $("dupes").innerHTML = "";
+  $("more-btn").hidden = true;
+  return view;
+}
+async function browse(offset = 0) {
+  const grid = $("results");
+  const mine = offset === 0 ? newView() : view;
+  setStatus($("search-status"), "loading the library…");
+  try {
+    const page = await api(`/api/library?offset=${offset}&limit=60`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(filterValues()),
+    });
+    if (mine !== view) return;
+    page.items.forEach((item) => {
+      const card = document.createElement("div");
+      card.className = "card";
+      card.dataset.id = item.id;
+      const img = document.createElement("img");
+      img.src = item.thumb_url;
+      img.alt = item.path;
+      img.loading = "lazy";
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      const path = document.createElement("div");
+      path.className = "path";
+      path.textContent = item.path;
+      path.title = `id:${item.id} ${item.path}`;
+      meta.appendChild(path);
+      card.append(img, meta);
+      card.addEventListener("click", () => openLightbox({ ...item, score: null }, null));
+      grid.appendChild(card);
+    });
+    browseOffset = offset + page.items.length;
+    $("more-btn").hidden = browseOffset >= page.passed;
+    const kinds = Object.entries(page.skipped_by_kind).map(([k, n]) => `${n} ${k}`).join(", ");
+    const filtered = page.passed !== page.total ? ` (${page.passed} of ${page.total} pass the filters)` : "";
+    setStatus($("search-status"), `library: showing ${browseOffset} of ${page.passed} images${filtered}` +
+      (page.skipped ? ` · skipped ${page.skipped} file(s): ${kinds}` : ""));
+  } catch (e) {
+    if (mine === view) setStatus($("search-status"), e.message, true);
+  }
+}
+$("more-btn").addEventListener("click", () => browse(browseOffset));
+$("filter-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if ($("query").value.trim()) $("search-form").requestSubmit(); else browse(0);
+});
+
 $("search-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const query = $("query").value.trim();
-  if (!query) { setStatus($("search-status"), "type what you are looking for", true); return; }
+  if (!query) { browse(0); return; }
   const btn = $("search-btn");
   btn.disabled = true;
+  const mine = newView();
   setStatus($("search-status"), "searching…");
   try {
     const data = await api("/api/search", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, k: parseInt($("k").value, 10) || 12 }),
+      body: JSON.stringify({ query, k: parseInt($("k").value, 10) || 12, ...filterValues() }),
     });
-    showResults(data, `“${query}”`);
+    if (mine === view) showResults(data, `“${query}”`);
   } catch (e) {
-    setStatus($("search-status"), e.message, true);
+    if (mine === view) setStatus($("search-status"), e.message, true);
   } finally {
     btn.disabled = false;
   }
@@ -132,20 +197,68 @@ $("query-image").addEventListener("change", async () => {
   const form = new FormData();
   form.append("file", file);
   form.append("k", $("k").value || "12");
+  const query = $("query").value.trim();
+  if (query) form.append("query", query);  // the image is one more + term of the typed query
+  for (const [name, v] of Object.entries(filterValues())) form.append(name, v);
+  const mine = newView();
   setStatus($("search-status"), "searching by image…");
   try {
-    showResults(await api("/api/search/image", { method: "POST", body: form }), file.name);
+    const data = await api("/api/search/image", { method: "POST", body: form });
+    if (mine === view) showResults(data, query ? `${file.name} + “${query}”` : file.name);
   } catch (e) {
-    setStatus($("search-status"), e.message, true);
+    if (mine === view) setStatus($("search-status"), e.message, true);
   }
   $("query-image").value = "";
+});
+
+// ---- duplicates: exact and near copies, one row per group, the file to keep first
+$("dupes-btn").addEventListener("click", async () => {
+  const mine = newView();
+  const box = $("dupes");
+  setStatus($("search-status"), "looking for duplicates…");
+  try {
+    const data = await api("/api/dupes");
+    if (mine !== view) return;
+    data.groups.forEach((g, n) => {
+      const head = document.createElement("h3");
+      head.textContent = `group ${n + 1}: ${g.kind}, ${g.images.length} images`;
+      const row = document.createElement("div");
+      row.className = "grid dupe-group";
+      g.images.forEach((im, j) => {
+        const card = document.createElement("div");
+        card.className = "card";
+        card.dataset.id = im.id;
+        const img = document.createElement("img");
+        img.src = im.thumb_url;
+        img.alt = im.path;
+        const meta = document.createElement("div");
+        meta.className = "meta";
+        meta.textContent = (j === 0 ? "keep · " : `cos ${im.similarity.toFixed(3)}` +
+          (im.bits === null ? "" : ` · ${im.bits} bits`) + " · ") + `${(im.size / 1e3).toFixed(0)} kB`;
+        const path = document.createElement("div");
+        path.className = "path";
+        path.textContent = im.path;
+        path.title = im.path;
+        meta.appendChild(path);
+        card.append(img, meta);
+        row.appendChild(card);
+      });
+      box.append(head, row);
+    });
+    setStatus($("search-status"), data.groups.length
+      ? `${data.groups.length} group(s) of duplicates (cosine ≥ ${data.threshold}, perceptual hash within ` +
+        `${data.max_bits} bits; exact copies always)` : "no duplicates found");
+  } catch (e) {
+    if (mine === view) setStatus($("search-status"), e.message, true);
+  }
 });
 
 let lightboxHit = null;
 function openLightbox(hit, rank) {
   lightboxHit = hit;
   $("lightbox-img").src = hit.url;
-  $("lightbox-text").textContent = `#${rank} · ${hit.score.toFixed(4)} · ${hit.path}` +
+  $("lightbox-text").textContent = (rank === null ? `id:${hit.id} · ${hit.path}`
+    : `#${rank} · ${hit.score.toFixed(4)} · id:${hit.id} · ${hit.path}`) +
     (hit.caption ? ` · “${hit.caption}”` : "");
   $("lightbox").hidden = false;
 }
@@ -269,18 +382,13 @@ $("match-form").addEventListener("submit", async (ev) => {
   form.append("count", $("count").value || "30");
   form.append("refine", $("refine").value);
   if ($("stride").value) form.append("stride", $("stride").value);
-  form.append("pairs", $("pairs").value || "0");
-  if ($("preset").value) form.append("preset", $("preset").value);
   const btn = $("match-btn");
   btn.disabled = true;
   setStatus($("match-status"), "matching…");
   try {
     const data = await api("/api/match", { method: "POST", body: form });
     $("match-result").src = data.image;
-    const what = data.pairs ? `${data.pairs} well-spread best-buddy pairs (best of each k-means cluster by ` +
-      `${data.ranked_by})` + (data.preset ? ` · recipe ${data.preset}` : "") :
-      `top ${data.matches.length} matches by ${data.score} distance`;
-    setStatus($("match-status"), `${what} · ` +
+    setStatus($("match-status"), `top ${data.matches.length} matches by ${data.score} distance · ` +
       `refine ${data.refine} · ` + (data.stride ? `stride ${data.stride} px · ` : "") +
       `${data.model} · ${data.took_ms.toFixed(0)} ms`);
   } catch (e) {

@@ -1,1 +1,0 @@
-from torchvision.ops import misc  # noqa: F401

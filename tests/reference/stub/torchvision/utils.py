@@ -1,3 +1,0 @@
-from torchvision._placeholder import module_getattr
-
-__getattr__ = module_getattr("torchvision.utils")
