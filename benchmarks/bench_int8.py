@@ -112,11 +112,49 @@ def quality(tmp: Path) -> list[tuple[str, float, float]]:
     return rows
 
 
+def quality_ort(tmp: Path) -> list[tuple[str, float, float]]:
+    """The same bars for ONNX Runtime dynamic int8 exports (:mod:`vlens.engines`): CLIP's image and text towers
+    (recall@5, both directions), BLIP's vision encoder (BLEU-4; its text decoder stays fp32 torch ``generate``)."""
+    from vlens.caption.captioner import Captioner, DecodeSettings
+    from vlens.caption.evaluate import caption_and_score, load_split
+    from vlens.data import load_dataset
+    from vlens.data.shapes import make_shapes
+    from vlens.engines.towers import blip_vision_engine, clip_image_engine, clip_text_engine
+    from vlens.retrieval.evaluate import evaluate_encoder
+    from vlens.retrieval.model import DualEncoder
+
+    rows = []
+    pre = make_shapes(tmp / "pretrain", train=0, val=0, test=300, seed=0, style="pretrain", progress=False)
+    fp = DualEncoder.from_spec("builtin:clip-tiny", device="cpu")
+    q8 = DualEncoder.from_spec("builtin:clip-tiny", device="cpu", engine="onnx")
+    q8._towers = {"image": clip_image_engine(q8.model, q8.loaded.path, q8.spec, "onnx", "int8"),
+                  "text": clip_text_engine(q8.model, q8.loaded.path, q8.spec, "onnx", "int8")}
+    ds = load_dataset(str(pre)).split("test")
+    sc = {name: evaluate_encoder(e, ds)[0] for name, e in (("fp32", fp), ("int8", q8))}
+    for k in ("i2t_r5", "t2i_r5"):
+        rows.append((f"builtin:clip-tiny {k} (ORT int8 towers: {q8._towers['image'] is not None}), 300 held-out scenes",
+                     getattr(sc["fp32"], k), getattr(sc["int8"], k)))
+    tgt = make_shapes(tmp / "target", train=0, val=0, test=200, seed=0, style="target", progress=False)
+    cap32 = Captioner.from_spec("builtin:blip-tiny", device="cpu")
+    cap8 = Captioner(cap32.loaded, device="cpu", engine="onnx")
+    cap8._vision_tower = blip_vision_engine(cap8.model, cap8.loaded.path, cap8.spec, "onnx", "int8")
+    samples, images, _ = load_split(str(tgt), "test", None)
+    bleu = {}
+    for name, cap in (("fp32", cap32), ("int8", cap8)):
+        _, scores = caption_and_score(cap, samples, images, DecodeSettings(batch_size=50), metrics=("BLEU-4",),
+                                      tokenizer="python")
+        bleu[name] = scores["BLEU-4"]
+    rows.append((f"builtin:blip-tiny BLEU-4 (ORT int8 vision encoder: {cap8._vision_tower is not None}), 200 held-out "
+                 "scenes", bleu["fp32"], bleu["int8"]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--ort", action="store_true", help="quality of ONNX Runtime int8 exports instead (no speed)")
     a = ap.parse_args()
     from vlens import cpu
 
@@ -126,6 +164,17 @@ def main() -> None:
     import torch
 
     print(f"{plan.describe()}; torch {torch.__version__}; load average at start {os.getloadavg()[0]:.2f}")
+    if a.ort:
+        import os as _os
+
+        with tempfile.TemporaryDirectory() as d:
+            _os.environ.setdefault("VLENS_CACHE", str(Path(d) / "cache"))
+            print("| model | fp32 | ORT int8 | cost (bar: under 1 point) |")
+            print("|---|---:|---:|---:|")
+            for name, v32, v8 in quality_ort(Path(d)):
+                print(f"| {name} | {v32:.2f} | {v8:.2f} | {v32 - v8:+.2f} |", flush=True)
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        return
     if not a.skip_speed:
         print("| model | fp32 (s) | int8 (s) | int8 speed-up (bar: x1.3) |")
         print("|---|---:|---:|---:|")

@@ -172,6 +172,155 @@ def dino_case(batch: int):
     return ours, plain, same
 
 
+def matmul_peak_gflops(n: int = 2048, runs: int = 5) -> float:
+    """This machine's fp32 matmul rate (n x n @ n x n, best of ``runs``) in the threads now in force: the roof."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(runs))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def forward_flops(fn) -> float:
+    """FLOPs of one call of ``fn`` as torch's FlopCounterMode counts them (matmuls and convolutions)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        fn()
+    return float(fc.get_total_flops())
+
+
+def engine_case(key: str, folder: Path):
+    """(name, batch, plain, {engine: vlens call}, same(engine) -> max diff, flops): the plain Hugging Face call and
+    vlens on torch, ONNX Runtime fp32 and ONNX Runtime dynamic int8, on the same images and threads."""
+    import torch
+    import transformers
+
+    from vlens.engines.export import compare
+    from vlens.models import LoadedModel
+
+    torch.manual_seed(0)
+    if key == "clip":
+        from vlens.engines.towers import clip_image_engine
+        from vlens.retrieval.model import DualEncoder
+
+        model = transformers.CLIPModel(transformers.CLIPConfig()).eval()
+        proc = transformers.CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+        if not (folder / "config.json").is_file():
+            model.save_pretrained(folder)
+        images, batch = photos(8), 8
+        loaded = LoadedModel(model, proc, None, "random CLIP ViT-B/32", folder, "random", "dual_encoder")
+        encs = {e: DualEncoder(loaded, engine="torch" if e == "torch" else "onnx") for e in ("torch", "onnx", "int8")}
+        encs["int8"]._towers["image"] = clip_image_engine(model, folder, "random CLIP ViT-B/32", "onnx", "int8")
+        if encs["int8"]._towers["image"] is None:  # refused: cosine under 0.99 against torch on the probe
+            encs.pop("int8")
+
+        def plain():
+            with torch.inference_mode():
+                px = proc(images=images, return_tensors="pt")["pixel_values"]
+                return model.get_image_features(pixel_values=px).pooler_output
+
+        calls = {e: (lambda enc=enc: enc.encode_images(images, batch_size=batch)) for e, enc in encs.items()}
+        ref = torch.nn.functional.normalize(plain(), dim=-1).numpy()
+        flops = forward_flops(plain)
+        return "CLIP ViT-B/32 image tower", batch, plain, calls, lambda e: compare(ref, calls[e]()), flops
+    from vlens.engines.towers import vit_tokens_engine
+    from vlens.match import features as feats
+
+    cfg = transformers.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                                 patch_size=8, image_size=224, qkv_bias=True, layer_norm_eps=1e-6)
+    model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    if not (folder / "config.json").is_file():
+        model.save_pretrained(folder)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    proc = transformers.ViTImageProcessorPil(size={"height": 448, "width": 448}, image_mean=list(mean),
+                                             image_std=list(std), resample=3)
+    bb = feats.Backbone("random dino-vits8", model, 8, mean, std, 1, 12, "vit", folder=folder)
+    images, batch = photos(1), 1
+    int8 = vit_tokens_engine(model, folder, "random dino-vits8", "onnx", 11, 1, (448, 448), 8, "int8")
+
+    def plain():
+        with torch.inference_mode():
+            px = proc(images=images, return_tensors="pt")["pixel_values"]
+            return model(pixel_values=px, interpolate_pos_encoding=True).last_hidden_state
+
+    def with_int8():
+        real = feats._onnx_tokens
+        feats._onnx_tokens = lambda bb_, x, *a: None if int8 is None else torch.from_numpy(int8(pixel_values=x.numpy()))
+        try:
+            return feats.extract_features(images, bb, size=448, batch_size=batch, engine="onnx")
+        finally:
+            feats._onnx_tokens = real
+
+    calls = {"torch": lambda: feats.extract_features(images, bb, size=448, batch_size=batch, engine="torch"),
+             "onnx": lambda: feats.extract_features(images, bb, size=448, batch_size=batch, engine="onnx"),
+             **({"int8": with_int8} if int8 is not None else {})}
+    ref = calls["torch"]()[0].descriptors.numpy()[None]
+    flops = forward_flops(plain)
+    return ("DINO ViT-S/8 patch tokens at 448 px", batch, plain, calls,
+            lambda e: compare(ref, calls[e]()[0].descriptors.numpy()[None]), flops)
+
+
+def engines_worker(models: list[str], repeats: int, work: Path) -> list[dict]:
+    import torch
+
+    rows = []
+    peak = matmul_peak_gflops()
+    for key in models:
+        if key not in ("clip", "dino"):
+            continue
+        name, batch, plain, calls, same, flops = engine_case(key, work / key)
+        checks = {e: same(e) for e in calls}  # also the warm-up of each
+        plain()
+        times = {"plain": [], **{e: [] for e in calls}}
+        order = [("plain", plain), *calls.items()]
+        for k in range(repeats):  # rotate who goes first
+            for label, fn in order[k % len(order):] + order[:k % len(order)]:
+                times[label].append(_timed(fn))
+        rows.append({"case": name, "batch": batch, "threads": torch.get_num_threads(), "peak_gflops": peak,
+                     "int8_refused": "int8" not in calls,
+                     "flops": flops, "times": times,
+                     "checks": {e: {k: c.get(k) for k in ("ok", "max_abs_diff", "min_cosine")}
+                                for e, c in checks.items()}})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def engines_report(rows: list[dict], repeats: int) -> None:
+    load = os.getloadavg()[0]
+    print(f"Engines against the plain Hugging Face call, random weights, median of {repeats} rotating repeats, "
+          f"one process, {rows[0]['threads'] if rows else '?'} threads, load average {load:.2f}; fp32 matmul peak "
+          f"{rows[0]['peak_gflops'] if rows else 0:.0f} GFLOP/s (2048^2, best of 5, same threads)")
+    print("| case | batch | plain HF (s) | vlens torch | vlens ONNX Runtime | vlens ONNX int8 | "
+          "ONNX max diff (cosine) | int8 cosine | roofline: GFLOP/s plain / torch / ONNX / int8 (% of peak) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|")
+    for r in rows:
+        med = {k: statistics.median(v) for k, v in r["times"].items()}
+        p = med["plain"]
+        g = {k: r["flops"] / v / 1e9 for k, v in med.items()}
+        roof = " / ".join(f"{g[k]:.0f} ({100 * g[k] / r['peak_gflops']:.0f}%)" for k in ("plain", "torch", "onnx")
+                          if k in g)
+        if r.get("int8_refused"):
+            roof += " / int8 refused"
+        else:
+            roof += f" / {g['int8']:.0f} ({100 * g['int8'] / r['peak_gflops']:.0f}%)"
+        c = r["checks"]
+        i8 = f"x{med['int8'] / p:.2f}" if "int8" in med else "refused"
+        i8c = f"{c['int8']['min_cosine']:.4f}" if "int8" in c else "refused (< 0.99 on the probe)"
+        print(f"| {r['case']} | {r['batch']} | {p:.3f} | x{med['torch'] / p:.2f} | x{med['onnx'] / p:.2f} | {i8} | "
+              f"{c['onnx']['max_abs_diff']:.1e} ({c['onnx']['min_cosine']:.6f}) | {i8c} | {roof} |")
+    print("(int8 is ONNX Runtime dynamic quantisation of every weight matrix; on random weights its cosine says "
+          "nothing about quality on trained ones: see benchmarks/RESULTS.md, int8.)")
+
+
 def worker(models: list[str], repeats: int, only_plain: bool) -> list[dict]:
     import torch
 
@@ -226,10 +375,24 @@ def main() -> None:
     ap.add_argument("--only-plain", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (then use --conditions idle)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--engines", action="store_true", help="torch eager vs ONNX Runtime vs int8 vs the plain HF call "
+                    "(clip, dino), with a roofline line per model, in one process")
+    ap.add_argument("--work", default="/tmp/vlens-bench-engines", help="--engines: where the models and their "
+                    "exports are kept (reruns reuse the exports)")
     a = ap.parse_args()
     global DEVICE
     DEVICE = a.device
     models = [m for m in a.models.split(",") if m]
+    if a.engines:
+        from vlens import cpu
+
+        os.environ.setdefault("VLENS_CACHE", str(Path(a.work) / "cache"))
+        cpu.apply()
+        rows = engines_worker(models, a.repeats, Path(a.work))
+        engines_report(rows, a.repeats)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return
     if a.worker:
         from vlens import cpu
 

@@ -23,6 +23,16 @@ fi
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
 .venv/bin/python -m pip install -q -e ".[dev]"
+# Reference packages for the checkpoint tier (tests/test_reference_checkpoints.py): timm and open_clip, pinned, with
+# --no-deps into .ref-packages/, never into the venv (their torchvision dependency fails beside this torch and breaks
+# transformers). Only a test subprocess puts them (and a torchvision stub) on its path. Best effort: a note otherwise.
+if [ -d .ref-packages/timm-1.0.31.dist-info ] && [ -d .ref-packages/open_clip_torch-3.3.0.dist-info ]; then
+  :
+else
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .ref-packages timm==1.0.31 open_clip_torch==3.3.0 \
+    || echo "note: could not install timm and open_clip into .ref-packages; the reference checkpoint tests skip" \
+            "(and fail under CI=true) until \`bash scripts/install.sh\` can reach the package index"
+fi
 .venv/bin/python -c "import torch, transformers, fastapi, faiss, vlens; print('vlens', vlens.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 # Real test images (graffiti and aloe pairs with ground truth, held-out photos) from Debian's opencv-doc, for the
 # tests, CI and the lab: best effort, a note (not a failure) where apt-get or the network is missing.

@@ -207,3 +207,63 @@ def test_models_list_and_rm_exports(cache, tiny_clip, capsys):
     assert main(["models", "rm", "exports"]) == 0
     assert "removed 1 ONNX export" in capsys.readouterr().out
     assert store.list_exports() == []
+
+
+@pytest.mark.parametrize("family", ["tiny_vit", "tiny_dinov2"])
+def test_vit_token_facet_on_onnx_equals_torch(cache, family, request):
+    from vlens.match.features import extract_features
+
+    spec = str(request.getfixturevalue(family))
+    imgs = _images(3)  # two input sizes: one export per size
+    ref = extract_features(imgs, spec, size=64, engine="torch")
+    got = extract_features(imgs, spec, size=64, engine="onnx")
+    for a, b in zip(ref, got):
+        assert a.descriptors.shape == b.descriptors.shape
+        assert (a.descriptors - b.descriptors).abs().max() <= 1e-4 * a.descriptors.abs().max()
+    rows = store.list_exports()
+    assert rows and all(r["tower"] == "vit-tokens" and r["state"] == "ok" for r in rows)
+    assert len({r["family"] for r in rows}) == len({f.input_size for f in ref})
+    # overlapping patches (--stride): the export traces the strided patch embedding, keyed by the stride
+    from vlens.match.features import load_backbone
+
+    stride = load_backbone(spec).patch_size // 2
+    ref_s = extract_features(imgs[:1], spec, size=64, stride=stride, engine="torch")[0].descriptors
+    got_s = extract_features(imgs[:1], spec, size=64, stride=stride, engine="onnx")[0].descriptors
+    assert ref_s.shape == got_s.shape and ref_s.shape[0] > ref[0].descriptors.shape[0]
+    assert (ref_s - got_s).abs().max() <= 1e-4 * ref_s.abs().max()
+    assert any(r["family"].endswith(f":stride{stride}") for r in store.list_exports())
+    cache.clear()
+    extract_features(imgs[:1], spec, size=64, facet="key", engine="onnx")  # attention facets: torch, said once
+    assert any("key facet" in n and "runs on torch" in n for n in cache)
+
+
+def test_blip_vision_encoder_on_onnx_gives_the_same_captions(cache, tiny_blip):
+    from vlens.caption.captioner import Captioner, DecodeSettings
+
+    imgs = _images(2)
+    s = DecodeSettings(max_new_tokens=8)
+    ref = Captioner.from_spec(str(tiny_blip), device="cpu", engine="torch").caption(imgs, s)
+    onnx = Captioner.from_spec(str(tiny_blip), device="cpu", engine="onnx")
+    got = onnx.caption(imgs, s)
+    assert onnx._vision_tower is not None
+    assert [c[0].token_ids for c in got] == [c[0].token_ids for c in ref]
+    assert [r["tower"] for r in store.list_exports()] == ["blip-vision"]
+
+
+def test_quantize_int8_offered_only_where_it_kept_quality(cache, tiny_blip, tmp_path, capsys):
+    from vlens.caption.captioner import Captioner, DecodeSettings
+    from vlens.cli.main import main
+
+    cap = Captioner.from_spec(str(tiny_blip), device="cpu", quantize="int8")
+    caps = cap.caption(_images(2), DecodeSettings(max_new_tokens=4))
+    assert len(caps) == 2 and cap._vision_tower is not None
+    (row,) = store.list_exports()
+    assert row["quantize"] == "int8" and row["verify"]["min_cosine"] >= 0.99
+    (tmp_path / "p").mkdir()
+    _images(1)[0].save(tmp_path / "p" / "a.png")
+    capsys.readouterr()
+    assert main(["index", "build", str(tmp_path / "p"), "--out", str(tmp_path / "i"), "--model",
+                 "builtin:clip-tiny", "--quantize", "int8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not offered" in err[0] and "recall@5" in err[0]
+    assert not (tmp_path / "i").exists()

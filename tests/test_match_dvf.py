@@ -201,7 +201,7 @@ def _tiny_dino_checkpoint(path):
 
     from vlens.models import convert_dino
 
-    keys = convert_dino.expected_keys(width=128, depth=2, patch=8, n_patches=16, mlp=256)
+    keys = convert_dino.expected_keys(width=192, depth=2, patch=8, n_patches=16, mlp=384)  # ViT-Tiny width: 3 heads
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(shape, generator=g) * 0.2 + (1 if k.endswith("norm1.weight") or
                                                       k.endswith("norm2.weight") or k == "norm.weight" else 0)
@@ -233,3 +233,28 @@ def test_recipe_scaling():
     assert [scaled_layer(n, 9 / 12) for n in (12, 4, 2, 1, 24)] == [9, 3, 2, 1, 18]
     assert recipe_stride([8]) == 4 and recipe_stride([16]) == 4 and recipe_stride([8, 8]) == 4
     assert recipe_stride([14]) == 7 and recipe_stride([14, 8]) == 2 and recipe_stride([1]) == 1
+
+
+def test_library_find_pairs_and_saliency_threshold(tiny_vit, two_images):
+    from vlens.match import find_pairs, match_images
+
+    p = find_pairs(two_images / "a.png", two_images / "b.png", str(tiny_vit), preset="dvf", size=64, n=4)
+    assert p.ranked_by == "saliency" and 1 <= len(p) <= 4 and bool(p.matches.mutual.all())
+    assert len(set(p.cluster.tolist())) == len(p) and bool((p.saliency_src >= 0.05).all())
+    plain = find_pairs(two_images / "a.png", two_images / "b.png", "sift:8", size=64, n=3)
+    assert plain.ranked_by == "cycle" and len(plain) == 3
+    m_all = match_images(two_images / "a.png", two_images / "b.png", str(tiny_vit), top=None, size=64)
+    m_fg = match_images(two_images / "a.png", two_images / "b.png", str(tiny_vit), top=None, size=64,
+                        saliency_threshold=0.5)
+    assert 0 < len(m_fg) < len(m_all)
+
+
+def test_recipe_for_descriptors_without_a_model(tiny_vit):
+    from vlens.match.recipes import recipe
+
+    settings, notes = recipe("dvf", "sift:8")
+    assert settings["facet"] == "token" and settings["saliency_threshold"] == 0 and settings["stride"] == 4
+    assert any("no model" in n for n in notes)
+    settings, notes = recipe("dvf", f"{tiny_vit}*0.2+sift:8*0.8")
+    assert settings["facet"] == "key" and settings["layer"] == 2 and settings["saliency_threshold"] == 0.05
+    assert any("ViT part" in n for n in notes)

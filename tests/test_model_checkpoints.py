@@ -26,6 +26,7 @@ from vlens.models import checkpoints, convert_dino, convert_dinov2, convert_open
 LAYOUTS = Path(__file__).parent / "data" / "checkpoint_layouts"
 FAMILY_OF_FIXTURE = {"dino_deitsmall8_pretrain": "dino", "timm_vit_small_patch8_224.dino": "dino",
                      "dinov2_vits14_pretrain": "dinov2", "dinov2_vits14_reg4_pretrain": "dinov2",
+                     "timm_vit_small_patch14_dinov2": "dinov2", "timm_vit_small_patch14_reg4_dinov2": "dinov2",
                      "open_clip_ViT-B-32": "open_clip"}
 
 
@@ -57,13 +58,17 @@ def test_fixtures_are_the_layouts_the_converters_write_down():
     assert fixture("timm_vit_small_patch8_224.dino") == fixture("dino_deitsmall8_pretrain")
     assert fixture("dinov2_vits14_pretrain") == convert_dinov2.expected_keys(384, 12, 14, 1369, 1536, 0)
     assert fixture("dinov2_vits14_reg4_pretrain")["register_tokens"] == (1, 4, 384)
+    assert fixture("timm_vit_small_patch14_reg4_dinov2") == convert_dinov2.expected_keys(
+        384, 12, 14, 1369, 1536, 4, timm=True, cls_pos=False)
+    assert fixture("timm_vit_small_patch14_dinov2") == convert_dinov2.expected_keys(384, 12, 14, 1369, 1536, 0,
+                                                                                      timm=True)
     assert len(fixture("open_clip_ViT-B-32")) == 14 + 24 * 12
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_OF_FIXTURE))
 def test_real_layouts_are_recognised_and_converted_at_full_size(name):
     sd = meta_sd(fixture(name))
-    family, config, out = checkpoints.convert_state_dict(sd)
+    family, config, out, _ = checkpoints.convert_state_dict(sd)
     assert family == FAMILY_OF_FIXTURE[name]
     if family == "dino":  # facebook/dino-vits8's config
         assert {k: config[k] for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -75,6 +80,8 @@ def test_real_layouts_are_recognised_and_converted_at_full_size(name):
         assert (config["hidden_size"], config["num_attention_heads"], config["patch_size"], config["image_size"],
                 config["mlp_ratio"]) == (384, 6, 14, 518, 4)
         assert config["model_type"] == ("dinov2_with_registers" if "reg4" in name else "dinov2")
+        assert out["embeddings.position_embeddings"].shape == (1, 1370, 384)
+        assert config["pos_embed_interpolation"] == ("exact-antialias" if name.startswith("timm") else "offset")
     else:  # openai/clip-vit-base-patch32's shapes
         v, t = config["vision_config"], config["text_config"]
         assert (v["hidden_size"], v["num_attention_heads"], v["patch_size"], v["image_size"]) == (768, 12, 32, 224)
@@ -136,9 +143,13 @@ def vit_reference(sd, x, heads, layerscale=False):
     """DINO / timm / DINOv2 ``forward_features`` with the final norm, all tokens."""
     w = sd["patch_embed.proj.weight"]
     t = F.conv2d(x, w, sd["patch_embed.proj.bias"], stride=w.shape[-1]).flatten(2).transpose(1, 2)
-    t = torch.cat([sd["cls_token"].expand(len(x), -1, -1), t], 1) + sd["pos_embed"]
-    if "register_tokens" in sd:
-        t = torch.cat([t[:, :1], sd["register_tokens"].expand(len(x), -1, -1), t[:, 1:]], 1)
+    if sd["pos_embed"].shape[1] == t.shape[1]:  # timm's no_embed_class: no class position
+        t = torch.cat([sd["cls_token"].expand(len(x), -1, -1), t + sd["pos_embed"]], 1)
+    else:
+        t = torch.cat([sd["cls_token"].expand(len(x), -1, -1), t], 1) + sd["pos_embed"]
+    regs = sd.get("register_tokens", sd.get("reg_token"))
+    if regs is not None:
+        t = torch.cat([t[:, :1], regs.expand(len(x), -1, -1), t[:, 1:]], 1)
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     for i in range(depth):
         b = f"blocks.{i}."
@@ -204,15 +215,15 @@ def test_dino_and_timm_checkpoints_load_to_equal_outputs(tmp_path, name, wrap):
     from vlens.models import load
 
     torch.manual_seed(0)
-    sd = random_sd(convert_dino.expected_keys(width=128, depth=2, patch=4, n_patches=16, mlp=256))
+    sd = random_sd(convert_dino.expected_keys(width=384, depth=2, patch=4, n_patches=16, mlp=256))  # ViT-S: 6 heads
     path = _save(sd, tmp_path / name, wrap)
     m = load(str(path), "backbone")
     assert type(m.model).__name__ == "ViTModel" and m.source == "local"
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         got = m.model(pixel_values=x).last_hidden_state
-        want = vit_reference(sd, x, heads=2)
-    assert got.shape == want.shape == (2, 17, 128)
+        want = vit_reference(sd, x, heads=6)
+    assert got.shape == want.shape == (2, 17, 384)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     assert list(m.image_processor.image_mean) == checkpoints.IMAGENET_MEAN
 
@@ -221,7 +232,7 @@ def test_dino_and_timm_checkpoints_load_to_equal_outputs(tmp_path, name, wrap):
 def test_dinov2_checkpoints_load_to_equal_outputs(tmp_path, registers):
     from vlens.models import load
 
-    sd = random_sd(convert_dinov2.expected_keys(width=128, depth=2, patch=4, n_patches=16, mlp=512,
+    sd = random_sd(convert_dinov2.expected_keys(width=384, depth=2, patch=4, n_patches=16, mlp=768,
                                                 registers=registers), seed=1)
     path = _save(sd, tmp_path / f"dinov2_vits14{'_reg4' if registers else ''}_pretrain.pth")
     m = load(str(path), "backbone")
@@ -229,8 +240,8 @@ def test_dinov2_checkpoints_load_to_equal_outputs(tmp_path, registers):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         got = m.model(pixel_values=x).last_hidden_state
-        want = vit_reference(sd, x, heads=2, layerscale=True)
-    assert got.shape == want.shape == (2, 17 + registers, 128)
+        want = vit_reference(sd, x, heads=6, layerscale=True)
+    assert got.shape == want.shape == (2, 17 + registers, 384)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -239,8 +250,8 @@ def test_dinov2_checkpoints_load_to_equal_outputs(tmp_path, registers):
 def test_open_clip_checkpoints_load_to_equal_embeddings(tmp_path, tiny_clip, name, quick):
     from vlens.models import load
 
-    keys = convert_open_clip.expected_keys(vision_width=128, vision_layers=2, vision_mlp=512, patch=8, n_patches=4,
-                                           text_width=128, text_layers=2, text_mlp=512, context=12, vocab=60,
+    keys = convert_open_clip.expected_keys(vision_width=768, vision_layers=1, vision_mlp=256, patch=8, n_patches=4,
+                                           text_width=512, text_layers=1, text_mlp=256, context=12, vocab=60,
                                            embed=32)
     sd = random_sd(keys, seed=2)
     sd["logit_scale"] = torch.tensor(math.log(1 / 0.07))
@@ -257,7 +268,7 @@ def test_open_clip_checkpoints_load_to_equal_embeddings(tmp_path, tiny_clip, nam
     with torch.no_grad():
         got_i = m.model.get_image_features(pixel_values=pixels).pooler_output
         got_t = m.model.get_text_features(input_ids=ids).pooler_output
-        want_i, want_t = clip_reference(sd, pixels, ids, 2, 2, quick)
+        want_i, want_t = clip_reference(sd, pixels, ids, 12, 8, quick)  # ViT-B-32's heads
     torch.testing.assert_close(got_i, want_i, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(got_t, want_t, atol=2e-5, rtol=1e-4)
     assert float(m.model.logit_scale.detach()) == pytest.approx(math.log(1 / 0.07))
@@ -266,7 +277,7 @@ def test_open_clip_checkpoints_load_to_equal_embeddings(tmp_path, tiny_clip, nam
 def test_converted_folder_is_cached_and_loads_without_missing_weights(tmp_path):
     import transformers
 
-    sd = random_sd(convert_dinov2.expected_keys(width=64, depth=1, patch=4, n_patches=4, mlp=256, registers=0))
+    sd = random_sd(convert_dinov2.expected_keys(width=384, depth=1, patch=4, n_patches=4, mlp=768, registers=0))
     path = _save(sd, tmp_path / "d.pth")
     a = checkpoints.converted_folder(path)
     assert checkpoints.converted_folder(path) == a  # converted once
@@ -276,8 +287,8 @@ def test_converted_folder_is_cached_and_loads_without_missing_weights(tmp_path):
 
 
 def test_open_clip_without_a_tokenizer_says_how_to_get_one(tmp_path, hf_cache):
-    keys = convert_open_clip.expected_keys(vision_width=64, vision_layers=1, vision_mlp=256, patch=8, n_patches=4,
-                                           text_width=64, text_layers=1, text_mlp=256, context=8, vocab=20, embed=16)
+    keys = convert_open_clip.expected_keys(vision_width=768, vision_layers=1, vision_mlp=64, patch=8, n_patches=4,
+                                           text_width=512, text_layers=1, text_mlp=64, context=8, vocab=20, embed=16)
     sd = random_sd(keys)
     sd["logit_scale"] = torch.tensor(2.0)
     path = _save(sd, tmp_path / "lonely" / "open_clip_model.safetensors")
@@ -298,3 +309,196 @@ def test_cli_refuses_a_file_that_is_no_checkpoint(cli, tmp_path):
     text.write_text("hi")
     code, _, err = cli("match", img, img, "--model", text, "--size", "32", "--out", tmp_path / "m.png")
     assert code == 1 and "is a file but not a checkpoint" in err
+
+
+# ---- issue 28: how files are found, read and configured -------------------------------------------------------
+
+def _tiny_clip_sd(vision_width=768, text_width=512, seed=2):
+    keys = convert_open_clip.expected_keys(vision_width=vision_width, vision_layers=1, vision_mlp=256, patch=8,
+                                           n_patches=4, text_width=text_width, text_layers=1, text_mlp=256,
+                                           context=12, vocab=60, embed=32)
+    sd = random_sd(keys, seed=seed)
+    sd["logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    return sd
+
+
+def _clip_outputs(m):
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    ids = torch.tensor([[5, 9, 59, 0, 0, 0], [7, 3, 8, 59, 2, 2]])
+    with torch.no_grad():
+        return (pixels, ids, m.model.get_image_features(pixel_values=pixels).pooler_output,
+                m.model.get_text_features(input_ids=ids).pooler_output)
+
+
+def _hf_cache_file(root: Path, repo: str, name: str, data_from: Path) -> Path:
+    """``name`` in a Hugging Face cache laid out as huggingface_hub writes it: a ``snapshots/<rev>/name`` link to a
+    suffix-less ``blobs/<hash>``."""
+    import hashlib
+
+    repo_dir = root / ("models--" + repo.replace("/", "--"))
+    blob = repo_dir / "blobs" / hashlib.sha256(data_from.read_bytes()).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data_from, blob)
+    link = repo_dir / "snapshots" / "0123abcd" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path("..", "..", "blobs", blob.name))
+    return link
+
+
+def test_defect1_timm_safetensors_in_the_hf_cache_load_by_the_link_name(tmp_path):
+    from vlens.models import load
+
+    sd = random_sd(convert_dino.expected_keys(width=384, depth=1, patch=4, n_patches=16, mlp=256), seed=3)
+    src = _save(sd, tmp_path / "src" / "model.safetensors")
+    cfg = tmp_path / "src" / "config.json"
+    cfg.write_text(json.dumps({"architecture": "vit_small_patch8_224", "num_classes": 0,
+                               "pretrained_cfg": {"tag": "dino", "input_size": [3, 224, 224]}}))
+    link = _hf_cache_file(tmp_path / "hub", "timm/vit_small_patch8_224.dino", "model.safetensors", src)
+    _hf_cache_file(tmp_path / "hub", "timm/vit_small_patch8_224.dino", "config.json", cfg)
+    m = load(str(link), "backbone")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m.model(pixel_values=x).last_hidden_state, vit_reference(sd, x, heads=6),
+                                   atol=2e-5, rtol=1e-4)
+    info = json.loads((m.path / "CONVERTED.json").read_text())
+    assert info["source"] == str(link) and info["origin"] == "timm"
+    assert info["pos_embed_interpolation"] == "exact-antialias" and "config.json" in info["settings_from"]["heads"]
+
+
+def test_defect1_open_clip_in_the_hf_cache_finds_tokenizer_and_quickgelu_beside_the_link(tmp_path, tiny_clip):
+    from vlens.models import load
+
+    sd = _tiny_clip_sd()
+    src = _save(sd, tmp_path / "src" / "open_clip_model.safetensors")
+    repo = "timm/vit_base_patch32_clip_224.openai"  # open_clip's pretrained table: QuickGELU
+    link = _hf_cache_file(tmp_path / "hub", repo, "open_clip_model.safetensors", src)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        _hf_cache_file(tmp_path / "hub", repo, f, tiny_clip / f)
+    m = load(str(link), "dual_encoder")
+    assert m.tokenizer is not None and m.model.config.vision_config.hidden_act == "quick_gelu"
+    pixels, ids, got_i, got_t = _clip_outputs(m)
+    want_i, want_t = clip_reference(sd, pixels, ids, 12, 8, quick_gelu=True)
+    torch.testing.assert_close(got_i, want_i, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got_t, want_t, atol=2e-5, rtol=1e-4)
+    info = json.loads((m.path / "CONVERTED.json").read_text())
+    assert "openai" in info["settings_from"]["activation"] and info["text_cleaning"] == "open_clip"
+
+
+def test_defect2_a_dino_training_checkpoint_with_its_args_loads_the_teacher(tmp_path):
+    import argparse
+
+    from vlens.models import load
+
+    sd = random_sd(convert_dino.expected_keys(width=384, depth=1, patch=4, n_patches=16, mlp=256), seed=4)
+    args = argparse.Namespace(arch="vit_small", patch_size=8, out_dim=65536, norm_last_layer=True, lr=0.0005,
+                              global_crops_scale=(0.4, 1.0), data_path="/path/to/imagenet/train", use_fp16=True)
+    student = {"module.backbone." + k: v + 1 for k, v in sd.items()}
+    path = tmp_path / "checkpoint.pth"  # what main_dino.py's utils.save_on_master writes
+    torch.save({"student": student, "teacher": {**{"backbone." + k: v for k, v in sd.items()},
+                                                "head.mlp.0.weight": torch.zeros(8, 384)},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}, "epoch": 100,
+                "args": args, "dino_loss": {"center": torch.zeros(1, 65536)}}, path)
+    m = load(str(path), "backbone")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m.model(pixel_values=x).last_hidden_state, vit_reference(sd, x, heads=6),
+                                   atol=2e-5, rtol=1e-4)  # the teacher, not the student
+    info = json.loads((m.path / "CONVERTED.json").read_text())
+    assert "args.arch vit_small" in info["settings_from"]["heads"]
+
+
+def test_defect2_a_pickled_object_beyond_the_allowed_ones_is_refused_with_the_whole_reason(tmp_path):
+    import pathlib
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": {"cls_token": torch.zeros(1, 1, 4)}, "out": pathlib.PurePosixPath("/runs/x")}, path)
+    with pytest.raises(ModelLoadError) as err:
+        checkpoints.read_state_dict(path)
+    msg = str(err.value)
+    assert "\n" not in msg and "pathlib.PurePosixPath" in msg and "argparse.Namespace" in msg
+    assert msg.endswith("where you trust the file") and len(msg) > 200  # the whole reason, not cut at 200
+
+
+def test_defect3_open_clip_bin_beside_a_quickgelu_config_gets_quickgelu(tmp_path, tiny_clip):
+    from vlens.models import load
+
+    sd = _tiny_clip_sd(seed=6)
+    path = _save(sd, tmp_path / "ViT-B-32" / "open_clip_pytorch_model.bin")
+    (path.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 16, "layers": 1, "width": 768,
+                                                            "patch_size": 8},
+        "text_cfg": {"context_length": 12, "vocab_size": 60, "width": 512, "heads": 8, "layers": 1}},
+        "preprocess_cfg": {"mean": checkpoints.OPENAI_MEAN, "std": checkpoints.OPENAI_STD}}))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_clip / f, path.parent / f)
+    m = load(str(path), "dual_encoder")
+    assert m.model.config.vision_config.hidden_act == "quick_gelu"
+    pixels, ids, got_i, got_t = _clip_outputs(m)
+    want_i, want_t = clip_reference(sd, pixels, ids, 12, 8, quick_gelu=True)
+    torch.testing.assert_close(got_i, want_i, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got_t, want_t, atol=2e-5, rtol=1e-4)
+    sources = json.loads((m.path / "CONVERTED.json").read_text())["settings_from"]
+    assert "open_clip_config.json" in sources["activation"]
+
+
+def test_defect4_heads_80_wide_come_from_the_config_and_an_unknown_width_is_refused(tmp_path, tiny_clip):
+    from vlens.models import load
+
+    sd = _tiny_clip_sd(vision_width=320, seed=7)  # 4 heads of 80 (ViT-H-14's head width); 320 / 64 = 5 is wrong
+    path = _save(sd, tmp_path / "shrunk-H" / "open_clip_model.safetensors")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_clip / f, path.parent / f)
+    with pytest.raises(ModelLoadError) as err:
+        load(str(path), "dual_encoder")
+    msg = str(err.value)
+    assert "\n" not in msg and "cannot establish the attention heads of this 320-wide open_clip vision tower" in msg
+    (path.parent / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 32, "vision_cfg": {"width": 320, "head_width": 80, "layers": 1, "patch_size": 8},
+        "text_cfg": {"width": 512, "heads": 8, "layers": 1}}}))
+    m = load(str(path), "dual_encoder")
+    assert m.model.config.vision_config.num_attention_heads == 4
+    pixels, ids, got_i, got_t = _clip_outputs(m)
+    want_i, _ = clip_reference(sd, pixels, ids, 4, 8, quick_gelu=False)
+    torch.testing.assert_close(got_i, want_i, atol=2e-5, rtol=1e-4)
+    # a released ViT-H-14 width needs no config: the known-model table has its 16 heads of 80
+    _, config, _, settings = checkpoints.convert_state_dict(meta_sd(convert_open_clip.expected_keys(
+        vision_width=1280, vision_layers=1, vision_mlp=5120, patch=14, n_patches=256, text_width=1024,
+        text_layers=1, text_mlp=4096, context=77, vocab=49408, embed=1024)) | {"logit_scale": torch.zeros(())})
+    assert config["vision_config"]["num_attention_heads"] == 16 and config["text_config"]["num_attention_heads"] == 16
+    assert "known-model table" in settings.sources["vision heads"]
+
+
+def test_defect5_timm_dinov2_reg4_layout_loads_to_equal_outputs(tmp_path):
+    from vlens.models import load
+
+    sd = random_sd(convert_dinov2.expected_keys(width=384, depth=1, patch=4, n_patches=16, mlp=768, registers=4,
+                                                timm=True, cls_pos=False), seed=8)
+    path = _save(sd, tmp_path / "vit_small_patch14_reg4_dinov2" / "model.safetensors")
+    m = load(str(path), "backbone")
+    assert type(m.model).__name__ == "Dinov2WithRegistersModel"
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m.model(pixel_values=x).last_hidden_state,
+                                   vit_reference(sd, x, heads=6, layerscale=True), atol=2e-5, rtol=1e-4)
+    assert m.model.config.pos_embed_interpolation == "exact-antialias"
+
+
+def test_a_pos_embed_of_no_known_length_names_the_expected_layouts():
+    keys = fixture("timm_vit_small_patch14_reg4_dinov2") | {"pos_embed": (1, 1368, 384)}
+    with pytest.raises(ModelLoadError) as err:
+        checkpoints.convert_state_dict(meta_sd(keys))
+    msg = str(err.value)
+    assert "\n" not in msg and "1368 positions" in msg and "DINOv2 torch.hub" in msg and "timm" in msg
+
+
+def test_converted_checkpoints_are_listed_with_their_conventions(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("VLENS_CACHE", str(tmp_path / "cache"))
+    sd = random_sd(convert_dino.expected_keys(width=384, depth=1, patch=4, n_patches=16, mlp=256))
+    path = _save(sd, tmp_path / "dino_deitsmall8_pretrain.pth")
+    checkpoints.converted_folder(path)
+    code, out, _ = cli("models", "list", "--json")
+    row = next(r for r in json.loads(out)["converted"] if r["source"] == str(path))
+    assert code == 0 and row["interpolation"] == "offset" and row["family"] == "dino"
+    assert "original DINO" in row["settings_from"]["interpolation"]
+    code, out, _ = cli("models", "list")
+    assert "pos-embed interpolation: offset" in out

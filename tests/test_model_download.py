@@ -6,7 +6,9 @@ pointed at it. 127.0.0.1 only; every request has a short timeout."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import socket
 import threading
 import time
@@ -319,3 +321,79 @@ def test_a_trickling_download_stops_with_one_line_and_resumes(cli, hub, monkeypa
     gets = [rng for m, p, rng in hub.seen if m == "GET" and p.endswith("/model.safetensors")]
     assert gets[-1] == f"bytes={have}-"  # only the missing part came over the wire
     assert (Path(json.loads(out)[0]["path"]) / "model.safetensors").read_bytes() == hub.files[BLIP]["model.safetensors"]
+
+
+# ----------------------------------------------------------------------------- a damaged model in the cache
+
+def _damage(snap: Path, how: str) -> str:
+    """Damage a cached snapshot (through its link into blobs/ when it has one); returns the damaged file's name."""
+    name = "config.json" if how == "config" else "model.safetensors"
+    f = Path(os.path.realpath(snap / name))
+    if how == "config":
+        f.write_text('{"model_type": "blip", ')  # cut off mid-way
+    elif how == "truncated":
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    else:
+        f.write_bytes(b"")
+    return name
+
+
+@pytest.mark.parametrize("how,why", [("config", "config.json is not valid JSON"),
+                                     ("truncated", "model.safetensors is truncated"),
+                                     ("empty", "model.safetensors is empty")])
+def test_a_damaged_cached_model_is_one_line_or_the_builtin(cli, hf_cache, tiny_blip, photo, how, why):
+    """--model ID: one line naming the file and both repairs (it used to end in 'a bug in vlens'); no --model:
+    the builtin with the usual notice saying why; models list flags it."""
+    from vlens.models.hub import forget_choices
+
+    _damage(hf_cache.add(BLIP, tiny_blip), how)
+    code, _, err = cli("caption", photo, "--model", BLIP, "--max-new-tokens", "2")
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: the cached model '{BLIP}' is damaged"), err
+    assert why in err and f"`vlens models fetch {BLIP}`" in err and f"`vlens models rm {BLIP}`" in err
+    forget_choices()
+    code, out, err = cli("caption", photo, "--json", "--max-new-tokens", "2")
+    assert code == 0 and json.loads(out)["model_source"] == "builtin", err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note: caption runs builtin:blip-tiny")]
+    assert len(notes) == 1 and "is damaged in the Hugging Face cache" in notes[0] and why in notes[0]
+    code, out, _ = cli("models", "list", "--json")
+    listed = json.loads(out)
+    row = next(r for r in listed["cached"] if r["id"] == BLIP)
+    task = next(t for t in listed["tasks"] if t["task"] == "caption")
+    assert why in row["damaged"] and task["cached"] is False and why in task["damaged"]
+    code, out, _ = cli("models", "list")
+    assert f"damaged ({why}" in out and f"`vlens models fetch {BLIP}` repairs it" in out
+    code, _, err = cli("models", "fetch", BLIP)  # HF_HUB_OFFLINE=1: says why it cannot repair, in one line
+    assert code == 1 and err.count("\n") == 1 and "HF_HUB_OFFLINE=1 forbids downloading it again" in err
+
+
+@pytest.mark.parametrize("how", ["config", "truncated"])
+def test_models_fetch_repairs_a_damaged_download(cli, hub, how):
+    code, out, err = cli("models", "fetch", BLIP, "--json")
+    assert code == 0, err
+    snap = Path(json.loads(out)[0]["path"])
+    name = _damage(snap, how)
+    n = len(hub.seen)
+    code, out, err = cli("models", "fetch", BLIP, "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["source"] == "hub" and (snap / name).read_bytes() == hub.files[BLIP][name]
+    again = [p for m, p, _ in hub.seen[n:] if m == "GET" and "/resolve/" in p]
+    assert again == [f"/{BLIP}/resolve/main/{name}"]  # only the damaged file came over the wire again
+    code, out, _ = cli("models", "list", "--json")
+    assert json.loads(out)["cached"][0]["damaged"] is None
+
+
+def test_the_web_app_reports_a_damaged_captioner(hf_cache, tiny_blip, tiny_vit):
+    from fastapi.testclient import TestClient
+
+    from vlens.web.app import create_app
+
+    _damage(hf_cache.add(BLIP, tiny_blip), "truncated")
+    app = create_app(captioner=BLIP, backbone=str(tiny_vit))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        cap = c.get("/api/info").json()["features"]["caption"]
+        assert cap["available"] is False and "model.safetensors is truncated" in cap["detail"]
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, format="PNG")
+        r = c.post("/api/caption", files={"file": ("a.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 503 and "is damaged: model.safetensors is truncated" in r.json()["detail"]

@@ -388,6 +388,20 @@ def test_info_lists_the_skipped_files_index_info_lists(tmp_path, shapes_index, c
     assert sorted(s["path"] for s in ix["skipped_files"]) == sorted(s["path"] for s in listed)
 
 
+def test_match_endpoint_pairs(client, indexed):
+    root = indexed[1]
+    a = ("a.png", (root / "test_00001.png").read_bytes(), "image/png")
+    b = ("b.png", (root / "test_00002.png").read_bytes(), "image/png")
+    body = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"pairs": "4", "refine": "none"}).json()
+    assert 1 <= body["pairs"] == len(body["matches"]) <= 4 and body["ranked_by"] in ("saliency", "cycle")
+    assert all(m["mutual"] for m in body["matches"])
+    assert len({m["cluster"] for m in body["matches"]}) == len(body["matches"])
+    r = client.post("/api/match", files={"image_a": a, "image_b": b}, data={"preset": "dvf", "pairs": "3"})
+    assert r.status_code == 200, r.text
+    assert r.json()["preset"] == "dvf" and r.json()["pairs"] <= 3
+    assert client.post("/api/match", files={"image_a": a, "image_b": b}, data={"preset": "xyz"}).status_code == 422
+
+
 def test_library_filters_combined_queries_and_dupes(client, indexed):
     """The Search tab's API: the library a page at a time (with filters and skip counts), combined queries equal
     to the library's Searcher, paths refused, duplicate groups."""

@@ -195,6 +195,18 @@ def shown_name(path) -> str:
     return text
 
 
+def shown_path(path, root=None) -> str:
+    """How every printed skip list names a file (``index build|update|info``, ``caption``, ``match``, ``data
+    inspect``, evaluations): relative to the current folder when it lies under it, else absolute, so the line can
+    be pasted into the next command from where the user is. ``root``: the folder a relative ``path`` is relative to
+    (an index stores paths relative to its image folder). Written through :func:`shown_name` (one line)."""
+    p = os.path.abspath(os.path.join(os.fspath(root), os.fspath(path)) if root is not None else os.fspath(path))
+    cwd = os.getcwd()
+    if p == cwd or p.startswith(cwd.rstrip(os.sep) + os.sep):
+        p = os.path.relpath(p, cwd)
+    return shown_name(p)
+
+
 def _breaks_lines(c: str) -> bool:
     """A control character (C0, DEL, C1) or a line/paragraph separator: breaks or garbles a line of output."""
     import unicodedata
@@ -337,7 +349,7 @@ class SkipLog:
         if not self.skipped:
             return "all images were readable"
         lines = [f"skipped {len(self.skipped)} unreadable image(s):"]
-        lines += [f"  {shown_name(p)}: {r}" for p, r in self.skipped[:limit]]
+        lines += [f"  {shown_path(p)}: {r}" for p, r in self.skipped[:limit]]
         if len(self.skipped) > limit:
             lines.append(f"  ... and {len(self.skipped) - limit} more")
         return "\n".join(lines)

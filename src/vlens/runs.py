@@ -278,3 +278,50 @@ def progress(iterable=None, *, total: int | None = None, desc: str = "", disable
         forced = os.environ.get("VLENS_PROGRESS")
         disable = (forced == "0") if forced is not None else not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kw)
+
+
+class LineProgress:
+    """Progress of one long stage as occasional lines on stderr, for where a bar is hidden (a log, a pipe, a
+    script that reads ``--json`` from stdout): nothing for work that ends within ``after`` seconds, then a line
+    every ``every`` seconds with the share done and, from the rate so far, an estimate of the time left; a last
+    line when it ends, if it said anything. The same ``update`` / ``close`` as a tqdm bar."""
+
+    def __init__(self, total: int, desc: str, unit: str = "step", after: float = 3.0, every: float = 10.0,
+                 stream=None):
+        self.total, self.desc, self.unit = max(1, int(total)), desc, unit
+        self.after, self.every, self.stream = after, every, stream
+        self.n, self.t0, self.last = 0, time.monotonic(), None
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        elapsed = now - self.t0
+        if elapsed < self.after or (self.last is not None and now - self.last < self.every):
+            return
+        self.last = now
+        share = min(1.0, self.n / self.total)
+        left = f", about {_duration(elapsed * (1 - share) / share)} left" if 0 < share < 1 else ""
+        units = self.unit + ("es" if self.unit.endswith(("s", "ch", "sh", "x")) else "s")
+        self._say(f"{self.desc}: {share:.0%} ({self.n:,} of {self.total:,} {units}) after "
+                  f"{_duration(elapsed)}{left}")
+
+    def close(self) -> None:
+        if self.last is not None:
+            self._say(f"{self.desc}: done in {_duration(time.monotonic() - self.t0)}")
+            self.last = None
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def stage_progress(total: int, desc: str, unit: str = "step"):
+    """Progress of one long stage: a tqdm bar (with its rate and time left) on a terminal, else
+    :class:`LineProgress` lines on stderr; nothing with VLENS_PROGRESS=0."""
+    forced = os.environ.get("VLENS_PROGRESS")
+    if forced == "0" or forced == "1" or sys.stderr.isatty():
+        return progress(total=total, desc=desc, unit=unit, disable=forced == "0")
+    return LineProgress(total, desc, unit)

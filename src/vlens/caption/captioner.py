@@ -140,9 +140,18 @@ _CACHE_LOCK = threading.Lock()
 class Captioner:
     """A loaded BLIP captioner. Build it with :meth:`from_spec` (cached) or from a ``LoadedModel``."""
 
-    def __init__(self, loaded, device: str = "cpu", dtype=None):
+    def __init__(self, loaded, device: str = "cpu", dtype=None, engine: str = "torch", quantize: str = "none"):
+        """``engine`` (torch | onnx | auto, :mod:`vlens.engines`): what runs the vision encoder; the text decoder
+        (``generate``) always runs torch. ``quantize='int8'``: the vision encoder as an ONNX Runtime int8 export
+        (it kept the quality bar: :mod:`vlens.engines.int8`)."""
         import torch
 
+        from vlens.engines import check_engine
+        from vlens.engines.int8 import check_int8
+
+        self.quantize = check_int8("blip-vision", quantize)
+        self.engine = "onnx" if self.quantize == "int8" else check_engine(engine)
+        self._vision_tower = False  # not decided yet
         self.loaded = loaded
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
@@ -156,7 +165,8 @@ class Captioner:
         self._lock = threading.Lock()  # one generate at a time per model (the web app calls from threads)
 
     @classmethod
-    def from_spec(cls, spec: str | None = None, device: str | None = "auto", dtype: str | None = "auto") -> Captioner:
+    def from_spec(cls, spec: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
+                  engine: str = "torch", quantize: str = "none") -> Captioner:
         """Load (once per process) the captioner for ``spec``: hub id, local folder or ``builtin:NAME``.
 
         ``device``/``dtype``: see :mod:`vlens.devices` (auto = a GPU in bf16/fp16 when present, else CPU fp32).
@@ -167,15 +177,29 @@ class Captioner:
         spec = spec or default_spec("captioner")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        key = (str(spec), str(dev), str(dt))
+        key = (str(spec), str(dev), str(dt), engine, quantize)
         with _CACHE_LOCK:
             if key not in _CACHE:
-                _CACHE[key] = cls(load(spec, "captioner"), device=dev, dtype=dt)
+                _CACHE[key] = cls(load(spec, "captioner"), device=dev, dtype=dt, engine=engine, quantize=quantize)
             return _CACHE[key]
 
     @property
     def spec(self) -> str:
         return self.loaded.spec
+
+    def image_embeds(self, pixel_values):
+        """(B, 3, S, S) -> (B, L, D): the vision encoder's output, on ONNX Runtime when the engine chose it."""
+        import torch
+
+        if self._vision_tower is False:
+            from vlens.engines.towers import blip_vision_engine
+
+            self._vision_tower = None if self.engine == "torch" else blip_vision_engine(
+                self.model, self.loaded.path, self.spec, self.engine, self.quantize)
+        if self._vision_tower is not None and pixel_values.device.type == "cpu":
+            out = self._vision_tower(pixel_values=pixel_values.float().numpy())
+            return torch.from_numpy(out).to(self.dtype)
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
     @property
     def image_size(self) -> int:
@@ -277,7 +301,7 @@ class Captioner:
         from vlens.caption.decode import generated_logprobs, strip_prompt
 
         b = len(pixel_values)
-        image_embeds = self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, L, D)
+        image_embeds = self.image_embeds(pixel_values)  # (B, L, D)
         image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device)  # (B, L)
         prefix = torch.tensor(self.prefix_ids(s.prompt), dtype=torch.long, device=self.device)  # (P,)
         input_ids = prefix.unsqueeze(0).expand(b, -1).contiguous()  # (B, P)
@@ -352,7 +376,7 @@ class Captioner:
             warnings.simplefilter("ignore")
             if s.seed is not None:
                 torch.manual_seed(s.seed)
-            emb = self.model.vision_model(pixel_values=self.pixel_values([image])).last_hidden_state  # (1, L, D)
+            emb = self.image_embeds(self.pixel_values([image]))  # (1, L, D)
             ids = torch.tensor([prefix], dtype=torch.long, device=self.device)  # (1, P)
             seq = self.model.text_decoder.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), eos_token_id=self.sep_id,

@@ -189,9 +189,12 @@ class _Check:
         allowed = f"comma-separated {kind}, each from {lo:g} to {hi:g}"
 
         def one(v, param):
-            items = [x.strip() for x in str(v).split(",") if x.strip()]
-            if not items:
+            items = [x.strip() for x in str(v).split(",")]
+            if not any(items):
                 raise typer.BadParameter(f"{v!r} is empty (allowed: {allowed})", param=param)
+            if not all(items):  # "10,,50" or "10,": a value lost in typing, never dropped silently
+                raise typer.BadParameter(f"{v!r} has an empty item; write each value once between commas, e.g. "
+                                         f"{','.join(x for x in items if x)} (allowed: {allowed})", param=param)
             for x in items:
                 try:
                     num = float(x)
@@ -368,6 +371,10 @@ ENGINE_TORCH_OPTION = typer.Option(
         "where no export can be made).", "where no export can be made). Default torch: each new input size needs "
         "its own export (seconds to a minute), which pays off over many images, not one run."),
     callback=check.choice("torch", "onnx", "auto"))
+QUANTIZE_OPTION = typer.Option(
+    "none", "--quantize", help="int8: run the tower as an ONNX Runtime dynamic-int8 export, offered only where it "
+    "kept quality (BLIP's vision encoder; refused in one line elsewhere: benchmarks/RESULTS.md, Engines).",
+    callback=check.choice("none", "int8"))
 WORKERS_OPTION = typer.Option(
     2, "--workers", help="Processes decoding and resizing images while the model runs (0 = none, in this process).",
     callback=check.count(lo=0, max=64))

@@ -10,8 +10,10 @@ import typer
 from vlens.cli._common import (
     DEVICE_OPTION,
     DTYPE_OPTION,
+    ENGINE_TORCH_OPTION,
     JSON_OPTION,
     PRECISION_OPTION,
+    QUANTIZE_OPTION,
     DefaultCommandGroup,
     check,
     echo_json,
@@ -159,6 +161,8 @@ def run_cmd(
     ),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_TORCH_OPTION,
+    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
     explain: bool = typer.Option(
         False,
@@ -168,9 +172,9 @@ def run_cmd(
         "many stayed eligible; also drawn to --figure.",
     ),
     figure: Path = typer.Option(
-        Path("explain.png"),
+        None,
         "--figure",
-        help="--explain: the picture, one row per step (one file per image).",
+        help="With --explain: the picture, one row per step (one file per image; default explain.png).",
         callback=check.output("file"),
     ),
 ):
@@ -198,6 +202,11 @@ def run_cmd(
         batch_size=batch_size,
     )
     settings, notes = settings.validated()
+    if figure is not None and not explain:
+        from vlens.errors import ConfigError
+
+        raise ConfigError(f"--figure draws what --explain shows; add --explain to write {figure}, or drop --figure")
+    figure = figure or Path("explain.png")
     if explain and out is not None:
         from vlens.errors import ConfigError
 
@@ -205,7 +214,8 @@ def run_cmd(
                           "does not stream to --out. Drop --explain to caption a collection into --out, or --out "
                           "to explain a few images")
     if out is not None:
-        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out)
+        return _caption_to_file(paths, out, model, settings, notes, workers, device, dtype, json_out, engine,
+                                quantize)
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -217,7 +227,7 @@ def run_cmd(
             files.append(p)  # missing or unreadable files are reported by the loader below
     if not files:
         raise DatasetError("no images to caption; give image files or folders that contain images")
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     settings, more = captioner.prepare(settings)
     for note in notes + more:
         typer.echo(f"note: {note}", err=True)
@@ -268,14 +278,15 @@ def run_cmd(
         raise DatasetError("none of the given images could be read")
 
 
-def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out) -> None:
+def _caption_to_file(paths, out: Path, model, settings, notes, workers, device, dtype, json_out,
+                     engine: str = "torch", quantize: str = "none") -> None:
     from vlens.bulk import Processes
     from vlens.caption.bulk import caption_to_file
     from vlens.caption.captioner import Captioner
     from vlens.errors import DatasetError
 
     procs = Processes()
-    captioner = Captioner.from_spec(model, device=device, dtype=dtype)
+    captioner = Captioner.from_spec(model, device=device, dtype=dtype, engine=engine, quantize=quantize)
     settings, more = captioner.prepare(settings)
     if procs.is_main:
         for note in notes + more:

@@ -62,6 +62,7 @@ def inspect_cmd(
     """Recognise a dataset's format and print images, captions, splits, caption lengths, unreadable files."""
     from vlens.data import load_dataset
     from vlens.data.stats import dataset_stats
+    from vlens.images import shown_path
 
     ds = load_dataset(path, images_root=images_root, strict=False)
     st = dataset_stats(ds, verify_images=verify)
@@ -80,7 +81,7 @@ def inspect_cmd(
         f"vocabulary  {st['vocabulary']} distinct words",
         f"masks       {st['with_masks']} images have a mask",
     ]
-    lines += _listing("unreadable", [f"{b['path']}: {b['reason']}" for b in st["unreadable"]],
+    lines += _listing("unreadable", [f"{shown_path(b['path'])}: {b['reason']}" for b in st["unreadable"]],
                       "" if verify else "existence checked only; use --verify", always=True)
     lines += _listing("malformed", st["problems"], "training and evaluation refuse this file until they are fixed")
     lines += _listing("no caption", [f"{Path(b['path']).name} (id {b['id']}, {b['split']}) has no caption"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, check, echo_json, parse_pair
+from vlens.cli._common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    ENGINE_TORCH_OPTION,
+    JSON_OPTION,
+    check,
+    echo_json,
+    parse_pair,
+)
 from vlens.cli.match import (
     FACET_HELP,
     FACETS,
@@ -58,6 +66,7 @@ def point_cmd(
                              callback=check.output("file")),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_TORCH_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Where a point of A lands in B: the similarity of every B patch to the A patch under the point.
@@ -81,7 +90,7 @@ def point_cmd(
     t0 = time.time()
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev), stride=stride)
+                              dtype=resolve_dtype(dtype, dev), stride=stride, engine=engine)
     from vlens.match.refine import DEFAULT_REFINE
 
     refine = refine or DEFAULT_REFINE

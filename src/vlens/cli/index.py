@@ -11,6 +11,7 @@ from vlens.cli._common import (
     DTYPE_OPTION,
     ENGINE_OPTION,
     JSON_OPTION,
+    QUANTIZE_OPTION,
     WORKERS_OPTION,
     check,
     echo_json,
@@ -80,11 +81,15 @@ def build_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_OPTION,
+    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Embed every image under IMAGES and write a search index (unreadable files are skipped and listed)."""
     from vlens.bulk import Processes
+    from vlens.engines.int8 import check_int8
     from vlens.retrieval.index import IndexConfig, build_index, is_index, read_manifest
+
+    check_int8("clip-image", quantize)  # one line, before any work, where int8 did not keep quality
 
     if not model and not force and is_index(out):
         model = read_manifest(out).get("model")  # resume / update with the model the index was built with
@@ -132,7 +137,7 @@ def info_cmd(
 ):
     """Model, size, kind, measured ANN recall@10, and every file left out: the kinds the last build or update
     passed over (videos, sidecars, formats whose reader is not installed) and the unreadable files by name."""
-    from vlens.images import shown_name
+    from vlens.images import shown_path
     from vlens.retrieval.index import all_skipped
     from vlens.retrieval.index_reader import ImageIndex
     from vlens.retrieval.index_store import skip_kinds
@@ -164,7 +169,7 @@ def info_cmd(
     kinds = skip_kinds(info.get("passed_over") or {}, len(info["skipped"]))
     if kinds:  # the kinds as counted by the last build/update; the unreadable files by name
         lines.append(f"skipped   {kinds}" + (":" if info["skipped"] else ""))
-        lines += [f"  {shown_name(s['path'])}: {s['reason']}" for s in info["skipped"][:20]]
+        lines += [f"  {shown_path(s['path'], info['root'])}: {s['reason']}" for s in info["skipped"][:20]]
         if len(info["skipped"]) > 20:
             lines.append(f"  ... and {len(info['skipped']) - 20} more (--json lists all)")
     typer.echo("\n".join(lines))

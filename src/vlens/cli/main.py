@@ -86,7 +86,7 @@ def _one_line(message: str) -> str:
 
 def model_event_line(event: dict) -> str | None:
     """The stderr line for what the model resolver reports (vlens.models.hub events): the builtin-fallback notice,
-    a download's size before it starts, its end."""
+    a download's size before it starts, its end, a checkpoint file converted (with where each setting came from)."""
     kind = event.get("event")
     if kind == "fallback":
         from vlens.models.defaults import notice
@@ -100,6 +100,8 @@ def model_event_line(event: dict) -> str | None:
         return f"{event['repo']}: downloaded in {event['seconds']:.1f} s into {event['path']}"
     if kind == "engine":
         return event["line"]
+    if kind == "converted":
+        return f"converted {event['line']} (kept in {event['folder']})"
     return None
 
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, DefaultCommandGroup, check, echo_json
+from vlens.cli._common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    ENGINE_TORCH_OPTION,
+    JSON_OPTION,
+    DefaultCommandGroup,
+    check,
+    echo_json,
+)
 from vlens.models.hub import source_of
 
 MODEL_HELP = ("Backbone: a hub id (facebook/dinov2-small), a save_pretrained folder, a DINO / timm / DINOv2 "
@@ -111,6 +119,7 @@ def match_cmd(
                                   "is still written to --out). To keep them in a file: --json > matches.json."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_TORCH_OPTION,
 ):
     """Match two images patch by patch and draw the best matches.
 
@@ -152,7 +161,7 @@ def match_cmd(
     dev = resolve_device(device)
     run_dtype = resolve_dtype(dtype, dev)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=run_dtype, bin_levels=bin_levels if bin_ else 0, stride=stride)
+                              dtype=run_dtype, bin_levels=bin_levels if bin_ else 0, stride=stride, engine=engine)
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:

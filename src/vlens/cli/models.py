@@ -36,7 +36,9 @@ def list_cmd(json_out: bool = JSON_OPTION):
         return
     typer.echo("Task defaults (used without --model):")
     for t in info["tasks"]:
-        state = "cached" if t["cached"] else f"not cached (about {t['download_mb']} MB; `{t['fetch']}`)"
+        state = "cached" if t["cached"] else (
+            f"damaged ({t['damaged']}; `vlens models fetch {t['real']}` repairs it)" if t.get("damaged") else
+            f"not cached (about {t['download_mb']} MB; `{t['fetch']}`)")
         typer.echo(f"  {t['task']:<10} {t['real']:<40} {state}")
         if not t["cached"]:
             typer.echo(f"  {'':<10} otherwise: {t['fallback']} ({t['fallback_knows']})")
@@ -47,13 +49,17 @@ def list_cmd(json_out: bool = JSON_OPTION):
         what = r["kind"] or f"{r['type']}: not a model vlens loads"
         state = "" if r["complete"] else ("  (partial download: rerun `vlens models fetch " + r["id"] + "`)"
                                           if r["partial_download"] else "  (incomplete: no config or weights)")
+        if r.get("damaged"):
+            state = f"  (damaged: {r['damaged']}; `vlens models fetch {r['id']}` repairs it)"
         typer.echo(f"  {r['id']:<40} {r['size_mb']:>8.1f} MB  {what}{_interp(r)}{state}")
     if info["converted"]:
         typer.echo("\nConverted checkpoint files (--model PATH):")
     for r in info["converted"]:
         cleaning = f", text cleaning: {r['text_cleaning']}" if r["text_cleaning"] else ""
         typer.echo(f"  {r['source']}\n  {'':<40} {r['size_mb']:>8.1f} MB  {r['kind']} ({r['family']}){_interp(r)}"
-                   f"{cleaning}; settings from {r['settings_from'] or '?'}")
+                   f"{cleaning}")
+        for what, source in (r["settings_from"] or {}).items():
+            typer.echo(f"  {'':<40} {what}: {source}")
     typer.echo("\nEmbedded (offline, always there):")
     for b in info["builtins"]:
         typer.echo(f"  {b['spec']:<40} {b['size_mb']:>8.1f} MB  {b['kind']}: {b['knows']}{_interp(b)}")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from vlens.cli._common import DEVICE_OPTION, DTYPE_OPTION, JSON_OPTION, PRECISION_OPTION, check, echo_json
+from vlens.cli._common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    ENGINE_OPTION,
+    JSON_OPTION,
+    PRECISION_OPTION,
+    check,
+    echo_json,
+)
 
 app = typer.Typer(help="Image-text retrieval: contrastive training (scratch or fine-tune), the COCO 5-captions "
                   "recall protocol, hyperparameter sweeps.", no_args_is_help=True)
@@ -118,6 +126,7 @@ def eval_cmd(
                              callback=check.output("dir")),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
+    engine: str = ENGINE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Recall@1/5/10 both ways (COCO 5-captions protocol: an image hits if ANY of its captions is in the top K)
@@ -127,7 +136,7 @@ def eval_cmd(
     from vlens.retrieval.model import DualEncoder
 
     ds = load_dataset(data).split(split).limit(limit)
-    enc = DualEncoder.from_spec(model, device=device, dtype=dtype)
+    enc = DualEncoder.from_spec(model, device=device, dtype=dtype, engine=engine)
     scores, details = evaluate_encoder(enc, ds, batch_size=batch_size)
     notes = notes_for(details)
     result = {"model": enc.spec, "model_source": enc.loaded.source, "data": str(data), "split": split,

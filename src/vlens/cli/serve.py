@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import typer
@@ -41,6 +40,10 @@ def serve_cmd(
                                 "small models and many concurrent users: requests run in parallel instead (as many "
                                 "at once as the usable cores hold); raise it for a large model and few users.",
                                 callback=check.count(1, 1024)),
+    engine: str = typer.Option("auto", "--engine", help="Runtime for the search towers and the captioner's "
+                               "vision encoder: torch, onnx (ONNX Runtime exports, made once and checked against "
+                               "torch), or auto (default: whichever measured faster here).",
+                               callback=check.choice("torch", "onnx", "auto")),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.
 
@@ -69,7 +72,7 @@ def serve_cmd(
     if plan.note():
         typer.echo(plan.note(), err=True)
     app = create_app(cpu_slots=plan.slots, index=index, captioner=captioner, backbone=backbone,
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), engine=engine)
     if preload:
         app.state.services.preload()
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -84,17 +87,12 @@ def serve_cmd(
     how = "Ctrl-C" if server.stopped_by == signal.SIGINT else signal.Signals(server.stopped_by).name
     typer.echo(f"vlens serve stopped ({how}); http://{host}:{port} no longer answers", err=True)
     code = 128 + server.stopped_by
-    # Work abandoned in worker threads (a model forward) would hold the exit until it finishes: seconds. Nothing
-    # the server does needs finishing (it writes no files), so the process ends now.
-    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    deadline = time.monotonic() + 0.5
-    for t in busy:
-        t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in busy):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # Work abandoned in worker threads (a model forward) would hold the exit until it finishes, and the
+    # interpreter's teardown of loaded models takes its own time: seconds. Nothing the server does needs finishing
+    # (it writes no files), so the process ends now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 STOP_GRACE_S = 1

@@ -124,7 +124,7 @@ def _export(eid: ExportId, module, example: dict, probe: dict, dynamic_axes: dic
     final = eid.folder()
     remove_stale_temps(final, older_than_s=3600)  # what a killed export left (an hour: another may be running)
     tmp = make_temp_dir(final.parent, final.name)
-    manifest = {"format": 1, "model": eid.model, "fingerprint": eid.fingerprint, "tower": eid.tower,
+    manifest = {"format": 2, "model": eid.model, "fingerprint": eid.fingerprint, "tower": eid.tower,
                 "family": eid.family, "quantize": eid.quantize, "opset": OPSET, "onnxruntime": runtime_version(),
                 "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "inputs": list(example), "status": "ok"}
@@ -132,7 +132,7 @@ def _export(eid: ExportId, module, example: dict, probe: dict, dynamic_axes: dic
     _note(f"exporting {what} to ONNX (once; kept in {final.parent}) ...")
     onnx_path = tmp / "model.onnx"
     try:
-        fp32 = tmp / "fp32.onnx" if eid.quantize == "int8" else onnx_path
+        fp32 = tmp / "fp32.onnx"
         import warnings
 
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -140,14 +140,21 @@ def _export(eid: ExportId, module, example: dict, probe: dict, dynamic_axes: dic
             torch.onnx.export(module, tuple(example.values()), str(fp32), input_names=list(example),
                               output_names=["output"], dynamic_axes=dynamic_axes, opset_version=OPSET,
                               do_constant_folding=True, dynamo=False)
+        raw = fp32
         if eid.quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8)
-            fp32.unlink()
+            raw = tmp / "int8.onnx"
+            quantize_dynamic(str(fp32), str(raw), weight_type=QuantType.QInt8)
+        from vlens.engines.runtime import optimize
+
+        optimize(raw, onnx_path)  # the graph every later session loads as is
+        for f in {fp32, raw}:
+            f.unlink()
+        manifest["optimized"] = "extended"
         with torch.no_grad():
             ref = module(*probe.values()).float().cpu().numpy()
-        tower = OrtTower(onnx_path)
+        tower = OrtTower(onnx_path, manifest)  # opened as every later run opens it
         feed = _numpy(probe)
         got = tower(**feed)
         verdict = compare(ref, got, eid.quantize)

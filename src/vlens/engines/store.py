@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-FORMAT = 1
+FORMAT = 2  # 2: the file is ONNX Runtime's optimised graph (loaded without re-optimising)
 OPSET = 17
 ONNX_FILE = "model.onnx"
 MANIFEST = "manifest.json"

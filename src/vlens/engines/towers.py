@@ -118,16 +118,21 @@ def clip_text_engine(clip, folder, spec: str, engine: str, quantize: str = "none
 
 
 def vit_tokens_engine(model, folder, spec: str, engine: str, block: int, prefix: int, size: tuple[int, int],
-                      quantize: str = "none"):
-    """``size``: the model input (H, W); one export per size and block."""
+                      stride: int | None = None, quantize: str = "none"):
+    """``size``: the model input (H, W); one export per size, block and patch stride. Call it where the torch
+    forward would run (inside :func:`vlens.match.strided.strided_patches` for a stride): the export traces that."""
     if not _exportable(model, folder):
         return None
     h, w = size
     interpolate = model.config.model_type in ("vit", "deit", "dino")
-    eid = ExportId(spec, weights_fingerprint(folder), "vit-tokens", f"b,3,{h},{w}:block{block}", quantize)
+    # what changes the traced graph beyond the weights: the position-embedding convention and the patch stride
+    convention = getattr(model.config, "pos_embed_interpolation", None) or "-"
+    stride = stride or model.config.patch_size
+    family = f"b,3,{h},{w}:block{block}:pos-{convention}:stride{stride}"
+    eid = ExportId(spec, weights_fingerprint(folder), "vit-tokens", family, quantize)
     return prepare(eid, VitTokens(model, block, prefix, interpolate).eval(), {"pixel_values": _pixels(1, h, w)},
                    {"pixel_values": _pixels(2, h, w, 1)}, {"pixel_values": {0: "batch"}, "output": {0: "batch"}},
-                   engine, what=f"{spec} (block {block + 1}, {w}x{h} input)")
+                   engine, what=f"{spec} (block {block + 1}, {w}x{h} input, stride {stride})")
 
 
 def blip_vision_engine(blip, folder, spec: str, engine: str, quantize: str = "none"):

@@ -81,13 +81,21 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     from vlens.match.features import _to_tensor, block_index, grid_of, input_size_for, placed
     from vlens.match.strided import check_stride, strided_patches
 
-    bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     img = image if isinstance(image, Image.Image) else load_image(image)
+    shape = attention_shape(model)
+    if shape is not None:  # from config.json, before 10+ s of loading a model whose attention cannot fit anyway
+        from vlens.devices import resolve_device, resolve_dtype
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device or "cpu")
+        dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev) if dtype else torch.float32
+        check_attention_memory(shape, img.size, size, torch.empty((), dtype=dt).element_size(), dev,
+                               check_stride(shape.patch_size, stride, shape.spec))
+    bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     li = block_index(bb, layer)  # 0-based block
     s = check_stride(bb.patch_size, stride, bb.spec)
     w_in, h_in = input_size_for(img.size, bb.patch_size, size, img.info.get("vlens_source") or "image")
     w = next(bb.model.parameters())
-    check_attention_memory(bb, img.size, size, w, s)
+    check_attention_memory(bb, img.size, size, w.element_size(), w.device, s)
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
     from vlens.interrupt import interruptible
@@ -112,26 +120,64 @@ def _attend(model, x, kwargs):
     return model(pixel_values=x, output_attentions=True, **kwargs)
 
 
+@dataclass(frozen=True)
+class AttentionShape:
+    """What the attention's memory depends on, read from a model's ``config.json`` without loading its weights
+    (the same fields as a :class:`vlens.match.features.Backbone` for :func:`attention_bytes`)."""
+
+    spec: str
+    patch_size: int
+    num_layers: int
+    num_prefix: int
+    heads: int
+
+
+def attention_shape(spec: str | None) -> AttentionShape | None:
+    """The :class:`AttentionShape` of the model :func:`eager_backbone` would load for ``spec`` (a fusion: its first
+    learnt part), from its config alone; None when it cannot be told without loading (the check then runs after)."""
+    import json
+
+    from vlens.models import default_spec
+    from vlens.models.hub import resolve
+
+    spec = spec or default_spec("backbone")
+    try:
+        from vlens.match.features import fused_parts
+
+        names = [n for n, _ in fused_parts(spec) or [(spec, 1.0)]]
+        name = next(n for n in names if n.split(":")[0] not in ("pixels", "sift"))
+        folder, _ = resolve(name.split(":", 1)[1] if name.startswith("random:") else name)
+        cfg = json.loads((folder / "config.json").read_text())
+        patch = cfg["patch_size"] if isinstance(cfg["patch_size"], int) else cfg["patch_size"][0]
+        return AttentionShape(spec, int(patch), int(cfg["num_hidden_layers"]),
+                              1 + int(cfg.get("num_register_tokens") or 0), int(cfg["num_attention_heads"]))
+    except Exception:  # noqa: BLE001 - anything unusual is reported by the real load that follows
+        return None
+
+
 def attention_bytes(bb, w_in: int, h_in: int, element_size: int = 4, stride: int | None = None) -> int:
     """Memory of an eager forward that returns every block's attention: each of the ``layers`` blocks keeps a
     (heads, T, T) matrix, and the block being computed holds two more (scores and softmax), T = patches + prefix.
-    Quadratic in tokens, so quartic in the image side (and in ``patch / stride``)."""
+    Quadratic in tokens, so quartic in the image side (and in ``patch / stride``). ``bb``: a loaded backbone or
+    an :class:`AttentionShape`."""
     from vlens.match.features import grid_of
 
     rows, cols = grid_of(bb, w_in, h_in, stride or bb.patch_size)
     tokens = rows * cols + bb.num_prefix
-    heads = int(getattr(bb.model.config, "num_attention_heads", 1))
+    heads = bb.heads if isinstance(bb, AttentionShape) else int(getattr(bb.model.config, "num_attention_heads", 1))
     return (bb.num_layers + 2) * heads * tokens * tokens * element_size
 
 
-def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight, stride: int | None = None) -> None:
+def check_attention_memory(bb, image_size: tuple[int, int], size: int, element_size: int, device,
+                           stride: int | None = None) -> None:
     """A one-line ConfigError, before anything is allocated, when the attention maps of this input cannot fit;
-    it names the largest --size that would at this ``stride``."""
+    it names the largest --size that would at this ``stride``. ``bb``: a backbone or an :class:`AttentionShape`
+    (so the check can come before the model loads)."""
     from vlens.devices import check_memory
     from vlens.match.features import input_size_for
 
     def need_at(side: int) -> int:
-        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), weight.element_size(), stride)
+        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), element_size, stride)
 
     w_in, h_in = input_size_for(image_size, bb.patch_size, size)
     need = need_at(size)
@@ -144,7 +190,7 @@ def check_attention_memory(bb, image_size: tuple[int, int], size: int, weight, s
         return (f"attention memory grows with the 4th power of the side: use --size {fit} or less{at}"
                 if fit >= 16 else "this model's attention does not fit at any size here")
 
-    check_memory(need, weight.device, f"the attention of {w_in}x{h_in} px ({bb.num_layers} blocks)", advice)
+    check_memory(need, device, f"the attention of {w_in}x{h_in} px ({bb.num_layers} blocks)", advice)
 
 
 def pca_features(image, model: str | None = None, *, layer: int = -1, size: int = 448, device=None, dtype=None,

@@ -173,6 +173,7 @@ class Backbone:
     model_type: str  # the HF model type, or "pixels" / "sift" / "fused" for the descriptors without a model
     support: float = 0.0  # sift: descriptor support in input pixels
     parts: tuple = ()  # fused: ((Backbone, weight), ...)
+    folder: object = None  # the model's files (what an ONNX export is keyed by); None for random:/built models
 
     @property
     def is_pixels(self) -> bool:
@@ -303,7 +304,8 @@ def _load_backbone(spec: str, pixels_patch: int = 16) -> Backbone:
     mean = tuple(getattr(proc, "image_mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(proc, "image_std", None) or IMAGENET_STD)
     prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
-    return Backbone(spec, model, patch, mean, std, prefix, cfg.num_hidden_layers, cfg.model_type)
+    folder = None if spec.startswith("random:") else loaded.path
+    return Backbone(spec, model, patch, mean, std, prefix, cfg.num_hidden_layers, cfg.model_type, folder=folder)
 
 
 _PLACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): moved copy}
@@ -359,10 +361,26 @@ def _pixel_descriptors(x: torch.Tensor, p: int, stride: int | None = None) -> to
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, patches.shape[2], patches.shape[3], c * p * p)
 
 
+def _onnx_tokens(bb: Backbone, x: torch.Tensor, li: int, engine: str, stride: int) -> torch.Tensor | None:
+    """The token facet of block ``li`` through ONNX Runtime (:mod:`vlens.engines`), or None to run torch. Called
+    inside the patch-stride context, so an export traces (and is keyed by) the stride in force."""
+    if engine == "torch" or bb.folder is None:
+        return None
+    from vlens.engines.towers import vit_tokens_engine
+
+    tower = vit_tokens_engine(bb.model, bb.folder, bb.spec, engine, li, bb.num_prefix, tuple(x.shape[2:]), stride)
+    return None if tower is None else torch.from_numpy(tower(pixel_values=x.numpy()))
+
+
+_NOTED: set = set()
+
+
 @torch.no_grad()
-def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int | None = None) -> torch.Tensor:
+def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int | None = None,
+             engine: str = "torch") -> torch.Tensor:
     """Run the model on (B, 3, H, W) and return (B, h, w, d) descriptors of ``layer`` and ``facet``, the patch
-    embedding at ``stride`` (None: the patch size)."""
+    embedding at ``stride`` (None: the patch size). ``engine`` (torch | onnx | auto): the token facet can run on
+    an ONNX export; the attention facets always run torch."""
     from vlens.match.strided import strided_patches
 
     p = bb.patch_size
@@ -375,6 +393,16 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int 
     li = layer if layer >= 0 else n + layer  # 0-based block index
     if not 0 <= li < n:
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
+    if facet == "token":
+        with strided_patches(bb.model, p, s):
+            tokens = _onnx_tokens(bb, x, li, engine, s)
+        if tokens is not None:
+            return tokens.reshape(b, gh, gw, -1).float()  # (B, h, w, d)
+    elif engine == "onnx" and (bb.spec, facet) not in _NOTED:
+        from vlens.models.hub import note
+
+        _NOTED.add((bb.spec, facet))
+        note(f"the {facet} facet of {bb.spec} runs on torch (only the token facet has an ONNX export)")
     kwargs = {"output_hidden_states": facet == "token"}
     if bb.model_type in ("vit", "deit", "dino"):
         kwargs["interpolate_pos_encoding"] = True
@@ -406,7 +434,7 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int 
 
 def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
                      size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None,
-                     bin_levels: int = 0, stride: int | None = None) -> list[DenseFeatures]:
+                     bin_levels: int = 0, stride: int | None = None, engine: str = "torch") -> list[DenseFeatures]:
     """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
 
     Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
@@ -418,13 +446,15 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     :mod:`vlens.match.binning`), after fusion for a fused spec. ``stride``: overlapping patches, a descriptor
     every ``stride`` input pixels (a divisor of the patch size; None = the patch size, no overlap;
     :mod:`vlens.match.strided`); dense SIFT and raw pixels take it too, a fusion passes it to every part.
+    ``engine`` (torch | onnx | auto, :mod:`vlens.engines`): what runs the token facet of a model loaded from
+    files (fp32 on the CPU); one ONNX export per input size, block and stride, verified against torch when made.
     """
     if bin_levels:
         from vlens.match.binning import bin_features, check_levels
 
         check_levels(bin_levels)
         feats = extract_features(images, model, layer=layer, facet=facet, size=size, batch_size=batch_size,
-                                 device=device, dtype=dtype, stride=stride)
+                                 device=device, dtype=dtype, stride=stride, engine=engine)
         return [bin_features(f, bin_levels) for f in feats]
     from vlens.images import load_image
     from vlens.match.strided import check_stride
@@ -438,7 +468,8 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     if bb.parts:
         for part, _ in bb.parts:
             check_stride(part.patch_size, stride, part.spec)
-        return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size, stride=stride)
+        return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size, stride=stride,
+                               engine=engine)
     stride = None if stride is None or stride == bb.patch_size else check_stride(bb.patch_size, stride, bb.spec)
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
     if not bb.has_model and facet != "token":
@@ -459,7 +490,8 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
         for (w_in, h_in), idx in groups.items():
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
-                _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride)
+                _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride,
+                      engine)
     finally:
         for h in hooks:
             h.remove()
@@ -479,10 +511,10 @@ def _block_progress(bb: Backbone, groups: dict, batch_size: int, stride: int):
     tokens = sum(len(idx) * int(np.prod(grid_of(bb, w, h, stride))) for (w, h), idx in groups.items())
     if tokens < LONG_TOKENS:
         return None, []
-    from vlens.runs import progress
+    from vlens.runs import stage_progress
 
     chunks = sum(-(-len(idx) // batch_size) for idx in groups.values())
-    bar = progress(total=chunks * bb.num_layers, desc=f"features ({tokens:,} patches)", unit="block")
+    bar = stage_progress(chunks * bb.num_layers, f"features ({tokens:,} patches)", unit="block")
 
     def tick(*_) -> None:  # returns None: a forward hook that returns a value replaces the block's output
         bar.update(1)  # (tqdm's update returns True whenever it redraws, which would feed True to the next block)
@@ -531,7 +563,8 @@ def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: i
     check_memory(need, weight.device, f"features of {batch} image(s) at {w_in}x{h_in} px", advice)
 
 
-def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride=None) -> None:
+def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride=None,
+          engine: str = "torch") -> None:
     """Descriptors of the images ``chunk`` (same input size) into ``results``."""
     from vlens.match.strided import grid_centers
 
@@ -544,7 +577,7 @@ def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, i
             w = next(bb.model.parameters())
             check_feature_memory(bb, len(chunk), w_in, h_in, size, w, stride)
             x = x.to(device=w.device, dtype=w.dtype)
-        desc = interruptible(_forward, bb, x, layer_idx, facet, stride).float().cpu()  # (B, h, w, d)
+        desc = interruptible(_forward, bb, x, layer_idx, facet, stride, engine).float().cpu()  # (B, h, w, d)
     gh, gw = desc.shape[1:3]
     for k, i in enumerate(chunk):
         w0, h0 = pils[i].size
@@ -601,7 +634,7 @@ def fuse_features(parts: Sequence[DenseFeatures], weights: Sequence[float], spec
 
 
 def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, batch_size: int,
-                    stride: int | None = None) -> list[DenseFeatures]:
+                    stride: int | None = None, engine: str = "torch") -> list[DenseFeatures]:
     """:func:`extract_features` for a fused backbone: each part on the images, then :func:`fuse_features`."""
     from vlens.images import load_image
 
@@ -611,7 +644,7 @@ def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, 
             im.info.setdefault("vlens_source", str(src))
     per_part = [extract_features(imgs, part, layer=layer if part.has_model else -1,
                                  facet=facet if part.has_model else "token", size=size, batch_size=batch_size,
-                                 stride=stride)
+                                 stride=stride, engine=engine)
                 for part, _ in bb.parts]
     weights = [w for _, w in bb.parts]
     return [fuse_features([feats[i] for feats in per_part], weights, bb.spec) for i in range(len(imgs))]

@@ -78,7 +78,25 @@ def quiet_transformers() -> None:
 
 
 def model_type(folder: Path) -> str:
-    return json.loads((folder / "config.json").read_text()).get("model_type", "?")
+    """The ``model_type`` of a model folder's config.json; a :class:`ModelLoadError` naming the file when it is not
+    a JSON object (a damaged download, a hand edit)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder / 'config.json'} cannot be read as JSON ({exc.__class__.__name__}); "
+                             "restore it or point --model at another model") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{folder / 'config.json'} is not a JSON object; restore it or point --model at another "
+                             "model")
+    return str(cfg.get("model_type", "?"))
+
+
+def damage_of(folder: Path) -> str | None:
+    """A one-line description of a damaged file in a model folder (:func:`vlens.models.hub.damage`), or None."""
+    from vlens.models.hub import damage
+
+    found = damage(folder)
+    return f"{Path(folder) / found[0]} {found[1]}; restore it or point --model at another model" if found else None
 
 
 def load(spec: str | None, kind: str, *, attn_implementation: str | None = None) -> LoadedModel:
@@ -107,8 +125,10 @@ def load(spec: str | None, kind: str, *, attn_implementation: str | None = None)
         warnings.simplefilter("ignore")
         try:
             model = cls.from_pretrained(folder, **kw)
-        except OSError as exc:
-            raise ModelLoadError(f"cannot load weights from {folder}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - damaged or foreign files: one line naming the folder
+            found = damage_of(folder)
+            raise ModelLoadError(found or f"cannot load weights from {folder}: {exc.__class__.__name__}: "
+                                 f"{' '.join(str(exc).split())[:240]}") from None
     model.eval()
     if kind == "backbone":
         from vlens.models.pos_embed import install
@@ -116,5 +136,10 @@ def load(spec: str | None, kind: str, *, attn_implementation: str | None = None)
         install(model)  # the position-embedding interpolation its config declares (transformers' by default)
     tokenizer = None
     if kind != "backbone":
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except Exception as exc:  # noqa: BLE001 - as above, for the tokenizer files
+            found = damage_of(folder)
+            raise ModelLoadError(found or f"cannot load the tokenizer from {folder}: {exc.__class__.__name__}: "
+                                 f"{' '.join(str(exc).split())[:240]}") from None
     return LoadedModel(model, load_image_processor(folder), tokenizer, spec, folder, source, kind)

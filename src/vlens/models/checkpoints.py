@@ -26,7 +26,8 @@ OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26
 _WRAPPERS = ("state_dict", "model", "teacher", "module", "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _DROPPED = ("dino_head.", "ibot_head.")  # DINOv2 training heads beside the backbone
-_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # scalars in OpenAI's TorchScript CLIP files
+# Not weights: scalars in OpenAI's TorchScript CLIP files, and the causal mask a traced open_clip model keeps
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
                     "vocab.txt")
 
@@ -35,32 +36,76 @@ def is_checkpoint_file(path: Path) -> bool:
     return Path(path).is_file() and Path(path).suffix.lower() in SUFFIXES
 
 
+_SAFE_GLOBALS = ("argparse.Namespace",)  # what a training checkpoint may pickle beside tensors (DINO's main_dino args)
+
+
+def _format_of(path: Path) -> str:
+    """'safetensors', 'zip' (torch.save / TorchScript) or 'pickle' (legacy torch.save), from the bytes: a file in
+    the Hugging Face cache is a suffix-less blob behind the ``snapshots/<rev>/NAME`` link."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 28):
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    return "pickle"
+
+
+def _unsafe_global(message: str) -> str | None:
+    import re
+
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+def _torch_load(path: Path, hints: dict):
+    import argparse
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - maybe TorchScript; otherwise the whole reason, in one line
+        if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+            hints["jit"] = True
+            return {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()
+                    if k not in _JIT_EXTRAS}
+        name = _unsafe_global(str(exc))
+        if name:
+            raise ModelLoadError(f"cannot read checkpoint {path}: it pickles a {name}, which vlens does not unpickle "
+                                 f"(a checkpoint may hold tensors, plain Python values and {', '.join(_SAFE_GLOBALS)} "
+                                 "training arguments; any other object could run code while loading); re-save its "
+                                 "weights with torch.save(model.state_dict(), ...) where you trust the file") from None
+        raise
+
+
 def read_state_dict(path: Path) -> tuple[dict, dict]:
-    """(state dict of tensors, hints) from a checkpoint file: safetensors, a ``torch.save`` dict (loaded with
-    ``weights_only``; wrappers such as ``{"state_dict": ...}`` / ``{"teacher": ...}`` and ``module.`` /
-    ``backbone.`` prefixes removed) or a TorchScript archive (OpenAI's CLIP files; hint ``jit``)."""
+    """(state dict of tensors, hints) from a checkpoint file, read by its bytes (not its suffix): safetensors, a
+    ``torch.save`` dict (``weights_only``, plus ``argparse.Namespace`` for training checkpoints' ``args``; wrappers
+    such as ``{"state_dict": ...}`` / ``{"teacher": ...}`` and ``module.`` / ``backbone.`` prefixes removed) or a
+    TorchScript archive (OpenAI's CLIP files). Hints: ``jit``, ``args_arch`` (a training checkpoint's
+    ``args.arch``)."""
     import torch
 
     path = Path(path)
-    hints = {"jit": False}
+    hints: dict = {"jit": False}
     try:
-        if path.suffix.lower() == ".safetensors":
+        if _format_of(path) == "safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path))
         else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - maybe TorchScript; otherwise report the first error below
-                if not (zipfile.is_zipfile(path) and any(n.endswith("constants.pkl")
-                                                         for n in zipfile.ZipFile(path).namelist())):
-                    raise
-                obj = {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()
-                       if k not in _JIT_EXTRAS}
-                hints["jit"] = True
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: "
-                             f"{' '.join(str(exc).split())[:200]}") from None
+            obj = _torch_load(path, hints)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the whole reason, on one line
+        import re
+
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))
+        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {reason}") from None
+    if isinstance(obj, dict) and hasattr(obj.get("args"), "arch"):
+        hints["args_arch"] = obj["args"].arch
     for _ in range(3):
         if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
             inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
@@ -93,12 +138,20 @@ def family_of(sd: dict) -> str:
                          f"expected one of: {EXPECTED}")
 
 
-def convert_state_dict(sd: dict, *, quick_gelu: bool = False) -> tuple[str, dict, dict]:
-    """(family, HF config kwargs, HF state dict) for any supported layout."""
+def convert_state_dict(sd: dict, *, path: Path | None = None, hints: dict | None = None):
+    """(family, HF config kwargs, HF state dict, :class:`~vlens.models.checkpoint_settings.Settings`) for any
+    supported layout. ``path``: the checkpoint's name as the user gave it (configs beside it and its name are
+    sources of the settings); without one, the known-model table decides."""
+    from vlens.models.checkpoint_settings import establish
+
     family = family_of(sd)
-    mod = FAMILIES[family]
-    config, out = mod.convert(sd, quick_gelu=quick_gelu) if family == "open_clip" else mod.convert(sd)
-    return family, config, out
+    settings = establish(path, family, sd, hints or {"jit": False})
+    config, out = FAMILIES[family].convert(sd, **settings.kwargs)
+    if settings.interpolation:
+        config["pos_embed_interpolation"] = settings.interpolation  # vlens.models.pos_embed.CONFIG_KEY
+    if settings.text_cleaning:
+        config["text_cleaning"] = settings.text_cleaning  # vlens.models.text_cleaning
+    return family, config, out, settings
 
 
 def hf_config(config: dict):
@@ -128,8 +181,9 @@ def _image_processor(config: dict):
 
 
 def _tokenizer_source(checkpoint: Path, fallback: Path | None) -> Path:
-    """Where a converted CLIP gets its tokenizer: files beside the checkpoint, else ``fallback`` (the resolver
-    passes the cached openai/clip-vit-base-patch32, whose BPE vocabulary is open_clip's ViT-B-32's)."""
+    """Where a converted CLIP gets its tokenizer: files beside the checkpoint as the user named it (beside the
+    ``snapshots/<rev>/`` link in a Hugging Face cache, not beside the blob), else ``fallback`` (the resolver passes
+    the cached openai/clip-vit-base-patch32, whose BPE vocabulary is open_clip's ViT-B-32's)."""
     here = checkpoint.parent
     if (here / "tokenizer.json").is_file() or (here / "vocab.json").is_file() or (here / "vocab.txt").is_file():
         return here
@@ -162,10 +216,15 @@ def converted_root() -> Path:
 
 
 def converted_folder(path: Path, tokenizer_fallback: Path | None = None) -> Path:
-    """The Hugging Face folder for checkpoint ``path``, converted on first use and kept (keyed by the file's path,
-    size and modification time) under ``$VLENS_CACHE/converted``. ``tokenizer_fallback``: a folder with a CLIP
-    tokenizer for open_clip files that have none beside them."""
-    path = Path(path).expanduser().resolve()
+    """The Hugging Face folder for checkpoint ``path``, converted on first use and kept (keyed by the file's path as
+    given, size and modification time) under ``$VLENS_CACHE/converted``. The path is not resolved: links are
+    followed only to read bytes, so configs, tokenizer and name are those beside the name the user gave.
+    ``tokenizer_fallback``: a folder with a CLIP tokenizer for open_clip files that have none beside them.
+    Reports a ``converted`` event (:func:`vlens.models.events.add_listener`; the CLI prints its line on stderr) saying
+    which source decided each setting; ``CONVERTED.json`` keeps the same as ``settings_from``."""
+    from vlens.models.events import emit
+
+    path = Path(os.path.abspath(Path(path).expanduser()))
     st = path.stat()
     key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     root = converted_root()
@@ -173,20 +232,21 @@ def converted_folder(path: Path, tokenizer_fallback: Path | None = None) -> Path
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     sd, hints = read_state_dict(path)
-    name = path.name.lower()
-    quick_gelu = hints["jit"] or "quickgelu" in name or "openai" in name
-    family, config, state = convert_state_dict(sd, quick_gelu=quick_gelu)
+    family, config, state, settings = convert_state_dict(sd, path=path, hints=hints)
     tok = _tokenizer_source(path, tokenizer_fallback) if family == "open_clip" else None
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=root))
     try:
         write_hf_folder(config, state, tmp, tok)
         (tmp / "CONVERTED.json").write_text(json.dumps(
-            {"source": str(path), "bytes": st.st_size, "family": family, "quick_gelu": quick_gelu,
-             "layout": FAMILIES[family].LAYOUT}, indent=2) + "\n")
+            {"source": str(path), "bytes": st.st_size, "family": family, "origin": settings.origin,
+             "layout": FAMILIES[family].LAYOUT, "quick_gelu": settings.kwargs.get("quick_gelu"),
+             "pos_embed_interpolation": settings.interpolation, "text_cleaning": settings.text_cleaning,
+             "settings_from": settings.sources, "tokenizer_from": str(tok) if tok else None}, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    emit("converted", path=str(path), folder=str(out), line=settings.line(path), settings_from=settings.sources)
     return out

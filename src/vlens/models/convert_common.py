@@ -71,8 +71,11 @@ def map_block(sd: dict, out: dict, src: str, dst: str, qkv: tuple[str, str], qkv
 
 
 def heads_for(width: int, num_heads: int | None) -> int:
-    """Attention heads: not stored in a state dict; every supported checkpoint uses 64-wide heads."""
-    heads = num_heads or max(1, width // 64)
-    if width % heads:
-        raise LayoutError(f"width {width} does not split into {heads} attention heads")
-    return heads
+    """Attention heads: not stored in a state dict, so the caller establishes them
+    (:mod:`vlens.models.checkpoint_settings`); never guessed from the width."""
+    if not num_heads:
+        raise LayoutError(f"the attention heads of a {width}-wide tower are not known; put the config its code wrote "
+                          "beside the checkpoint (open_clip_config.json, timm's config.json)")
+    if width % num_heads:
+        raise LayoutError(f"width {width} does not split into {num_heads} attention heads")
+    return num_heads

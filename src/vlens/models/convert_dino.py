@@ -64,8 +64,7 @@ def convert(sd: dict, num_heads: int | None = None) -> tuple[dict, dict]:
               "num_attention_heads": heads_for(d, num_heads), "intermediate_size": dm["mlp"],
               "hidden_act": "gelu", "layer_norm_eps": 1e-6, "image_size": side * dm["patch"],
               "patch_size": dm["patch"], "num_channels": 3, "qkv_bias": True,
-              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-              "pos_embed_interpolation": "offset"}  # the original code's (vlens.models.pos_embed)
+              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     out = {"embeddings.cls_token": sd["cls_token"], "embeddings.position_embeddings": sd["pos_embed"],
            "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
            "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from vlens.errors import ModelLoadError
+from vlens.models.events import add_listener, remove_listener  # noqa: F401 - front ends register here
+from vlens.models.events import emit as _emit
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 OFFLINE_CHOICES = ("use an embedded model (builtin:dino-tiny, builtin:blip-tiny, builtin:clip-tiny), "
@@ -79,25 +80,67 @@ def cached(repo_id: str) -> Path | None:
     return snap if _has_weights(snap) else None
 
 
-_LISTENERS: list[Callable[[dict], None]] = []
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable (empty, truncated, a header that is not JSON), from its header alone:
+    8 bytes (header length N), N bytes of JSON, then exactly the bytes the header's offsets cover."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty"
+    if size < 8:
+        return f"is truncated ({size} bytes)"
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        if n > min(size - 8, 100 << 20):
+            return "is truncated or not a safetensors file (its header runs past the end)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "has a damaged header (not the JSON a safetensors file starts with)"
+    if size != 8 + n + end:
+        return f"is truncated ({size:,} of {8 + n + end:,} bytes)" if size < 8 + n + end else \
+            f"has {size - 8 - n - end:,} bytes more than its header describes"
+    return None
 
 
-def add_listener(fn: Callable[[dict], None]) -> None:
-    """Call ``fn(event)`` for what users should hear about. Events (dicts, key ``event``): ``fallback`` (task,
-    spec, real, reason), ``download`` (repo, bytes, files: said before a download starts), ``downloaded`` (repo,
-    path, seconds), ``engine`` (line: an ONNX export made, refused or rebuilt; :mod:`vlens.engines`)."""
-    if fn not in _LISTENERS:
-        _LISTENERS.append(fn)
+def damage(folder: Path) -> tuple[str, str] | None:
+    """``(file name, what is wrong)`` for the first damaged file of a model folder (a config or other small JSON
+    file that does not parse, an empty or truncated safetensors file, an empty PyTorch .bin), None when it looks
+    whole. Reads the JSON files under 8 MB and the safetensors headers only: cheap enough for every resolve."""
+    import json
+
+    folder = Path(folder)
+    for f in sorted(folder.iterdir()):
+        try:
+            if not f.is_file():
+                if f.is_symlink():
+                    return f.name, "is a link to a missing file"
+                continue
+            if f.suffix == ".json" and f.stat().st_size < (8 << 20):
+                try:
+                    obj = json.loads(f.read_bytes())
+                except ValueError:
+                    return f.name, "is not valid JSON"
+                if f.name == "config.json" and not isinstance(obj, dict):
+                    return f.name, "is not a JSON object"
+            elif f.suffix == ".safetensors":
+                why = _safetensors_problem(f)
+                if why:
+                    return f.name, why
+            elif f.suffix == ".bin" and f.stat().st_size == 0:
+                return f.name, "is empty"
+        except OSError as exc:
+            return f.name, f"cannot be read ({exc.strerror or exc})"
+    return None
 
 
-def remove_listener(fn: Callable[[dict], None]) -> None:
-    if fn in _LISTENERS:
-        _LISTENERS.remove(fn)
-
-
-def _emit(event: str, **info) -> None:
-    for fn in list(_LISTENERS):
-        fn({"event": event, **info})
+def damaged_message(repo_id: str, found: tuple[str, str]) -> str:
+    """The one line for a damaged cached model: the file, what is wrong, the two repairs."""
+    return (f"the cached model '{repo_id}' is damaged: {found[0]} {found[1]}; `vlens models fetch {repo_id}` "
+            f"downloads the damaged files again, `vlens models rm {repo_id}` frees it")
 
 
 def note(line: str) -> None:
@@ -358,6 +401,9 @@ def resolve(spec: str) -> tuple[Path, str]:
         raise ModelLoadError(f"no such model folder: {spec}")
     snap = cached(spec)
     if snap is not None:
+        found = damage(snap)
+        if found:
+            raise ModelLoadError(damaged_message(spec, found))
         return snap, "hub" if spec in _DOWNLOADED else "cache"
     return download(spec, progress=_truthy_default("VLENS_PROGRESS", True)), "hub"
 
@@ -406,6 +452,9 @@ def resolve_default(task: str) -> DefaultChoice:
     reason = ""
     if _truthy("VLENS_OFFLINE"):
         reason = "is not used when VLENS_OFFLINE=1 (offline by choice)"
+    elif cached(d.real) is not None and damage(cached(d.real)):
+        name, why = damage(cached(d.real))
+        reason = f"is damaged in the Hugging Face cache ({name} {why}; `vlens models fetch {d.real}` repairs it)"
     elif cached(d.real) is not None:
         choice = DefaultChoice(task, d.real, "hub" if d.real in _DOWNLOADED else "cache", d.real)
     elif _truthy("HF_HUB_OFFLINE"):

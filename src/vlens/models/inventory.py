@@ -4,6 +4,7 @@ every model in the Hugging Face cache with its size on disk, the embedded builti
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def cached_models() -> list[dict]:
     """Every model repo in the Hugging Face cache (:func:`vlens.models.hub.hf_cache_dir`): id, size on disk (blobs,
     counted once), the model type and kind vlens would load it as ("" when vlens cannot), and whether a complete
     snapshot (config + weights) is there."""
-    from vlens.models.hub import cached, hf_cache_dir
+    from vlens.models.hub import cached, damage, hf_cache_dir
 
     root = hf_cache_dir()
     rows = []
@@ -70,8 +71,10 @@ def cached_models() -> list[dict]:
         cfg = _read_config(snap) if snap else {}
         mtype = cfg.get("model_type", "?")
         partial = any(repo.glob("blobs/*.vlens-part")) or any(repo.glob("blobs/*.incomplete"))
+        found = damage(snap) if snap is not None else None
         rows.append({"id": repo_id, "size_mb": round(_dir_size(repo) / 1e6, 1), "type": mtype,
                      "kind": _kind_of_type(mtype), "complete": snap is not None, "partial_download": partial,
+                     "damaged": f"{found[0]} {found[1]}" if found else None,
                      "path": str(snap or repo), "interpolation": interpolation_of(cfg)})
     return rows
 
@@ -100,28 +103,50 @@ def converted_models() -> list[dict]:
 def task_defaults() -> list[dict]:
     """Each task's default: the real id, whether it is cached, its download size, the builtin fallback."""
     from vlens.models.defaults import TASKS
-    from vlens.models.hub import cached
+    from vlens.models.hub import cached, damage
 
-    return [{"task": d.task, "real": d.real, "cached": cached(d.real) is not None, "download_mb": d.size_mb,
-             "fallback": d.fallback, "fallback_knows": d.knows, "commands": d.commands,
-             "fetch": d.fetch_command} for d in TASKS.values()]
+    rows = []
+    for d in TASKS.values():
+        snap = cached(d.real)
+        found = damage(snap) if snap is not None else None
+        rows.append({"task": d.task, "real": d.real, "cached": snap is not None and not found,
+                     "damaged": f"{found[0]} {found[1]}" if found else None, "download_mb": d.size_mb,
+                     "fallback": d.fallback, "fallback_knows": d.knows, "commands": d.commands,
+                     "fetch": d.fetch_command})
+    return rows
 
 
 def fetch(repo_id: str, *, progress: bool = True) -> dict:
     """Download ``repo_id`` into the Hugging Face cache (resuming a partial download), then load it to check it
     works. Returns {id, path, kind, source: cache (already there) | hub (downloaded), size_mb}."""
     from vlens.models import load
-    from vlens.models.hub import cached, download
+    from vlens.models.hub import cached, damage, damaged_message, download, forget_choices, offline_reason
 
     if repo_id.startswith("builtin:") or Path(repo_id).expanduser().exists() or repo_id.count("/") != 1:
         raise ModelLoadError(f"'{repo_id}' is not a hub id (ORG/NAME, e.g. facebook/dino-vits8); builtins and "
                              "local folders need no fetch")
     snap = cached(repo_id)
     source = "cache"
+    found = damage(snap) if snap is not None else None
+    if found:  # repair: the damaged file goes (its blob too, else the download would trust it), then it comes again
+        why = offline_reason()
+        if why:
+            raise ModelLoadError(f"{damaged_message(repo_id, found).split(';')[0]}, and {why} forbids downloading it "
+                                 f"again; unset it and rerun `vlens models fetch {repo_id}`, or `vlens models rm "
+                                 f"{repo_id}`")
+        _remove_damaged(snap, found[0])
+        forget_choices()
+        snap = None
     if snap is None:
         snap = download(repo_id, progress=progress)
         source = "hub"
-    mtype = json.loads((snap / "config.json").read_text()).get("model_type", "?")
+        found = damage(snap)
+        if found:
+            raise ModelLoadError(f"downloaded '{repo_id}' again but {found[0]} {found[1]} (damaged on the hub?); "
+                                 f"`vlens models rm {repo_id}` frees it")
+    from vlens.models import model_type
+
+    mtype = model_type(snap)
     kind = _kind_of_type(mtype)
     if not kind:
         raise ModelLoadError(f"'{repo_id}' is a '{mtype}' model, which vlens does not use (it loads ViT/DINO/DINOv2 "
@@ -130,6 +155,18 @@ def fetch(repo_id: str, *, progress: bool = True) -> dict:
     load(repo_id, kind)  # raises ModelLoadError when the files do not load
     return {"id": repo_id, "path": str(snap), "kind": kind, "source": source,
             "size_mb": round(_dir_size(snap.parent.parent) / 1e6, 1)}
+
+
+def _remove_damaged(snap: Path, name: str) -> None:
+    """Delete ``name`` from a snapshot: the link (or file) and, when it is a link into ``blobs/``, the blob it
+    names (downloads skip blobs that exist), so the next download fetches that file again."""
+    f = snap / name
+    if f.is_symlink():
+        blob = Path(os.path.realpath(f))
+        if blob.parent.name == "blobs" and blob.exists():
+            blob.unlink()
+    if f.exists() or f.is_symlink():
+        f.unlink()
 
 
 def remove(repo_id: str) -> dict:

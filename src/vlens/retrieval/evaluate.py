@@ -159,8 +159,10 @@ def notes_for(details: dict) -> list[str]:
     if details["images_without_captions"]:
         notes.append(f"{details['images_without_captions']} image(s) without any caption were left out")
     if details["skipped_images"]:
+        from vlens.images import shown_path
+
         first = details["skipped_images"][:5]
         notes.append(f"{len(details['skipped_images'])} unreadable image(s) were skipped with their captions: "
-                     + "; ".join(f"{s['path']} ({s['reason']})" for s in first)
+                     + "; ".join(f"{shown_path(s['path'])} ({s['reason']})" for s in first)
                      + (" ..." if len(details["skipped_images"]) > 5 else ""))
     return notes

@@ -31,6 +31,7 @@ from vlens.retrieval.index_store import (
     FAISS_FILE,
     FAISS_STATE,
     FORMAT_VERSION,
+    INDEX_FILES,
     MANIFEST,
     IndexConfig,
     UpdateReport,
@@ -188,6 +189,25 @@ def build_index(images_dir, out, config: IndexConfig | None = None, *, force: bo
         from vlens.models.hub import resolve
 
         resolve(effective.captioner)  # a ModelLoadError now, not after the images are embedded
+    made_dir = not out.exists()  # a refused build takes away what it made (see below)
+    fresh = made_dir or not any(out.iterdir())
+    try:
+        return _build_locked(root, out, config, embedder, force=force, given=given, progress=progress, log=log,
+                             procs=procs, workers=workers)
+    except Exception:
+        if fresh and out.is_dir() and not is_index(out):  # refused before the manifest: nothing worth keeping
+            for name in INDEX_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if empty: a file someone put there meanwhile stays
+        raise
+
+
+def _build_locked(root: Path, out: Path, config: IndexConfig, embedder, *, force: bool, given, progress: bool, log,
+                  procs, workers: int) -> UpdateReport:
+    """:func:`build_index` from the write lock on (the checks before it are done)."""
     out.mkdir(parents=True, exist_ok=True)
     with index_lock(out, "vlens index build"):
         fault_point("index.start")
@@ -321,9 +341,12 @@ def _sync(folder: Path, con: sqlite3.Connection, config: IndexConfig, load_encod
     t0 = time.time()
     manifest = read_manifest(folder)
     root, dim = Path(manifest["root"]), int(manifest["dim"])
-    rep = UpdateReport()
+    rep = UpdateReport(root=str(root))
     disk, refused, rep.passed_over = scan_counts(root)
     gen0 = generation(con)
+    if not disk and not refused:
+        log(f"note: no image files under {root}: the index holds 0 images; add images there and run `vlens index "
+            f"update {folder}`")
     db = {p: (i, s, m, h) for i, p, s, m, h in con.execute("SELECT id, path, size, mtime_ns, sha256 FROM images")}
     skipped_db = {p: (s, m) for p, s, m in con.execute("SELECT path, size, mtime_ns FROM skipped")}
 

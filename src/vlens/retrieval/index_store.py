@@ -136,6 +136,7 @@ class UpdateReport:
     total: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    root: str = ""  # the indexed folder: skipped paths are relative to it
 
     @property
     def images_per_s(self) -> float:
@@ -153,9 +154,9 @@ class UpdateReport:
         if kinds:
             line += f"\nskipped: {kinds}" + (":" if self.skipped else "")
         if self.skipped:
-            from vlens.images import shown_name
+            from vlens.images import shown_path
 
-            line += "".join(f"\n  {shown_name(p)}: {r}" for p, r in self.skipped[:10])
+            line += "".join(f"\n  {shown_path(p, self.root or None)}: {r}" for p, r in self.skipped[:10])
             if len(self.skipped) > 10:
                 line += f"\n  ... and {len(self.skipped) - 10} more (vlens index info --json lists all)"
         return line

@@ -80,8 +80,12 @@ class DualEncoder:
         return torch.from_numpy(np.asarray(px)).to(device=self.device, dtype=self.dtype)
 
     def text_inputs(self, texts: Sequence[str]):
-        """Texts -> tokenizer output, truncated to the text model's context."""
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_tokens,
+        """Texts -> tokenizer output, truncated to the text model's context; cleaned first as the model's own code
+        did (``open_clip`` for models converted from open_clip files: :mod:`vlens.models.text_cleaning`)."""
+        from vlens.models.text_cleaning import clean_texts, cleaning_of
+
+        texts = clean_texts(texts, cleaning_of(self.model.config))
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
                               return_tensors="pt").to(self.device)
 
     def embed_pixels(self, pixel_values):

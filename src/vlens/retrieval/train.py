@@ -366,8 +366,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if ps.empty:
                 log(f"note: {ps.empty} empty {name} caption(s) ignored")
             if ps.skipped:
+                from vlens.images import shown_path
+
                 log(f"note: skipped {len(ps.skipped)} unreadable {name} image(s): "
-                    + "; ".join(f"{p} ({r})" for p, r in ps.skipped[:5]))
+                    + "; ".join(f"{shown_path(p)} ({r})" for p, r in ps.skipped[:5]))
 
     batches_per_epoch = len(epoch_batches(len(pairs), cfg.batch_size, cfg.seed, 0, world))
     if batches_per_epoch == 0:

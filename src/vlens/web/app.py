@@ -132,6 +132,8 @@ class MatchItem(BaseModel):
     cycle_distance: float
     mutual: bool = Field(description="Mutual nearest neighbours (A->B->A comes back to the same patch); ranked "
                                      "first by cycle score")
+    cluster: int | None = Field(None, description="With pairs > 0: the k-means cluster of this best-buddy pair "
+                                                  "(one pair per cluster)")
 
 
 class MatchResponse(BaseModel):
@@ -140,6 +142,10 @@ class MatchResponse(BaseModel):
     score: str
     refine: str = Field(description="The sub-patch refinement used: quadratic, soft or none (patch centres).")
     stride: int | None = Field(None, description="The patch stride asked for (None: the patch size, no overlap).")
+    pairs: int = Field(0, description="Well-spread best-buddy pairs asked for (0: the top matches were drawn).")
+    preset: str | None = Field(None, description="The recipe used (dvf) or None.")
+    ranked_by: str | None = Field(None, description="With pairs: how each cluster's pair was chosen, saliency or "
+                                                    "cycle.")
     model: str
     took_ms: float
 
@@ -240,9 +246,12 @@ class BodyLimit:
 class Services:
     """What the routes call: the searcher, captioner and matcher, each loaded on first use."""
 
-    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None):
+    def __init__(self, index=None, captioner: str | None = None, backbone: str | None = None,
+                 engine: str = "torch"):
+        from vlens.engines import check_engine
         from vlens.models import default_spec
 
+        self.engine = check_engine(engine)  # search's towers and the captioner's vision encoder (vlens.engines)
         self.index_path = index
         # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
         # resolver decides once; the page shows a notice for a builtin, see models()).
@@ -255,7 +264,7 @@ class Services:
         if index is not None:
             from vlens.retrieval.search import Searcher
 
-            self._searcher = Searcher(index)
+            self._searcher = Searcher(index, engine=self.engine)
 
     @property
     def searcher(self):
@@ -270,7 +279,7 @@ class Services:
         except ImportError:
             raise HTTPException(503, "captioning is not available in this vlens install") from None
         try:
-            return Captioner.from_spec(self.captioner_spec, device="cpu")
+            return Captioner.from_spec(self.captioner_spec, device="cpu", engine=self.engine)
         except ModelLoadError as exc:
             raise HTTPException(503, f"captioner unavailable: {exc}") from None
 
@@ -356,6 +365,13 @@ def _model_state(spec: str) -> dict:
                 resolve(part)
             except ModelLoadError as exc:
                 return {"available": False, "detail": str(exc)}
+        else:  # a hub id: no network here, but a damaged copy in the cache is known now
+            from vlens.models.hub import cached, damage, damaged_message
+
+            snap = cached(part)
+            found = damage(snap) if snap is not None else None
+            if found:
+                return {"available": False, "detail": damaged_message(part, found)}
     return {"available": True, "detail": f"model {spec}"}
 
 
@@ -368,15 +384,17 @@ def _hits(hits) -> list[Hit]:
 
 
 def create_app(index=None, captioner: str | None = None, backbone: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None) -> FastAPI:
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, cpu_slots: int | None = None,
+               engine: str = "torch") -> FastAPI:
     """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
-    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy)."""
+    ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy); ``engine``: torch,
+    onnx or auto for the search towers and the captioner's vision encoder (:mod:`vlens.engines`)."""
     from vlens import __version__
 
     if cpu_slots:
         set_cpu_slots(cpu_slots)
 
-    svc = Services(index, captioner, backbone)
+    svc = Services(index, captioner, backbone, engine)
     app = FastAPI(title="vlens", version=__version__, responses=ERROR_RESPONSES,
                   description="Search an image index with words or a picture, caption an image, match two "
                               "images. Images are addressed by index id. Uploads: multipart/form-data, "
@@ -585,29 +603,50 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                         "match`), soft, or none (patch centres)"),
                     stride: int | None = Form(None, ge=1, le=64, description="Overlapping patches: a descriptor "
                                               "every S input pixels (S divides the patch size); empty = the patch "
-                                              "size")) -> MatchResponse:
-        """Dense correspondences between two images: the top matches by the chosen score, drawn."""
+                                              "size"),
+                    pairs: int = Form(0, ge=0, le=100, description="Draw this many well-spread best-buddy pairs "
+                                      "(k-means over mutual nearest neighbours, one colour each) instead of the top "
+                                      "matches; 0 = top matches"),
+                    preset: Literal["dvf"] | None = Form(None, description="'dvf': the Deep ViT Features recipe "
+                                                         "(key facet, layer 9 of 12 scaled, stride 4, binning, "
+                                                         "saliency 0.05, 10 pairs unless pairs is given); a stride "
+                                                         "given here wins")) -> MatchResponse:
+        """Dense correspondences between two images: the top matches by the chosen score, drawn; or well-spread
+        best-buddy pairs (``pairs`` > 0 or ``preset=dvf``)."""
         from vlens.match.refine import DEFAULT_REFINE
 
         refine = refine or DEFAULT_REFINE
         match_images, draw_matches = svc.matcher()
         a = await read_image(image_a, max_upload_bytes, "image_a")
         b = await read_image(image_b, max_upload_bytes, "image_b")
+        spread = pairs > 0 or preset is not None
 
         def run():
             with svc._match_lock:
-                m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
-                                 stride=stride)
-                picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x that wide per image
+                if spread:
+                    from vlens.match import draw_pairs, find_pairs
+
+                    found = find_pairs(a, b, svc.backbone_spec, pairs or None, preset=preset, stride=stride,
+                                       refine=refine)
+                    m, extra = found.matches, {"clusters": found.cluster.tolist(), "ranked_by": found.ranked_by}
+                    picture = draw_pairs(a, b, m)
+                else:
+                    m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
+                                     stride=stride)
+                    extra = {}
+                    picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x as wide each
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
-            return m, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+            return m, extra, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
         t0 = time.perf_counter()
-        m, url = await run_cpu(run)
-        recs = m.to_records()[:count]
+        m, extra, url = await run_cpu(run)
+        recs = m.to_records() if spread else m.to_records()[:count]
+        for r, c in zip(recs, extra.get("clusters", [])):
+            r["cluster"] = c
         return MatchResponse(image=url, score=score, refine=refine, stride=stride, model=svc.backbone_spec,
-                             matches=[MatchItem(**{k: r[k] for k in MatchItem.model_fields}) for r in recs],
+                             matches=[MatchItem(**{k: r.get(k) for k in MatchItem.model_fields}) for r in recs],
+                             pairs=len(recs) if spread else 0, preset=preset, ranked_by=extra.get("ranked_by"),
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     from vlens.web.explore import add_explore_routes

@@ -382,13 +382,18 @@ $("match-form").addEventListener("submit", async (ev) => {
   form.append("count", $("count").value || "30");
   form.append("refine", $("refine").value);
   if ($("stride").value) form.append("stride", $("stride").value);
+  form.append("pairs", $("pairs").value || "0");
+  if ($("preset").value) form.append("preset", $("preset").value);
   const btn = $("match-btn");
   btn.disabled = true;
   setStatus($("match-status"), "matching…");
   try {
     const data = await api("/api/match", { method: "POST", body: form });
     $("match-result").src = data.image;
-    setStatus($("match-status"), `top ${data.matches.length} matches by ${data.score} distance · ` +
+    const what = data.pairs ? `${data.pairs} well-spread best-buddy pairs (best of each k-means cluster by ` +
+      `${data.ranked_by})` + (data.preset ? ` · recipe ${data.preset}` : "") :
+      `top ${data.matches.length} matches by ${data.score} distance`;
+    setStatus($("match-status"), `${what} · ` +
       `refine ${data.refine} · ` + (data.stride ? `stride ${data.stride} px · ` : "") +
       `${data.model} · ${data.took_ms.toFixed(0)} ms`);
   } catch (e) {
