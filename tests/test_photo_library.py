@@ -103,6 +103,15 @@ def test_heic_avif_dng_load_upright_with_their_metadata(library, shapes_dir):
     assert (header_meta(library / "c.dng")["width"], header_meta(library / "c.dng")["height"]) == ref2.size
 
 
+def test_jpeg_xl_loads_when_its_plugin_is_installed(tmp_path, shapes_dir):
+    pytest.importorskip("pillow_jxl")
+    src = Image.open(sorted((shapes_dir / "images").glob("test_*.png"))[0]).convert("RGB")
+    src.save(tmp_path / "a.jxl", "JXL", quality=95, exif=make_exif(gps=False).tobytes())
+    img = load_image(tmp_path / "a.jxl")
+    assert np.abs(np.asarray(img, np.float64) - np.asarray(src, np.float64)).mean() < 6
+    assert img.info["vlens_meta"]["camera_model"] == "iPhone 15"
+
+
 def test_a_missing_reader_says_what_to_install(library, monkeypatch, tmp_path):
     monkeypatch.setattr(image_formats, "installed", lambda fam: fam == "pillow")
     monkeypatch.setattr(image_formats, "enable", lambda fam: fam == "pillow")
