@@ -139,7 +139,7 @@ def test_folder_scan_counts_every_kind_it_passes_over(library, tmp_path, cli, ti
     assert text.startswith("9 images indexed")  # 6 PNGs, the HEIC, the AVIF, the DNG
     assert ("skipped: 2 .mov, 1 .xmp, 1 hidden, 1 link to a folder (not followed), 1 no suffix, 2 unreadable:"
             in text), text
-    assert "  broken.jpg: " in text and "  half.png: " in text
+    assert "/broken.jpg: " in text and "/half.png: " in text
     code, stdout, _ = cli("index", "info", out, "--json")
     info = json.loads(stdout)
     assert info["passed_over"] == {".mov": 2, ".xmp": 1, "hidden": 1, "link to a folder (not followed)": 1,
