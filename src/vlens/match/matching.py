@@ -217,10 +217,18 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
     soft-argmax, default 0.05). ``device``: compute there (e.g. ``cuda``; see :mod:`vlens.devices`); the matches
     come back on the CPU.
     """
-    from vlens.match.pca import joint_pca
-    from vlens.match.refine import TEMPERATURE, check_method, grid_origin, grid_step, refine_matches
+    from vlens.match.refine import check_method
 
     check_method(refine)
+    m, a, b = match_projected(fa, fb, pca, normalize, tile_bytes, device)
+    return refine_projected(m, a, b, fa, fb, refine, temperature)
+
+
+def match_projected(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES,
+                    device=None) -> tuple[Matches, torch.Tensor, torch.Tensor]:
+    """:func:`match_features` without refinement, plus the projected descriptors it matched, (n, k) and (m, k),
+    so that several refinements can share one nearest-neighbour search (:func:`refine_projected`)."""
+    from vlens.match.pca import joint_pca
 
     fa_flat, fb_flat, ca, cb = fa.flat, fb.flat, fa.centers, fb.centers
     if device is not None:
@@ -232,11 +240,20 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
     m = match_descriptors(a, b, ca, cb, tile_bytes)
     if m.src_xy.device.type != "cpu":
         m = Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
-    if refine != "none":
-        m = refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
-                           TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors,
-                           origin_a=grid_origin(fa), origin_b=grid_origin(fb))
-    return m
+    return m, a, b
+
+
+def refine_projected(m: Matches, a: torch.Tensor, b: torch.Tensor, fa, fb, refine: str = "none",
+                     temperature: float | None = None) -> Matches:
+    """The matches ``m`` of :func:`match_projected` refined with ``refine`` (see :func:`match_features`)."""
+    from vlens.match.refine import TEMPERATURE, check_method, grid_origin, grid_step, refine_matches
+
+    check_method(refine)
+    if refine == "none":
+        return m
+    return refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
+                          TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors,
+                          origin_a=grid_origin(fa), origin_b=grid_origin(fb))
 
 
 def loop_nearest_neighbors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
