@@ -263,3 +263,15 @@ def test_stride_cli(cli, tiny_vit, tmp_path):
     code, out, _ = cli("explore", "attention", tmp_path / "a.png", "-m", tiny_vit, "--size", "64", "--stride", "4",
                        "--json", "-o", tmp_path / "att.png")
     assert code == 0 and json.loads(out)["grid"] == [11, 15]
+
+
+def test_heatmaps_are_sampled_where_the_strided_centres_are():
+    """A map equal to its column index, drawn at the input's own size: pixel x gets (x + 0.5 - origin) / step,
+    clamped to the outer centres (the plain resize would stretch the grid over the whole image instead)."""
+    from vlens.match.strided import grid_to_pixels
+
+    cols = torch.arange(13, dtype=torch.float32).expand(9, 13)[None]  # (1, 9, 13): value = column
+    out = grid_to_pixels(cols, 4, 4.0, (56, 40), (56, 40))  # the stride-4 grid of 8 px patches on 56 x 40
+    assert out.shape == (1, 40, 56)
+    x = torch.arange(56, dtype=torch.float32)
+    torch.testing.assert_close(out[0, 7], ((x + 0.5 - 4) / 4).clamp(0, 12))

@@ -46,6 +46,11 @@ class AttentionMaps:
     def at_image_size(self) -> torch.Tensor:
         """Every head's map and the mean, resized (bilinear) to the image's pixels: (heads + 1, H, W)."""
         w, h = self.image_size
+        if self.stride:  # overlapping patches: centres every stride px from half a patch
+            from vlens.match.strided import grid_to_pixels
+
+            return grid_to_pixels(torch.cat([self.maps, self.mean[None]]), self.stride, self.patch_size / 2,
+                                  self.input_size, self.image_size)
         m = torch.cat([self.maps, self.mean[None]])[None].float()  # (1, heads + 1, h_p, w_p)
         return torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0]
 

@@ -46,6 +46,7 @@ class PointMatch:
     candidates: list[Candidate]  # the top-k most similar B patches, best first
     refine: str = "none"  # sub-patch refinement (vlens.match.refine); cycle_xy / cycle_distance use it
     refined_xy: tuple[float, float] | None = None  # the best match refined off its patch centre, in B
+    b_grid: tuple | None = None  # overlapping patches in B: (step, origin, input_size); None: the plain grid
 
     @property
     def match_xy(self) -> tuple[float, float]:
@@ -123,7 +124,8 @@ def correspond(a: torch.Tensor, b: torch.Tensor, fa, fb, xy: tuple[float, float]
         query_xy=(float(xy[0]), float(xy[1])), src_index=i, src_xy=(float(src_xy[0]), float(src_xy[1])),
         similarity=sim.reshape(fb.grid), best=cand(j), cycle_index=back,
         cycle_xy=(float(cyc_xy[0]), float(cyc_xy[1])), cycle_distance=float((src_xy - cyc_xy).norm()),
-        candidates=[cand(int(k)) for k in order[:top_k]], refine=refine, refined_xy=refined)
+        candidates=[cand(int(k)) for k in order[:top_k]], refine=refine, refined_xy=refined,
+        b_grid=(fb.step, fb.origin, fb.input_size) if fb.stride else None)
 
 
 def point_match(fa, fb, xy: tuple[float, float], pca: int | None = 10, normalize: bool = True,
@@ -137,5 +139,10 @@ def similarity_at_image_size(pm: PointMatch, image_size: tuple[int, int]) -> tor
     """The similarity map resized (bilinear) to B's pixels (W, H): (H, W). Patch centres map to pixel centres
     the same way as in :mod:`vlens.match.features` (the grid covers the whole image)."""
     w, h = image_size
+    if pm.b_grid is not None:  # overlapping patches: centres every step px from half a patch
+        from vlens.match.strided import grid_to_pixels
+
+        step, origin, input_size = pm.b_grid
+        return grid_to_pixels(pm.similarity[None], step, origin, input_size, (w, h))[0]  # (H, W)
     m = pm.similarity[None, None].float()  # (1, 1, h_b, w_b)
     return torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0]

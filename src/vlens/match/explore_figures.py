@@ -60,6 +60,10 @@ def draw_point_panels(ax_a, ax_b, img_a: Image.Image, img_b: Image.Image, pm, vm
                       arrowprops={"arrowstyle": "->", "color": "#ff9f1c", "lw": 1.5})
     ax_a.legend(loc="lower left", fontsize=fontsize - 1, framealpha=0.85)
     ax_a.set_axis_off()
+    if pm.b_grid is not None:  # overlapping patches: the map sampled where its centres are
+        from vlens.match.explore import similarity_at_image_size
+
+        sim = similarity_at_image_size(pm, img_b.size)
     ax_b.imshow(heat_overlay(img_b, sim, lo, hi))
     if show_candidates:
         for rank, c in enumerate(pm.candidates[1:], start=2):

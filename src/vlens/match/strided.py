@@ -60,6 +60,23 @@ def grid_centers(rows: int, cols: int, step: float, origin: float, sx: float = 1
     return torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # (rows*cols, 2)
 
 
+def grid_to_pixels(values: torch.Tensor, step: float, origin: float, input_size: tuple[int, int],
+                   image_size: tuple[int, int]) -> torch.Tensor:
+    """Per-patch maps (C, h, w) on a grid whose centres sit at ``origin + i * step`` input pixels, bilinear at the
+    centre of every pixel of the original image (W, H) = ``image_size``: (C, H, W); beyond the outer centres the
+    border values. For heatmaps drawn over the image (attention, point similarity) on overlapping patches."""
+    c, h, w = values.shape
+    (w_img, h_img), (w_in, h_in) = image_size, input_size
+    u = ((torch.arange(w_img, dtype=torch.float32) + 0.5) * w_in / w_img - origin) / step  # (W,) grid units
+    v = ((torch.arange(h_img, dtype=torch.float32) + 0.5) * h_in / h_img - origin) / step  # (H,)
+    gx = u / max(w - 1, 1) * 2 - 1
+    gy = v / max(h - 1, 1) * 2 - 1
+    gy2, gx2 = torch.meshgrid(gy, gx, indexing="ij")  # (H, W) each
+    grid = torch.stack([gx2, gy2], dim=-1)[None]  # (1, H, W, 2)
+    return torch.nn.functional.grid_sample(values[None].float(), grid, mode="bilinear", padding_mode="border",
+                                           align_corners=True)[0]  # (C, H, W)
+
+
 def pos_convention(model) -> str:
     """How ``model`` (an HF ViT / DINOv2) resizes its position embeddings: the convention installed on its
     embeddings by :func:`vlens.models.pos_embed.install`, else the one its config declares (``exact`` for
