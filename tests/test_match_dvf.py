@@ -22,10 +22,13 @@ def two_images(tmp_path_factory):
 def test_match_bin_json_reports_levels_and_dims(cli, tiny_vit, two_images, tmp_path):
     args = ("match", two_images / "a.png", two_images / "b.png", "--model", tiny_vit, "--size", "64",
             "--out", tmp_path / "m.png", "--json")
-    code, stdout, err = cli(*args)
+    code, stdout, err = cli(*args, "--no-bin")
     assert code == 0, err
     plain = json.loads(stdout)
     assert plain["bin_levels"] == 0 and plain["dims"] == 32
+    code, stdout, err = cli(*args)  # binned by default since issue 30's measurements
+    assert code == 0, err
+    assert json.loads(stdout)["bin_levels"] == 2
     code, stdout, err = cli(*args, "--bin")
     assert code == 0, err
     binned = json.loads(stdout)

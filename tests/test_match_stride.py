@@ -253,6 +253,10 @@ def test_stride_cli(cli, tiny_vit, tmp_path):
     assert code == 0
     info = json.loads(out)
     assert info["stride"] == 4 and info["grid_a"] == [11, 15] and info["patches"] == 165
+    assert info["bin_levels"] == 2  # binned by default (the measured default, vlens.match.binning)
+    code, out, _ = cli("match", tmp_path / "a.png", tmp_path / "b.png", "-m", tiny_vit, "--size", "64",
+                       "--no-bin", "--json", "-o", tmp_path / "m.png")
+    assert code == 0 and json.loads(out)["bin_levels"] == 0 and json.loads(out)["stride"] == 8
     code, out, err = cli("match", tmp_path / "a.png", tmp_path / "b.png", "-m", tiny_vit, "--size", "64",
                          "--stride", "3", "-o", tmp_path / "m.png")
     assert code != 0 and "--stride 3 does not divide the 8 px patch" in err and "Traceback" not in err
@@ -275,3 +279,19 @@ def test_heatmaps_are_sampled_where_the_strided_centres_are():
     assert out.shape == (1, 40, 56)
     x = torch.arange(56, dtype=torch.float32)
     torch.testing.assert_close(out[0, 7], ((x + 0.5 - 4) / 4).clamp(0, 12))
+
+
+def test_refinement_reuses_the_matchers_back_search(tiny_vit):
+    """The refined cycle's B -> A search is the one matching already ran: same refined points and cycle distances
+    as searching again."""
+    from vlens.match.features import extract_features
+    from vlens.match.matching import match_projected, refine_projected
+
+    rng = np.random.default_rng(5)
+    a, b = (Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(2))
+    fa, fb = extract_features([a, b], "sift:8", size=56, stride=4, bin_levels=1)
+    m, pa, pb, back_of = match_projected(fa, fb, pca=None)
+    for method in ("quadratic", "soft"):
+        again, reused = refine_projected(m, pa, pb, fa, fb, method), refine_projected(m, pa, pb, fa, fb, method,
+                                                                                      back_of=back_of)
+        assert torch.equal(again.dst_xy, reused.dst_xy) and torch.equal(again.cycle_distance, reused.cycle_distance)

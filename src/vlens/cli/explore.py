@@ -20,6 +20,8 @@ from vlens.cli._common import (
     parse_pair,
 )
 from vlens.cli.match import (
+    BIN_HELP,
+    BIN_LEVELS_HELP,
     FACET_HELP,
     FACETS,
     LAYER_HELP,
@@ -59,6 +61,8 @@ def point_cmd(
     size: int = typer.Option(448, help=SIZE_HELP, callback=check.side(16)),
     stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     refine: str = typer.Option(None, help=REFINE_HELP + " Default: as `vlens match`.", callback=REFINES),
+    bin_: bool = typer.Option(True, "--bin/--no-bin", help=BIN_HELP + " Default: on, as `vlens match`."),
+    bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
     top_k: int = typer.Option(5, "--top-k", help="How many of B's most similar patches to list (and number "
                               "on the picture).", callback=check.count(1, 100)),
     out: Path = typer.Option(Path("point.png"), "--out", "-o", help="Picture: A with the point and where its "
@@ -90,7 +94,8 @@ def point_cmd(
     t0 = time.time()
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=resolve_dtype(dtype, dev), stride=stride, engine=engine)
+                              dtype=resolve_dtype(dtype, dev), stride=stride, engine=engine,
+                              bin_levels=bin_levels if bin_ else 0)
     from vlens.match.refine import DEFAULT_REFINE
 
     refine = refine or DEFAULT_REFINE
@@ -98,7 +103,7 @@ def point_cmd(
     point_figure(a, b, pm, out, title=f"{image_a.name} -> {image_b.name} · {fa.model}, layer {layer}, {facet}, "
                                      f"PCA {pca if pca > 0 else 'off'}, refine {refine}")
     info = {"image_a": str(image_a), "image_b": str(image_b), "model": fa.model, "model_source": source_of(fa.model),
-            "layer": layer, "facet": facet, "pca": pca, "size": size, "stride": fa.step,
+            "layer": layer, "facet": facet, "pca": pca, "size": size, "stride": fa.step, "bin_levels": fa.bin_levels,
             "grid_a": list(fa.grid), "grid_b": list(fb.grid), **pm.to_dict(),
             "picture": str(out), "seconds": round(time.time() - t0, 3)}
     if json_out:

@@ -103,7 +103,8 @@ def match_cmd(
     stride: int = typer.Option(None, help=STRIDE_HELP, callback=check.integer(1, 64)),
     refine: str = typer.Option(None, help=REFINE_HELP + " Default: quadratic (measured best, see README).",
                                callback=REFINES),
-    bin_: bool = typer.Option(False, "--bin/--no-bin", help=BIN_HELP),
+    bin_: bool = typer.Option(None, "--bin/--no-bin", help=BIN_HELP + " Default: on (measured: it lifts every "
+                              "descriptor on the real pairs, see README); --no-bin for the plain patch descriptors."),
     bin_levels: int = typer.Option(2, "--bin-levels", help=BIN_LEVELS_HELP, callback=check.integer(1, 5)),
     saliency_threshold: float = typer.Option(0.0, "--saliency-threshold", help=SALIENCY_HELP,
                                              callback=check.number(0, 1)),
@@ -158,6 +159,7 @@ def match_cmd(
             saliency_threshold = settings["saliency_threshold"]
         pairs = pairs if given("pairs") else settings["pairs"]
         stride = stride if given("stride") else settings["stride"]
+    bin_ = True if bin_ is None else bin_  # the measured default (vlens.match.binning.MATCH_BIN_LEVELS = 2 levels)
     dev = resolve_device(device)
     run_dtype = resolve_dtype(dtype, dev)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,

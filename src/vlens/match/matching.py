@@ -200,12 +200,17 @@ def match_descriptors(desc_a: torch.Tensor, desc_b: torch.Tensor, xy_a: torch.Te
 
     Both directions are computed (A->B for the matches, B->A for the cycle); memory stays within one tile.
     """
+    return _match_both(desc_a, desc_b, xy_a, xy_b, tile_bytes)[0]
+
+
+def _match_both(desc_a, desc_b, xy_a, xy_b, tile_bytes: int = TILE_BYTES) -> tuple[Matches, torch.Tensor]:
+    """:func:`match_descriptors` and the nearest A row of every B row, (m,) (what the refined cycle reuses)."""
     nn_ab, dist_ab, nn_ba, _ = nearest_neighbors_both(desc_a, desc_b, tile_bytes)  # (n,), (n,), (m,)
     back = nn_ba[nn_ab]  # (n,) where each A patch lands after A -> B -> A
     cycle = (xy_a - xy_a[back]).norm(dim=1)  # (n,) in A's pixels
     src_index = torch.arange(desc_a.shape[0], device=desc_a.device)
     return Matches(xy_a.float(), xy_b[nn_ab].float(), src_index, nn_ab, dist_ab.float(), cycle.float(),
-                   back == src_index)
+                   back == src_index), nn_ba
 
 
 def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES,
@@ -220,14 +225,15 @@ def match_features(fa, fb, pca: int | None = 10, normalize: bool = True, tile_by
     from vlens.match.refine import check_method
 
     check_method(refine)
-    m, a, b = match_projected(fa, fb, pca, normalize, tile_bytes, device)
-    return refine_projected(m, a, b, fa, fb, refine, temperature)
+    m, a, b, back_of = match_projected(fa, fb, pca, normalize, tile_bytes, device)
+    return refine_projected(m, a, b, fa, fb, refine, temperature, back_of)
 
 
 def match_projected(fa, fb, pca: int | None = 10, normalize: bool = True, tile_bytes: int = TILE_BYTES,
-                    device=None) -> tuple[Matches, torch.Tensor, torch.Tensor]:
+                    device=None) -> tuple[Matches, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`match_features` without refinement, plus the projected descriptors it matched, (n, k) and (m, k),
-    so that several refinements can share one nearest-neighbour search (:func:`refine_projected`)."""
+    and the nearest A patch of every B patch, (m,): several refinements share one nearest-neighbour search
+    (:func:`refine_projected`), and the refined cycle reuses the B -> A search instead of running it again."""
     from vlens.match.pca import joint_pca
 
     fa_flat, fb_flat, ca, cb = fa.flat, fb.flat, fa.centers, fb.centers
@@ -237,15 +243,16 @@ def match_projected(fa, fb, pca: int | None = 10, normalize: bool = True, tile_b
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         fa_flat, fb_flat, ca, cb = (t.to(dev) for t in (fa_flat, fb_flat, ca, cb))
     a, b = joint_pca(fa_flat, fb_flat, k=pca, normalize=normalize)
-    m = match_descriptors(a, b, ca, cb, tile_bytes)
+    m, back_of = _match_both(a, b, ca, cb, tile_bytes)
     if m.src_xy.device.type != "cpu":
         m = Matches(**{f.name: getattr(m, f.name).cpu() for f in fields(m)})
-    return m, a, b
+    return m, a, b, back_of.cpu()
 
 
 def refine_projected(m: Matches, a: torch.Tensor, b: torch.Tensor, fa, fb, refine: str = "none",
-                     temperature: float | None = None) -> Matches:
-    """The matches ``m`` of :func:`match_projected` refined with ``refine`` (see :func:`match_features`)."""
+                     temperature: float | None = None, back_of: torch.Tensor | None = None) -> Matches:
+    """The matches ``m`` of :func:`match_projected` refined with ``refine`` (see :func:`match_features`);
+    ``back_of`` (m,): the nearest A patch of every B patch when known (else searched again)."""
     from vlens.match.refine import TEMPERATURE, check_method, grid_origin, grid_step, refine_matches
 
     check_method(refine)
@@ -253,7 +260,7 @@ def refine_projected(m: Matches, a: torch.Tensor, b: torch.Tensor, fa, fb, refin
         return m
     return refine_matches(m, a, b, fa.grid, fb.grid, grid_step(fa), grid_step(fb), refine,
                           TEMPERATURE if temperature is None else temperature, nearest=nearest_neighbors,
-                          origin_a=grid_origin(fa), origin_b=grid_origin(fb))
+                          origin_a=grid_origin(fa), origin_b=grid_origin(fb), back_of=back_of)
 
 
 def loop_nearest_neighbors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

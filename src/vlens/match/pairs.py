@@ -560,12 +560,12 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
             t_feat = time.time() - t0
             t1 = time.time()
             with PeakMemory() as pm_match:  # one nearest-neighbour search, shared by the refinements
-                m0, a, b = match_projected(fs, ft, pca=cfg.pca, normalize=cfg.normalize)
+                m0, a, b, back_of = match_projected(fs, ft, pca=cfg.pca, normalize=cfg.normalize)
             t_match = time.time() - t1
             for method in cfg.refine:
                 t2 = time.time()
                 with PeakMemory() as pm_refine:
-                    m = refine_projected(m0, a, b, fs, ft, method)
+                    m = refine_projected(m0, a, b, fs, ft, method, back_of=back_of)
                 t_refine = time.time() - t2
                 r = evaluate_matches(pair, m, s_src, s_tgt, img_t.size, img_s.size, cfg, bb.spec)
                 r.refine, r.stride, r.grid = method, stride, tuple(fs.grid)

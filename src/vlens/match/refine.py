@@ -129,7 +129,8 @@ def grid_origin(features) -> tuple[float, float] | None:
 def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int, int], grid_b: tuple[int, int],
                    step_a: tuple[float, float], step_b: tuple[float, float], method: str = "soft",
                    temperature: float = TEMPERATURE, *, nearest: Callable,
-                   origin_a: tuple[float, float] | None = None, origin_b: tuple[float, float] | None = None):
+                   origin_a: tuple[float, float] | None = None, origin_b: tuple[float, float] | None = None,
+                   back_of: torch.Tensor | None = None):
     """``matches`` (a :class:`~vlens.match.matching.Matches` of source rows ``a`` (n, d) into target rows
     ``b`` (m, d), same projection) with refined target points and refined cycle distances (module docstring).
     Feature distances, indices and ``mutual`` stay those of the patches. ``nearest(q, a)``: the nearest-neighbour
@@ -142,7 +143,10 @@ def refine_matches(matches, a: torch.Tensor, b: torch.Tensor, grid_a: tuple[int,
     a, b = a.cpu(), b.cpu()
     dst_xy = refine_points(a[src], b, dst, grid_b, step_b, method, temperature, origin_b)
     uniq, inv = torch.unique(dst, return_inverse=True)
-    back, _ = nearest(b[uniq], a)  # each target patch's nearest source patch
+    if back_of is not None:  # the caller's B -> A search (matching runs both directions): not searched twice
+        back = back_of.long().cpu()[uniq]
+    else:
+        back, _ = nearest(b[uniq], a)  # each target patch's nearest source patch
     back_xy = refine_points(b[dst], a, back[inv], grid_a, step_a, method, temperature, origin_a)  # (n, 2)
     src_xy = matches.src_xy.cpu()
     return replace(matches, dst_xy=dst_xy.to(matches.dst_xy.dtype),

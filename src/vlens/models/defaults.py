@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MATCH_FALLBACK = "builtin:dino-tiny*0.2+sift:8*0.8"
+MATCH_FALLBACK = "builtin:dino-tiny*0.5+sift:8*0.5"
 """What match, explore, segment and the correspondence benchmarks run when facebook/dino-vits8 cannot be had.
-Any descriptor spec ``vlens.match.features`` resolves. Measured (issue 22, `vlens bench pairs`, 448 px, with the
-quadratic sub-patch refinement that `vlens match` applies by default): dino-tiny fused with dense SIFT at weights
-0.2 / 0.8 beats refined dense SIFT alone at PCK@5 and PCK@10 on graffiti (37.5 / 49.8 vs 30.9 / 42.2), aloe
-(58.3 / 66.2 vs 56.1 / 66.0) and the 12 opencv:heldout warps (71.8 / 80.6 vs 69.3 / 78.8); dino-tiny alone reaches
-13.2 / 21.0, 38.8 / 41.8 and 26.5 / 35.6. See benchmarks/RESULTS.md."""
+Any descriptor spec ``vlens.match.features`` resolves. Chosen (issue 30, `vlens bench pairs`, 448 px, stride 8 x
+binning x refinement x fusion weights, on graffiti, aloe and the 12 opencv:heldout warps together) with the defaults
+`vlens match` applies: log-binning on (2 levels, :data:`vlens.match.binning.MATCH_BIN_LEVELS`) and quadratic
+refinement. PCK@5 graffiti / aloe / held-out: 60.8 / 63.6 / 80.3 (mean 68.2), against 30.9 / 56.1 / 69.3 for
+refined dense SIFT and 37.5 / 58.3 / 71.8 for the previous default (weights 0.2 / 0.8, no binning). Weights 0.6 / 0.4
+with soft refinement were 0.2 ahead at mean PCK@5 (a tie) and 4.2 behind at mean PCK@1. See README and
+benchmarks/RESULTS.md."""
 
 
 BUILTIN_KNOWS = {

@@ -146,6 +146,8 @@ class MatchResponse(BaseModel):
     preset: str | None = Field(None, description="The recipe used (dvf) or None.")
     ranked_by: str | None = Field(None, description="With pairs: how each cluster's pair was chosen, saliency or "
                                                     "cycle.")
+    bin_levels: int | None = Field(0, description="Log-binning levels of the descriptors (0 = off; 2 = the default; "
+                                                  "None: the recipe's, with preset).")
     model: str
     took_ms: float
 
@@ -610,12 +612,18 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     preset: Literal["dvf"] | None = Form(None, description="'dvf': the Deep ViT Features recipe "
                                                          "(key facet, layer 9 of 12 scaled, stride 4, binning, "
                                                          "saliency 0.05, 10 pairs unless pairs is given); a stride "
-                                                         "given here wins")) -> MatchResponse:
+                                                         "given here wins"),
+                    bin_levels: int | None = Form(None, ge=0, le=5, description="Log-binned descriptors: levels "
+                                                  "(0 = off); empty = 2, the default of `vlens match` (with "
+                                                  "preset=dvf: the recipe's)")) -> MatchResponse:
         """Dense correspondences between two images: the top matches by the chosen score, drawn; or well-spread
         best-buddy pairs (``pairs`` > 0 or ``preset=dvf``)."""
+        from vlens.match.binning import MATCH_BIN_LEVELS
         from vlens.match.refine import DEFAULT_REFINE
 
         refine = refine or DEFAULT_REFINE
+        if bin_levels is None and not preset:
+            bin_levels = MATCH_BIN_LEVELS  # the default of `vlens match`; a recipe brings its own
         match_images, draw_matches = svc.matcher()
         a = await read_image(image_a, max_upload_bytes, "image_a")
         b = await read_image(image_b, max_upload_bytes, "image_b")
@@ -627,12 +635,12 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     from vlens.match import draw_pairs, find_pairs
 
                     found = find_pairs(a, b, svc.backbone_spec, pairs or None, preset=preset, stride=stride,
-                                       refine=refine)
+                                       refine=refine, bin_levels=bin_levels)
                     m, extra = found.matches, {"clusters": found.cluster.tolist(), "ranked_by": found.ranked_by}
                     picture = draw_pairs(a, b, m)
                 else:
                     m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
-                                     stride=stride)
+                                     stride=stride, bin_levels=bin_levels)
                     extra = {}
                     picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x as wide each
             buf = io.BytesIO()
@@ -644,7 +652,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
         recs = m.to_records() if spread else m.to_records()[:count]
         for r, c in zip(recs, extra.get("clusters", [])):
             r["cluster"] = c
-        return MatchResponse(image=url, score=score, refine=refine, stride=stride, model=svc.backbone_spec,
+        return MatchResponse(image=url, score=score, refine=refine, stride=stride, bin_levels=bin_levels,
+                             model=svc.backbone_spec,
                              matches=[MatchItem(**{k: r.get(k) for k in MatchItem.model_fields}) for r in recs],
                              pairs=len(recs) if spread else 0, preset=preset, ranked_by=extra.get("ranked_by"),
                              took_ms=round((time.perf_counter() - t0) * 1000, 2))

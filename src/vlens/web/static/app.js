@@ -384,6 +384,7 @@ $("match-form").addEventListener("submit", async (ev) => {
   if ($("stride").value) form.append("stride", $("stride").value);
   form.append("pairs", $("pairs").value || "0");
   if ($("preset").value) form.append("preset", $("preset").value);
+  form.append("bin_levels", $("bin").value);
   const btn = $("match-btn");
   btn.disabled = true;
   setStatus($("match-status"), "matching…");
@@ -395,6 +396,7 @@ $("match-form").addEventListener("submit", async (ev) => {
       `top ${data.matches.length} matches by ${data.score} distance`;
     setStatus($("match-status"), `${what} · ` +
       `refine ${data.refine} · ` + (data.stride ? `stride ${data.stride} px · ` : "") +
+      (data.bin_levels ? "binned · " : "") +
       `${data.model} · ${data.took_ms.toFixed(0)} ms`);
   } catch (e) {
     setStatus($("match-status"), e.message, true);
