@@ -230,6 +230,10 @@ def test_match_endpoint(client, indexed):
     from vlens.match.refine import DEFAULT_REFINE, METHODS
 
     assert body["refine"] == DEFAULT_REFINE  # as `vlens match`
+    assert body["bin_levels"] == 2 and body["stride"] is None  # binned by default, as `vlens match`
+    strided = client.post("/api/match", files={"image_a": a, "image_b": b},
+                          data={"count": "5", "stride": "4", "bin_levels": "0"}).json()
+    assert strided["stride"] == 4 and strided["bin_levels"] == 0 and len(strided["matches"]) == 5
     # ranked by the chosen score, best first: mutual matches first (a refined cycle distance of a mutual match is
     # sub-patch noise, see Matches.order), then the others by cycle distance
     key = [0.0 if m["mutual"] else m["cycle_distance"] for m in body["matches"]]
