@@ -502,3 +502,16 @@ def test_converted_checkpoints_are_listed_with_their_conventions(tmp_path, cli, 
     assert "original DINO" in row["settings_from"]["interpolation"]
     code, out, _ = cli("models", "list")
     assert "pos-embed interpolation: offset" in out
+
+
+def test_a_torchscript_archive_is_read_as_jit_without_torch_load_warnings(tmp_path):
+    import warnings
+
+    module = torch.jit.script(torch.nn.Linear(3, 2))
+    path = tmp_path / "ViT-B-32.pt"
+    module.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.load warns when handed a TorchScript archive
+        sd, hints = checkpoints.read_state_dict(path)
+    assert hints["jit"] and set(sd) == {"weight", "bias"}
+    assert torch.equal(sd["weight"], module.weight)

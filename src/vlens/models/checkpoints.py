@@ -63,14 +63,21 @@ def _torch_load(path: Path, hints: dict):
 
     import torch
 
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            jit = any(n.endswith("constants.pkl") for n in z.namelist())
+        if jit:  # a TorchScript archive (OpenAI's CLIP files): its tensors, not its code's extras
+            import warnings
+
+            hints["jit"] = True
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice says nothing to a vlens user
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
+            return {k: v for k, v in module.state_dict().items() if k not in _JIT_EXTRAS}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - maybe TorchScript; otherwise the whole reason, in one line
-        if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-            hints["jit"] = True
-            return {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()
-                    if k not in _JIT_EXTRAS}
+    except Exception as exc:  # noqa: BLE001 - the whole reason, in one line
         name = _unsafe_global(str(exc))
         if name:
             raise ModelLoadError(f"cannot read checkpoint {path}: it pickles a {name}, which vlens does not unpickle "
