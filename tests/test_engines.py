@@ -166,6 +166,27 @@ def test_torch_free_inputs_equal_the_transformers_processors(tiny_clip, clip_enc
     np.testing.assert_allclose(q.image_inputs(imgs), px, atol=1e-5)
 
 
+def test_torch_free_text_inputs_clean_as_the_model_declares(tiny_clip, tmp_path):
+    """A model converted from an open_clip file declares open_clip's text cleaning; the torch-free query path
+    tokenizes the cleaned text too, so a search gives the same ids as DualEncoder (and open_clip) would."""
+    import shutil
+
+    from vlens.models.text_cleaning import open_clip_clean
+    from vlens.retrieval.model import DualEncoder
+    from vlens.retrieval.query_encoder import ExportedQueryEncoder
+
+    folder = shutil.copytree(tiny_clip, tmp_path / "clip-open-clip-cleaning")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "text_cleaning": "open_clip"}))
+    texts = ["a \u201cred\u201d circle &amp; a square", "\ufb01ne   blue  star"]
+    mine = ExportedQueryEncoder(str(folder)).text_inputs(texts)
+    ref = DualEncoder.from_spec(str(folder)).text_inputs(texts)
+    np.testing.assert_array_equal(mine["input_ids"], np.asarray(ref["input_ids"]))
+    plain = ExportedQueryEncoder(str(tiny_clip)).text_inputs([open_clip_clean(t) for t in texts])
+    np.testing.assert_array_equal(mine["input_ids"], plain["input_ids"])
+    assert ExportedQueryEncoder(str(tiny_clip)).text_inputs(texts)["input_ids"].tolist() != mine["input_ids"].tolist()
+
+
 def _run(code: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 

@@ -153,8 +153,12 @@ class ExportedQueryEncoder:
         return self._tokenizer
 
     def text_inputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Texts -> input_ids, attention_mask (B, L) int64, as the transformers tokenizer makes them."""
-        enc = self._tok().encode_batch(list(texts))
+        """Texts -> input_ids, attention_mask (B, L) int64, as the transformers tokenizer makes them, after the
+        cleaning the model's config declares (open_clip's for models converted from open_clip files), as
+        :meth:`vlens.retrieval.model.DualEncoder.text_inputs` does."""
+        from vlens.models.text_cleaning import clean_texts
+
+        enc = self._tok().encode_batch(clean_texts(texts, self.config.get("text_cleaning") or None))
         return {"input_ids": np.asarray([e.ids for e in enc], np.int64),
                 "attention_mask": np.asarray([e.attention_mask for e in enc], np.int64)}
 
