@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_int8.py            # speed (BLIP-base, CLIP ViT-B/32) + quality (blip/clip-tiny)
     .venv/bin/python benchmarks/bench_int8.py --skip-speed
+    .venv/bin/python benchmarks/bench_int8.py --ort      # ONNX Runtime int8: clip-tiny recall@5, blip-tiny BLEU-4
+    .venv/bin/python benchmarks/bench_int8.py --pck      # ONNX Runtime int8 DINO tokens: PCK@10 on graffiti, aloe
 
 ``torch.ao.quantization.quantize_dynamic`` turns every ``nn.Linear`` into an int8 kernel (weights int8 once,
 activations quantised on the fly). The bar (issue 20): ship ``--dtype int8`` only if it is at least x1.3 faster on
@@ -149,12 +151,84 @@ def quality_ort(tmp: Path) -> list[tuple[str, float, float]]:
     return rows
 
 
+PCK_CONFIGS = (  # (label, descriptor spec, log-binning levels, refinements): what `vlens match` runs offline
+    ("builtin:dino-tiny --no-bin", "builtin:dino-tiny", 0, ("none", "quadratic")),
+    ("builtin:dino-tiny (binned, the default's DINO part)", "builtin:dino-tiny", 2, ("quadratic",)),
+    ("builtin:dino-tiny*0.5+sift:8*0.5 (the offline default)", "builtin:dino-tiny*0.5+sift:8*0.5", 2, ("quadratic",)),
+)
+
+
+def token_cosines(pairs, size: int) -> list[tuple[str, float, float]]:
+    """Per-patch cosine of ORT int8 to torch fp32 token features of builtin:dino-tiny on each pair's two images:
+    (pair, mean, 1st percentile)."""
+    import numpy as np
+    import torch
+
+    from vlens.match.features import extract_features
+    from vlens.match.pairs import working_pair
+
+    rows = []
+    for pair in pairs:
+        img_s, img_t, _, _ = working_pair(pair, size)
+        f32 = extract_features([img_s, img_t], "builtin:dino-tiny", size=size)
+        f8 = extract_features([img_s, img_t], "builtin:dino-tiny", size=size, quantize="int8")
+        cos = torch.cat([torch.nn.functional.cosine_similarity(a.flat, b.flat, dim=-1) for a, b in zip(f32, f8)])
+        rows.append((pair.name, float(cos.mean()), float(np.percentile(cos.numpy(), 1))))
+    return rows
+
+
+def quality_pck(size: int) -> None:
+    """PCK@10 on the real pairs (graffiti, aloe: `vlens bench pairs`) with the ViT token facet from torch fp32 and
+    from an ONNX Runtime dynamic-int8 export, per configuration. The int8 exports are made (and verified: cosine
+    >= 0.99 on a random probe) on first use; a refused export would run torch, so the run checks each int8 export
+    it needed exists and is usable."""
+    from vlens.engines import int8 as int8_gate
+    from vlens.engines.store import list_exports
+    from vlens.match.pairs import PairsConfig, opencv_pairs, run_pairs_benchmark
+
+    # measuring the candidate: let the token facet through the int8 gate for this process only
+    int8_gate.CLEARED.setdefault("vit-tokens", "measuring (benchmarks/bench_int8.py --pck)")
+    pairs = opencv_pairs()
+    print(f"pairs: {', '.join(p.name for p in pairs)}; working size {size} px; PCK@10 = share of the source's "
+          "patches matched within 10 working px of the truth (all patches, no score cut)")
+    print("| configuration | refinement | pair | PCK@10 fp32 | PCK@10 ORT int8 | drop (bar: within 1 point) |")
+    print("|---|---|---|---:|---:|---:|")
+    worst = 0.0
+    for label, spec, levels, refine in PCK_CONFIGS:
+        got = {}
+        for q in ("none", "int8"):
+            cfg = PairsConfig(size=size, refine=refine, sparse=False, bin_levels=levels, quantize=q)
+            for res in run_pairs_benchmark([spec], pairs, cfg):
+                for d in res.descriptors:
+                    got[(res.pair, d.refine, q)] = 100 * d.all["pck@10"]
+        for pair in pairs:
+            for method in refine:
+                v32, v8 = got[(pair.name, method, "none")], got[(pair.name, method, "int8")]
+                worst = max(worst, abs(v32 - v8))
+                print(f"| {label} | {method} | {pair.name} | {v32:.1f} | {v8:.1f} | {v32 - v8:+.1f} |", flush=True)
+    used = [r for r in list_exports() if r["tower"] == "vit-tokens" and r["quantize"] == "int8"
+            and r["model"] == "builtin:dino-tiny"]
+    for r in used:
+        v = r.get("verify") or {}
+        print(f"int8 export {r['family']}: {r['state']}, probe cosine {v.get('min_cosine', float('nan')):.4f}")
+    if not used or any(r["state"] != "ok" for r in used):
+        print("WARNING: an int8 export is missing or refused: those rows ran torch")
+    print("| pair | mean token cosine int8 vs fp32 | 1st percentile |")
+    print("|---|---:|---:|")
+    for name, mean, p1 in token_cosines(pairs, size):
+        print(f"| {name} | {mean:.4f} | {p1:.4f} |")
+    print(f"largest PCK@10 change: {worst:.1f} points -> {'within' if worst <= 1.0 else 'OUTSIDE'} the 1-point bar")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--ort", action="store_true", help="quality of ONNX Runtime int8 exports instead (no speed)")
+    ap.add_argument("--pck", action="store_true", help="PCK@10 on the real pairs with ORT int8 ViT token features "
+                    "of builtin:dino-tiny vs fp32 (needs `vlens data fetch opencv-samples`; no speed)")
+    ap.add_argument("--size", type=int, default=448, help="--pck: working size (px), as `vlens bench pairs`")
     a = ap.parse_args()
     from vlens import cpu
 
@@ -164,6 +238,10 @@ def main() -> None:
     import torch
 
     print(f"{plan.describe()}; torch {torch.__version__}; load average at start {os.getloadavg()[0]:.2f}")
+    if a.pck:
+        quality_pck(a.size)
+        print(f"load average at end {os.getloadavg()[0]:.2f}")
+        return
     if a.ort:
         import os as _os
 

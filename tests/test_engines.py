@@ -288,3 +288,33 @@ def test_quantize_int8_offered_only_where_it_kept_quality(cache, tiny_blip, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not offered" in err[0] and "recall@5" in err[0]
     assert not (tmp_path / "i").exists()
+
+
+def test_quantize_int8_for_vit_token_features(cache, tiny_vit, tmp_path, capsys):
+    """Offered for ViT token features (PCK@10 kept on the real pairs, benchmarks/bench_int8.py --pck): an int8
+    export of the token facet, same shapes as fp32 torch and every patch's cosine >= 0.99; the attention facets
+    are refused in one line."""
+    from vlens.cli.main import main
+    from vlens.match.features import extract_features
+
+    imgs = _images(2)
+    ref = extract_features(imgs, str(tiny_vit), size=64)
+    got = extract_features(imgs, str(tiny_vit), size=64, quantize="int8")
+    for a, b in zip(ref, got):
+        assert a.descriptors.shape == b.descriptors.shape
+        cos = torch.nn.functional.cosine_similarity(a.flat, b.flat, dim=-1)  # (patches,)
+        assert float(cos.min()) >= 0.99 and not torch.equal(a.descriptors, b.descriptors)
+    rows = store.list_exports()
+    assert rows and all(r["tower"] == "vit-tokens" and r["quantize"] == "int8" and r["state"] == "ok" for r in rows)
+    for i, im in enumerate(imgs):
+        im.save(tmp_path / f"{i}.png")
+    n = len(rows)
+    assert main(["match", str(tmp_path / "0.png"), str(tmp_path / "1.png"), "--model", str(tiny_vit), "--size", "64",
+                 "--quantize", "int8", "--out", str(tmp_path / "q.png")]) == 0
+    assert (tmp_path / "q.png").is_file() and len(store.list_exports()) == n  # the same int8 exports, reused
+    capsys.readouterr()
+    assert main(["match", str(tmp_path / "0.png"), str(tmp_path / "1.png"), "--model", str(tiny_vit), "--facet",
+                 "key", "--quantize", "int8", "--out", str(tmp_path / "m.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "token facet only" in err[0]
+    assert not (tmp_path / "m.png").exists()

@@ -373,7 +373,8 @@ ENGINE_TORCH_OPTION = typer.Option(
     callback=check.choice("torch", "onnx", "auto"))
 QUANTIZE_OPTION = typer.Option(
     "none", "--quantize", help="int8: run the tower as an ONNX Runtime dynamic-int8 export, offered only where it "
-    "kept quality (BLIP's vision encoder; refused in one line elsewhere: benchmarks/RESULTS.md, Engines).",
+    "kept quality (BLIP's vision encoder, ViT/DINO token features; refused in one line elsewhere: "
+    "benchmarks/RESULTS.md, Engines).",
     callback=check.choice("none", "int8"))
 WORKERS_OPTION = typer.Option(
     2, "--workers", help="Processes decoding and resizing images while the model runs (0 = none, in this process).",

@@ -15,6 +15,7 @@ from vlens.cli._common import (
     DTYPE_OPTION,
     ENGINE_TORCH_OPTION,
     JSON_OPTION,
+    QUANTIZE_OPTION,
     check,
     echo_json,
     parse_pair,
@@ -71,6 +72,7 @@ def point_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_TORCH_OPTION,
+    quantize: str = QUANTIZE_OPTION,
     json_out: bool = JSON_OPTION,
 ):
     """Where a point of A lands in B: the similarity of every B patch to the A patch under the point.
@@ -95,7 +97,7 @@ def point_cmd(
     a, b = load_image(image_a), load_image(image_b)
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, device=dev,
                               dtype=resolve_dtype(dtype, dev), stride=stride, engine=engine,
-                              bin_levels=bin_levels if bin_ else 0)
+                              quantize=quantize, bin_levels=bin_levels if bin_ else 0)
     from vlens.match.refine import DEFAULT_REFINE
 
     refine = refine or DEFAULT_REFINE

@@ -11,6 +11,7 @@ from vlens.cli._common import (
     DTYPE_OPTION,
     ENGINE_TORCH_OPTION,
     JSON_OPTION,
+    QUANTIZE_OPTION,
     DefaultCommandGroup,
     check,
     echo_json,
@@ -121,6 +122,7 @@ def match_cmd(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     engine: str = ENGINE_TORCH_OPTION,
+    quantize: str = QUANTIZE_OPTION,
 ):
     """Match two images patch by patch and draw the best matches.
 
@@ -163,7 +165,8 @@ def match_cmd(
     dev = resolve_device(device)
     run_dtype = resolve_dtype(dtype, dev)
     fa, fb = extract_features([image_a, image_b], model, layer=layer, facet=facet, size=size, device=dev,
-                              dtype=run_dtype, bin_levels=bin_levels if bin_ else 0, stride=stride, engine=engine)
+                              dtype=run_dtype, bin_levels=bin_levels if bin_ else 0, stride=stride, engine=engine,
+                              quantize=quantize)
     a, b = load_image(image_a), load_image(image_b)
     for f, p in ((fa, image_a), (fb, image_b)):
         if f.note:

@@ -361,14 +361,19 @@ def _pixel_descriptors(x: torch.Tensor, p: int, stride: int | None = None) -> to
     return patches.permute(0, 2, 3, 1, 4, 5).reshape(b, patches.shape[2], patches.shape[3], c * p * p)
 
 
-def _onnx_tokens(bb: Backbone, x: torch.Tensor, li: int, engine: str, stride: int) -> torch.Tensor | None:
+def _onnx_tokens(bb: Backbone, x: torch.Tensor, li: int, engine: str, stride: int,
+                 quantize: str = "none") -> torch.Tensor | None:
     """The token facet of block ``li`` through ONNX Runtime (:mod:`vlens.engines`), or None to run torch. Called
-    inside the patch-stride context, so an export traces (and is keyed by) the stride in force."""
+    inside the patch-stride context, so an export traces (and is keyed by) the stride in force. ``quantize='int8'``:
+    the ONNX Runtime dynamic-int8 export (engine onnx)."""
+    if quantize == "int8":
+        engine = "onnx"
     if engine == "torch" or bb.folder is None:
         return None
     from vlens.engines.towers import vit_tokens_engine
 
-    tower = vit_tokens_engine(bb.model, bb.folder, bb.spec, engine, li, bb.num_prefix, tuple(x.shape[2:]), stride)
+    tower = vit_tokens_engine(bb.model, bb.folder, bb.spec, engine, li, bb.num_prefix, tuple(x.shape[2:]), stride,
+                              quantize)
     return None if tower is None else torch.from_numpy(tower(pixel_values=x.numpy()))
 
 
@@ -377,7 +382,7 @@ _NOTED: set = set()
 
 @torch.no_grad()
 def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int | None = None,
-             engine: str = "torch") -> torch.Tensor:
+             engine: str = "torch", quantize: str = "none") -> torch.Tensor:
     """Run the model on (B, 3, H, W) and return (B, h, w, d) descriptors of ``layer`` and ``facet``, the patch
     embedding at ``stride`` (None: the patch size). ``engine`` (torch | onnx | auto): the token facet can run on
     an ONNX export; the attention facets always run torch."""
@@ -395,7 +400,7 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int 
         raise ConfigError(f"layer {layer} does not exist: '{bb.spec}' has {n} layers (use 1..{n} or -1 for the last)")
     if facet == "token":
         with strided_patches(bb.model, p, s):
-            tokens = _onnx_tokens(bb, x, li, engine, s)
+            tokens = _onnx_tokens(bb, x, li, engine, s, quantize)
         if tokens is not None:
             return tokens.reshape(b, gh, gw, -1).float()  # (B, h, w, d)
     elif engine == "onnx" and (bb.spec, facet) not in _NOTED:
@@ -434,7 +439,8 @@ def _forward(bb: Backbone, x: torch.Tensor, layer: int, facet: str, stride: int 
 
 def extract_features(images, model: str | Backbone | None = None, *, layer: int = -1, facet: str = "token",
                      size: int = DEFAULT_SIZE, batch_size: int = 8, device=None, dtype=None,
-                     bin_levels: int = 0, stride: int | None = None, engine: str = "torch") -> list[DenseFeatures]:
+                     bin_levels: int = 0, stride: int | None = None, engine: str = "torch",
+                     quantize: str = "none") -> list[DenseFeatures]:
     """Dense features for a list of images (PIL images or paths): one :class:`DenseFeatures` per image.
 
     Each image is resized so its longer side is ``size`` (rounded to whole patches, aspect kept); images that
@@ -448,13 +454,21 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
     :mod:`vlens.match.strided`); dense SIFT and raw pixels take it too, a fusion passes it to every part.
     ``engine`` (torch | onnx | auto, :mod:`vlens.engines`): what runs the token facet of a model loaded from
     files (fp32 on the CPU); one ONNX export per input size, block and stride, verified against torch when made.
+    ``quantize='int8'``: the token facet as an ONNX Runtime dynamic-int8 export, where :mod:`vlens.engines.int8`
+    offers it for ViT token features (a one-line ConfigError otherwise).
     """
+    from vlens.engines.int8 import check_int8
+
+    quantize = check_int8("vit-tokens", quantize)
+    if quantize == "int8" and facet != "token":
+        raise ConfigError(f"--quantize int8 covers the token facet only, not '{facet}'; use --facet token or drop "
+                          "--quantize")
     if bin_levels:
         from vlens.match.binning import bin_features, check_levels
 
         check_levels(bin_levels)
         feats = extract_features(images, model, layer=layer, facet=facet, size=size, batch_size=batch_size,
-                                 device=device, dtype=dtype, stride=stride, engine=engine)
+                                 device=device, dtype=dtype, stride=stride, engine=engine, quantize=quantize)
         return [bin_features(f, bin_levels) for f in feats]
     from vlens.images import load_image
     from vlens.match.strided import check_stride
@@ -469,7 +483,7 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
         for part, _ in bb.parts:
             check_stride(part.patch_size, stride, part.spec)
         return _fused_features(images, bb, layer=layer, facet=facet, size=size, batch_size=batch_size, stride=stride,
-                               engine=engine)
+                               engine=engine, quantize=quantize)
     stride = None if stride is None or stride == bb.patch_size else check_stride(bb.patch_size, stride, bb.spec)
     pils = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
     if not bb.has_model and facet != "token":
@@ -491,7 +505,7 @@ def extract_features(images, model: str | Backbone | None = None, *, layer: int 
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
                 _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride,
-                      engine)
+                      engine, quantize)
     finally:
         for h in hooks:
             h.remove()
@@ -564,7 +578,7 @@ def check_feature_memory(bb: Backbone, batch: int, w_in: int, h_in: int, size: i
 
 
 def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, interruptible, stride=None,
-          engine: str = "torch") -> None:
+          engine: str = "torch", quantize: str = "none") -> None:
     """Descriptors of the images ``chunk`` (same input size) into ``results``."""
     from vlens.match.strided import grid_centers
 
@@ -577,7 +591,7 @@ def _fill(results, bb, pils, chunk, w_in, h_in, size, layer, layer_idx, facet, i
             w = next(bb.model.parameters())
             check_feature_memory(bb, len(chunk), w_in, h_in, size, w, stride)
             x = x.to(device=w.device, dtype=w.dtype)
-        desc = interruptible(_forward, bb, x, layer_idx, facet, stride, engine).float().cpu()  # (B, h, w, d)
+        desc = interruptible(_forward, bb, x, layer_idx, facet, stride, engine, quantize).float().cpu()  # (B, h, w, d)
     gh, gw = desc.shape[1:3]
     for k, i in enumerate(chunk):
         w0, h0 = pils[i].size
@@ -634,7 +648,7 @@ def fuse_features(parts: Sequence[DenseFeatures], weights: Sequence[float], spec
 
 
 def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, batch_size: int,
-                    stride: int | None = None, engine: str = "torch") -> list[DenseFeatures]:
+                    stride: int | None = None, engine: str = "torch", quantize: str = "none") -> list[DenseFeatures]:
     """:func:`extract_features` for a fused backbone: each part on the images, then :func:`fuse_features`."""
     from vlens.images import load_image
 
@@ -644,7 +658,7 @@ def _fused_features(images, bb: Backbone, *, layer: int, facet: str, size: int, 
             im.info.setdefault("vlens_source", str(src))
     per_part = [extract_features(imgs, part, layer=layer if part.has_model else -1,
                                  facet=facet if part.has_model else "token", size=size, batch_size=batch_size,
-                                 stride=stride, engine=engine)
+                                 stride=stride, engine=engine, quantize=quantize if part.has_model else "none")
                 for part, _ in bb.parts]
     weights = [w for _, w in bb.parts]
     return [fuse_features([feats[i] for feats in per_part], weights, bb.spec) for i in range(len(imgs))]

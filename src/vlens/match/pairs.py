@@ -407,6 +407,8 @@ class PairsConfig:
     sparse: bool = True  # also run the sparse SIFT + ratio (+ RANSAC) reference on every pair
     bin_levels: int = 0  # log-binned descriptors (vlens.match.binning): 0 = off, else the hierarchy levels
     strides: tuple = (None,)  # patch strides to evaluate, each a row (None: the patch size; vlens.match.strided)
+    engine: str = "torch"  # what runs the ViT token facet (vlens.engines): torch | onnx | auto
+    quantize: str = "none"  # int8: the token facet as an ONNX Runtime dynamic-int8 export (benchmarks/bench_int8.py)
 
 
 @dataclass
@@ -556,7 +558,8 @@ def run_pairs_benchmark(specs: list[str], pairs: list[Pair], config: PairsConfig
             t0 = time.time()
             with PeakMemory() as pm_feat:
                 fs, ft = extract_features([img_s, img_t], bb, layer=cfg.layer, facet=cfg.facet, size=cfg.size,
-                                          stride=stride, bin_levels=cfg.bin_levels)
+                                          stride=stride, bin_levels=cfg.bin_levels, engine=cfg.engine,
+                                          quantize=cfg.quantize)
             t_feat = time.time() - t0
             t1 = time.time()
             with PeakMemory() as pm_match:  # one nearest-neighbour search, shared by the refinements
