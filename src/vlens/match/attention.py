@@ -87,6 +87,7 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
     from vlens.match.strided import check_stride, strided_patches
 
     img = image if isinstance(image, Image.Image) else load_image(image)
+    name = img.info.get("vlens_source") or (str(image) if not isinstance(image, Image.Image) else "image")
     shape = attention_shape(model)
     if shape is not None:  # from config.json, before 10+ s of loading a model whose attention cannot fit anyway
         from vlens.devices import resolve_device, resolve_dtype
@@ -94,13 +95,13 @@ def cls_attention(image, model: str | None = None, *, layer: int = -1, size: int
         dev = device if isinstance(device, torch.device) else resolve_device(device or "cpu")
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev) if dtype else torch.float32
         check_attention_memory(shape, img.size, size, torch.empty((), dtype=dt).element_size(), dev,
-                               check_stride(shape.patch_size, stride, shape.spec))
+                               check_stride(shape.patch_size, stride, shape.spec), name)
     bb = placed(eager_backbone(model), device, dtype)  # a moved copy: the cached one stays as loaded
     li = block_index(bb, layer)  # 0-based block
     s = check_stride(bb.patch_size, stride, bb.spec)
-    w_in, h_in = input_size_for(img.size, bb.patch_size, size, img.info.get("vlens_source") or "image")
+    w_in, h_in = input_size_for(img.size, bb.patch_size, size, name)
     w = next(bb.model.parameters())
-    check_attention_memory(bb, img.size, size, w.element_size(), w.device, s)
+    check_attention_memory(bb, img.size, size, w.element_size(), w.device, s, name)
     x = _to_tensor(img, w_in, h_in, bb.mean, bb.std)[None].to(device=w.device, dtype=w.dtype)  # (1, 3, H, W)
     kwargs = {"interpolate_pos_encoding": True} if bb.model_type in ("vit", "deit", "dino") else {}
     from vlens.interrupt import interruptible
@@ -174,17 +175,17 @@ def attention_bytes(bb, w_in: int, h_in: int, element_size: int = 4, stride: int
 
 
 def check_attention_memory(bb, image_size: tuple[int, int], size: int, element_size: int, device,
-                           stride: int | None = None) -> None:
+                           stride: int | None = None, name: str = "image") -> None:
     """A one-line ConfigError, before anything is allocated, when the attention maps of this input cannot fit;
     it names the largest --size that would at this ``stride``. ``bb``: a backbone or an :class:`AttentionShape`
-    (so the check can come before the model loads)."""
+    (so the check can come before the model loads); ``name``: the image, as an unusable one is named."""
     from vlens.devices import check_memory
     from vlens.match.features import input_size_for
 
     def need_at(side: int) -> int:
-        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side), element_size, stride)
+        return attention_bytes(bb, *input_size_for(image_size, bb.patch_size, side, name), element_size, stride)
 
-    w_in, h_in = input_size_for(image_size, bb.patch_size, size)
+    w_in, h_in = input_size_for(image_size, bb.patch_size, size, name)
     need = need_at(size)
 
     def advice(budget: float) -> str:
