@@ -318,3 +318,45 @@ def test_quantize_int8_for_vit_token_features(cache, tiny_vit, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "token facet only" in err[0]
     assert not (tmp_path / "m.png").exists()
+
+
+def test_web_match_and_explore_take_the_server_engine(cache, tiny_vit):
+    """The web Match and Explore tabs run the token features on the server's --engine, as search and caption do:
+    with engine=onnx the routes make and use ViT token exports, and answer as the torch server does."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from vlens.web.app import create_app
+
+    a_img, b_img = _images(2)
+    pngs = []
+    for im in (a_img, b_img):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    files = {"image_a": ("a.png", pngs[0], "image/png"), "image_b": ("b.png", pngs[1], "image/png")}
+    form = {"count": "20", "refine": "none", "bin_levels": "0"}
+    out = {}
+    for engine in ("torch", "onnx"):
+        with TestClient(create_app(backbone=str(tiny_vit), engine=engine), raise_server_exceptions=False) as c:
+            r = c.post("/api/match", files=files, data=form)
+            assert r.status_code == 200, r.text
+            ids = [c.post("/api/explore/images", files={"file": ("x.png", p, "image/png")}).json()["id"]
+                   for p in pngs]
+            p = c.post("/api/explore/point", json={"image_a": ids[0], "image_b": ids[1], "x": 20.0, "y": 15.0,
+                                                   "size": 64, "top_k": 3})
+            assert p.status_code == 200, p.text
+            out[engine] = r.json()["matches"], p.json()
+        made = store.list_exports()
+        assert (len(made) > 0) == (engine == "onnx")  # the torch server made none; onnx one per input size
+        assert all(e["tower"] == "vit-tokens" and e["state"] == "ok" for e in made)
+    (m_t, p_t), (m_o, p_o) = out["torch"], out["onnx"]
+    pairs_t = {(tuple(m["src_xy"]), tuple(m["dst_xy"])): m["feature_distance"] for m in m_t}
+    pairs_o = {(tuple(m["src_xy"]), tuple(m["dst_xy"])): m["feature_distance"] for m in m_o}
+    common = pairs_t.keys() & pairs_o.keys()
+    assert len(common) >= 18  # the same matches (an exact tie may order differently at the 20th place)
+    assert max(abs(pairs_t[k] - pairs_o[k]) for k in common) <= 1e-4
+    assert p_o["peak_xy"] == p_t["peak_xy"] and p_o["best"]["xy"] == p_t["best"]["xy"]
+    assert abs(p_o["best"]["similarity"] - p_t["best"]["similarity"]) <= 1e-4
+    assert [c["xy"] for c in p_o["candidates"]] == [c["xy"] for c in p_t["candidates"]]

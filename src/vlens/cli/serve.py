@@ -40,8 +40,9 @@ def serve_cmd(
                                 "small models and many concurrent users: requests run in parallel instead (as many "
                                 "at once as the usable cores hold); raise it for a large model and few users.",
                                 callback=check.count(1, 1024)),
-    engine: str = typer.Option("auto", "--engine", help="Runtime for the search towers and the captioner's "
-                               "vision encoder: torch, onnx (ONNX Runtime exports, made once and checked against "
+    engine: str = typer.Option("auto", "--engine", help="Runtime for the search towers, the captioner's "
+                               "vision encoder and the ViT token features of the Match and Explore tabs: torch, "
+                               "onnx (ONNX Runtime exports, made once per model and input size, checked against "
                                "torch), or auto (default: whichever measured faster here).",
                                callback=check.choice("torch", "onnx", "auto")),
 ):

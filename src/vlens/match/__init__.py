@@ -24,7 +24,7 @@ __all__ = ["DenseFeatures", "Matches", "draw_matches", "draw_pairs", "extract_fe
 def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", pca: int | None = None,
                  top: int | None = 50, *, layer: int = -1, facet: str = "token", size: int = 448,
                  normalize: bool = True, refine: str = "none", bin_levels: int = 0,
-                 stride: int | None = None, saliency_threshold: float = 0.0) -> Matches:
+                 stride: int | None = None, saliency_threshold: float = 0.0, engine: str = "torch") -> Matches:
     """Match every patch of ``img_a`` to its nearest neighbour in ``img_b``; return the ``top`` best by
     ``score`` (``cycle`` or ``feature``), best first (``top=None``: all of them, ranked).
 
@@ -38,12 +38,13 @@ def match_images(img_a, img_b, model: str | None = None, score: str = "cycle", p
     ``stride``: overlapping patches, a descriptor every ``stride`` input px (:mod:`vlens.match.strided`).
     ``saliency_threshold`` > 0: only matches whose two ends have saliency >= it (the last block's [CLS]
     attention, 0-1; :mod:`vlens.match.saliency`; needs a ViT or a fusion with one).
+    ``engine``: what runs the token facet (torch | onnx | auto, :mod:`vlens.engines`).
     """
     from vlens.images import load_image, to_rgb
 
     a, b = (to_rgb(x) if hasattr(x, "mode") else load_image(x) for x in (img_a, img_b))
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, bin_levels=bin_levels,
-                              stride=stride)
+                              stride=stride, engine=engine)
     m = match_features(fa, fb, pca=pca, normalize=normalize, refine=refine)
     if saliency_threshold > 0:
         from vlens.match.saliency import mask_matches, pair_saliency
@@ -57,7 +58,7 @@ def find_pairs(img_a, img_b, model: str | None = None, n: int | None = None, *, 
                layer: int | None = None, facet: str | None = None, stride: int | None = None,
                bin_levels: int | None = None, saliency_threshold: float | None = None,
                heads: tuple[int, ...] | None = None, size: int = 448, refine: str = "none", pca: int | None = None,
-               device=None, dtype=None):
+               device=None, dtype=None, engine: str = "torch"):
     """``n`` well-spread best-buddy pairs between two images (:mod:`vlens.match.buddies`): the "Deep ViT
     Features" picture, returned as a :class:`~vlens.match.buddies.BuddyPairs` (``.matches``, ``.cluster``).
 
@@ -86,7 +87,7 @@ def find_pairs(img_a, img_b, model: str | None = None, n: int | None = None, *, 
     n = settings["pairs"] if n is None else n
     a, b = (to_rgb(x) if hasattr(x, "mode") else load_image(x) for x in (img_a, img_b))
     fa, fb = extract_features([a, b], model, layer=layer, facet=facet, size=size, bin_levels=bin_levels,
-                              stride=stride, device=device, dtype=dtype)
+                              stride=stride, device=device, dtype=dtype, engine=engine)
     m = match_features(fa, fb, pca=pca, refine=refine, device=device)
     sal_a = sal_b = None
     if threshold > 0 or heads:

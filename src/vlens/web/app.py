@@ -253,7 +253,7 @@ class Services:
         from vlens.engines import check_engine
         from vlens.models import default_spec
 
-        self.engine = check_engine(engine)  # search's towers and the captioner's vision encoder (vlens.engines)
+        self.engine = check_engine(engine)  # search's towers, the captioner's vision encoder, match/explore tokens
         self.index_path = index
         # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
         # resolver decides once; the page shows a notice for a builtin, see models()).
@@ -390,7 +390,8 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                engine: str = "torch") -> FastAPI:
     """The web app. ``index``: an index folder (Search tab); ``captioner`` / ``backbone``: model specs;
     ``cpu_slots``: requests computing at once (``vlens serve`` sizes it from the CPU policy); ``engine``: torch,
-    onnx or auto for the search towers and the captioner's vision encoder (:mod:`vlens.engines`)."""
+    onnx or auto for the search towers, the captioner's vision encoder and the token features of the Match and
+    Explore tabs (:mod:`vlens.engines`)."""
     from vlens import __version__
 
     if cpu_slots:
@@ -635,12 +636,12 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     from vlens.match import draw_pairs, find_pairs
 
                     found = find_pairs(a, b, svc.backbone_spec, pairs or None, preset=preset, stride=stride,
-                                       refine=refine, bin_levels=bin_levels)
+                                       refine=refine, bin_levels=bin_levels, engine=svc.engine)
                     m, extra = found.matches, {"clusters": found.cluster.tolist(), "ranked_by": found.ranked_by}
                     picture = draw_pairs(a, b, m)
                 else:
                     m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
-                                     stride=stride, bin_levels=bin_levels)
+                                     stride=stride, bin_levels=bin_levels, engine=svc.engine)
                     extra = {}
                     picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x as wide each
             buf = io.BytesIO()

@@ -76,7 +76,8 @@ def image_id(img) -> str:
 class ExploreCache:
     """Images by content id and what the explorer computed from them."""
 
-    def __init__(self):
+    def __init__(self, engine: str = "torch"):
+        self.engine = engine  # what runs the ViT token facet (vlens.engines): the server's --engine
         self.images = LRU(MAX_IMAGES)
         self.features = LRU(MAX_FEATURES)
         self.pairs = LRU(MAX_PAIRS)
@@ -111,7 +112,7 @@ class ExploreCache:
             return f, True
         img = self.image(key)
         with self.compute_lock:
-            f = extract_features([img], spec, layer=layer, facet=facet, size=size)[0]
+            f = extract_features([img], spec, layer=layer, facet=facet, size=size, engine=self.engine)[0]
         return self.features.put(fkey, f), False
 
     def pair(self, a: str, b: str, spec: str, layer: int, facet: str, size: int, pca: int | None):
@@ -243,7 +244,7 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    cache = ExploreCache()
+    cache = ExploreCache(getattr(svc, "engine", "torch"))
     app.state.explore = cache
 
     @app.post("/api/explore/images", response_model=ExploreImage, tags=["explore"])
