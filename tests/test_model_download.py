@@ -289,11 +289,11 @@ def test_a_hub_that_accepts_and_never_answers_costs_one_deadline(cli, silent_hub
 
     t0 = time.time()
     choice = resolve_default("caption")
-    assert time.time() - t0 < 1.5 + 3  # the deadline, and imports on a loaded machine (it used to be 25 s)
+    assert time.time() - t0 < 1.5 + 10  # the deadline plus room for a loaded CI machine; it used to be 25 s or a hang
     assert choice.spec == "builtin:blip-tiny" and choice.reason.endswith("the hub did not answer in time")
     t0 = time.time()
     code, _, err = cli("models", "fetch", BLIP)
-    assert time.time() - t0 < 1.5 + 3  # the deadline, and imports on a loaded machine (it used to be 25 s)
+    assert time.time() - t0 < 1.5 + 10  # the deadline plus room for a loaded CI machine; it used to be 25 s or a hang
     assert code == 1 and err.count("\n") == 1 and "did not answer the request for its file list within 1.5 s" in err
 
 
@@ -310,7 +310,7 @@ def test_a_trickling_download_stops_with_one_line_and_resumes(cli, hub, monkeypa
     errors = [ln for ln in err.splitlines() if "error:" in ln]  # after the size note and the progress bar
     assert code == 1 and len(errors) == 1 and err.rstrip().endswith("on a machine with internet"), err
     assert "the download stalled: fewer than 64 KB in 1.5 s after" in err and "of model.safetensors" in err
-    assert "rerun the same command to resume" in err and took < 1.5 + 3
+    assert "rerun the same command to resume" in err and took < 1.5 + 10  # a hang before; slack for a loaded machine
     blobs = hub.cache.root / ("models--" + BLIP.replace("/", "--")) / "blobs"
     parts = list(blobs.glob("*.vlens-part"))
     assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(hub.files[BLIP]["model.safetensors"])
