@@ -31,8 +31,12 @@ def test_match_section(tmp_path, tiny_vit, monkeypatch, opencv_samples):
     assert pairs["aloe sift:8"]["pck@10"] > pairs["aloe pixels:8"]["pck@10"]  # the classical anchor earns its place
     assert any("graffiti" in b[1].name for b in s.blocks if b[0] == "figure")
     rf = s.metrics["refine_fuse"]  # nearest vs refined, the fusion vs its parts
-    fused = f"{tiny_vit.name}*0.2+sift:8*0.8"
-    assert {f"aloe {fused}", f"aloe {fused} + quadratic", "aloe sift:8 + quadratic",
+    from vlens.match.features import fused_parts
+    from vlens.models.defaults import MATCH_FALLBACK
+
+    (_, w_model), (_, w_sift) = fused_parts(MATCH_FALLBACK)  # the offline default's weights
+    fused = f"{tiny_vit.name}*{w_model:g}+sift:8*{w_sift:g}"
+    assert {f"aloe {fused}", f"aloe {fused} + quadratic", "aloe sift:8 + quadratic", f"aloe {fused} + quadratic + bin",
             f"graffiti {tiny_vit.name}"} <= set(rf)
     cost = [b[1] for b in s.blocks if b[0] == "text" and "PCA to 10 components costs" in b[1]]
     assert any(all(f"{n} " in t for n in ("large", "small", "photometric", "geometric")) for t in cost)

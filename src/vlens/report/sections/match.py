@@ -169,25 +169,32 @@ def _refine_and_fuse(s: Section, pairs: list, size: int, model: str, plain: list
 
     (_, w_model), (anchor, w_anchor) = (fused_parts(MATCH_FALLBACK) or [("", 0.2), ("sift:8", 0.8)])[:2]
     fused = f"{model}*{w_model:g}+{anchor}*{w_anchor:g}"
+    from vlens.match.binning import MATCH_BIN_LEVELS
+
     both = run_pairs_benchmark([fused], pairs, PairsConfig(size=size, refine=("none", DEFAULT_REFINE), sparse=False))
     refined = run_pairs_benchmark([model, anchor], pairs, PairsConfig(size=size, refine=(DEFAULT_REFINE,),
                                                                        sparse=False))
-    res = []
-    for f, r, p in zip(both, refined, plain):
+    binned = run_pairs_benchmark([fused], pairs, PairsConfig(size=size, refine=(DEFAULT_REFINE,), sparse=False,
+                                                             bin_levels=MATCH_BIN_LEVELS))
+    entries = []  # (pair, label, result): per pair the fusion, its parts, then the fusion as `vlens match` runs it
+    for f, r, b, p in zip(both, refined, binned, plain):
         near = {d.descriptor: d for d in p.descriptors}
+        ds = list(f.descriptors)
         for d in r.descriptors:  # each part: its nearest-patch row (if the main table has it), then refined
-            f.descriptors += ([near[d.descriptor]] if d.descriptor in near else []) + [d]
-        res.append(f)
-    rows = [[pr.pair, d.label, *[fmt(100 * d.all[f"pck@{t}"]) for t in (1, 3, 5, 10)], fmt(d.all["median"])]
-            for pr in res for d in pr.descriptors]
+            ds += ([near[d.descriptor]] if d.descriptor in near else []) + [d]
+        entries += [(f.pair, d.label, d) for d in ds] + [(b.pair, f"{d.label} + bin", d) for d in b.descriptors]
+    rows = [[pair, label, *[fmt(100 * d.all[f"pck@{t}"]) for t in (1, 3, 5, 10)], fmt(d.all["median"])]
+            for pair, label, d in entries]
     s.text(f"**Finer than a patch, and descriptors that combine.** The same pairs with every match refined off its "
            f"patch centre ({DEFAULT_REFINE}: a parabola through the similarities of the best patch and its "
            "neighbours, per axis; `vlens match --refine`) and with the backbone fused with dense SIFT (each part "
-           f"L2-normalised per patch, weights {w_model:g} / {w_anchor:g}: the spec `{fused}`), beside its parts.")
+           f"L2-normalised per patch, weights {w_model:g} / {w_anchor:g}: the spec `{fused}`), beside its parts. "
+           f"The rows marked '+ bin' log-bin the fused descriptors ({MATCH_BIN_LEVELS} levels, `vlens match --bin`), "
+           "as `vlens match` does by default.")
     s.table(["pair", "descriptor", "PCK@1", "PCK@3", "PCK@5", "PCK@10", "median px"], rows,
             "Nearest patch vs refined, and the fusion vs its parts (PCK in %, target px at the working resolution)")
-    return {f"{pr.pair} {d.label}": {"pck@5": round(d.all["pck@5"], 4), "pck@10": round(d.all["pck@10"], 4)}
-            for pr in res for d in pr.descriptors}
+    return {f"{pair} {label}": {"pck@5": round(d.all["pck@5"], 4), "pck@10": round(d.all["pck@10"], 4)}
+            for pair, label, d in entries}
 
 
 def _crop_benchmark(s: Section, ctx: LabContext, model: str) -> list:
