@@ -322,7 +322,8 @@ def test_quantize_int8_for_vit_token_features(cache, tiny_vit, tmp_path, capsys)
 
 def test_web_match_and_explore_take_the_server_engine(cache, tiny_vit):
     """The web Match and Explore tabs run the token features on the server's --engine, as search and caption do:
-    with engine=onnx the routes make and use ViT token exports, and answer as the torch server does."""
+    with engine=onnx the routes make and use ViT token exports, and answer as the torch server does; under auto (the
+    server's default) they stay on torch, since every new upload size would wait for its own export."""
     import io
 
     from fastapi.testclient import TestClient
@@ -338,7 +339,7 @@ def test_web_match_and_explore_take_the_server_engine(cache, tiny_vit):
     files = {"image_a": ("a.png", pngs[0], "image/png"), "image_b": ("b.png", pngs[1], "image/png")}
     form = {"count": "20", "refine": "none", "bin_levels": "0"}
     out = {}
-    for engine in ("torch", "onnx"):
+    for engine in ("torch", "auto", "onnx"):
         with TestClient(create_app(backbone=str(tiny_vit), engine=engine), raise_server_exceptions=False) as c:
             r = c.post("/api/match", files=files, data=form)
             assert r.status_code == 200, r.text
@@ -349,7 +350,7 @@ def test_web_match_and_explore_take_the_server_engine(cache, tiny_vit):
             assert p.status_code == 200, p.text
             out[engine] = r.json()["matches"], p.json()
         made = store.list_exports()
-        assert (len(made) > 0) == (engine == "onnx")  # the torch server made none; onnx one per input size
+        assert (len(made) > 0) == (engine == "onnx")  # torch and auto servers made none; onnx one per input size
         assert all(e["tower"] == "vit-tokens" and e["state"] == "ok" for e in made)
     (m_t, p_t), (m_o, p_o) = out["torch"], out["onnx"]
     pairs_t = {(tuple(m["src_xy"]), tuple(m["dst_xy"])): m["feature_distance"] for m in m_t}

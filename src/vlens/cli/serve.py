@@ -43,7 +43,9 @@ def serve_cmd(
     engine: str = typer.Option("auto", "--engine", help="Runtime for the search towers, the captioner's "
                                "vision encoder and the ViT token features of the Match and Explore tabs: torch, "
                                "onnx (ONNX Runtime exports, made once per model and input size, checked against "
-                               "torch), or auto (default: whichever measured faster here).",
+                               "torch), or auto (default: whichever measured faster here for search and "
+                               "caption; torch for Match and Explore, where each new upload size would wait for "
+                               "its own export).",
                                callback=check.choice("torch", "onnx", "auto")),
 ):
     """Serve the web app: search an index by text or image, caption an image, match two images.

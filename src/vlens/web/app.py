@@ -253,7 +253,10 @@ class Services:
         from vlens.engines import check_engine
         from vlens.models import default_spec
 
-        self.engine = check_engine(engine)  # search's towers, the captioner's vision encoder, match/explore tokens
+        self.engine = check_engine(engine)  # search's towers and the captioner's vision encoder
+        # The Match and Explore tabs' ViT tokens: every new upload size needs its own export (10+ s), which one
+        # interactive request never repays, so auto means torch there, as `vlens match` defaults to torch.
+        self.token_engine = "torch" if self.engine == "auto" else self.engine
         self.index_path = index
         # No spec: the task's default, the real model when cached or downloadable, else the builtin (the models
         # resolver decides once; the page shows a notice for a builtin, see models()).
@@ -636,12 +639,12 @@ def create_app(index=None, captioner: str | None = None, backbone: str | None = 
                     from vlens.match import draw_pairs, find_pairs
 
                     found = find_pairs(a, b, svc.backbone_spec, pairs or None, preset=preset, stride=stride,
-                                       refine=refine, bin_levels=bin_levels, engine=svc.engine)
+                                       refine=refine, bin_levels=bin_levels, engine=svc.token_engine)
                     m, extra = found.matches, {"clusters": found.cluster.tolist(), "ranked_by": found.ranked_by}
                     picture = draw_pairs(a, b, m)
                 else:
                     m = match_images(a, b, model=svc.backbone_spec, score=score, top=count, refine=refine,
-                                     stride=stride, bin_levels=bin_levels, engine=svc.engine)
+                                     stride=stride, bin_levels=bin_levels, engine=svc.token_engine)
                     extra = {}
                     picture = draw_matches(a, b, m, top=count, by=score)  # at most 384 px high, 4x as wide each
             buf = io.BytesIO()

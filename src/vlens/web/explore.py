@@ -244,7 +244,7 @@ def _info(key: str, img) -> ExploreImage:
 
 def add_explore_routes(app: FastAPI, svc, max_upload_bytes: int) -> None:
     """Register the Explore endpoints and the caption explainer on ``app`` (``svc``: the app's Services)."""
-    cache = ExploreCache(getattr(svc, "engine", "torch"))
+    cache = ExploreCache(getattr(svc, "token_engine", "torch"))
     app.state.explore = cache
 
     @app.post("/api/explore/images", response_model=ExploreImage, tags=["explore"])
