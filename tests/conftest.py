@@ -51,6 +51,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """The reference checkpoint tier builds real-size models in a subprocess (~35 s, one thread): when a test of it
+    is selected, start that build now, so it runs on the second core beside the tests before it."""
+    for item in session.items:
+        start = getattr(getattr(item, "module", None), "start_reference_build", None)
+        if start is not None:
+            start()
+            return
+
+
+def pytest_sessionfinish(session):
+    """Stop a reference build the session never reached (an -x stop, Ctrl-C) and remove its files."""
+    for item in session.items:
+        stop = getattr(getattr(item, "module", None), "stop_reference_build", None)
+        if stop is not None:
+            stop()
+            return
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _vlens_cache(tmp_path_factory):
     """Keep the vlens cache (photos as PNG, small shapes sets) inside the test session."""

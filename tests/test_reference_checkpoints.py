@@ -18,6 +18,8 @@ How it works:
    the reference outputs: at the native size, and at two other sizes (one non-square) under timm's interpolation
    and under the original DINO/DINOv2 formula (bicubic by scale factor (grid + 0.1) / side; no package provides it,
    so the script writes it and this module checks it against the hand computation of ``test_pos_embed``).
+   conftest starts that subprocess as soon as collection has selected a test of this module, in the background
+   (its ~35 s run on the second core beside the tests before this module), and the ``reference`` fixture waits.
 3. Here, in the ordinary test process, each file is loaded with ``vlens.models.load(PATH)`` (the ``--model PATH``
    path) and its outputs must equal the reference within 1e-4: at the native size, and at the other sizes under the
    convention vlens declares for that source (``offset`` for torch.hub files, ``exact-antialias`` for timm's).
@@ -34,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,8 +64,12 @@ def _record(row: str, **numbers) -> None:
     ARTIFACT.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def _have_reference_packages() -> bool:
+    return (REF_PACKAGES / "timm").is_dir() and (REF_PACKAGES / "open_clip").is_dir()
+
+
 def _need_reference_packages() -> None:
-    if (REF_PACKAGES / "timm").is_dir() and (REF_PACKAGES / "open_clip").is_dir():
+    if _have_reference_packages():
         return
     msg = (f"reference packages missing in {REF_PACKAGES}: run scripts/install.sh (it installs timm==1.0.31 and "
            "open_clip_torch==3.3.0 with --no-deps there)")
@@ -71,19 +78,52 @@ def _need_reference_packages() -> None:
     pytest.skip(msg)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(folder of layout files, reference outputs) from one run of the reference subprocess."""
-    _need_reference_packages()
-    out = tmp_path_factory.mktemp("reference")
+_BUILD: dict = {}  # the one reference build of this session: {"proc": Popen, "out": folder}
+
+
+def start_reference_build() -> None:
+    """Start the reference subprocess in the background (conftest calls this when collection selected a test of
+    this module, so its ~35 s overlap the tests before it on the second core); the fixture waits for it."""
+    if _BUILD or not _have_reference_packages():
+        return
+    out = Path(tempfile.mkdtemp(prefix="vlens-reference-"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(PYTHONPATH=os.pathsep.join([str(STUB), str(REF_PACKAGES)]), OMP_NUM_THREADS="1",
                PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, str(BUILDER), str(out)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=out)
-    if proc.returncode != 0:
-        pytest.fail(f"reference builder failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return out, torch.load(out / "reference.pt", weights_only=True)
+    with open(out / "builder.log", "wb") as log:  # a file, not a pipe nobody reads until the end
+        proc = subprocess.Popen([sys.executable, str(BUILDER), str(out)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=out)
+    _BUILD.update(proc=proc, out=out)
+
+
+def stop_reference_build() -> None:
+    """Kill a build still running and remove its files (the module's fixture does this when it is done)."""
+    if not _BUILD:
+        return
+    if _BUILD["proc"].poll() is None:
+        _BUILD["proc"].kill()
+        _BUILD["proc"].wait()
+    shutil.rmtree(_BUILD["out"], ignore_errors=True)
+    _BUILD.clear()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """(folder of layout files, reference outputs) from one run of the reference subprocess."""
+    _need_reference_packages()
+    start_reference_build()  # already running when conftest started it
+    proc, out = _BUILD["proc"], _BUILD["out"]
+    try:
+        rc = proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        stop_reference_build()
+        pytest.fail("reference builder still running after 600 s")
+    if rc != 0:
+        log = (out / "builder.log").read_text(errors="replace")[-6000:]
+        stop_reference_build()
+        pytest.fail(f"reference builder failed (rc {rc}):\n{log}")
+    yield out, torch.load(out / "reference.pt", weights_only=True)
+    stop_reference_build()
 
 
 def test_the_builder_saw_the_pinned_reference_versions_and_no_vlens(reference):
