@@ -28,7 +28,9 @@ def exif(taken: str, make: str, model: str, gps=None, orientation: int = 1) -> b
 
 
 def write_dng(path: Path, rgb: np.ndarray, make: str, model: str) -> None:
-    """A minimal DNG: the sRGB picture as a 12-bit RGGB mosaic in linear light, with the tags LibRaw needs."""
+    """A minimal DNG: the (H, W, 3) sRGB picture as a 12-bit RGGB sensor mosaic (linear light), with the DNG tags
+    LibRaw needs (version, CFA layout, black/white level, a colour matrix that makes the 'camera' sRGB).
+    tests/test_photo_library.py writes its DNGs with this function."""
     import tifffile
 
     lin = (np.asarray(rgb, np.float64) / 255.0) ** 2.2 * 4000  # (H, W, 3)

@@ -22,7 +22,7 @@ from vlens.retrieval.index_reader import ImageIndex
 
 pillow_heif = pytest.importorskip("pillow_heif")  # a default dependency; importorskip only names it
 pytest.importorskip("rawpy")
-tifffile = pytest.importorskip("tifffile")
+pytest.importorskip("tifffile")  # the DNG writer (scripts/demo_photos.py)
 
 PARIS = {"taken_at": "2024:05:01 14:03:22", "make": "Apple", "model": "iPhone 15", "lat": ("N", (48.0, 51.0, 29.0)),
          "lon": ("W", (2.0, 17.0, 40.0))}
@@ -41,21 +41,16 @@ def make_exif(orientation: int = 1, taken_at=PARIS["taken_at"], make=PARIS["make
 
 
 def write_dng(path, rgb: np.ndarray, make: str = "VlensCam", model: str = "Model T") -> None:
-    """A minimal DNG: the (H, W, 3) sRGB picture as a 12-bit RGGB sensor mosaic (linear light), with the DNG tags
-    LibRaw needs (version, CFA layout, black/white level, a colour matrix that makes the 'camera' sRGB)."""
-    lin = (np.asarray(rgb, np.float64) / 255.0) ** 2.2 * 4000  # (H, W, 3) linear sensor values
-    h, w = lin.shape[0] // 2 * 2, lin.shape[1] // 2 * 2
-    cfa = np.empty((h, w), np.uint16)
-    cfa[0::2, 0::2], cfa[0::2, 1::2] = lin[0:h:2, 0:w:2, 0], lin[0:h:2, 1:w:2, 1]
-    cfa[1::2, 0::2], cfa[1::2, 1::2] = lin[1:h:2, 0:w:2, 1], lin[1:h:2, 1:w:2, 2]
-    xyz_to_srgb = [3.2406, -1.5372, -0.4986, -0.9689, 1.8758, 0.0415, 0.0557, -0.2040, 1.0570]
-    cm = tuple(v for x in xyz_to_srgb for v in (round(x * 10000), 10000))
-    tags = [(50706, "B", 4, (1, 4, 0, 0), True), (50707, "B", 4, (1, 1, 0, 0), True),
-            (50708, "s", 0, f"{make} {model}", True), (33421, "H", 2, (2, 2), True),
-            (33422, "B", 4, (0, 1, 1, 2), True), (50714, "H", 1, (0,), True), (50717, "H", 1, (4095,), True),
-            (50721, "2i", 9, cm, True), (50778, "H", 1, (21,), True), (50728, "2I", 3, (1,) * 6, True),
-            (271, "s", 0, make, True), (272, "s", 0, model, True)]
-    tifffile.imwrite(path, cfa, photometric=32803, extratags=tags, subfiletype=0)
+    """scripts/demo_photos.py's DNG writer (the picture as a 12-bit RGGB sensor mosaic with the DNG tags LibRaw
+    needs), loaded from the script, so these tests also check what the README's demo folder is made of."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_photos", Path(__file__).resolve().parents[1] / "scripts" / "demo_photos.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.write_dng(Path(path), rgb, make, model)
 
 
 @pytest.fixture()

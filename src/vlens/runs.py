@@ -90,6 +90,17 @@ def remove_stale_temps(path, older_than_s: float = 0.0) -> list[Path]:
     return removed
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def glob_escape(name: str) -> str:
     import glob
 

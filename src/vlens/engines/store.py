@@ -25,6 +25,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlens.runs import file_sha256
+
 FORMAT = 2  # 2: the file is ONNX Runtime's optimised graph (loaded without re-optimising)
 OPSET = 17
 ONNX_FILE = "model.onnx"
@@ -111,14 +113,6 @@ class ExportId:
     def folder(self) -> Path:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.model.split(":")[-1]).name or "model")[:40]
         return exports_root() / f"{slug}-{self.tower}-{self.key()}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -13,7 +13,6 @@ the folder against the database, so nothing is lost or duplicated (paths are UNI
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,16 +47,9 @@ from vlens.retrieval.index_store import (
     remove_temps,
     write_manifest,
 )
+from vlens.runs import file_sha256
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scan(root: Path) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
