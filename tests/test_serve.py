@@ -54,26 +54,36 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_server_promptly_with_work_in_flight():
-    """Ctrl-C used to wait for every model forward in flight (8.3 s with three 1024 px matches here) and then say
-    "rerun the same command to continue or start over"."""
+def _start_serve():
+    """`vlens serve` on a free port, returned once /api/health answers: (process, url)."""
     import httpx
 
     port = _free_port()
     proc = subprocess.Popen([*SERVE, "--port", str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"the server did not start: {err[-2000:]}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_promptly_with_work_in_flight():
+    """Ctrl-C used to wait for every model forward in flight (8.3 s with three 1024 px matches here) and then say
+    "rerun the same command to continue or start over"."""
+    import httpx
+
+    proc, url = _start_serve()
     done: list[float] = []
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         images = [_png(0), _png(1)]
 
         def match():
@@ -111,20 +121,9 @@ def test_ctrl_c_stops_an_idle_server_at_once():
     this change, with no models loaded)."""
     import httpx
 
-    port = _free_port()
-    proc = subprocess.Popen([*SERVE, "--port", str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start_serve()
     try:
-        deadline = time.monotonic() + 90
         with httpx.Client(timeout=5) as browser:
-            while True:
-                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                try:
-                    if browser.get(f"{url}/api/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             assert browser.get(f"{url}/").status_code == 200 and browser.get(f"{url}/api/info").status_code == 200
             time.sleep(0.5)  # idle, the connection kept alive
             t0 = time.monotonic()
