@@ -9,40 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_pos_embed import _by_hand  # the hand-written bicubic (Keys kernel, clamped borders), both conventions
 
 from vlens.errors import ConfigError
-
-
-def _cubic(t: float, a: float = -0.75) -> float:
-    """Keys' cubic convolution kernel with PyTorch's a = -0.75."""
-    t = abs(t)
-    if t <= 1:
-        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
-    if t < 2:
-        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
-    return 0.0
-
-
-def _bicubic_hand(grid: np.ndarray, rows: int, cols: int, extra: float = 0.0) -> np.ndarray:
-    """(n, n, d) -> (rows, cols, d) by cubic convolution, half-pixel centres, border samples clamped: written
-    out one output cell at a time, independently of torch. Output cell i samples the source at
-    ``(i + 0.5) n / (rows + extra) - 0.5`` (``extra`` 0.1: the original DINO code's scale factor)."""
-    n_r, n_c, d = grid.shape
-    out = np.zeros((rows, cols, d))
-    for i in range(rows):
-        y = (i + 0.5) * n_r / (rows + extra) - 0.5
-        y0 = int(np.floor(y))
-        for j in range(cols):
-            x = (j + 0.5) * n_c / (cols + extra) - 0.5
-            x0 = int(np.floor(x))
-            acc = np.zeros(d)
-            for dy in range(-1, 3):
-                wy = _cubic(y - (y0 + dy))
-                for dx in range(-1, 3):
-                    wx = _cubic(x - (x0 + dx))
-                    acc += wy * wx * grid[min(max(y0 + dy, 0), n_r - 1), min(max(x0 + dx, 0), n_c - 1)]
-            out[i, j] = acc
-    return out
 
 
 def test_strided_grid_and_centres_by_hand():
@@ -70,12 +39,12 @@ def test_position_embeddings_match_a_hand_bicubic():
     out = grid_position_embeddings(pos, 7, 5, "exact")
     assert out.shape == (1, 1 + 35, 3)
     assert torch.equal(out[:, :1], pos[:, :1])  # CLS untouched
-    hand = _bicubic_hand(pos[0, 1:].reshape(4, 4, 3).double().numpy(), 7, 5).reshape(35, 3)
+    hand = _by_hand(pos[0, 1:].reshape(4, 4, 3).double().numpy(), 7, 5, "exact").reshape(35, 3)
     np.testing.assert_allclose(out[0, 1:].double().numpy(), hand, atol=1e-5)
     same = grid_position_embeddings(pos, 4, 4)  # the model's own grid comes back unchanged
     torch.testing.assert_close(same, pos, atol=1e-6, rtol=0)
     off = grid_position_embeddings(pos, 7, 5, "offset")
-    hand = _bicubic_hand(pos[0, 1:].reshape(4, 4, 3).double().numpy(), 7, 5, 0.1).reshape(35, 3)
+    hand = _by_hand(pos[0, 1:].reshape(4, 4, 3).double().numpy(), 7, 5, "offset").reshape(35, 3)
     np.testing.assert_allclose(off[0, 1:].double().numpy(), hand, atol=1e-5)
 
 
